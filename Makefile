@@ -1,0 +1,37 @@
+# kvmdoctor — see README.md. `make run` and `make test` work on a fresh Debian/Ubuntu machine as root.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-lab run test check lint docs bench sample-reports clean
+
+setup:
+	scripts/setup.sh
+
+setup-lab:
+	scripts/setup.sh --lab
+
+run: setup
+	$(VENV)/bin/kvmdoctor run
+
+# The whole suite: lab set-up, lint, types, every test (integration ones included).
+test: setup-lab lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop: lint, types and the unit tests only.
+check: setup lint
+	$(PY) -m pytest -m "not integration" -q $(PYTEST_ARGS)
+
+lint:
+	$(VENV)/bin/ruff check doctor checks tests bench
+	$(VENV)/bin/ruff format --check doctor checks tests bench
+	$(VENV)/bin/mypy
+
+docs: setup
+	$(PY) -m doctor.docs docs/checks.md
+
+bench: setup-lab
+	$(PY) bench/bench_cli.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""The command line. One module per command; heavy imports happen inside the commands so that
+`kvmdoctor --help` loads neither libvirt, pyroute2, scapy nor rich."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from doctor.cli import checks as checks_cmd
+from doctor.cli import collect as collect_cmd
+from doctor.cli import run as run_cmd
+from doctor.cli import version as version_cmd
+from doctor.cli.common import EXIT_INTERNAL, EXIT_USAGE, UsageError
+
+
+class _Group(TyperGroup):
+    """Turns every way a command can end into one line on stderr and an exit code."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Optional[Sequence[str]] = None,
+        prog_name: Optional[str] = None,
+        complete_var: Optional[str] = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name or "kvmdoctor",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+            code = rv if isinstance(rv, int) else 0
+        except UsageError as exc:
+            click.echo(f"kvmdoctor: error: {exc}", err=True)
+            code = EXIT_USAGE
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `kvmdoctor`
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            code = 0
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "kvmdoctor"
+            click.echo(f"{command}: error: {exc.format_message()} (see {command} --help)", err=True)
+            code = EXIT_USAGE
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("kvmdoctor: interrupted", err=True)
+            code = 130
+        except click.ClickException as exc:
+            click.echo(f"kvmdoctor: error: {exc.format_message()}", err=True)
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            click.echo("kvmdoctor: interrupted", err=True)
+            code = 130
+        except Exception as exc:
+            if os.environ.get("KVMDOCTOR_DEBUG"):
+                traceback.print_exc()
+            click.echo(
+                f"kvmdoctor: internal error: {type(exc).__name__}: {exc} "
+                "(set KVMDOCTOR_DEBUG=1 for the traceback)",
+                err=True,
+            )
+            code = EXIT_INTERNAL
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="kvmdoctor",
+    help="Diagnose KVM/libvirt hosts: find what is broken, why, and how to fix it.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+for module in (run_cmd, checks_cmd, collect_cmd, version_cmd):
+    module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,56 @@
+"""`kvmdoctor collect -o DIR`: run every check while recording what it read."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from doctor.cli.common import RootOpt, SelectOpt, UriOpt, UsageError, split_tokens
+
+
+def register(app: typer.Typer) -> None:
+    app.command("collect")(collect)
+
+
+def collect(
+    output: str = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="Snapshot directory to create, or a NAME.tar.gz archive.",
+        metavar="DIR",
+    ),
+    uri: Optional[str] = UriOpt,
+    root: Optional[str] = RootOpt,
+    select: Optional[list[str]] = SelectOpt,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into an existing non-empty directory or over an existing archive.",
+    ),
+) -> None:
+    """Record everything the checks read into a snapshot, for `kvmdoctor run --snapshot`.
+
+    The snapshot holds the answers the checks needed (files, command outputs, device and
+    process facts) and the report of this run; private keys and secrets are never read.
+    """
+    from doctor.cli.common import open_source
+    from doctor.cli.run import execute
+    from doctor.sources.snapshot import RecordingSource
+
+    archive = output.endswith((".tar.gz", ".tgz"))
+    if not force and os.path.exists(output) and (archive or os.listdir(output)):
+        raise UsageError(f"{output} exists and is not empty; choose another name or add --force")
+    recorder = RecordingSource(open_source(uri=uri, root=root, snapshot=None))
+    report = execute(recorder, selected=split_tokens(select), ignores=[], fail_on="fail", uri=uri)
+    try:
+        recorder.write(output, report=report)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    typer.echo(
+        f"kvmdoctor: wrote {output}: {len(recorder.entries)} answers, "
+        f"{report['summary']['checks']} checks",
+        err=True,
+    )

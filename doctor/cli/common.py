@@ -1,0 +1,119 @@
+"""What several commands share: the source options, selection, the config, output files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from doctor.config import Config
+    from doctor.engine import IgnoreRule
+    from doctor.sources.base import Source
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+UriOpt = typer.Option(
+    None, "--uri", "-c", help="libvirt connection URI (default: libvirt's own).", metavar="URI"
+)
+RootOpt = typer.Option(
+    None,
+    "--root",
+    help="Examine the files of a mounted image or unpacked "
+    "support bundle at DIR instead of this host (files only).",
+    metavar="DIR",
+)
+SnapshotOpt = typer.Option(
+    None,
+    "--snapshot",
+    help="Replay a snapshot made by `kvmdoctor "
+    "collect` (directory or .tar.gz) without touching this host.",
+    metavar="PATH",
+)
+SelectOpt = typer.Option(
+    None,
+    "--select",
+    help="Run only these checks: codes, prefixes or names, comma-separated or repeated.",
+    metavar="CHECKS",
+)
+IgnoreOpt = typer.Option(
+    None,
+    "--ignore",
+    help="Do not gate on these checks (they still run and are shown as ignored).",
+    metavar="CHECKS",
+)
+ConfigOpt = typer.Option(
+    None, "--config", help="Config file (default: ./kvmdoctor.toml if present).", metavar="FILE"
+)
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def split_tokens(values: Optional[list[str]]) -> list[str]:
+    return [t.strip() for v in values or [] for t in v.split(",") if t.strip()]
+
+
+def load_config(path: Optional[str]) -> Config:
+    from doctor.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cli_ignores(tokens: list[str]) -> list[IgnoreRule]:
+    from doctor.engine import IgnoreRule
+
+    return [
+        IgnoreRule(t, "ignored with --ignore on the command line", "command line") for t in tokens
+    ]
+
+
+def open_source(*, uri: Optional[str], root: Optional[str], snapshot: Optional[str]) -> Source:
+    from doctor.sources.base import SourceError
+    from doctor.sources.snapshot import SnapshotError
+    from doctor.sources.snapshot import open_source as _open
+
+    if root is not None and snapshot is not None:
+        raise UsageError("--root and --snapshot exclude each other")
+    try:
+        return _open(root=root, snapshot=snapshot, uri=uri)
+    except SnapshotError as exc:
+        raise UsageError(str(exc)) from None
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+class Output:
+    """stdout, or a file written only when the command succeeds (nothing half-written)."""
+
+    def __init__(self, path: Optional[str]) -> None:
+        self.path = path
+
+    def write(self, text: str) -> None:
+        if self.path is None or self.path == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
+
+    @property
+    def is_terminal(self) -> bool:
+        return (self.path is None or self.path == "-") and sys.stdout.isatty()
+
+
+def use_color(output: Output, no_color: bool) -> bool:
+    """Colour only on a terminal, never with --no-color or NO_COLOR (https://no-color.org)."""
+    return output.is_terminal and not no_color and not os.environ.get("NO_COLOR")

@@ -1,0 +1,134 @@
+"""`kvmdoctor run`: run the checks and report."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from doctor.cli.common import (
+    ConfigOpt,
+    IgnoreOpt,
+    Output,
+    RootOpt,
+    SelectOpt,
+    SnapshotOpt,
+    UriOpt,
+    UsageError,
+    cli_ignores,
+    load_config,
+    open_source,
+    split_tokens,
+    use_color,
+)
+
+if TYPE_CHECKING:
+    from doctor.engine import IgnoreRule
+    from doctor.sources.base import Source
+
+FORMATS = ("text", "json")
+FAIL_ON = ("info", "warn", "fail")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+
+
+def run(
+    uri: Optional[str] = UriOpt,
+    root: Optional[str] = RootOpt,
+    snapshot: Optional[str] = SnapshotOpt,
+    select: Optional[list[str]] = SelectOpt,
+    ignore: Optional[list[str]] = IgnoreOpt,
+    config: Optional[str] = ConfigOpt,
+    format: str = typer.Option("text", "--format", "-f", help="text or json.", metavar="FORMAT"),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="Write the report to FILE instead of stdout.", metavar="FILE"
+    ),
+    fail_on: Optional[str] = typer.Option(
+        None,
+        "--fail-on",
+        help="Exit 1 when a finding is at or above this level: info, warn or fail (default fail).",
+        metavar="LEVEL",
+    ),
+    check_timeout: Optional[float] = typer.Option(
+        None,
+        "--check-timeout",
+        min=0.01,
+        help="Time limit for each check, in seconds (default 10).",
+        metavar="SECONDS",
+    ),
+    no_color: bool = typer.Option(False, "--no-color", help="No colour even on a terminal."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show passes and full evidence."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only problems and the summary."),
+) -> None:
+    """Run the checks on this host (or a tree, or a snapshot) and report.
+
+    Exit codes: 0 nothing at or above --fail-on, 1 findings at or above it (or a check that
+    could not run), 2 usage error, 3 internal error.
+    """
+    if format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise UsageError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
+    cfg = load_config(config)
+    level = fail_on or cfg.fail_on or "fail"
+    selected = split_tokens(select) or list(cfg.select)
+    ignores = [*cfg.ignores, *cli_ignores(split_tokens(ignore))]
+    source = open_source(uri=uri, root=root, snapshot=snapshot)
+    report = execute(
+        source, selected=selected, ignores=ignores, fail_on=level, uri=uri, timeout=check_timeout
+    )
+    out = Output(output)
+    if format == "json":
+        from doctor.render.json import render as render_json
+
+        out.write(render_json(report))
+    else:
+        from doctor.render.text import render as render_text
+
+        buffer = io.StringIO()
+        render_text(report, buffer, verbose=verbose, quiet=quiet, color=use_color(out, no_color))
+        out.write(buffer.getvalue())
+    raise typer.Exit(report["exit_code"])
+
+
+def execute(
+    source: Source,
+    *,
+    selected: Sequence[str],
+    ignores: Sequence[IgnoreRule],
+    fail_on: str,
+    uri: Optional[str],
+    timeout: Optional[float] = None,
+) -> dict[str, Any]:
+    """Load the checks, run them against `source`, and build the report."""
+    from doctor import engine
+    from doctor.facts import RunOptions
+    from doctor.registry import load_registry
+    from doctor.report import build
+
+    registry = load_registry()
+    for error in registry.errors:
+        sys.stderr.write(f"kvmdoctor: plugin error: {error}\n")
+    try:
+        result = engine.run(
+            registry,
+            source,
+            selected=selected,
+            ignores=ignores,
+            options=RunOptions(uri=uri),
+            timeout=timeout,
+        )
+    except engine.SelectionError as exc:
+        raise UsageError(str(exc)) from None
+    return build(
+        result,
+        source,
+        argv=["kvmdoctor", *sys.argv[1:]],
+        fail_on=fail_on,  # type: ignore[arg-type]
+        selected=selected,
+    )

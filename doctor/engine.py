@@ -1,0 +1,197 @@
+"""The engine: resolves facts, runs each selected check under a time limit, applies ignores."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from doctor.facts import FactContext, FactUnavailable, RunOptions
+from doctor.model import Finding, Ignore, Status, worst
+from doctor.registry import CheckSpec, LoadError, Registry
+from doctor.sources.base import Source
+
+
+class SelectionError(ValueError):
+    """A --select/--ignore token or config entry that matches no check."""
+
+
+@dataclass(frozen=True)
+class IgnoreRule:
+    token: str  # a code, a code prefix or a check name
+    reason: str
+    by: str
+    subject: Optional[str] = None  # only findings about this subject
+
+
+@dataclass(frozen=True)
+class CheckRun:
+    spec: CheckSpec
+    status: Status
+    findings: tuple[Finding, ...]
+    duration: float
+    facts_duration: float
+
+
+@dataclass
+class RunResult:
+    checks: list[CheckRun]
+    load_errors: list[LoadError]
+    facts: FactContext
+    started: float
+    finished: float
+    ignores: list[IgnoreRule] = field(default_factory=list)
+
+    def findings(self) -> list[Finding]:
+        return [f for run in self.checks for f in run.findings]
+
+
+def matches(spec: CheckSpec, token: str) -> bool:
+    token = token.strip()
+    return spec.name == token.lower() or spec.code.startswith(token.upper())
+
+
+def select(registry: Registry, select: Sequence[str] = ()) -> list[CheckSpec]:
+    """The checks to run: all, or those matching a code, code prefix or name."""
+    specs = list(registry)
+    if not select:
+        return specs
+    unknown = [t for t in select if not any(matches(s, t) for s in specs)]
+    if unknown:
+        raise SelectionError(f"--select: no check matches {', '.join(map(repr, unknown))}")
+    return [s for s in specs if any(matches(s, t) for t in select)]
+
+
+def validate_ignores(registry: Registry, ignores: Iterable[IgnoreRule]) -> None:
+    specs = list(registry)
+    for rule in ignores:
+        if not any(matches(s, rule.token) for s in specs):
+            raise SelectionError(f"ignore ({rule.by}): no check matches {rule.token!r}")
+
+
+def _json_safe(evidence: Any) -> Optional[str]:
+    try:
+        json.dumps(evidence, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+class _Outcome:
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self.error: Optional[BaseException] = None
+
+
+def _call(spec: CheckSpec, kwargs: dict[str, Any], outcome: _Outcome) -> None:
+    try:
+        for item in spec.func(**kwargs):
+            outcome.findings.append(item)
+    except Exception as exc:  # reported as an `error` finding naming the check
+        outcome.error = exc
+
+
+def run_check(spec: CheckSpec, ctx: FactContext) -> CheckRun:
+    started = time.perf_counter()
+    kwargs: dict[str, Any] = {}
+    try:
+        for name in spec.facts:
+            kwargs[name] = ctx.get(name)
+        for name in spec.optional_facts:
+            kwargs[name] = ctx.optional(name)
+    except FactUnavailable as exc:
+        findings = [Finding("skip", f"{name} unavailable: {exc.reason}", code=spec.code)]
+        return CheckRun(spec, "skip", tuple(findings), 0.0, time.perf_counter() - started)
+    except Exception as exc:
+        message = f"fact {name!r} failed: {type(exc).__name__}: {exc}"
+        return CheckRun(
+            spec,
+            "error",
+            (Finding("error", message, code=spec.code),),
+            0.0,
+            time.perf_counter() - started,
+        )
+    facts_done = time.perf_counter()
+
+    outcome = _Outcome()
+    # Checks are pure functions of facts, but a plugin may still loop forever: run it in a
+    # daemon thread so that the run goes on (and the process can exit) when it exceeds its limit.
+    worker = threading.Thread(
+        target=_call, args=(spec, kwargs, outcome), daemon=True, name=f"check-{spec.code}"
+    )
+    worker.start()
+    worker.join(spec.timeout)
+    duration = time.perf_counter() - facts_done
+    if worker.is_alive():
+        message = f"{spec.code} {spec.name} did not finish within {spec.timeout:g} s"
+        return CheckRun(
+            spec,
+            "error",
+            (Finding("error", message, code=spec.code),),
+            duration,
+            facts_done - started,
+        )
+    if outcome.error is not None:
+        raised = outcome.error
+        message = f"{spec.code} {spec.name} raised {type(raised).__name__}: {raised}"
+        return CheckRun(
+            spec,
+            "error",
+            (Finding("error", message, code=spec.code),),
+            duration,
+            facts_done - started,
+        )
+    findings = []
+    for item in outcome.findings:
+        problem = None if isinstance(item, Finding) else f"yielded {type(item).__name__}"
+        problem = problem or _json_safe(item.evidence)
+        if problem:
+            message = f"{spec.code} {spec.name} produced an invalid finding: {problem}"
+            findings = [Finding("error", message, code=spec.code)]
+            break
+        findings.append(replace(item, code=spec.code))
+    if not findings:
+        findings = [Finding("pass", "nothing to report", code=spec.code)]
+    status = worst([f.status for f in findings])
+    return CheckRun(spec, status, tuple(findings), duration, facts_done - started)
+
+
+def apply_ignores(run: CheckRun, ignores: Sequence[IgnoreRule]) -> CheckRun:
+    if not ignores:
+        return run
+    changed = []
+    for item in run.findings:
+        rule = next(
+            (
+                r
+                for r in ignores
+                if matches(run.spec, r.token) and (r.subject is None or r.subject == item.subject)
+            ),
+            None,
+        )
+        changed.append(replace(item, ignored=Ignore(rule.reason, rule.by)) if rule else item)
+    return replace(run, findings=tuple(changed))
+
+
+def run(
+    registry: Registry,
+    source: Source,
+    *,
+    selected: Sequence[str] = (),
+    ignores: Sequence[IgnoreRule] = (),
+    options: Optional[RunOptions] = None,
+    timeout: Optional[float] = None,
+) -> RunResult:
+    specs = select(registry, selected)
+    validate_ignores(registry, ignores)
+    ctx = FactContext(source, options)
+    started = time.time()
+    runs = []
+    for spec in specs:
+        if timeout is not None:
+            spec = replace(spec, timeout=timeout)
+        runs.append(apply_ignores(run_check(spec, ctx), ignores))
+    return RunResult(runs, list(registry.errors), ctx, started, time.time(), list(ignores))

@@ -1,0 +1,270 @@
+"""Checks: how they are declared, discovered through entry points, and validated.
+
+A check is a function decorated with `@check(code, name, title=..., tags=...)` whose parameters
+name the facts it needs and whose docstring holds its documentation in fixed sections. The
+decorator only attaches the declaration; validation happens when the registry loads, so one bad
+check is reported with its package and name while every other check still runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import types
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, cast
+
+from doctor.model import Finding
+
+ENTRY_POINT_GROUP = "kvmdoctor.checks"
+CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
+SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
+TAGS = frozenset({"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs"})
+DEFAULT_TIMEOUT = 10.0
+_ATTR = "__kvmdoctor_check__"
+
+CheckFunc = Callable[..., Iterable[Finding]]
+
+
+@dataclass(frozen=True)
+class Declaration:
+    code: str
+    name: str
+    title: str
+    tags: tuple[str, ...]
+    timeout: Optional[float]
+
+
+def check(
+    code: str,
+    name: str,
+    *,
+    title: str,
+    tags: Iterable[str] = (),
+    timeout: Optional[float] = None,
+) -> Callable[[CheckFunc], CheckFunc]:
+    """Declare a check. Parameters of the function name the facts it needs; a parameter with a
+    default of None is optional (None when the fact is unavailable)."""
+
+    def attach(func: CheckFunc) -> CheckFunc:
+        setattr(func, _ATTR, Declaration(code, name, title, tuple(tags), timeout))
+        return func
+
+    return attach
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    code: str
+    name: str
+    title: str
+    tags: tuple[str, ...]
+    facts: tuple[str, ...]  # required
+    optional_facts: tuple[str, ...]
+    func: CheckFunc
+    doc: dict[str, str]  # section -> text
+    origin: str  # "package (entry point name)"
+    timeout: float = DEFAULT_TIMEOUT
+
+    def all_facts(self) -> tuple[str, ...]:
+        return self.facts + self.optional_facts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "title": self.title,
+            "tags": list(self.tags),
+            "facts": list(self.all_facts()),
+            "origin": self.origin,
+            "doc": dict(self.doc),
+        }
+
+
+@dataclass(frozen=True)
+class LoadError:
+    origin: str
+    check: Optional[str]  # the check's code or function name, when one is to blame
+    message: str
+
+    def __str__(self) -> str:
+        who = f"{self.origin}: {self.check}" if self.check else self.origin
+        return f"{who}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"origin": self.origin, "check": self.check, "message": self.message}
+
+
+@dataclass
+class Registry:
+    checks: dict[str, CheckSpec] = field(default_factory=dict)
+    errors: list[LoadError] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[CheckSpec]:
+        return iter(sorted(self.checks.values(), key=lambda c: c.code))
+
+    def find(self, token: str) -> Optional[CheckSpec]:
+        """A check by exact code (any case) or name."""
+        spec = self.checks.get(token.upper())
+        if spec is not None:
+            return spec
+        return next((c for c in self.checks.values() if c.name == token.lower()), None)
+
+
+def parse_docstring(doc: Optional[str]) -> tuple[dict[str, str], list[str]]:
+    """Split a check's docstring into its sections; also return what is wrong with it."""
+    text = inspect.cleandoc(doc or "")
+    pattern = re.compile(r"^(" + "|".join(re.escape(s) for s in SECTIONS) + r"):", re.MULTILINE)
+    sections: dict[str, str] = {}
+    matches = list(pattern.finditer(text))
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        body = text[match.end() : end].strip()
+        sections[match.group(1)] = "\n".join(line.rstrip() for line in body.splitlines())
+    problems = [f"docstring lacks the section '{s}:'" for s in SECTIONS if not sections.get(s)]
+    return sections, problems
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """Something that provides checks: usually an entry point, in tests a module built in memory."""
+
+    origin: str
+    load: Callable[[], Any]
+
+
+def entry_point_plugins() -> list[Plugin]:
+    from importlib.metadata import entry_points
+
+    try:
+        eps = entry_points(group=ENTRY_POINT_GROUP)
+    except TypeError:  # Python 3.9: entry_points() takes no arguments
+        eps = cast(Any, entry_points()).get(ENTRY_POINT_GROUP, [])
+    plugins = []
+    for ep in eps:
+        dist = getattr(ep, "dist", None)
+        package = dist.metadata["Name"] if dist is not None else ep.value.split(":")[0]
+        plugins.append(Plugin(f"{package} (entry point {ep.name} = {ep.value})", ep.load))
+    return plugins
+
+
+def module_plugin(module: types.ModuleType, origin: Optional[str] = None) -> Plugin:
+    return Plugin(origin or module.__name__, lambda: module)
+
+
+def builtin_plugins() -> list[Plugin]:
+    """The built-in checks, for when kvmdoctor runs from a source tree without being installed."""
+    return [Plugin("kvmdoctor (checks.kvm)", lambda: importlib.import_module("checks.kvm"))]
+
+
+def load_registry(
+    plugins: Optional[Iterable[Plugin]] = None, known_facts: Optional[Iterable[str]] = None
+) -> Registry:
+    if plugins is None:
+        plugins = entry_point_plugins() or builtin_plugins()
+    if known_facts is None:
+        from doctor.facts import providers
+
+        known_facts = providers()
+    facts = set(known_facts)
+    registry = Registry()
+    for plugin in plugins:
+        try:
+            loaded = plugin.load()
+        except Exception as exc:  # a broken plugin must not stop the others
+            registry.errors.append(
+                LoadError(plugin.origin, None, f"cannot be loaded: {type(exc).__name__}: {exc}")
+            )
+            continue
+        for func in _declared(loaded):
+            spec, problems = _validate(func, plugin.origin, facts)
+            label = getattr(func, _ATTR).code or func.__name__
+            if problems:
+                for problem in problems:
+                    registry.errors.append(LoadError(plugin.origin, label, problem))
+                continue
+            assert spec is not None
+            other = registry.checks.get(spec.code)
+            if other is not None:
+                registry.errors.append(
+                    LoadError(
+                        plugin.origin,
+                        spec.code,
+                        f"duplicate code: {spec.code} is already {other.name} from {other.origin}",
+                    )
+                )
+                continue
+            clash = next((c for c in registry.checks.values() if c.name == spec.name), None)
+            if clash is not None:
+                registry.errors.append(
+                    LoadError(
+                        plugin.origin,
+                        spec.code,
+                        f"duplicate name: {spec.name} is already {clash.code} from {clash.origin}",
+                    )
+                )
+                continue
+            registry.checks[spec.code] = spec
+    return registry
+
+
+def _declared(loaded: Any) -> list[CheckFunc]:
+    if callable(loaded) and hasattr(loaded, _ATTR):
+        return [loaded]
+    members: Iterable[Any]
+    if isinstance(loaded, types.ModuleType):
+        members = vars(loaded).values()
+    elif isinstance(loaded, (list, tuple)):
+        members = loaded
+    else:
+        return []
+    found = [m for m in members if callable(m) and hasattr(m, _ATTR)]
+    return sorted(found, key=lambda f: getattr(f, _ATTR).code)
+
+
+def _validate(
+    func: CheckFunc, origin: str, facts: set[str]
+) -> tuple[Optional[CheckSpec], list[str]]:
+    decl: Declaration = getattr(func, _ATTR)
+    problems = []
+    if not CODE_RE.match(decl.code or ""):
+        problems.append(
+            f"malformed code {decl.code!r}: expected 2-4 capitals and 3 digits (KVM001)"
+        )
+    if not NAME_RE.match(decl.name or ""):
+        problems.append(f"malformed name {decl.name!r}: expected kebab-case (kvm-device-missing)")
+    if not decl.title:
+        problems.append("no title")
+    unknown_tags = sorted(set(decl.tags) - TAGS)
+    if unknown_tags:
+        problems.append(f"unknown tags {unknown_tags}; known: {sorted(TAGS)}")
+    doc, doc_problems = parse_docstring(func.__doc__)
+    problems.extend(doc_problems)
+    required, optional = [], []
+    for param in inspect.signature(func).parameters.values():
+        if param.name not in facts:
+            problems.append(f"parameter {param.name!r} names no known fact")
+        elif param.default is None:
+            optional.append(param.name)
+        else:
+            required.append(param.name)
+    if problems:
+        return None, problems
+    return (
+        CheckSpec(
+            code=decl.code,
+            name=decl.name,
+            title=decl.title,
+            tags=decl.tags,
+            facts=tuple(required),
+            optional_facts=tuple(optional),
+            func=func,
+            doc=doc,
+            origin=origin,
+            timeout=decl.timeout or DEFAULT_TIMEOUT,
+        ),
+        [],
+    )

@@ -1,0 +1,1 @@
+"""Renderers: views of the report dictionary. None of them computes anything new."""

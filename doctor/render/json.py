@@ -1,0 +1,10 @@
+"""The report as JSON, exactly as docs/report.schema.json describes it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def render(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,174 @@
+"""The report for people: diagnoses first, then failures and warnings with their evidence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+STYLE = {
+    "pass": "green",
+    "info": "cyan",
+    "warn": "yellow",
+    "fail": "bold red",
+    "skip": "dim",
+    "error": "bold magenta",
+}
+LABEL = {
+    "pass": "PASS",
+    "info": "INFO",
+    "warn": "WARN",
+    "fail": "FAIL",
+    "skip": "SKIP",
+    "error": "ERROR",
+}
+_ORDER = ("error", "fail", "warn", "info")
+_MAX_EVIDENCE_LINES = 8
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        for index, item in enumerate(value):
+            yield from _flatten(item, f"{prefix}[{index}]")
+    elif isinstance(value, list):
+        if value:
+            yield prefix, ", ".join(str(v) for v in value)
+    elif value is not None:
+        yield prefix, str(value)
+
+
+def evidence_lines(evidence: dict[str, Any], verbose: bool) -> list[str]:
+    if verbose:
+        return json.dumps(evidence, indent=2, ensure_ascii=False).splitlines()
+    lines = [f"{k}: {v if len(v) <= 100 else v[:97] + '...'}" for k, v in _flatten(evidence)]
+    if len(lines) > _MAX_EVIDENCE_LINES:
+        hidden = len(lines) - _MAX_EVIDENCE_LINES
+        lines = lines[:_MAX_EVIDENCE_LINES] + [f"... {hidden} more (-v or --format json)"]
+    return lines
+
+
+def render(
+    report: dict[str, Any],
+    out: IO[str],
+    *,
+    verbose: bool = False,
+    quiet: bool = False,
+    color: bool = False,
+) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(
+        file=out,
+        no_color=not color,
+        force_terminal=bool(color),
+        highlight=False,
+        soft_wrap=True,
+        emoji=False,
+    )
+    print_ = console.print
+
+    if not quiet:
+        host = report["host"]
+        source = report["run"]["source"]
+        parts = [f"kvmdoctor {report['tool']['version']}"]
+        parts += [str(v) for v in (host.get("hostname"), host.get("os")) if v]
+        if host.get("kernel"):
+            parts.append(f"kernel {host['kernel']}")
+        if host.get("arch"):
+            parts.append(host["arch"])
+        if host.get("hypervisor"):
+            parts.append(f"inside {host['hypervisor']}")
+        where = source.get("kind", "live")
+        if where == "snapshot":
+            where = f"snapshot {source.get('path')}"
+        elif where == "root":
+            where = f"tree {source.get('root')}"
+        parts.append(where)
+        print_(escape(" · ".join(parts)), style="bold")
+
+    diagnoses = report.get("diagnoses") or []
+    if diagnoses:
+        print_("\nDiagnoses", style="bold underline")
+        for diag in diagnoses:
+            print_(f"  {escape(str(diag.get('title', diag.get('id'))))}", style="bold")
+
+    problems = []
+    ignored = []
+    others = []
+    for chk in report["checks"]:
+        for finding in chk["findings"]:
+            row = (chk, finding)
+            if finding.get("ignored"):
+                ignored.append(row)
+            elif finding["status"] in _ORDER:
+                problems.append(row)
+            else:
+                others.append(row)
+    problems.sort(key=lambda row: _ORDER.index(row[1]["status"]))
+
+    if problems:
+        print_("\nProblems", style="bold underline")
+        for chk, finding in problems:
+            _finding(console, chk, finding, verbose=verbose, evidence=True)
+    for error in report.get("load_errors", []):
+        who = f"{error['origin']}: {error['check']}" if error.get("check") else error["origin"]
+        print_(f"[{STYLE['error']}]PLUGIN ERROR[/] {escape(who)}: {escape(error['message'])}")
+    if ignored:
+        print_("\nIgnored", style="bold underline")
+        for chk, finding in ignored:
+            why = finding["ignored"]
+            print_(
+                f"  {LABEL[finding['status']]:5} {chk['code']} {escape(finding['subject'])}: "
+                f"{escape(why['reason'])} [dim]({escape(why['by'])})[/]"
+            )
+    if verbose and others:
+        print_("\nPassed and skipped", style="bold underline")
+        for chk, finding in others:
+            _finding(console, chk, finding, verbose=verbose, evidence=True)
+    elif others and not quiet:
+        skipped = [(c, f) for c, f in others if f["status"] == "skip"]
+        for chk, finding in skipped:
+            print_(
+                f"[dim]SKIP  {chk['code']} {escape(chk['name'])}: {escape(finding['message'])}[/]"
+            )
+
+    summary = report["summary"]
+    counts = []
+    for status, word in (
+        ("pass", "passed"),
+        ("info", "info"),
+        ("warn", "warning"),
+        ("fail", "failed"),
+        ("error", "error"),
+        ("skip", "skipped"),
+    ):
+        n = summary.get(status, 0)
+        if n or status in ("pass", "fail"):
+            plural = "s" if n != 1 and status in ("warn", "error") else ""
+            counts.append(f"{n} {word}{plural}")
+    counts[0] = f"{summary['checks']} checks, findings: {counts[0]}"
+    if summary.get("ignored"):
+        counts.append(f"{summary['ignored']} ignored")
+    counts.append(f"exit {report['exit_code']}")
+    print_("\n" + " · ".join(counts), style="bold")
+
+
+def _finding(
+    console: Any, chk: dict[str, Any], finding: dict[str, Any], *, verbose: bool, evidence: bool
+) -> None:
+    from rich.markup import escape
+
+    status = finding["status"]
+    subject = "" if finding["subject"] == "host" else f" — {finding['subject']}"
+    console.print(
+        f"[{STYLE[status]}]{LABEL[status]:5}[/] [bold]{chk['code']}[/] "
+        f"{escape(chk['name'])}{escape(subject)}"
+    )
+    console.print(f"      {escape(finding['message'])}")
+    if evidence and finding.get("evidence"):
+        for line in evidence_lines(finding["evidence"], verbose):
+            console.print(f"      [dim]{escape(line)}[/]")

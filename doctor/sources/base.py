@@ -1,0 +1,187 @@
+"""The primitive questions every source answers, and the answers' types.
+
+A source is the only code in kvmdoctor that touches the host. Facts are computed from these
+answers alone, so a live host, a mounted image (`--root`) and a recorded snapshot are
+interchangeable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Protocol, Sequence
+
+
+class SourceError(Exception):
+    """A primitive question could not be answered."""
+
+    kind = "error"
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
+
+
+class NotFound(SourceError):
+    """The path, command or object does not exist."""
+
+    kind = "not-found"
+
+
+class AccessDenied(SourceError):
+    """It exists, but kvmdoctor was not allowed to read it."""
+
+    kind = "access-denied"
+
+
+class Unavailable(SourceError):
+    """This source cannot answer this kind of question (a snapshot that did not record it,
+    a command under `--root`, a kernel interface that is absent)."""
+
+    kind = "unavailable"
+
+
+class PathEscapes(SourceError):
+    """A path or symlink under `--root` leads outside the tree."""
+
+    kind = "path-escapes"
+
+
+ERROR_KINDS: dict[str, type[SourceError]] = {
+    cls.kind: cls for cls in (SourceError, NotFound, AccessDenied, Unavailable, PathEscapes)
+}
+
+
+@dataclass(frozen=True)
+class AclEntry:
+    """One POSIX ACL entry, as getfacl prints it: tag `user`, `group`, `mask` or `other`;
+    qualifier the uid/gid for named entries; perms like `rw-`."""
+
+    tag: str
+    qualifier: Optional[int]
+    perms: str
+
+
+@dataclass(frozen=True)
+class StatInfo:
+    path: str
+    type: str  # "char", "block", "dir", "file", "link", "socket", "fifo"
+    mode: int  # permission bits only (0o7777)
+    uid: int
+    gid: int
+    rdev: Optional[str] = None  # "major:minor" for devices
+    acl: tuple[AclEntry, ...] = ()  # extended ACL entries; empty when the path has none
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StatInfo:
+        acl = tuple(AclEntry(**entry) for entry in data.get("acl", ()))
+        return cls(**{**data, "acl": acl})
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    name: str
+    exe: str
+    cmdline: tuple[str, ...]
+    uid: int  # real uid
+    gid: int  # real gid
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is running kvmdoctor: the process credentials and, under sudo, who asked."""
+
+    uid: int
+    euid: int
+    gid: int
+    groups: tuple[int, ...]
+    sudo_user: Optional[str] = None
+    sudo_uid: Optional[int] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Uname:
+    sysname: str
+    nodename: str
+    release: str
+    version: str
+    machine: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KvmProbe:
+    """What the kernel said when kvmdoctor opened the KVM device and asked it for a VM.
+
+    `open_errno`, `api_errno` and `create_vm_errno` are errno names ("EACCES"); None on success
+    or when the step was not reached.
+    """
+
+    path: str
+    opened: bool
+    open_errno: Optional[str] = None
+    api_version: Optional[int] = None
+    api_errno: Optional[str] = None
+    vm_created: Optional[bool] = None
+    create_vm_errno: Optional[str] = None
+    extensions: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Source(Protocol):
+    """The questions kvmdoctor asks of a host. Every method raises a SourceError subclass
+    when it cannot answer; none returns a partial answer silently."""
+
+    kind: str  # "live", "root" or "snapshot"
+
+    def describe(self) -> dict[str, Any]:
+        """Where the answers come from, for the report."""
+        ...
+
+    def read_file(self, path: str, *, max_bytes: int = ..., tail: bool = ...) -> bytes: ...
+
+    def list_dir(self, path: str) -> list[str]: ...
+
+    def stat(self, path: str) -> StatInfo: ...
+
+    def read_link(self, path: str) -> str: ...
+
+    def run(self, argv: Sequence[str], *, timeout: float = ...) -> CommandResult: ...
+
+    def processes(self) -> list[ProcessInfo]: ...
+
+    def identity(self) -> Identity: ...
+
+    def uname(self) -> Uname: ...
+
+    def environ(self, name: str) -> Optional[str]: ...
+
+    def kvm_probe(self, path: str = ...) -> KvmProbe: ...
+
+    def read_msr(self, register: int, cpu: int = ...) -> int: ...
+
+
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024

@@ -1,0 +1,349 @@
+"""LiveSource: answers from the running host, or files only from a tree (`--root`)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+import subprocess
+from typing import Any, Optional, Sequence
+
+from doctor.sources.acl import decode_posix_acl
+from doctor.sources.base import (
+    DEFAULT_MAX_BYTES,
+    AccessDenied,
+    CommandResult,
+    Identity,
+    KvmProbe,
+    NotFound,
+    PathEscapes,
+    ProcessInfo,
+    SourceError,
+    StatInfo,
+    Uname,
+    Unavailable,
+)
+
+# ioctl numbers from include/uapi/linux/kvm.h (_IO(KVMIO=0xAE, nr)).
+KVM_GET_API_VERSION = 0xAE00
+KVM_CREATE_VM = 0xAE01
+KVM_CHECK_EXTENSION = 0xAE03
+# Capabilities worth having in a report: KVM_CAP_NR_VCPUS, KVM_CAP_MAX_VCPUS.
+KVM_CAPS = {"nr_vcpus": 9, "max_vcpus": 66}
+
+# Kernel filesystems that an offline tree usually does not hold. A tree without them cannot
+# say whether /dev/kvm exists, so it answers "unavailable" rather than "not found".
+_VIRTUAL_TOPS = ("dev", "proc", "sys", "run")
+_MAX_SYMLINKS = 40
+
+_TYPES = (
+    (stat_mod.S_ISCHR, "char"),
+    (stat_mod.S_ISBLK, "block"),
+    (stat_mod.S_ISDIR, "dir"),
+    (stat_mod.S_ISREG, "file"),
+    (stat_mod.S_ISLNK, "link"),
+    (stat_mod.S_ISSOCK, "socket"),
+    (stat_mod.S_ISFIFO, "fifo"),
+)
+
+
+def _errno_name(code: Optional[int]) -> str:
+    return errno.errorcode.get(code or 0, str(code))
+
+
+def _os_error(what: str, exc: OSError) -> SourceError:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+        return NotFound(what, reason)
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(what, reason)
+    return SourceError(what, f"{reason} ({_errno_name(exc.errno)})")
+
+
+def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
+    """The on-disk path of `path` inside the tree at `root`.
+
+    Symlinks are resolved as the tree's own system would: absolute targets start again at the
+    tree's root; a `..` that climbs above the root raises PathEscapes.
+    """
+    if not path.startswith("/"):
+        raise SourceError(path, "paths must be absolute")
+    pending = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if not resolved:
+                raise PathEscapes(path, f"leads above the root of the tree {root}")
+            resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if (pending or follow_last) and os.path.islink(candidate):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise SourceError(path, "too many levels of symbolic links")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            pending = [p for p in target.split("/") if p] + pending
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+class LiveSource:
+    """The running host (`root="/"`), or the files of a tree mounted elsewhere.
+
+    With another root only files answer: commands, ioctls, processes of the examining machine,
+    its identity and environment are never taken for the tree's.
+    """
+
+    def __init__(
+        self, root: str = "/", uri: Optional[str] = None, netns: Optional[str] = None
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.uri = uri
+        self.netns = netns
+        self.files_only = self.root != "/"
+        self.kind = "root" if self.files_only else "live"
+        if self.files_only and not os.path.isdir(self.root):
+            raise NotFound(root, "not a directory")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "root": self.root, "uri": self.uri, "netns": self.netns}
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _real(self, path: str, *, follow_last: bool = True) -> str:
+        if not self.files_only:
+            if not path.startswith("/"):
+                raise SourceError(path, "paths must be absolute")
+            return path
+        top = path.strip("/").split("/", 1)[0]
+        if top in _VIRTUAL_TOPS and not os.path.lexists(os.path.join(self.root, top)):
+            raise Unavailable(path, f"the tree at {self.root} holds no /{top}")
+        return resolve_in_root(self.root, path, follow_last=follow_last)
+
+    def _files_only(self, what: str) -> None:
+        if self.files_only:
+            raise Unavailable(what, f"only files are read under --root {self.root}")
+
+    def read_file(self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False) -> bytes:
+        real = self._real(path)
+        try:
+            with open(real, "rb") as handle:
+                if tail:
+                    size = os.fstat(handle.fileno()).st_size
+                    if size > max_bytes:
+                        handle.seek(size - max_bytes)
+                return handle.read(max_bytes)
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self._real(path)))
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+
+    def stat(self, path: str) -> StatInfo:
+        real = self._real(path)
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        kind = next(name for test, name in _TYPES if test(st.st_mode))
+        rdev = None
+        if kind in ("char", "block"):
+            rdev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        return StatInfo(
+            path=path,
+            type=kind,
+            mode=stat_mod.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            rdev=rdev,
+            acl=self._acl(real),
+        )
+
+    @staticmethod
+    def _acl(real: str) -> tuple:
+        try:
+            blob = os.getxattr(real, "system.posix_acl_access")
+        except OSError:
+            # ENODATA: no ACL; ENOTSUP: the filesystem has none. Either way only the mode applies.
+            return ()
+        try:
+            return decode_posix_acl(blob)
+        except ValueError:
+            return ()
+
+    def read_link(self, path: str) -> str:
+        try:
+            return os.readlink(self._real(path, follow_last=False))
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+
+    # -- the running system ----------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> CommandResult:
+        what = " ".join(argv)
+        self._files_only(what)
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        try:
+            done = subprocess.run(
+                list(argv),
+                capture_output=True,
+                timeout=timeout,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise NotFound(what, f"{argv[0]} is not installed") from None
+        except subprocess.TimeoutExpired:
+            raise SourceError(what, f"did not finish within {timeout:g} s") from None
+        except OSError as exc:
+            raise _os_error(what, exc) from None
+        return CommandResult(
+            argv=tuple(argv),
+            returncode=done.returncode,
+            stdout=done.stdout.decode("utf-8", "replace"),
+            stderr=done.stderr.decode("utf-8", "replace"),
+        )
+
+    def processes(self) -> list[ProcessInfo]:
+        if self.files_only:
+            return self._tree_processes()
+        import psutil
+
+        found = []
+        attrs = ["pid", "ppid", "name", "exe", "cmdline", "uids", "gids"]
+        for proc in psutil.process_iter(attrs):
+            info = proc.info
+            if info.get("uids") is None:  # gone while we looked
+                continue
+            found.append(
+                ProcessInfo(
+                    pid=info["pid"],
+                    ppid=info["ppid"] or 0,
+                    name=info["name"] or "",
+                    exe=info["exe"] or "",
+                    cmdline=tuple(info["cmdline"] or ()),
+                    uid=info["uids"].real,
+                    gid=info["gids"].real,
+                )
+            )
+        return found
+
+    def _tree_processes(self) -> list[ProcessInfo]:
+        """Processes of a tree that carries a /proc copy (a hand-made tree or a bundle)."""
+        found = []
+        for entry in self.list_dir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                status = self.read_file(f"/proc/{entry}/status").decode("utf-8", "replace")
+            except SourceError:
+                continue
+            fields = dict(
+                line.split(":", 1) for line in status.splitlines() if ":" in line
+            )
+            try:
+                cmdline = self.read_file(f"/proc/{entry}/cmdline").split(b"\0")
+            except SourceError:
+                cmdline = []
+            argv = tuple(part.decode("utf-8", "replace") for part in cmdline if part)
+            found.append(
+                ProcessInfo(
+                    pid=int(entry),
+                    ppid=int(fields.get("PPid", "0").strip() or 0),
+                    name=fields.get("Name", "").strip(),
+                    exe=argv[0] if argv else "",
+                    cmdline=argv,
+                    uid=int(fields.get("Uid", "0").split()[0]),
+                    gid=int(fields.get("Gid", "0").split()[0]),
+                )
+            )
+        return found
+
+    def identity(self) -> Identity:
+        self._files_only("identity")
+        sudo_uid = os.environ.get("SUDO_UID")
+        return Identity(
+            uid=os.getuid(),
+            euid=os.geteuid(),
+            gid=os.getgid(),
+            groups=tuple(sorted(set(os.getgroups()))),
+            sudo_user=os.environ.get("SUDO_USER"),
+            sudo_uid=int(sudo_uid) if sudo_uid and sudo_uid.isdigit() else None,
+        )
+
+    def uname(self) -> Uname:
+        self._files_only("uname")
+        u = os.uname()
+        return Uname(u.sysname, u.nodename, u.release, u.version, u.machine)
+
+    def environ(self, name: str) -> Optional[str]:
+        self._files_only(f"${name}")
+        return os.environ.get(name)
+
+    def kvm_probe(self, path: str = "/dev/kvm") -> KvmProbe:
+        """Open the device and ask the kernel for its API version and a VM (closed at once)."""
+        self._files_only(path)
+        import fcntl
+
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            return KvmProbe(path=path, opened=False, open_errno=_errno_name(exc.errno))
+        try:
+            try:
+                version = fcntl.ioctl(fd, KVM_GET_API_VERSION, 0)
+            except OSError as exc:
+                return KvmProbe(path=path, opened=True, api_errno=_errno_name(exc.errno))
+            extensions = {}
+            for name, cap in KVM_CAPS.items():
+                try:
+                    extensions[name] = fcntl.ioctl(fd, KVM_CHECK_EXTENSION, cap)
+                except OSError:
+                    continue
+            try:
+                vm_fd = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
+            except OSError as exc:
+                return KvmProbe(
+                    path=path,
+                    opened=True,
+                    api_version=version,
+                    vm_created=False,
+                    create_vm_errno=_errno_name(exc.errno),
+                    extensions=extensions,
+                )
+            os.close(vm_fd)
+            return KvmProbe(
+                path=path, opened=True, api_version=version, vm_created=True, extensions=extensions
+            )
+        finally:
+            os.close(fd)
+
+    def read_msr(self, register: int, cpu: int = 0) -> int:
+        path = f"/dev/cpu/{cpu}/msr"
+        self._files_only(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Unavailable(path, "absent (the msr module is not loaded)") from None
+        except OSError as exc:
+            raise _os_error(path, exc) from None
+        try:
+            data = os.pread(fd, 8, register)
+        except OSError as exc:
+            raise _os_error(f"{path} at {register:#x}", exc) from None
+        finally:
+            os.close(fd)
+        if len(data) != 8:
+            raise SourceError(f"{path} at {register:#x}", "short read")
+        return int.from_bytes(data, "little")

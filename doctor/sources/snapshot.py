@@ -1,0 +1,405 @@
+"""Snapshots: record what a live source answered, and answer from the record later.
+
+A snapshot is a directory a person can read and edit (docs/snapshot-format.md):
+
+    manifest.json        format, tool, time, and one entry per answer (how it was obtained)
+    files/<path>         host files at their paths, e.g. files/proc/cpuinfo
+    commands/<n>.stdout  command outputs (and .stderr)
+    processes.json       the process list
+    report.json          the report of the run that recorded it
+
+`kvmdoctor collect -o NAME.tar.gz` packs the same directory into an archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+from doctor import __version__
+from doctor.sources.base import (
+    DEFAULT_MAX_BYTES,
+    ERROR_KINDS,
+    CommandResult,
+    Identity,
+    KvmProbe,
+    NotFound,
+    ProcessInfo,
+    Source,
+    SourceError,
+    StatInfo,
+    Uname,
+    Unavailable,
+)
+
+FORMAT = "kvmdoctor-snapshot"
+FORMAT_VERSION = 1
+T = TypeVar("T")
+
+# How the live source obtains each kind of answer; written into the manifest.
+HOW = {
+    "file": "read(2) of the file",
+    "dir": "listdir of the directory",
+    "stat": "stat(2) and the system.posix_acl_access xattr",
+    "link": "readlink(2)",
+    "command": "ran the command with LC_ALL=C",
+    "processes": "psutil process list (under --root: the tree's /proc files)",
+    "identity": "getuid/geteuid/getgroups of the kvmdoctor process, SUDO_USER/SUDO_UID",
+    "uname": "uname(2)",
+    "environ": "environment of the kvmdoctor process",
+    "kvm_probe": "open(2) of the device, KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM",
+    "msr": "pread(2) of /dev/cpu/N/msr",
+}
+
+
+def _key(kind: str, arg: str = "") -> str:
+    return f"{kind}:{arg}"
+
+
+def _cmd_arg(argv: Sequence[str]) -> str:
+    return json.dumps(list(argv))
+
+
+def _msr_arg(register: int, cpu: int) -> str:
+    return f"{cpu}:{register:#x}"
+
+
+class RecordingSource:
+    """Wraps a LiveSource and remembers every answer (and every refusal) it gives."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.blobs: dict[str, bytes] = {}  # entry key -> file or command output
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "recording": True}
+
+    def _record(self, kind: str, arg: str, meta: dict[str, Any], call: Callable[[], T],
+                store: Callable[[T, dict[str, Any]], None]) -> T:
+        key = _key(kind, arg)
+        entry: dict[str, Any] = {"kind": kind, **meta, "how": HOW[kind]}
+        try:
+            value = call()
+        except SourceError as exc:
+            entry["error"] = {"type": exc.kind, "message": exc.reason}
+            self.entries.setdefault(key, entry)
+            raise
+        store(value, entry)
+        self.entries[key] = entry
+        return value
+
+    def read_file(self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False) -> bytes:
+        def store(data: bytes, entry: dict[str, Any]) -> None:
+            self.blobs[_key("file", path)] = data
+            if tail:
+                entry["tail_bytes"] = max_bytes
+
+        return self._record("file", path, {"path": path},
+                            lambda: self.inner.read_file(path, max_bytes=max_bytes, tail=tail), store)
+
+    def list_dir(self, path: str) -> list[str]:
+        return self._record("dir", path, {"path": path}, lambda: self.inner.list_dir(path),
+                            lambda v, e: e.__setitem__("value", v))
+
+    def stat(self, path: str) -> StatInfo:
+        return self._record("stat", path, {"path": path}, lambda: self.inner.stat(path),
+                            lambda v, e: e.__setitem__("value", v.as_dict()))
+
+    def read_link(self, path: str) -> str:
+        return self._record("link", path, {"path": path}, lambda: self.inner.read_link(path),
+                            lambda v, e: e.__setitem__("value", v))
+
+    def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> CommandResult:
+        arg = _cmd_arg(argv)
+
+        def store(result: CommandResult, entry: dict[str, Any]) -> None:
+            entry["returncode"] = result.returncode
+            self.blobs[_key("command", arg)] = result.stdout.encode()
+            self.blobs[_key("command", arg) + ":stderr"] = result.stderr.encode()
+
+        return self._record("command", arg, {"argv": list(argv)},
+                            lambda: self.inner.run(argv, timeout=timeout), store)
+
+    def processes(self) -> list[ProcessInfo]:
+        def store(procs: list[ProcessInfo], entry: dict[str, Any]) -> None:
+            entry["data"] = "processes.json"
+            self.blobs[_key("processes")] = json.dumps(
+                [p.as_dict() for p in procs], indent=1).encode()
+
+        return self._record("processes", "", {}, self.inner.processes, store)
+
+    def identity(self) -> Identity:
+        return self._record("identity", "", {}, self.inner.identity,
+                            lambda v, e: e.__setitem__("value", v.as_dict()))
+
+    def uname(self) -> Uname:
+        return self._record("uname", "", {}, self.inner.uname,
+                            lambda v, e: e.__setitem__("value", v.as_dict()))
+
+    def environ(self, name: str) -> Optional[str]:
+        return self._record("environ", name, {"name": name}, lambda: self.inner.environ(name),
+                            lambda v, e: e.__setitem__("value", v))
+
+    def kvm_probe(self, path: str = "/dev/kvm") -> KvmProbe:
+        return self._record("kvm_probe", path, {"path": path}, lambda: self.inner.kvm_probe(path),
+                            lambda v, e: e.__setitem__("value", v.as_dict()))
+
+    def read_msr(self, register: int, cpu: int = 0) -> int:
+        return self._record("msr", _msr_arg(register, cpu), {"cpu": cpu, "register": f"{register:#x}"},
+                            lambda: self.inner.read_msr(register, cpu),
+                            lambda v, e: e.__setitem__("value", f"{v:#018x}"))
+
+    def write(self, target: str, *, report: Optional[dict[str, Any]] = None) -> None:
+        """Write the snapshot directory (or, for a .tar.gz/.tgz target, an archive of it)."""
+        if target.endswith((".tar.gz", ".tgz")):
+            with tempfile.TemporaryDirectory(prefix="kvmdoctor-") as tmp:
+                inner = os.path.join(tmp, "snapshot")
+                self._write_dir(inner, report)
+                with tarfile.open(target, "w:gz") as archive:
+                    archive.add(inner, arcname=".")
+            return
+        self._write_dir(target, report)
+
+    def _write_dir(self, target: str, report: Optional[dict[str, Any]]) -> None:
+        os.makedirs(target, exist_ok=True)
+        answers = []
+        used_names: set[str] = set()
+        for key, entry in sorted(self.entries.items()):
+            entry = dict(entry)
+            kind = entry["kind"]
+            if kind == "file" and "error" not in entry:
+                rel = "files" + entry["path"]
+                _write(target, rel, self.blobs[key])
+                entry["data"] = rel
+            elif kind == "command" and "error" not in entry:
+                name = _unique(_slug(entry["argv"]), used_names)
+                entry["stdout"] = f"commands/{name}.stdout"
+                entry["stderr"] = f"commands/{name}.stderr"
+                _write(target, entry["stdout"], self.blobs[key])
+                _write(target, entry["stderr"], self.blobs[key + ":stderr"])
+            elif kind == "processes" and "error" not in entry:
+                _write(target, "processes.json", self.blobs[key])
+            answers.append(entry)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "tool": {"name": "kvmdoctor", "version": __version__},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": self.inner.describe(),
+            "answers": answers,
+        }
+        _write(target, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+        if report is not None:
+            _write(target, "report.json", (json.dumps(report, indent=1) + "\n").encode())
+
+
+def _slug(argv: list[str]) -> str:
+    text = "_".join(os.path.basename(argv[0]) if i == 0 else a for i, a in enumerate(argv))
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:80] or "command"
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}.{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _write(base: str, rel: str, data: bytes) -> None:
+    path = os.path.join(base, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+class SnapshotError(Exception):
+    """The snapshot cannot be read at all (not a snapshot, unknown format version)."""
+
+
+class SnapshotSource:
+    """Answers from a snapshot directory or archive; never touches the host.
+
+    A question the snapshot did not record is `Unavailable`. A file placed by hand under
+    files/ answers even without a manifest entry, so a snapshot can be edited like a tree.
+    """
+
+    kind = "snapshot"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._tmp: Optional[tempfile.TemporaryDirectory[str]] = None
+        if os.path.isfile(path) and tarfile.is_tarfile(path):
+            self._tmp = tempfile.TemporaryDirectory(prefix="kvmdoctor-snapshot-")
+            _safe_extract(path, self._tmp.name)
+            self.dir = self._tmp.name
+        elif os.path.isdir(path):
+            self.dir = path
+        else:
+            raise SnapshotError(f"{path}: not a snapshot directory or archive")
+        manifest_path = os.path.join(self.dir, "manifest.json")
+        try:
+            with open(manifest_path, encoding="utf-8") as handle:
+                self.manifest = json.load(handle)
+        except FileNotFoundError:
+            raise SnapshotError(f"{path}: no manifest.json (not a kvmdoctor snapshot)") from None
+        except json.JSONDecodeError as exc:
+            raise SnapshotError(f"{path}: manifest.json is not valid JSON: {exc}") from None
+        if self.manifest.get("format") != FORMAT:
+            raise SnapshotError(f"{path}: manifest.json is not a {FORMAT} manifest")
+        version = self.manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SnapshotError(
+                f"{path}: snapshot format version {version}; this kvmdoctor reads {FORMAT_VERSION}"
+            )
+        self.entries: dict[str, dict[str, Any]] = {}
+        for entry in self.manifest.get("answers", []):
+            self.entries[_entry_key(entry)] = entry
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "snapshot",
+            "path": os.path.abspath(self.path),
+            "created": self.manifest.get("created"),
+            "recorded_from": self.manifest.get("source"),
+            "recorded_by": self.manifest.get("tool"),
+        }
+
+    def _entry(self, kind: str, arg: str = "") -> Optional[dict[str, Any]]:
+        entry = self.entries.get(_key(kind, arg))
+        if entry is not None and "error" in entry:
+            err = entry["error"]
+            cls = ERROR_KINDS.get(err.get("type", ""), SourceError)
+            raise cls(arg or kind, err.get("message", "recorded as an error"))
+        return entry
+
+    def _missing(self, what: str) -> Unavailable:
+        return Unavailable(what, "not recorded in the snapshot")
+
+    def _data(self, rel: str) -> bytes:
+        real = os.path.normpath(os.path.join(self.dir, rel))
+        if not real.startswith(os.path.normpath(self.dir) + os.sep):
+            raise SourceError(rel, "manifest points outside the snapshot")
+        try:
+            with open(real, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise SourceError(rel, "named in manifest.json but missing from the snapshot") from None
+
+    def _value(self, kind: str, arg: str = "") -> Any:
+        entry = self._entry(kind, arg)
+        if entry is None:
+            raise self._missing(arg or kind)
+        return entry.get("value")
+
+    def read_file(self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False) -> bytes:
+        entry = self._entry("file", path)
+        rel = entry["data"] if entry else "files" + path
+        if entry is None and not os.path.isfile(os.path.join(self.dir, rel)):
+            raise self._missing(path)
+        data = self._data(rel)
+        return data[-max_bytes:] if tail else data[:max_bytes]
+
+    def list_dir(self, path: str) -> list[str]:
+        entry = self._entry("dir", path)
+        if entry is not None:
+            return list(entry["value"])
+        real = os.path.join(self.dir, "files" + path)
+        if os.path.isdir(real):
+            return sorted(os.listdir(real))
+        raise self._missing(path)
+
+    def stat(self, path: str) -> StatInfo:
+        return StatInfo.from_dict(self._value("stat", path))
+
+    def read_link(self, path: str) -> str:
+        return str(self._value("link", path))
+
+    def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> CommandResult:
+        arg = _cmd_arg(argv)
+        entry = self._entry("command", arg)
+        if entry is None:
+            raise self._missing(" ".join(argv))
+        stderr = self._data(entry["stderr"]) if entry.get("stderr") else b""
+        return CommandResult(
+            argv=tuple(argv),
+            returncode=int(entry.get("returncode", 0)),
+            stdout=self._data(entry["stdout"]).decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
+        )
+
+    def processes(self) -> list[ProcessInfo]:
+        entry = self._entry("processes")
+        if entry is None:
+            raise self._missing("processes")
+        rows = json.loads(self._data(entry.get("data", "processes.json")))
+        return [ProcessInfo(**{**row, "cmdline": tuple(row["cmdline"])}) for row in rows]
+
+    def identity(self) -> Identity:
+        value = self._value("identity")
+        return Identity(**{**value, "groups": tuple(value["groups"])})
+
+    def uname(self) -> Uname:
+        return Uname(**self._value("uname"))
+
+    def environ(self, name: str) -> Optional[str]:
+        value = self._value("environ", name)
+        return None if value is None else str(value)
+
+    def kvm_probe(self, path: str = "/dev/kvm") -> KvmProbe:
+        return KvmProbe(**self._value("kvm_probe", path))
+
+    def read_msr(self, register: int, cpu: int = 0) -> int:
+        return int(str(self._value("msr", _msr_arg(register, cpu))), 16)
+
+
+def _entry_key(entry: dict[str, Any]) -> str:
+    kind = entry.get("kind", "")
+    if kind == "command":
+        return _key(kind, _cmd_arg(entry["argv"]))
+    if kind == "environ":
+        return _key(kind, entry["name"])
+    if kind == "msr":
+        return _key(kind, _msr_arg(int(entry["register"], 16), int(entry["cpu"])))
+    return _key(kind, entry.get("path", ""))
+
+
+def _safe_extract(archive: str, dest: str) -> None:
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = os.path.normpath(member.name)
+            if name.startswith(("/", "..")) or not (member.isfile() or member.isdir()):
+                raise SnapshotError(f"{archive}: refusing archive member {member.name!r}")
+        for member in tar.getmembers():
+            target = os.path.join(dest, os.path.normpath(member.name))
+            if member.isdir():
+                os.makedirs(target, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            extracted = tar.extractfile(member)
+            if extracted is None:
+                continue
+            with extracted, open(target, "wb") as out:
+                shutil.copyfileobj(extracted, out)
+
+
+def open_source(
+    *, root: Optional[str] = None, snapshot: Optional[str] = None, uri: Optional[str] = None
+) -> Source:
+    """The source a command line asks for: a snapshot, a tree, or this host."""
+    from doctor.sources.live import LiveSource
+
+    if snapshot is not None:
+        return SnapshotSource(snapshot)
+    if root is not None and not os.path.isdir(root):
+        raise NotFound(root, "--root must name a directory")
+    return LiveSource(root=root or "/", uri=uri)

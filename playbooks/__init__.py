@@ -1,0 +1,1 @@
+"""Remediation playbooks (YAML), shipped as package data. See docs/architecture.md."""

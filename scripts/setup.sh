@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Set up kvmdoctor on this machine: system packages, .venv, the project itself.
+#   scripts/setup.sh          packages needed to build and run kvmdoctor
+#   scripts/setup.sh --lab    also the test lab (libvirtd, QEMU, OVMF, nftables, ...) and its daemons
+# Idempotent. As a non-root user it installs nothing system-wide and says what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LAB=0
+[ "${1:-}" = "--lab" ] && LAB=1
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+base_pkgs="python3-venv python3-dev gcc pkg-config libvirt-dev acl iproute2 kmod"
+lab_pkgs="libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf dnsmasq-base
+          nftables iptables ebtables tcpdump libpcap0.8"
+pkgs=$base_pkgs
+[ "$LAB" = 1 ] && pkgs="$pkgs $lab_pkgs"
+
+missing=""
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+  done
+fi
+
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # --force-confnew: an existing /etc/libvirt/qemu.conf would otherwise stop dpkg at a prompt.
+    # shellcheck disable=SC2086
+    apt-get install -y -qq -o Dpkg::Options::=--force-confnew $missing >/dev/null
+  else
+    say "not root (or no apt-get): not installing system packages; missing:$missing"
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.kvmdoctor-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing kvmdoctor and its test dependencies into $VENV"
+  log="$VENV/pip-install.log"
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+         "$VENV/bin/python" -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+    cat "$log" >&2
+    say "pip install failed (log above, kept in $log)"
+    exit 1
+  fi
+  touch "$stamp"
+fi
+
+[ "$LAB" = 1 ] || exit 0
+
+# The lab daemons. Machines without systemd (containers, this CI) start them by hand.
+if [ "$(id -u)" != 0 ]; then
+  say "not root: not starting libvirtd/virtlogd; integration tests that need them will say so"
+  exit 0
+fi
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl start virtlogd.socket libvirtd.socket libvirtd.service >/dev/null 2>&1 || true
+fi
+mkdir -p /var/log/libvirt /run/libvirt
+if ! [ -S /run/libvirt/virtlogd-sock ]; then
+  command -v virtlogd >/dev/null 2>&1 && { say "starting virtlogd"; virtlogd -d; }
+fi
+if ! [ -S /run/libvirt/libvirt-sock ]; then
+  if command -v libvirtd >/dev/null 2>&1; then
+    say "starting libvirtd"
+    libvirtd -d
+    for _ in $(seq 1 60); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.5; done
+    [ -S /run/libvirt/libvirt-sock ] || { say "libvirtd did not create its socket"; exit 1; }
+  fi
+fi
+exit 0

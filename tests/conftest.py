@@ -1,0 +1,64 @@
+"""Shared test policy and fixtures.
+
+Skips: a test may skip only for what this kernel lacks (reason starting "kernel lacks"). In CI
+(CI=true) every other skip is turned into a failure, so a missing prerequisite that the machine
+can provide (root, libvirtd, a package) is caught instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REALDATA = FIXTURES / "realdata"
+HOST_SNAPSHOT = FIXTURES / "snapshots" / "host-kvm-pvm"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+KERNEL_LACKS = "kernel lacks"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip when a prerequisite is missing, except in CI, where it is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI machine must provide: {what}")
+    pytest.skip(f"needs {what}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not (IN_CI and report.skipped):
+        return
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if KERNEL_LACKS not in reason:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must not happen for this prerequisite: {reason}"
+
+
+@pytest.fixture
+def host_snapshot() -> Path:
+    """A snapshot recorded by `kvmdoctor collect` on the lab machine (see its README.md)."""
+    return HOST_SNAPSHOT
+
+
+@pytest.fixture
+def edit_snapshot(tmp_path: Path) -> Any:
+    """A writable copy of the host snapshot: `snap = edit_snapshot(); snap.set_file(...)`."""
+    from kdsnap import EditableSnapshot
+
+    count = 0
+
+    def make(base: Path = HOST_SNAPSHOT) -> EditableSnapshot:
+        nonlocal count
+        count += 1
+        return EditableSnapshot(base, tmp_path / f"snapshot-{count}")
+
+    return make

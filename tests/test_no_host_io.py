@@ -1,0 +1,178 @@
+"""Only doctor/sources/ touches the host. Enforced two ways: statically (what the other modules
+import and call) and at run time (an audit hook watching a snapshot replay)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT
+
+# Modules that read the host, and builtins that do.
+HOST_MODULES = {
+    "subprocess",
+    "socket",
+    "fcntl",
+    "ctypes",
+    "psutil",
+    "libvirt",
+    "pyroute2",
+    "scapy",
+    "shutil",
+    "glob",
+    "pwd",
+    "grp",
+    "getpass",
+    "platform",
+    "tarfile",
+}
+HOST_CALLS = {"open"}
+OS_READS = {
+    "stat",
+    "lstat",
+    "listdir",
+    "scandir",
+    "readlink",
+    "getxattr",
+    "open",
+    "uname",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getgroups",
+    "environ",
+    "getenv",
+    "walk",
+    "access",
+    "popen",
+    "system",
+}
+# Outside sources/, only these may do I/O, and not to read the host: the config file, the
+# output file, the generated docs, and the CLI's own environment (NO_COLOR, KVMDOCTOR_DEBUG).
+ALLOWED = {
+    "doctor/config.py",
+    "doctor/cli/common.py",
+    "doctor/cli/collect.py",
+    "doctor/docs.py",
+    "doctor/cli/__init__.py",
+    "doctor/cli/version.py",
+}
+
+
+def python_files() -> list[Path]:
+    files = sorted((ROOT / "doctor").rglob("*.py")) + sorted((ROOT / "checks").rglob("*.py"))
+    return [
+        f
+        for f in files
+        if "sources" not in f.relative_to(ROOT).parts and str(f.relative_to(ROOT)) not in ALLOWED
+    ]
+
+
+def violations(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module.split(".")[0]]
+        else:
+            names = []
+        found += [f"line {node.lineno}: imports {n}" for n in names if n in HOST_MODULES]
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in HOST_CALLS
+        ):
+            found.append(f"line {node.lineno}: calls {node.func.id}()")
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("os", "os.path")
+            and node.attr in OS_READS
+        ):
+            found.append(f"line {node.lineno}: uses os.{node.attr}")
+        if isinstance(node, ast.Attribute) and node.attr in (
+            "read_text",
+            "read_bytes",
+            "iterdir",
+            "glob",
+        ):
+            found.append(f"line {node.lineno}: uses .{node.attr}()")
+    return found
+
+
+@pytest.mark.parametrize("path", python_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_host_io_outside_the_sources(path: Path) -> None:
+    rel = str(path.relative_to(ROOT))
+    assert violations(path) == [], f"{rel} reads the host outside doctor/sources/"
+
+
+def test_the_allowed_list_names_existing_files_that_do_no_host_reads() -> None:
+    for rel in ALLOWED:
+        found = [
+            v
+            for v in violations(ROOT / rel)
+            if "imports" in v
+            and any(m in v for m in ("subprocess", "socket", "psutil", "libvirt", "pyroute2"))
+        ]
+        assert found == [], rel
+
+
+def test_the_static_rule_would_catch_a_check_that_opens_a_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import subprocess\n\ndef c():\n    return open('/proc/cpuinfo').read()\n")
+    assert violations(bad) == ["line 1: imports subprocess", "line 4: calls open()"]
+
+
+_watch: dict[str, Any] = {"on": False, "allowed": (), "seen": []}
+
+
+def _hook(event: str, args: tuple) -> None:
+    if not _watch["on"]:
+        return
+    if event == "open":
+        path = str(args[0])
+        if not path.startswith(_watch["allowed"]):
+            _watch["seen"].append(f"open {path}")
+    elif event in (
+        "subprocess.Popen",
+        "os.listdir",
+        "os.scandir",
+        "socket.connect",
+        "os.system",
+        "fcntl.ioctl",
+    ):
+        _watch["seen"].append(f"{event} {args[:2]}")
+
+
+def test_a_snapshot_replay_reads_nothing_but_the_snapshot(host_snapshot: Path) -> None:
+    from doctor import engine
+    from doctor.registry import load_registry
+    from doctor.report import build
+    from doctor.sources.snapshot import SnapshotSource
+
+    registry = load_registry()
+
+    def replay() -> Any:
+        source = SnapshotSource(str(host_snapshot))
+        result = engine.run(registry, source)
+        return build(result, source, argv=[], fail_on="fail")
+
+    replay()  # import everything once, so module loading is not counted below
+    sys.addaudithook(_hook)  # cannot be removed; it only records while `on` is set
+    _watch.update(on=True, allowed=(str(host_snapshot),), seen=[])
+    try:
+        with open("/proc/cpuinfo", "rb"):  # the hook sees host reads: this one must show
+            pass
+        assert _watch["seen"] == ["open /proc/cpuinfo"]
+        _watch["seen"] = []
+        report = replay()
+    finally:
+        _watch["on"] = False
+    assert report["checks"], "the replay ran no check"
+    assert _watch["seen"] == []
