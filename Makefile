@@ -23,12 +23,15 @@ check: setup lint
 	$(PY) -m pytest -m "not integration" -q $(PYTEST_ARGS)
 
 lint:
-	$(VENV)/bin/ruff check doctor checks tests bench
-	$(VENV)/bin/ruff format --check doctor checks tests bench
+	$(VENV)/bin/ruff check doctor checks tests bench scripts
+	$(VENV)/bin/ruff format --check doctor checks tests bench scripts
 	$(VENV)/bin/mypy
 
 docs: setup
 	$(PY) -m doctor.docs docs/checks.md
+
+sample-reports: setup
+	$(PY) scripts/sample_reports.py
 
 bench: setup-lab
 	$(PY) bench/bench_cli.py

@@ -89,6 +89,10 @@ def render(
             where = f"tree {source.get('root')}"
         parts.append(where)
         print_(escape(" · ".join(parts)), style="bold")
+        headline = _headline(report)
+        if headline:
+            status, message = headline
+            print_(f"[{STYLE[status]}]{escape(message)}[/]")
 
     diagnoses = report.get("diagnoses") or []
     if diagnoses:
@@ -155,6 +159,15 @@ def render(
         counts.append(f"{summary['ignored']} ignored")
     counts.append(f"exit {report['exit_code']}")
     print_("\n" + " · ".join(counts), style="bold")
+
+
+def _headline(report: dict[str, Any]) -> Any:
+    """The one verdict an operator asks first: can this host run KVM guests? (KVM006)"""
+    for chk in report["checks"]:
+        if chk["code"] == "KVM006" and chk["findings"]:
+            finding = chk["findings"][0]
+            return finding["status"], f"{finding['message']} (KVM006)"
+    return None
 
 
 def _finding(
