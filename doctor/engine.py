@@ -72,12 +72,10 @@ def validate_ignores(registry: Registry, ignores: Iterable[IgnoreRule]) -> None:
             raise SelectionError(f"ignore ({rule.by}): no check matches {rule.token!r}")
 
 
-def _json_safe(evidence: Any) -> Optional[str]:
-    try:
-        json.dumps(evidence, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return str(exc)
-    return None
+def _plain(evidence: Any) -> Any:
+    """The evidence as plain JSON values (tuples become lists), as the report will hold it.
+    Raises TypeError or ValueError for what JSON cannot hold."""
+    return json.loads(json.dumps(evidence, allow_nan=False))
 
 
 class _Outcome:
@@ -146,13 +144,14 @@ def run_check(spec: CheckSpec, ctx: FactContext) -> CheckRun:
         )
     findings = []
     for item in outcome.findings:
-        problem = None if isinstance(item, Finding) else f"yielded {type(item).__name__}"
-        problem = problem or _json_safe(item.evidence)
-        if problem:
-            message = f"{spec.code} {spec.name} produced an invalid finding: {problem}"
+        try:
+            if not isinstance(item, Finding):
+                raise TypeError(f"yielded {type(item).__name__}, not a Finding")
+            findings.append(replace(item, code=spec.code, evidence=_plain(item.evidence)))
+        except (TypeError, ValueError) as exc:
+            message = f"{spec.code} {spec.name} produced an invalid finding: {exc}"
             findings = [Finding("error", message, code=spec.code)]
             break
-        findings.append(replace(item, code=spec.code))
     if not findings:
         findings = [Finding("pass", "nothing to report", code=spec.code)]
     status = worst([f.status for f in findings])

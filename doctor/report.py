@@ -1,6 +1,6 @@
 """The report: one versioned JSON document built from a run; every output format is a view of it.
 
-The schema is docs/report.schema.json (also shipped as doctor/schemas/report.schema.json).
+The schema is docs/report.schema.json.
 """
 
 from __future__ import annotations

@@ -14,21 +14,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REALDATA = FIXTURES / "realdata"
-HOST_SNAPSHOT = FIXTURES / "snapshots" / "host-kvm-pvm"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-KERNEL_LACKS = "kernel lacks"
-
-
-def require(condition: bool, what: str) -> None:
-    """Skip when a prerequisite is missing, except in CI, where it is a failure."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI machine must provide: {what}")
-    pytest.skip(f"needs {what}")
+from kdtest import HOST_SNAPSHOT, IN_CI, KERNEL_LACKS
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -7,7 +7,7 @@ import pytest
 from doctor.docs import checks_markdown
 from doctor.registry import SECTIONS, load_registry
 
-from conftest import ROOT
+from kdtest import ROOT
 
 
 def test_docs_checks_md_is_generated_from_the_current_checks() -> None:

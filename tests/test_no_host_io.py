@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT
+from kdtest import ROOT
 
 # Modules that read the host, and builtins that do.
 HOST_MODULES = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from kdtest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import sample_reports  # noqa: E402

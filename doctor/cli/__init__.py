@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from doctor.cli import checks as checks_cmd
 from doctor.cli import collect as collect_cmd
 from doctor.cli import run as run_cmd
+from doctor.cli import common
 from doctor.cli import version as version_cmd
 from doctor.cli.common import EXIT_INTERNAL, EXIT_USAGE, UsageError
 
@@ -31,6 +32,7 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        common.INVOCATION[:] = ["kvmdoctor", *(sys.argv[1:] if args is None else args)]
         try:
             rv = super().main(
                 args=args,

@@ -50,6 +50,11 @@ ConfigOpt = typer.Option(
 )
 
 
+# The arguments of this invocation, for the report (set by the CLI group; sys.argv is the test
+# runner's under CliRunner).
+INVOCATION: list[str] = []
+
+
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 

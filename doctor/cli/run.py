@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from doctor.cli.common import (
+    INVOCATION,
     ConfigOpt,
     IgnoreOpt,
     Output,
@@ -128,7 +129,7 @@ def execute(
     return build(
         result,
         source,
-        argv=["kvmdoctor", *sys.argv[1:]],
+        argv=list(INVOCATION) or ["kvmdoctor"],
         fail_on=fail_on,  # type: ignore[arg-type]
         selected=selected,
     )

@@ -154,7 +154,8 @@ def render(
         if n or status in ("pass", "fail"):
             plural = "s" if n != 1 and status in ("warn", "error") else ""
             counts.append(f"{n} {word}{plural}")
-    counts[0] = f"{summary['checks']} checks, findings: {counts[0]}"
+    checks = summary["checks"]
+    counts[0] = f"{checks} check{'s' if checks != 1 else ''}, findings: {counts[0]}"
     if summary.get("ignored"):
         counts.append(f"{summary['ignored']} ignored")
     counts.append(f"exit {report['exit_code']}")

@@ -236,3 +236,14 @@ def test_collect_refuses_to_write_into_a_non_empty_directory(tmp_path: Path) -> 
         "exists and is not empty",
     )
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_the_report_records_this_invocations_arguments(snap: str) -> None:
+    args = ["run", "--snapshot", snap, "-f", "json"]
+    assert report_of(kvmdoctor(*args))["run"]["argv"] == ["kvmdoctor", *args]
+
+
+def test_text_output_leads_with_the_kvm_verdict(snap: str) -> None:
+    second_line = kvmdoctor("run", "--snapshot", snap).stdout.splitlines()[1]
+    assert second_line.startswith("KVM is usable: API version 12")
+    assert second_line.endswith("(KVM006)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, require
+from kdtest import ROOT, require
 
 pytestmark = pytest.mark.integration
 KVMDOCTOR = [sys.executable, "-m", "doctor"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pickle
 import pwd
 import shutil
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -149,3 +150,37 @@ def run_as() -> Iterator[Callable[[int, int, tuple[int, ...], str], int]]:
         except ProcessLookupError:
             pass
         os.waitpid(pid, 0)
+
+
+@pytest.fixture
+def as_user() -> Callable[..., Any]:
+    """call(fn, uid, gid, groups) runs fn() in a forked child with those credentials and
+    returns what it returned (it must be picklable); an exception in the child fails the test."""
+
+    def call(fn: Callable[[], Any], uid: int, gid: int, groups: tuple[int, ...]) -> Any:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            try:
+                os.close(read_end)
+                os.setgroups(list(groups))
+                os.setgid(gid)
+                os.setuid(uid)
+                try:
+                    payload = pickle.dumps(("ok", fn()))
+                except BaseException as exc:  # reported to the parent, which fails the test
+                    payload = pickle.dumps(("raised", f"{type(exc).__name__}: {exc}"))
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(payload)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as handle:
+            data = handle.read()
+        os.waitpid(pid, 0)
+        assert data, "the child process died before answering"
+        status, value = pickle.loads(data)
+        assert status == "ok", f"in the child: {value}"
+        return value
+
+    return call
