@@ -404,9 +404,12 @@ def nested_virt_not_exposed(
             "skip", f"running inside {virt.name}; CPU flags unavailable", evidence=evidence
         )
         return
-    if kvm is not None and kvm.device.is_char and kvm.probe is None:
+    untested = kvm is not None and kvm.device.is_char and (
+        kvm.probe is None or kvm.probe.open_errno in ("EACCES", "EPERM")
+    )
+    if untested and kvm is not None:
         # Some hypervisors provide KVM without the flag (as on PVM hosts); only the ioctl could
-        # tell, and this source cannot make it (--root, or a snapshot without the probe).
+        # tell, and it could not be made here (--root, a snapshot without it, no permission).
         yield Finding(
             "info",
             f"running inside {virt.name}; the CPU shows no vmx/svm but {kvm.device.path} exists, "

@@ -266,6 +266,11 @@ def test_kvm004_only_informs_where_the_device_exists_but_cannot_be_tested(
     assert "could not be tested" in finding.message
 
 
+def test_kvm004_only_informs_when_kvmdoctor_may_not_open_the_device(edit_snapshot: Any) -> None:
+    snap = edit_snapshot().set_value("kvm_probe", DENIED_PROBE, path="/dev/kvm")
+    assert one(run_checks(snap.save()), "KVM004").status == "info"
+
+
 def test_kvm004_passes_on_bare_metal(edit_snapshot: Any) -> None:
     snap = intel_bare_metal(edit_snapshot(), "[    0.000000] Linux version 6.1.0\n")
     finding = one(run_checks(snap.save()), "KVM004")
