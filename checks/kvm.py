@@ -404,8 +404,10 @@ def nested_virt_not_exposed(
             "skip", f"running inside {virt.name}; CPU flags unavailable", evidence=evidence
         )
         return
-    untested = kvm is not None and kvm.device.is_char and (
-        kvm.probe is None or kvm.probe.open_errno in ("EACCES", "EPERM")
+    untested = (
+        kvm is not None
+        and kvm.device.is_char
+        and (kvm.probe is None or kvm.probe.open_errno in ("EACCES", "EPERM"))
     )
     if untested and kvm is not None:
         # Some hypervisors provide KVM without the flag (as on PVM hosts); only the ioctl could

@@ -45,11 +45,19 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
+def _fact(result: RunResult, name: str) -> Any:
+    """A fact for the report's host summary. A fact that fails here has already failed the
+    checks that need it, as `error` findings; the summary just leaves it out."""
+    try:
+        return result.facts.optional(name)
+    except Exception:  # noqa: BLE001 - reported through the checks, see above
+        return None
+
+
 def _host(result: RunResult) -> dict[str, Any]:
-    ctx = result.facts
-    host = ctx.optional("host")
-    virt = ctx.optional("virt")
-    uri = ctx.optional("uri")
+    host = _fact(result, "host")
+    virt = _fact(result, "virt")
+    uri = _fact(result, "uri")
     return {
         "hostname": host.hostname if host else None,
         "kernel": host.kernel if host else None,
@@ -63,7 +71,7 @@ def _host(result: RunResult) -> dict[str, Any]:
 
 def _user(result: RunResult) -> Optional[str]:
     """Who ran kvmdoctor on the host the facts describe (for a snapshot: who recorded it)."""
-    principals = result.facts.optional("principals")
+    principals = _fact(result, "principals")
     if principals is None:
         return None
     return next((p.name for p in principals.items if p.role == "invoking user"), None)

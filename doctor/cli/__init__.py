@@ -15,8 +15,8 @@ from typer.core import TyperGroup
 
 from doctor.cli import checks as checks_cmd
 from doctor.cli import collect as collect_cmd
-from doctor.cli import run as run_cmd
 from doctor.cli import common
+from doctor.cli import run as run_cmd
 from doctor.cli import version as version_cmd
 from doctor.cli.common import EXIT_INTERNAL, EXIT_USAGE, UsageError
 

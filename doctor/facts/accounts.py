@@ -88,8 +88,15 @@ def accounts(ctx: FactContext) -> Accounts:
 
 def mode_string(st: StatInfo) -> str:
     """`ls -l` style, with the `+` that marks an extended ACL: crw-rw----+."""
-    kinds = {"char": "c", "block": "b", "dir": "d", "file": "-", "link": "l", "socket": "s",
-             "fifo": "p"}
+    kinds = {
+        "char": "c",
+        "block": "b",
+        "dir": "d",
+        "file": "-",
+        "link": "l",
+        "socket": "s",
+        "fifo": "p",
+    }
     text = kinds.get(st.type, "?") + stat_mod.filemode(st.mode)[1:]
     return text + ("+" if has_extended_acl(st) else "")
 
@@ -100,13 +107,18 @@ def has_extended_acl(st: StatInfo) -> bool:
 
 @dataclass(frozen=True)
 class Access:
-    read: bool
-    write: bool
+    read: bool  # open(O_RDONLY) is allowed
+    write: bool  # open(O_WRONLY) is allowed
     via: str  # which rule decided: "root", "owner", "ACL user:alice", "group kvm", "other", ...
     detail: str  # the rule in words, for messages
+    # open(O_RDWR) is allowed. Only the group class can grant read and write through different
+    # entries and still refuse both at once; None means `read and write`.
+    read_write_granted: Optional[bool] = None
 
     @property
     def read_write(self) -> bool:
+        if self.read_write_granted is not None:
+            return self.read_write_granted
         return self.read and self.write
 
 
@@ -130,20 +142,25 @@ def access(st: StatInfo, uid: int, gids: tuple[int, ...], accounts: Accounts) ->
     entries = st.acl if has_extended_acl(st) else ()
     owner_perms = _mode_perms(st.mode, 6)
     if uid == st.uid:
-        return Access(*_bits(owner_perms), "owner", f"owner {accounts.user_name(uid)}: {owner_perms}")
+        return Access(
+            *_bits(owner_perms), "owner", f"owner {accounts.user_name(uid)}: {owner_perms}"
+        )
     mask = next((e.perms for e in entries if e.tag == "mask"), "rwx")
     for entry in entries:
         if entry.tag == "user" and entry.qualifier == uid:
             perms = _and(entry.perms, mask)
             name = accounts.user_name(uid)
             masked = f" (masked to {perms})" if perms != entry.perms else ""
-            return Access(*_bits(perms), f"ACL user:{name}",
-                          f"ACL entry user:{name}:{entry.perms}{masked}")
+            return Access(
+                *_bits(perms), f"ACL user:{name}", f"ACL entry user:{name}:{entry.perms}{masked}"
+            )
     # The group class: the owning group and named group entries; any one that grants decides.
     matched = []
     if entries:
-        group_obj = next((e.perms for e in entries if e.tag == "group" and e.qualifier is None),
-                         _mode_perms(st.mode, 3))
+        group_obj = next(
+            (e.perms for e in entries if e.tag == "group" and e.qualifier is None),
+            _mode_perms(st.mode, 3),
+        )
         if st.gid in gids:
             matched.append((f"group {accounts.group_name(st.gid)}", _and(group_obj, mask)))
         for entry in entries:
@@ -153,14 +170,25 @@ def access(st: StatInfo, uid: int, gids: tuple[int, ...], accounts: Accounts) ->
     elif st.gid in gids:
         matched.append((f"group {accounts.group_name(st.gid)}", _mode_perms(st.mode, 3)))
     if matched:
+        # The kernel grants a request when one matching group entry (after the mask) holds
+        # every permission asked for (fs/posix_acl.c): read and write may come from different
+        # entries, read-write only from a single one.
         for via, perms in matched:
             if perms[:2] == "rw":
                 return Access(True, True, via, f"{via}: {perms}")
-        via, perms = matched[0]
-        return Access(*_bits(perms), via, f"{via}: {perms}")
+        read = any(perms[0] == "r" for _, perms in matched)
+        write = any(perms[1] == "w" for _, perms in matched)
+        via = ", ".join(v for v, _ in matched)
+        detail = "; ".join(f"{v}: {perms}" for v, perms in matched)
+        if read and write:
+            detail += " (no single group entry grants read and write)"
+        return Access(read, write, via, detail, read_write_granted=False)
     other = _mode_perms(st.mode, 0)
-    return Access(*_bits(other), "other", f"not owner, not in group "
-                  f"{accounts.group_name(st.gid)}, no ACL entry: others get {other}")
+    return Access(
+        *_bits(other),
+        "other",
+        f"not owner, not in group {accounts.group_name(st.gid)}, no ACL entry: others get {other}",
+    )
 
 
 # --- principals ---------------------------------------------------------------------------------
@@ -217,6 +245,24 @@ def _status_groups(ctx: FactContext, pid: int) -> Optional[tuple[int, ...]]:
     return None
 
 
+def _qemu_conf_user(accts: Accounts, value: str) -> Optional[User]:
+    """libvirt's rule (virGetUserID): "+N" is uid N; otherwise a name, then a uid."""
+    if value.startswith("+"):
+        return accts.user_by_uid(int(value[1:])) if value[1:].isdigit() else None
+    return accts.user(value) or (accts.user_by_uid(int(value)) if value.isdigit() else None)
+
+
+def _qemu_conf_gid(accts: Accounts, value: str) -> Optional[int]:
+    """libvirt's rule (virGetGroupID): "+N" is gid N; otherwise a name, then a gid. A number
+    needs no /etc/group entry: the kernel takes it as it is."""
+    if value.startswith("+"):
+        return int(value[1:]) if value[1:].isdigit() else None
+    group = accts.group(value)
+    if group is not None:
+        return group.gid
+    return int(value) if value.isdigit() else None
+
+
 @fact("principals")
 def principals(ctx: FactContext) -> Principals:
     accts: Accounts = ctx.get("accounts")
@@ -233,14 +279,32 @@ def principals(ctx: FactContext) -> Principals:
             user = accts.user(ident.sudo_user)
             if user is not None:
                 gids = accts.configured_gids(user)
-                items.append(Principal("invoking user", user.name, user.uid, gids, "/etc/group",
-                                       gids, note="ran kvmdoctor through sudo"))
+                items.append(
+                    Principal(
+                        "invoking user",
+                        user.name,
+                        user.uid,
+                        gids,
+                        "/etc/group",
+                        gids,
+                        note="ran kvmdoctor through sudo",
+                    )
+                )
+            else:
+                notes.append(f"invoking user: sudo user {ident.sudo_user!r} is not in /etc/passwd")
         else:
             user = accts.user_by_uid(ident.uid)
             gids = tuple(sorted({ident.gid, *ident.groups}))
-            items.append(Principal(
-                "invoking user", user.name if user else str(ident.uid), ident.uid, gids,
-                "the kvmdoctor process", accts.configured_gids(user) if user else None))
+            items.append(
+                Principal(
+                    "invoking user",
+                    user.name if user else str(ident.uid),
+                    ident.uid,
+                    gids,
+                    "the kvmdoctor process",
+                    accts.configured_gids(user) if user else None,
+                )
+            )
 
     # 2. The identity QEMU runs as under the system daemon (qemu.conf user/group).
     conf = ctx.optional("qemu_conf")
@@ -252,19 +316,28 @@ def principals(ctx: FactContext) -> Principals:
         name = next((n for n in ("libvirt-qemu", "qemu") if accts.user(n)), None)
         origin = "distribution default"
     if name is not None:
-        user = accts.user(name.lstrip("+")) if not name.lstrip("+").isdigit() else \
-            accts.user_by_uid(int(name.lstrip("+")))
+        user = _qemu_conf_user(accts, name)
         if user is None:
             notes.append(f"qemu.conf user {name!r} does not exist in /etc/passwd")
         else:
-            gids = set(accts.configured_gids(user))
+            qemu_gids = set(accts.configured_gids(user))
             group_name = conf.values.get("group") if conf is not None else None
             if group_name is not None:
-                group = accts.group(str(group_name).lstrip("+"))
-                if group is not None:
-                    gids.add(group.gid)
-            items.append(Principal("qemu.conf user", user.name, user.uid, tuple(sorted(gids)),
-                                   f"/etc/group ({origin})", tuple(sorted(gids))))
+                gid = _qemu_conf_gid(accts, str(group_name))
+                if gid is not None:
+                    qemu_gids.add(gid)
+                else:
+                    notes.append(f"qemu.conf group {group_name!r} does not exist in /etc/group")
+            items.append(
+                Principal(
+                    "qemu.conf user",
+                    user.name,
+                    user.uid,
+                    tuple(sorted(qemu_gids)),
+                    f"/etc/group ({origin})",
+                    tuple(sorted(qemu_gids)),
+                )
+            )
     else:
         notes.append("qemu.conf sets no user and no libvirt-qemu/qemu account exists")
 
@@ -286,8 +359,15 @@ def principals(ctx: FactContext) -> Principals:
             notes.append(f"{proc.name}[{proc.pid}]: /proc/{proc.pid}/status unreadable")
             continue
         user = accts.user_by_uid(proc.uid)
-        items.append(Principal(
-            role, user.name if user else str(proc.uid), proc.uid,
-            tuple(sorted({proc.gid, *groups})), f"/proc/{proc.pid}/status",
-            accts.configured_gids(user) if user else None, pid=proc.pid))
+        items.append(
+            Principal(
+                role,
+                user.name if user else str(proc.uid),
+                proc.uid,
+                tuple(sorted({proc.gid, *groups})),
+                f"/proc/{proc.pid}/status",
+                accts.configured_gids(user) if user else None,
+                pid=proc.pid,
+            )
+        )
     return Principals(tuple(items), tuple(notes))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -10,6 +11,10 @@ from doctor.facts.util import read_text
 from doctor.sources.base import SourceError
 
 _VIRT_FLAGS = {"vmx": "VT-x", "svm": "AMD-V"}
+# One line per logical CPU: "processor : 3" (x86, arm, ppc), "processor 3: version = ..." (s390).
+# Old arm64 kernels also print a "Processor : AArch64 Processor rev 4" title line: not a CPU.
+_PROCESSOR_LINE = re.compile(r"^processor\s*(?::\s*\d+\s*$|\d+\s*:)")
+_ARM_SUFFIX = re.compile(r"\((v\d+l)\)\s*$")
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,15 @@ def parse_cpuinfo(text: str) -> CpuInfo:
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip().lower(), value.strip())
-    processors = sum(1 for line in text.splitlines() if line.lower().startswith("processor"))
+    processors = sum(1 for line in text.splitlines() if _PROCESSOR_LINE.match(line))
     flags = tuple((fields.get("flags") or fields.get("features") or "").split())
     vendor = fields.get("vendor_id") or fields.get("cpu implementer") or fields.get("vendor")
     virt = next((f for f in _VIRT_FLAGS if f in flags), None)
+    title = fields.get("processor", "")  # a CPU number, or the title line of old arm64 kernels
+    model = fields.get("model name") or fields.get("cpu")
     return CpuInfo(
         vendor=vendor,
-        model=fields.get("model name") or fields.get("cpu") or fields.get("processor"),
+        model=model or (title if title and not title.isdigit() else None),
         arch=_arch(fields, flags),
         processors=processors or 1,
         flags=flags,
@@ -69,8 +76,13 @@ def _arch(fields: dict[str, str], flags: tuple[str, ...]) -> Optional[str]:
         return "s390x"
     if vendor:
         return "x86_64" if "lm" in flags else "i686"
-    if "cpu implementer" in fields or fields.get("cpu architecture") == "8":
-        return "aarch64"
+    if "cpu implementer" in fields or "cpu architecture" in fields:
+        # arm64 kernels list "fp" and "asimd"; 32-bit kernels (also on ARMv8 hardware) say
+        # "vfp"/"neon" and name the mode in the model: "ARMv7 Processor rev 3 (v7l)".
+        if {"fp", "asimd"} & set(flags) or fields.get("cpu architecture") == "AArch64":
+            return "aarch64"
+        suffix = _ARM_SUFFIX.search(fields.get("model name") or fields.get("processor", ""))
+        return f"arm{suffix.group(1)}" if suffix else "armv7l"
     if "power" in fields.get("cpu", "").lower():
         return "ppc64le"
     if "isa" in fields and "rv64" in fields["isa"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -42,7 +43,9 @@ def host(ctx: FactContext) -> HostInfo:
         uname = source.uname()
     except SourceError:
         uname = None
-    os_text = read_optional(source, "/etc/os-release") or read_optional(source, "/usr/lib/os-release")
+    os_text = read_optional(source, "/etc/os-release") or read_optional(
+        source, "/usr/lib/os-release"
+    )
     hostname = uname.nodename if uname else read_optional(source, "/etc/hostname")
     kernel = uname.release if uname else read_optional(source, "/proc/sys/kernel/osrelease")
     arch, arch_from = (uname.machine, "uname") if uname else _tree_arch(ctx)
@@ -156,10 +159,12 @@ class Virtualization:
         return out
 
 
-def classify_dmi(dmi: dict[str, str]) -> Optional[str]:
+def classify_dmi(dmi: Mapping[str, Optional[str]]) -> Optional[str]:
+    """The hypervisor the DMI strings name; a field that is absent may be missing or None."""
     for key, needle, hypervisor in _DMI_TABLE:
-        if needle.lower() in dmi.get(key, "").lower():
-            if hypervisor == "microsoft" and "virtual" not in dmi.get("product_name", "").lower():
+        if needle.lower() in (dmi.get(key) or "").lower():
+            product = (dmi.get("product_name") or "").lower()
+            if hypervisor == "microsoft" and "virtual" not in product:
                 continue  # Microsoft also makes physical machines (Surface)
             return hypervisor
     return None

@@ -56,6 +56,7 @@ def kernel_log(ctx: FactContext) -> KernelLog:
         if text.strip():
             lines = current_boot(text.splitlines())
             return KernelLog(path, tuple(lines), tuple(tried))
+        tried.append(f"{path}: empty")
     raise FactUnavailable("no kernel log could be read (" + "; ".join(tried) + ")")
 
 

@@ -39,8 +39,10 @@ class Device:
             "uid": self.stat.uid,
             "gid": self.stat.gid,
             "rdev": self.stat.rdev,
-            "acl": [f"{e.tag}:{'' if e.qualifier is None else e.qualifier}:{e.perms}"
-                    for e in self.stat.acl],
+            "acl": [
+                f"{e.tag}:{'' if e.qualifier is None else e.qualifier}:{e.perms}"
+                for e in self.stat.acl
+            ],
         }
 
 
@@ -58,7 +60,9 @@ def device(ctx: FactContext, path: str) -> Device:
 @dataclass(frozen=True)
 class KvmState:
     device: Device
-    probe: Optional[KvmProbe]  # None when the source cannot open devices (--root, snapshot without it)
+    probe: Optional[
+        KvmProbe
+    ]  # None when the source cannot open devices (--root, snapshot without it)
     probe_unavailable: Optional[str] = None
 
     @property
@@ -112,8 +116,12 @@ class FirmwareControl:
     disabled: bool  # the firmware locked virtualization off
 
     def as_dict(self) -> dict[str, Any]:
-        return {"register": self.register, "value": self.value, "locked": self.locked,
-                "disabled": self.disabled}
+        return {
+            "register": self.register,
+            "value": self.value,
+            "locked": self.locked,
+            "disabled": self.disabled,
+        }
 
 
 @fact("firmware_control")
@@ -122,12 +130,14 @@ def firmware_control(ctx: FactContext) -> FirmwareControl:
     if cpu.vendor == "GenuineIntel":
         value = _msr(ctx, IA32_FEATURE_CONTROL)
         locked = bool(value & 1)
-        return FirmwareControl("IA32_FEATURE_CONTROL (0x3a)", f"{value:#x}", locked,
-                               disabled=locked and not value & 4)
+        return FirmwareControl(
+            "IA32_FEATURE_CONTROL (0x3a)", f"{value:#x}", locked, disabled=locked and not value & 4
+        )
     if cpu.vendor == "AuthenticAMD":
         value = _msr(ctx, MSR_VM_CR)
-        return FirmwareControl("VM_CR (0xc0010114)", f"{value:#x}", bool(value & 8),
-                               disabled=bool(value & 16))
+        return FirmwareControl(
+            "VM_CR (0xc0010114)", f"{value:#x}", bool(value & 8), disabled=bool(value & 16)
+        )
     raise FactUnavailable(f"no firmware virtualization MSR known for CPU vendor {cpu.vendor!r}")
 
 

@@ -11,17 +11,10 @@ from doctor.facts.util import read_text
 from doctor.sources.base import NotFound, SourceError
 
 ConfValue = Union[str, int, list]
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<comment>\#[^\n]*)
-      | (?P<string>"(?:[^"\\]|\\.)*"|'[^']*')
-      | (?P<number>-?\d+)
-      | (?P<name>[A-Za-z_][A-Za-z0-9_.]*)
-      | (?P<punct>[=\[\],;])
-      | (?P<newline>\n)
-    )""",
-    re.VERBOSE,
-)
+_BLANK = " \t"
+_EOL = "\n\r"
+_DIGITS = "0123456789"
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 class ConfError(ValueError):
@@ -29,67 +22,138 @@ class ConfError(ValueError):
 
 
 def parse_conf(text: str) -> dict[str, ConfValue]:
-    """Parse libvirt's configuration syntax (libvirtd.conf, qemu.conf, libvirt.conf):
-    `name = "string" | number | [ "list", ... ]`, `#` comments, lists across lines."""
-    tokens = []
-    pos = 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if not match or match.end() == pos:
-            if text[pos:].strip() == "":
+    """Parse libvirt's configuration syntax (libvirtd.conf, qemu.conf, libvirt.conf) as
+    libvirt's own parser does (src/util/virconf.c): `name = value` statements separated by
+    newlines or `;`; values are "strings", 'strings', \"\"\"strings\"\"\" (the only kind that
+    may span lines; no escapes in any), integers, and [lists] that may span lines but hold
+    no comments; `#` comments on their own line or after a value. When a name is set twice,
+    libvirt uses the first setting, and so does this. Raises ConfError where libvirt would
+    refuse the file."""
+    return _ConfParser(text).parse()
+
+
+class _ConfParser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def error(self, message: str) -> ConfError:
+        line = self.text.count("\n", 0, self.pos) + 1
+        return ConfError(f"line {line}: {message}")
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def skip(self, chars: str) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in chars:
+            self.pos += 1
+
+    def skip_to_eol(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] not in _EOL:
+            self.pos += 1
+
+    def parse(self) -> dict[str, ConfValue]:
+        values: dict[str, ConfValue] = {}
+        while self.pos < len(self.text):
+            self.skip(_BLANK + _EOL)
+            # Only reached at the start: a separator eats the blanks after a statement. So,
+            # as in libvirt, a file of nothing but blank lines is "expecting a name".
+            if self.peek() == "#":
+                self.skip_to_eol()
+            else:
+                name, value = self.statement()
+                values.setdefault(name, value)
+            self.separator()
+        return values
+
+    def statement(self) -> tuple[str, ConfValue]:
+        match = _NAME.match(self.text, self.pos)
+        if match is None:
+            raise self.error("expecting a name")
+        self.pos = match.end()
+        self.skip(_BLANK)
+        if self.peek() != "=":
+            raise self.error("expecting an assignment")
+        self.pos += 1
+        value = self.value()
+        self.skip(_BLANK)
+        if self.peek() == "#":
+            self.skip_to_eol()
+        return match.group(), value
+
+    def separator(self) -> None:
+        self.skip(_BLANK)
+        char = self.peek()
+        if char == "" or char in _EOL:
+            self.skip(_BLANK + _EOL)
+        elif char == ";":
+            self.pos += 1
+            self.skip(_BLANK + _EOL)
+        else:
+            raise self.error("expecting a separator")
+
+    def value(self) -> ConfValue:
+        self.skip(_BLANK)
+        char = self.peek()
+        if char == "":
+            raise self.error("expecting a value")
+        if char in "\"'":
+            return self.string()
+        if char == "[":
+            return self.list()
+        if char in _DIGITS or char in "+-":
+            return self.number()
+        raise self.error("expecting a value")
+
+    def string(self) -> str:
+        text, start = self.text, self.pos
+        if text.startswith('"""', start) and start + 6 < len(text):
+            end = text.find('"""', start + 3)
+            if end < 0:
+                raise self.error("unterminated string")
+            self.pos = end + 3
+            return text[start + 3 : end]
+        quote = text[start]
+        self.pos += 1
+        self.skip_to_quote(quote)
+        if self.peek() != quote:
+            raise self.error("unterminated string")
+        self.pos += 1
+        return text[start + 1 : self.pos - 1]
+
+    def skip_to_quote(self, quote: str) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] not in quote + _EOL:
+            self.pos += 1
+
+    def list(self) -> list[ConfValue]:
+        self.pos += 1
+        self.skip(_BLANK + _EOL)
+        items: list[ConfValue] = []
+        if self.peek() not in ("", "]"):
+            items.append(self.value())
+            self.skip(_BLANK + _EOL)
+        while self.peek() not in ("", "]"):
+            if self.peek() != ",":
+                raise self.error("expecting a separator in list")
+            self.pos += 1
+            self.skip(_BLANK + _EOL)
+            if self.peek() == "]":
                 break
-            line = text.count("\n", 0, pos) + 1
-            raise ConfError(f"line {line}: cannot parse {text[pos:pos + 20].strip()!r}")
-        pos = match.end()
-        kind = match.lastgroup
-        if kind in ("comment", None):
-            continue
-        tokens.append((kind, match.group(kind), text.count("\n", 0, match.start()) + 1))
-    values: dict[str, ConfValue] = {}
-    i = 0
+            items.append(self.value())
+            self.skip(_BLANK + _EOL)
+        if self.peek() != "]":
+            raise self.error("list is not closed with ]")
+        self.pos += 1
+        return items
 
-    def expect_value(i: int) -> tuple[ConfValue, int]:
-        while tokens[i][0] == "newline":
-            i += 1
-        kind, value, line = tokens[i]
-        if kind == "string":
-            return _unquote(value), i + 1
-        if kind == "number":
-            return int(value), i + 1
-        if kind == "punct" and value == "[":
-            items: list[ConfValue] = []
-            i += 1
-            while True:
-                while tokens[i][0] == "newline":
-                    i += 1
-                if tokens[i][1] == "]":
-                    return items, i + 1
-                item, i = expect_value(i)
-                items.append(item)
-                while tokens[i][0] == "newline":
-                    i += 1
-                if tokens[i][1] == ",":
-                    i += 1
-        raise ConfError(f"line {line}: expected a value, found {value!r}")
-
-    try:
-        while i < len(tokens):
-            kind, value, line = tokens[i]
-            if kind in ("newline",) or value == ";":
-                i += 1
-                continue
-            if kind != "name" or tokens[i + 1][1] != "=":
-                raise ConfError(f"line {line}: expected 'name = value'")
-            values[value], i = expect_value(i + 2)
-    except IndexError:
-        raise ConfError("unexpected end of file") from None
-    return values
-
-
-def _unquote(token: str) -> str:
-    if token.startswith("'"):
-        return token[1:-1]
-    return re.sub(r"\\(.)", r"\1", token[1:-1])
+    def number(self) -> int:
+        start = self.pos
+        if self.peek() in "+-":
+            self.pos += 1
+        if self.peek() == "" or self.peek() not in _DIGITS:
+            raise self.error("unterminated number")
+        self.skip(_DIGITS)
+        return int(self.text[start : self.pos])
 
 
 @dataclass(frozen=True)
@@ -121,27 +185,57 @@ def qemu_conf(ctx: FactContext) -> QemuConf:
 @dataclass(frozen=True)
 class LibvirtUri:
     uri: Optional[str]  # None: libvirt picks its default
-    origin: str  # "--uri", "LIBVIRT_DEFAULT_URI", "default"
+    origin: str  # "--uri", "LIBVIRT_DEFAULT_URI", "uri_default in <libvirt.conf>", "default"
     session: bool  # a per-user (qemu:///session) connection
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+SYSTEM_CLIENT_CONF = "/etc/libvirt/libvirt.conf"
+
+
 @fact("uri")
 def uri(ctx: FactContext) -> LibvirtUri:
+    """The URI libvirt's client library would connect to, in its own order of precedence
+    (virConnectOpen): an explicit URI, $LIBVIRT_DEFAULT_URI, `uri_default` in the client's
+    libvirt.conf (/etc/libvirt for root, ~/.config/libvirt for other users), and then its
+    probe, which gives non-root users qemu:///session."""
     if ctx.options.uri:
         return LibvirtUri(ctx.options.uri, "--uri", "/session" in ctx.options.uri)
-    try:
-        env = ctx.source.environ("LIBVIRT_DEFAULT_URI")
-    except SourceError:
-        env = None
+    env = _environ(ctx, "LIBVIRT_DEFAULT_URI")
     if env:
         return LibvirtUri(env, "LIBVIRT_DEFAULT_URI", "/session" in env)
-    # Without a URI libvirt connects non-root users to qemu:///session.
     try:
-        ident = ctx.source.identity()
-        session = ident.euid != 0
+        root = ctx.source.identity().euid == 0
     except SourceError:
-        session = False
-    return LibvirtUri(None, "default", session)
+        root = True  # a tree or a snapshot without it: the host's own (system) configuration
+    path = SYSTEM_CLIENT_CONF if root else _user_client_conf(ctx)
+    default = _uri_default(ctx, path) if path else None
+    if default:
+        return LibvirtUri(default, f"uri_default in {path}", "/session" in default)
+    return LibvirtUri(None, "default", not root)
+
+
+def _environ(ctx: FactContext, name: str) -> Optional[str]:
+    try:
+        return ctx.source.environ(name)
+    except SourceError:
+        return None
+
+
+def _user_client_conf(ctx: FactContext) -> Optional[str]:
+    config_home = _environ(ctx, "XDG_CONFIG_HOME")
+    if not config_home:
+        home = _environ(ctx, "HOME")
+        config_home = f"{home.rstrip('/')}/.config" if home else None
+    return f"{config_home.rstrip('/')}/libvirt/libvirt.conf" if config_home else None
+
+
+def _uri_default(ctx: FactContext, path: str) -> Optional[str]:
+    try:
+        values = parse_conf(read_text(ctx.source, path))
+    except (SourceError, ConfError):
+        return None
+    value = values.get("uri_default")
+    return value if isinstance(value, str) and value else None

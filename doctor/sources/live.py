@@ -6,7 +6,8 @@ import errno
 import os
 import stat as stat_mod
 import subprocess
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, BinaryIO, Optional
 
 from doctor.sources.acl import decode_posix_acl
 from doctor.sources.base import (
@@ -58,6 +59,24 @@ def _os_error(what: str, exc: OSError) -> SourceError:
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(what, reason)
     return SourceError(what, f"{reason} ({_errno_name(exc.errno)})")
+
+
+def _read_tail(handle: BinaryIO, max_bytes: int) -> bytes:
+    """The last `max_bytes` of a file. Files of /proc and /sys report a size of 0, so their
+    end is found by reading them through, keeping only the last `max_bytes`."""
+    if max_bytes <= 0:
+        return b""
+    size = os.fstat(handle.fileno()).st_size
+    if size > max_bytes:
+        handle.seek(size - max_bytes)
+    kept = bytearray()
+    while True:
+        chunk = handle.read(1024 * 1024)
+        if not chunk:
+            return bytes(kept[-max_bytes:])
+        kept += chunk
+        if len(kept) > 2 * max_bytes:
+            del kept[:-max_bytes]
 
 
 def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
@@ -131,15 +150,15 @@ class LiveSource:
         if self.files_only:
             raise Unavailable(what, f"only files are read under --root {self.root}")
 
-    def read_file(self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False) -> bytes:
+    def read_file(
+        self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False
+    ) -> bytes:
         real = self._real(path)
         try:
             with open(real, "rb") as handle:
-                if tail:
-                    size = os.fstat(handle.fileno()).st_size
-                    if size > max_bytes:
-                        handle.seek(size - max_bytes)
-                return handle.read(max_bytes)
+                if not tail:
+                    return handle.read(max_bytes)
+                return _read_tail(handle, max_bytes)
         except OSError as exc:
             raise _os_error(path, exc) from None
 
@@ -249,23 +268,28 @@ class LiveSource:
                 status = self.read_file(f"/proc/{entry}/status").decode("utf-8", "replace")
             except SourceError:
                 continue
-            fields = dict(
-                line.split(":", 1) for line in status.splitlines() if ":" in line
-            )
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
             try:
                 cmdline = self.read_file(f"/proc/{entry}/cmdline").split(b"\0")
             except SourceError:
                 cmdline = []
             argv = tuple(part.decode("utf-8", "replace") for part in cmdline if part)
+            try:
+                # A damaged or truncated copy is skipped: a missing Uid is not uid 0.
+                ppid = int(fields.get("PPid", "0").strip() or 0)
+                uid = int(fields["Uid"].split()[0])
+                gid = int(fields["Gid"].split()[0])
+            except (KeyError, IndexError, ValueError):
+                continue
             found.append(
                 ProcessInfo(
                     pid=int(entry),
-                    ppid=int(fields.get("PPid", "0").strip() or 0),
+                    ppid=ppid,
                     name=fields.get("Name", "").strip(),
                     exe=argv[0] if argv else "",
                     cmdline=argv,
-                    uid=int(fields.get("Uid", "0").split()[0]),
-                    gid=int(fields.get("Gid", "0").split()[0]),
+                    uid=uid,
+                    gid=gid,
                 )
             )
         return found

@@ -2,8 +2,10 @@
 
 A snapshot is a directory a person can read and edit (docs/snapshot-format.md):
 
-    manifest.json        format, tool, time, and one entry per answer (how it was obtained)
+    manifest.json        format, tool, time, and one entry per answer (how it was obtained);
+                         a refusal is recorded as {"type", "message", "what"}
     files/<path>         host files at their paths, e.g. files/proc/cpuinfo
+    files-other/<name>   files asked for by a path that is not plain (with `.`, `..`, `//`)
     commands/<n>.stdout  command outputs (and .stderr)
     processes.json       the process list
     report.json          the report of the run that recorded it
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, TypeVar
 
 from doctor import __version__
 from doctor.sources.base import (
@@ -30,6 +34,7 @@ from doctor.sources.base import (
     Identity,
     KvmProbe,
     NotFound,
+    PathEscapes,
     ProcessInfo,
     Source,
     SourceError,
@@ -37,6 +42,7 @@ from doctor.sources.base import (
     Uname,
     Unavailable,
 )
+from doctor.sources.redact import never_recorded, scrub
 
 FORMAT = "kvmdoctor-snapshot"
 FORMAT_VERSION = 1
@@ -82,40 +88,77 @@ class RecordingSource:
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "recording": True}
 
-    def _record(self, kind: str, arg: str, meta: dict[str, Any], call: Callable[[], T],
-                store: Callable[[T, dict[str, Any]], None]) -> T:
+    def _record(
+        self,
+        kind: str,
+        arg: str,
+        meta: dict[str, Any],
+        call: Callable[[], T],
+        store: Callable[[T, dict[str, Any]], None],
+    ) -> T:
         key = _key(kind, arg)
         entry: dict[str, Any] = {"kind": kind, **meta, "how": HOW[kind]}
         try:
             value = call()
         except SourceError as exc:
-            entry["error"] = {"type": exc.kind, "message": exc.reason}
+            entry["error"] = {"type": exc.kind, "message": exc.reason, "what": exc.what}
             self.entries.setdefault(key, entry)
             raise
         store(value, entry)
         self.entries[key] = entry
         return value
 
-    def read_file(self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False) -> bytes:
+    def read_file(
+        self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False
+    ) -> bytes:
+        key = _key("file", path)
+        kept, kept_entry = self.blobs.get(key), self.entries.get(key)
+
         def store(data: bytes, entry: dict[str, Any]) -> None:
-            self.blobs[_key("file", path)] = data
+            if kept is not None and kept_entry is not None and len(kept) >= len(data):
+                # An earlier read saw at least as much of the file (a whole read, then a
+                # limited one): keep it, so replaying either question gives the live answer.
+                entry.clear()
+                entry.update(kept_entry)
+                return
+            self.blobs[key] = data
             if tail:
                 entry["tail_bytes"] = max_bytes
 
-        return self._record("file", path, {"path": path},
-                            lambda: self.inner.read_file(path, max_bytes=max_bytes, tail=tail), store)
+        return self._record(
+            "file",
+            path,
+            {"path": path},
+            lambda: self.inner.read_file(path, max_bytes=max_bytes, tail=tail),
+            store,
+        )
 
     def list_dir(self, path: str) -> list[str]:
-        return self._record("dir", path, {"path": path}, lambda: self.inner.list_dir(path),
-                            lambda v, e: e.__setitem__("value", v))
+        return self._record(
+            "dir",
+            path,
+            {"path": path},
+            lambda: self.inner.list_dir(path),
+            lambda v, e: e.__setitem__("value", v),
+        )
 
     def stat(self, path: str) -> StatInfo:
-        return self._record("stat", path, {"path": path}, lambda: self.inner.stat(path),
-                            lambda v, e: e.__setitem__("value", v.as_dict()))
+        return self._record(
+            "stat",
+            path,
+            {"path": path},
+            lambda: self.inner.stat(path),
+            lambda v, e: e.__setitem__("value", v.as_dict()),
+        )
 
     def read_link(self, path: str) -> str:
-        return self._record("link", path, {"path": path}, lambda: self.inner.read_link(path),
-                            lambda v, e: e.__setitem__("value", v))
+        return self._record(
+            "link",
+            path,
+            {"path": path},
+            lambda: self.inner.read_link(path),
+            lambda v, e: e.__setitem__("value", v),
+        )
 
     def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> CommandResult:
         arg = _cmd_arg(argv)
@@ -125,37 +168,63 @@ class RecordingSource:
             self.blobs[_key("command", arg)] = result.stdout.encode()
             self.blobs[_key("command", arg) + ":stderr"] = result.stderr.encode()
 
-        return self._record("command", arg, {"argv": list(argv)},
-                            lambda: self.inner.run(argv, timeout=timeout), store)
+        return self._record(
+            "command",
+            arg,
+            {"argv": list(argv)},
+            lambda: self.inner.run(argv, timeout=timeout),
+            store,
+        )
 
     def processes(self) -> list[ProcessInfo]:
         def store(procs: list[ProcessInfo], entry: dict[str, Any]) -> None:
             entry["data"] = "processes.json"
             self.blobs[_key("processes")] = json.dumps(
-                [p.as_dict() for p in procs], indent=1).encode()
+                [p.as_dict() for p in procs], indent=1
+            ).encode()
 
         return self._record("processes", "", {}, self.inner.processes, store)
 
     def identity(self) -> Identity:
-        return self._record("identity", "", {}, self.inner.identity,
-                            lambda v, e: e.__setitem__("value", v.as_dict()))
+        return self._record(
+            "identity",
+            "",
+            {},
+            self.inner.identity,
+            lambda v, e: e.__setitem__("value", v.as_dict()),
+        )
 
     def uname(self) -> Uname:
-        return self._record("uname", "", {}, self.inner.uname,
-                            lambda v, e: e.__setitem__("value", v.as_dict()))
+        return self._record(
+            "uname", "", {}, self.inner.uname, lambda v, e: e.__setitem__("value", v.as_dict())
+        )
 
     def environ(self, name: str) -> Optional[str]:
-        return self._record("environ", name, {"name": name}, lambda: self.inner.environ(name),
-                            lambda v, e: e.__setitem__("value", v))
+        return self._record(
+            "environ",
+            name,
+            {"name": name},
+            lambda: self.inner.environ(name),
+            lambda v, e: e.__setitem__("value", v),
+        )
 
     def kvm_probe(self, path: str = "/dev/kvm") -> KvmProbe:
-        return self._record("kvm_probe", path, {"path": path}, lambda: self.inner.kvm_probe(path),
-                            lambda v, e: e.__setitem__("value", v.as_dict()))
+        return self._record(
+            "kvm_probe",
+            path,
+            {"path": path},
+            lambda: self.inner.kvm_probe(path),
+            lambda v, e: e.__setitem__("value", v.as_dict()),
+        )
 
     def read_msr(self, register: int, cpu: int = 0) -> int:
-        return self._record("msr", _msr_arg(register, cpu), {"cpu": cpu, "register": f"{register:#x}"},
-                            lambda: self.inner.read_msr(register, cpu),
-                            lambda v, e: e.__setitem__("value", f"{v:#018x}"))
+        return self._record(
+            "msr",
+            _msr_arg(register, cpu),
+            {"cpu": cpu, "register": f"{register:#x}"},
+            lambda: self.inner.read_msr(register, cpu),
+            lambda v, e: e.__setitem__("value", f"{v:#018x}"),
+        )
 
     def write(self, target: str, *, report: Optional[dict[str, Any]] = None) -> None:
         """Write the snapshot directory (or, for a .tar.gz/.tgz target, an archive of it)."""
@@ -176,8 +245,20 @@ class RecordingSource:
             entry = dict(entry)
             kind = entry["kind"]
             if kind == "file" and "error" not in entry:
-                rel = "files" + entry["path"]
-                _write(target, rel, self.blobs[key])
+                why_not = never_recorded(entry["path"])
+                if why_not is not None:
+                    entry["error"] = {
+                        "type": "unavailable",
+                        "message": why_not,
+                        "what": entry["path"],
+                    }
+                    answers.append(entry)
+                    continue
+                data, blanked = scrub(entry["path"], self.blobs[key])
+                if blanked:
+                    entry["redacted"] = blanked
+                rel = _file_rel(entry["path"], used_names)
+                _write(target, rel, data)
                 entry["data"] = rel
             elif kind == "command" and "error" not in entry:
                 name = _unique(_slug(entry["argv"]), used_names)
@@ -199,6 +280,14 @@ class RecordingSource:
         _write(target, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         if report is not None:
             _write(target, "report.json", (json.dumps(report, indent=1) + "\n").encode())
+
+
+def _file_rel(path: str, used: set[str]) -> str:
+    """files/<path> for a plain absolute path; a path with `.`, `..` or `//` in it is not
+    placed by its text (that could land outside files/, or on another file's place)."""
+    if path.startswith("/") and not path.startswith("//") and posixpath.normpath(path) == path:
+        return "files" + path
+    return "files-other/" + _unique(_slug([path]), used)
 
 
 def _slug(argv: list[str]) -> str:
@@ -240,8 +329,15 @@ class SnapshotSource:
         self._tmp: Optional[tempfile.TemporaryDirectory[str]] = None
         if os.path.isfile(path) and tarfile.is_tarfile(path):
             self._tmp = tempfile.TemporaryDirectory(prefix="kvmdoctor-snapshot-")
-            _safe_extract(path, self._tmp.name)
-            self.dir = self._tmp.name
+            try:
+                _safe_extract(path, self._tmp.name)
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                self._tmp.cleanup()
+                raise SnapshotError(f"{path}: cannot unpack the archive: {exc}") from None
+            except SnapshotError:
+                self._tmp.cleanup()
+                raise
+            self.dir = _snapshot_root(self._tmp.name)
         elif os.path.isdir(path):
             self.dir = path
         else:
@@ -254,7 +350,7 @@ class SnapshotSource:
             raise SnapshotError(f"{path}: no manifest.json (not a kvmdoctor snapshot)") from None
         except json.JSONDecodeError as exc:
             raise SnapshotError(f"{path}: manifest.json is not valid JSON: {exc}") from None
-        if self.manifest.get("format") != FORMAT:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise SnapshotError(f"{path}: manifest.json is not a {FORMAT} manifest")
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
@@ -262,8 +358,16 @@ class SnapshotSource:
                 f"{path}: snapshot format version {version}; this kvmdoctor reads {FORMAT_VERSION}"
             )
         self.entries: dict[str, dict[str, Any]] = {}
-        for entry in self.manifest.get("answers", []):
-            self.entries[_entry_key(entry)] = entry
+        answers = self.manifest.get("answers", [])
+        if not isinstance(answers, list):
+            raise SnapshotError(f"{path}: manifest.json: 'answers' is not a list")
+        for number, entry in enumerate(answers):
+            try:
+                self.entries[_entry_key(entry)] = entry
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise SnapshotError(
+                    f"{path}: manifest.json: answer {number} is malformed ({exc!r}): {entry!r}"
+                ) from None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -279,7 +383,7 @@ class SnapshotSource:
         if entry is not None and "error" in entry:
             err = entry["error"]
             cls = ERROR_KINDS.get(err.get("type", ""), SourceError)
-            raise cls(arg or kind, err.get("message", "recorded as an error"))
+            raise cls(err.get("what") or arg or kind, err.get("message", "recorded as an error"))
         return entry
 
     def _missing(self, what: str) -> Unavailable:
@@ -301,19 +405,36 @@ class SnapshotSource:
             raise self._missing(arg or kind)
         return entry.get("value")
 
-    def read_file(self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False) -> bytes:
+    def _by_hand(self, path: str) -> str:
+        """Where a file placed by hand for `path` would be: files/<path>, never outside it."""
+        if not path.startswith("/"):
+            raise SourceError(path, "paths must be absolute")
+        files = os.path.join(self.dir, "files")
+        real = os.path.normpath(files + path)
+        if real != files and not real.startswith(files + os.sep):
+            raise PathEscapes(path, "leads outside the snapshot's files/")
+        return real
+
+    def read_file(
+        self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False
+    ) -> bytes:
         entry = self._entry("file", path)
-        rel = entry["data"] if entry else "files" + path
-        if entry is None and not os.path.isfile(os.path.join(self.dir, rel)):
-            raise self._missing(path)
-        data = self._data(rel)
+        if entry is not None and entry.get("data"):
+            data = self._data(entry["data"])
+        else:
+            real = self._by_hand(path)
+            if not os.path.isfile(real):
+                raise self._missing(path)
+            data = self._data(os.path.relpath(real, self.dir))
+        if max_bytes <= 0:
+            return b""
         return data[-max_bytes:] if tail else data[:max_bytes]
 
     def list_dir(self, path: str) -> list[str]:
         entry = self._entry("dir", path)
         if entry is not None:
             return list(entry["value"])
-        real = os.path.join(self.dir, "files" + path)
+        real = self._by_hand(path)
         if os.path.isdir(real):
             return sorted(os.listdir(real))
         raise self._missing(path)
@@ -373,11 +494,23 @@ def _entry_key(entry: dict[str, Any]) -> str:
     return _key(kind, entry.get("path", ""))
 
 
+def _snapshot_root(extracted: str) -> str:
+    """Where manifest.json is: at the top of the archive, or in its single top directory
+    (`tar czf host.tar.gz host-snapshot/` packs it that way)."""
+    if os.path.exists(os.path.join(extracted, "manifest.json")):
+        return extracted
+    entries = os.listdir(extracted)
+    if len(entries) == 1 and os.path.isfile(os.path.join(extracted, entries[0], "manifest.json")):
+        return os.path.join(extracted, entries[0])
+    return extracted
+
+
 def _safe_extract(archive: str, dest: str) -> None:
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
             name = os.path.normpath(member.name)
-            if name.startswith(("/", "..")) or not (member.isfile() or member.isdir()):
+            escapes = name.startswith("/") or name == ".." or name.startswith("../")
+            if escapes or not (member.isfile() or member.isdir()):
                 raise SnapshotError(f"{archive}: refusing archive member {member.name!r}")
         for member in tar.getmembers():
             target = os.path.join(dest, os.path.normpath(member.name))

@@ -3,6 +3,7 @@ getfacl as the reference, processes that run as unprivileged test identities, ro
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -145,10 +146,8 @@ def run_as() -> Iterator[Callable[[int, int, tuple[int, ...], str], int]]:
     yield start
     for pid, hold_w in children:
         os.close(hold_w)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         os.waitpid(pid, 0)
 
 

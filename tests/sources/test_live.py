@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -187,12 +186,12 @@ def test_tail_mode_returns_the_last_max_bytes(tree: Path) -> None:
 
 
 def test_tail_mode_on_a_proc_file_without_a_size_returns_its_end() -> None:
-    # procfs reports st_size 0: seeking from the size cannot find the tail.
-    assert os.stat("/proc/self/mountinfo").st_size == 0
+    # procfs reports st_size 0: seeking back from the size cannot find the tail.
+    assert os.stat("/proc/version").st_size == 0
     source = LiveSource()
-    whole = source.read_file("/proc/self/mountinfo")
-    assert len(whole) > 64
-    assert source.read_file("/proc/self/mountinfo", max_bytes=64, tail=True) == whole[-64:]
+    whole = source.read_file("/proc/version")
+    assert whole.startswith(b"Linux version ") and len(whole) > 32
+    assert source.read_file("/proc/version", max_bytes=32, tail=True) == whole[-32:]
 
 
 def test_read_file_of_a_directory_is_an_error_not_a_crash(tree: Path) -> None:
@@ -299,17 +298,15 @@ def test_unreadable_host_files_are_access_denied_for_an_unprivileged_user(
         return answers
 
     # Reading needs the read bit; stat(2) only needs the directory search bit.
-    assert as_user(ask, uid, gids[0], gids) == ["AccessDenied", "AccessDenied", "answered"]
-    assert issubclass(AccessDenied, SourceError)
+    denied = AccessDenied.__name__
+    assert as_user(ask, uid, gids[0], gids) == [denied, denied, "answered"]
 
 
 # --- processes ---------------------------------------------------------------------------------
 
 
 @pytest.mark.usefixtures("as_root")
-def test_tree_processes_come_from_its_proc_status_and_cmdline(
-    tree: Path, run_as, test_ids
-) -> None:
+def test_tree_processes_come_from_its_proc_status_and_cmdline(tree: Path, run_as, test_ids) -> None:
     uid, gids = test_ids
     pid = run_as(uid, gids[0], gids, "virtqemud")
     proc = tree / "proc"
@@ -328,8 +325,14 @@ def test_tree_processes_come_from_its_proc_status_and_cmdline(
 
     assert sorted(found) == sorted([pid, 2, 7719])
     child = found[pid]
-    assert (child.name, child.uid, child.gid, child.ppid) == ("virtqemud", uid, gids[0], os.getpid())
-    assert child.cmdline == tuple(a for a in sys.argv if a) or child.cmdline  # pytest's argv
+    assert (child.name, child.uid, child.gid, child.ppid) == (
+        "virtqemud",
+        uid,
+        gids[0],
+        os.getpid(),
+    )
+    parent_argv = Path("/proc/self/cmdline").read_bytes().split(b"\0")
+    assert child.cmdline == tuple(a.decode() for a in parent_argv if a)  # forked from pytest
     assert child.exe == child.cmdline[0]
     assert (found[2].name, found[2].cmdline, found[2].exe) == ("kthreadd", (), "")
     libvirtd = found[7719]
@@ -339,6 +342,16 @@ def test_tree_processes_come_from_its_proc_status_and_cmdline(
         0,
         ("libvirtd", "-d"),
     )
+
+
+def test_tree_process_with_a_damaged_status_is_skipped_not_fatal(tree: Path) -> None:
+    for pid, status in (
+        ("100", b"Name:\tqemu-kvm\nPPid:\t1\nUid:\t\nGid:\t0\n"),
+        ("7719", SNAPSHOT_STATUS.read_bytes()),
+    ):
+        (tree / "proc" / pid).mkdir(parents=True)
+        (tree / "proc" / pid / "status").write_bytes(status)
+    assert [p.pid for p in LiveSource(str(tree)).processes()] == [7719]
 
 
 def test_live_processes_include_this_test_with_its_uid() -> None:
@@ -442,6 +455,7 @@ def kvm_device() -> str:
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("as_root")
 def test_kvm_probe_on_the_real_device_creates_a_vm() -> None:
     probe = LiveSource().kvm_probe(kvm_device())
     assert (probe.opened, probe.api_version, probe.vm_created) == (True, 12, True)
@@ -462,9 +476,3 @@ def test_kvm_probe_as_a_user_outside_the_device_group_is_eacces(as_user, test_id
     if st.st_mode & 0o060:  # crw-rw---- root kvm: the device group is enough
         probe = as_user(lambda: LiveSource().kvm_probe(path), uid, st.st_gid, (st.st_gid,))
         assert (probe.opened, probe.vm_created) == (True, True)
-
-
-def test_subprocess_is_not_used_to_stat(tree: Path) -> None:
-    # stat answers from the filesystem even where no command could run.
-    assert subprocess is not None
-    assert LiveSource(str(tree)).stat("/etc/hostname").type == "file"

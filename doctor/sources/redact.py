@@ -1,0 +1,46 @@
+"""What a snapshot must never hold: secrets in configuration files and private key material.
+
+The live answer a check gets is untouched; only what is written into a snapshot is scrubbed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+REDACTED = "<redacted by kvmdoctor>"
+
+# Directories and names whose contents are never recorded: libvirt secrets and private keys.
+_NEVER_DIRS = ("/etc/libvirt/secrets/", "/var/lib/libvirt/secrets/", "/run/libvirt/secrets/")
+_NEVER_NAME = re.compile(r"(^|/)(private/|[^/]*key\.pem$|[^/]*\.key$)")
+
+# libvirt's configuration syntax: `vnc_password = "secret"`, `spice_password = ...`, ...
+_SECRET_SETTING = re.compile(
+    r"""^(?P<lead>[ \t]*(?P<key>[A-Za-z0-9_]*(?:password|passwd|secret)[A-Za-z0-9_]*)[ \t]*=[ \t]*)
+        (?P<value>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s#]+)""",
+    re.IGNORECASE | re.MULTILINE | re.VERBOSE,
+)
+
+
+def never_recorded(path: str) -> Optional[str]:
+    """Why the file's contents must not enter a snapshot, or None when they may."""
+    if path.startswith(_NEVER_DIRS):
+        return "libvirt secret values are never recorded"
+    if _NEVER_NAME.search(path):
+        return "private key material is never recorded"
+    return None
+
+
+def scrub(path: str, data: bytes) -> tuple[bytes, list[str]]:
+    """The contents to record for `path`, and the names of the settings blanked out."""
+    if not (path.startswith("/etc/libvirt/") and path.endswith(".conf")):
+        return data, []
+    text = data.decode("utf-8", "surrogateescape")
+    keys: list[str] = []
+
+    def blank(match: re.Match[str]) -> str:
+        keys.append(match.group("key"))
+        return f'{match.group("lead")}"{REDACTED}"'
+
+    scrubbed = _SECRET_SETTING.sub(blank, text)
+    return scrubbed.encode("utf-8", "surrogateescape"), keys

@@ -1,0 +1,68 @@
+"""FactContext: facts computed once, unavailability cached with its reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from doctor.facts import FactContext, FactUnavailable, fact, providers
+from doctor.sources.live import LiveSource
+
+CPUINFO = (
+    Path(__file__).resolve().parent.parent
+    / "fixtures/realdata/cpuinfo/virt-what__intel-core-i7-m620_baremetal_vmx.txt"
+)
+
+
+class CountingSource(LiveSource):
+    """A tree source that counts the files it is asked for."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def read_file(self, path: str, **kwargs: Any) -> bytes:
+        self.reads.append(path)
+        return super().read_file(path, **kwargs)
+
+
+def test_a_fact_is_computed_once(make_tree) -> None:
+    source = CountingSource(str(make_tree({"/proc/cpuinfo": CPUINFO.read_text()})))
+    ctx = FactContext(source)
+    first = ctx.get("cpu")
+    assert ctx.get("cpu") is first
+    assert source.reads == ["/proc/cpuinfo"]
+    assert ctx.durations["cpu"] >= 0
+
+
+def test_unavailability_is_cached_with_its_reason(make_tree) -> None:
+    source = CountingSource(str(make_tree({"/proc/": None})))
+    ctx = FactContext(source)
+    with pytest.raises(FactUnavailable) as first:
+        ctx.get("cpu")
+    with pytest.raises(FactUnavailable) as second:
+        ctx.get("cpu")
+    assert second.value is first.value
+    assert source.reads == ["/proc/cpuinfo"]
+    assert ctx.optional("cpu") is None
+
+
+def test_a_source_error_the_provider_did_not_expect_makes_the_fact_unavailable(make_tree) -> None:
+    # "modules" handles a missing /proc/modules; a directory in its place is another error.
+    ctx = FactContext(LiveSource(str(make_tree({"/proc/modules/": None, "/sys/module/": None}))))
+    with pytest.raises(FactUnavailable, match="/proc/modules: Is a directory"):
+        ctx.get("modules")
+    assert "modules" in ctx.durations
+
+
+def test_unknown_fact_is_unavailable() -> None:
+    with pytest.raises(FactUnavailable, match="no fact named 'kd-nothing'"):
+        FactContext(LiveSource()).get("kd-nothing")
+
+
+def test_a_name_cannot_be_registered_by_two_providers() -> None:
+    assert "cpu" in providers()
+    with pytest.raises(ValueError, match="registered twice"):
+        fact("cpu")(lambda ctx: None)

@@ -1,0 +1,65 @@
+"""Secrets never reach a snapshot: configuration passwords are blanked, keys not recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from doctor.sources.base import Unavailable
+from doctor.sources.live import LiveSource
+from doctor.sources.redact import REDACTED, never_recorded, scrub
+from doctor.sources.snapshot import RecordingSource, SnapshotSource
+
+# From Debian's /etc/libvirt/qemu.conf (commented examples), uncommented as an operator would.
+QEMU_CONF = b"""vnc_listen = "0.0.0.0"
+vnc_password = "hunter22"
+spice_password = 'spice-secret'
+#vnc_password = "commented-out"
+remote_display_port_min = 5900
+"""
+
+
+def test_config_passwords_are_blanked_and_named() -> None:
+    data, keys = scrub("/etc/libvirt/qemu.conf", QEMU_CONF)
+    text = data.decode()
+    assert "hunter22" not in text and "spice-secret" not in text
+    assert f'vnc_password = "{REDACTED}"' in text
+    assert 'vnc_listen = "0.0.0.0"' in text and "remote_display_port_min = 5900" in text
+    assert keys == ["vnc_password", "spice_password"]
+    assert "commented-out" in text  # a comment holds no live secret; left as the operator wrote it
+
+
+def test_other_files_are_recorded_as_they_are() -> None:
+    assert scrub("/proc/cpuinfo", b"flags : vmx secret\n") == (b"flags : vmx secret\n", [])
+
+
+def test_key_material_and_libvirt_secrets_are_never_recorded() -> None:
+    assert never_recorded("/etc/pki/libvirt/private/serverkey.pem")
+    assert never_recorded("/etc/pki/libvirt-vnc/server-key.pem")
+    assert never_recorded("/etc/libvirt/secrets/0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f.base64")
+    assert never_recorded("/etc/pki/libvirt/servercert.pem") is None
+
+
+def test_a_collected_snapshot_holds_no_secret(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc/libvirt").mkdir(parents=True)
+    (tree / "etc/libvirt/qemu.conf").write_bytes(QEMU_CONF)
+    (tree / "etc/pki/libvirt/private").mkdir(parents=True)
+    (tree / "etc/pki/libvirt/private/serverkey.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    recorder = RecordingSource(LiveSource(str(tree)))
+    assert b"hunter22" in recorder.read_file("/etc/libvirt/qemu.conf")  # the check sees it
+    recorder.read_file("/etc/pki/libvirt/private/serverkey.pem")
+    snap = tmp_path / "snap"
+    recorder.write(str(snap))
+    everything = b"".join(p.read_bytes() for p in snap.rglob("*") if p.is_file())
+    assert b"hunter22" not in everything and b"PRIVATE KEY" not in everything
+    manifest = json.loads((snap / "manifest.json").read_text())
+    conf = next(a for a in manifest["answers"] if a.get("path") == "/etc/libvirt/qemu.conf")
+    assert conf["redacted"] == ["vnc_password", "spice_password"]
+    replay = SnapshotSource(str(snap))
+    try:
+        replay.read_file("/etc/pki/libvirt/private/serverkey.pem")
+    except Unavailable as exc:
+        assert "never recorded" in exc.reason
+    else:
+        raise AssertionError("a private key was answered from a snapshot")
