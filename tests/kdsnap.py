@@ -12,7 +12,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from kdtest import REALDATA
+
 NOT_FOUND = {"type": "not-found", "message": "No such file or directory"}
+# The identity answer of alice (uid 1500), an ordinary user who did not come through sudo.
+ALICE_IDENTITY = {
+    "uid": 1500,
+    "euid": 1500,
+    "gid": 1500,
+    "groups": [1500],
+    "sudo_user": None,
+    "sudo_uid": None,
+}
 
 
 class EditableSnapshot:
@@ -110,7 +121,8 @@ class EditableSnapshot:
 
 
 def realdata(relpath: str) -> str:
-    return (Path(__file__).resolve().parent / "fixtures" / "realdata" / relpath).read_text()
+    """The text of a file under tests/fixtures/realdata (origins in its SOURCES.md)."""
+    return (REALDATA / relpath).read_text()
 
 
 def run_checks(
@@ -141,4 +153,4 @@ def one(findings: dict[str, list[Any]], code: str, subject: Optional[str] = None
     return matching[0]
 
 
-REALDATA_DMI = Path(__file__).resolve().parent / "fixtures" / "realdata" / "dmi" / "vendors.json"
+REALDATA_DMI = REALDATA / "dmi" / "vendors.json"

@@ -1,10 +1,13 @@
-"""Paths and the skip policy shared by tests (import this, not conftest: conftest modules of
-test subdirectories shadow each other on sys.path)."""
+"""Paths, the skip policy and plain helpers shared by tests (import this, not conftest: conftest
+modules of test subdirectories shadow each other on sys.path)."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import subprocess
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -14,6 +17,9 @@ REALDATA = FIXTURES / "realdata"
 HOST_SNAPSHOT = FIXTURES / "snapshots" / "host-kvm-pvm"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 KERNEL_LACKS = "kernel lacks"
+# Unprivileged ids that no account on the machine uses (checked by the `test_ids` fixture).
+TEST_UID = 61001
+TEST_GIDS = (61002, 61003)
 
 
 def require(condition: bool, what: str) -> None:
@@ -23,3 +29,65 @@ def require(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI machine must provide: {what}")
     pytest.skip(f"needs {what}")
+
+
+def kvm_device() -> str:
+    """/dev/kvm, or a skip (allowed in CI) when this kernel has none."""
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip(f"{KERNEL_LACKS} KVM: /dev/kvm does not exist")
+    return "/dev/kvm"
+
+
+def as_user(fn: Callable[[], Any], uid: int, gid: int, groups: tuple[int, ...]) -> Any:
+    """Run fn() in a forked child with those credentials and return what it returned (it must
+    be picklable); an exception in the child fails the test. Changing credentials needs root."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                payload = pickle.dumps(("ok", fn()))
+            except BaseException as exc:  # reported to the parent, which fails the test
+                payload = pickle.dumps(("raised", f"{type(exc).__name__}: {exc}"))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    assert data, "the child process died before answering"
+    status, value = pickle.loads(data)
+    assert status == "ok", f"in the child: {value}"
+    return value
+
+
+class Facl:
+    """setfacl to write ACLs and getfacl to read them back: the reference implementation."""
+
+    @staticmethod
+    def set(path: Path, spec: str) -> None:
+        subprocess.run(["setfacl", "--set", spec, str(path)], check=True, capture_output=True)
+
+    @staticmethod
+    def entries(path: Path, *, default: bool = False) -> list[tuple[str, Optional[int], str]]:
+        """(tag, qualifier, perms) in getfacl's order, numeric ids, comments dropped."""
+        out = subprocess.run(
+            ["getfacl", "--omit-header", "--numeric", "--absolute-names", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        entries = []
+        for line in out.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith("default:") != default:
+                continue
+            tag, qualifier, perms = line[len("default:") if default else 0 :].split(":")
+            entries.append((tag, int(qualifier) if qualifier else None, perms))
+        return entries

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kdsnap import REALDATA_DMI, one, realdata, run_checks
+from kdsnap import ALICE_IDENTITY, REALDATA_DMI, one, realdata, run_checks
 
 INTEL_VMX = "cpuinfo/insights__intel-xeon-e5-2670_baremetal_vmx__cpu0.txt"
 VMWARE_GUEST = "cpuinfo/virt-what__vmware-esx4.1-guest_core2-e8400_no-vmx_no-hypervisor-flag.txt"
@@ -23,14 +23,6 @@ FEAT_CTL = "kernel-log/notes-id60370478174__dmesg-grep-vmx__VMX-outside-TXT_and_
 VMX_NOT_SUPPORTED = "kernel-log/lkml-nkamboju__dmesg-with-loglevel__kvm_intel-VMX-not-supported_kvm_amd-SVM-not-supported-not-amd_cloud-guest.txt"
 
 ALICE_PASSWD = "alice:x:1500:1500:Alice,,,:/home/alice:/bin/bash\n"
-ALICE_IDENTITY = {
-    "uid": 1500,
-    "euid": 1500,
-    "gid": 1500,
-    "groups": [1500],
-    "sudo_user": None,
-    "sudo_uid": None,
-}
 DENIED_PROBE = {
     "path": "/dev/kvm",
     "opened": False,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,10 @@ from doctor.sources.base import AclEntry, StatInfo
 from doctor.sources.live import LiveSource
 from doctor.sources.snapshot import SnapshotSource
 
-ME, MY_GID, MY_EXTRA_GID = 61001, 61002, 61003  # the principal being checked
+from kdtest import HOST_SNAPSHOT, TEST_GIDS, TEST_UID, Facl, as_user, kvm_device
+
+# The principal being checked: 61001, member of 61002 (primary) and 61003.
+ME, (MY_GID, MY_EXTRA_GID) = TEST_UID, TEST_GIDS
 OWNER, OWNER_GID = 61010, 61011  # owns the file when the principal does not
 STRANGER, STRANGER_GID = 61020, 61021  # named in ACL entries that do not concern the principal
 
@@ -131,62 +133,40 @@ def case_dir(acl_dir: Path) -> Iterator[tuple[Path, int]]:
 def kernel_answers(dir_fd: int, name: str, uid: int, groups: tuple[int, ...]) -> tuple[str, ...]:
     """What open(2) says for O_RDONLY, O_WRONLY, O_RDWR in a child with these credentials:
     "ok", "denied" (EACCES) or another errno name, which no case expects."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            os.close(read_end)
-            os.setgroups(list(groups))
-            os.setgid(groups[0])
-            os.setuid(uid)
-            results = []
-            for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
-                try:
-                    os.close(os.open(name, flags | os.O_CLOEXEC, dir_fd=dir_fd))
-                    results.append("ok")
-                except OSError as exc:
-                    denied = exc.errno == errno.EACCES
-                    results.append("denied" if denied else errno.errorcode[exc.errno or 0])
-            os.write(write_end, ",".join(results).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as handle:
-        data = handle.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the probing child failed"
-    return tuple(data.split(","))
+
+    def try_opens() -> tuple[str, ...]:
+        results = []
+        for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
+            try:
+                os.close(os.open(name, flags | os.O_CLOEXEC, dir_fd=dir_fd))
+                results.append("ok")
+            except OSError as exc:
+                denied = exc.errno == errno.EACCES
+                results.append("denied" if denied else errno.errorcode[exc.errno or 0])
+        return tuple(results)
+
+    return as_user(try_opens, uid, groups[0], groups)
 
 
-def make_file(directory: Path, name: str, case: Case, facl_set) -> Path:
+def make_file(directory: Path, name: str, case: Case) -> Path:
     path = directory / name
     path.write_bytes(b"")
     os.chown(path, case.owner, case.group)
     if case.acl is not None:
-        facl_set(path, case.acl)
+        Facl.set(path, case.acl)
     else:
         assert case.mode is not None
         os.chmod(path, case.mode)
     return path
 
 
-@pytest.fixture
-def facl_set():
-    def setfacl(path: Path, spec: str) -> None:
-        subprocess.run(["setfacl", "--set", spec, str(path)], check=True, capture_output=True)
-
-    return setfacl
-
-
 @pytest.mark.integration
 @pytest.mark.usefixtures("as_root")
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_access_agrees_with_the_kernel(name: str, case_dir, facl_set, test_ids) -> None:
+def test_access_agrees_with_the_kernel(name: str, case_dir, test_ids) -> None:
     case = CASES[name]
     directory, dir_fd = case_dir
-    path = make_file(directory, name, case, facl_set)
+    path = make_file(directory, name, case)
     st = LiveSource().stat(str(path))
     if case.acl is not None:
         assert st.acl, "setfacl left no extended ACL: the case tests nothing"
@@ -203,9 +183,7 @@ def test_access_agrees_with_the_kernel(name: str, case_dir, facl_set, test_ids) 
 @pytest.mark.integration
 @pytest.mark.usefixtures("as_root")
 def test_access_to_the_real_dev_kvm_agrees_with_the_kernel(test_ids) -> None:
-    if not os.path.exists("/dev/kvm"):
-        pytest.skip("kernel lacks KVM: /dev/kvm does not exist")
-    st = LiveSource().stat("/dev/kvm")
+    st = LiveSource().stat(kvm_device())
     dev_fd = os.open("/dev", os.O_RDONLY | os.O_DIRECTORY)
     try:
         for groups in (MY_GROUPS, (MY_GID, st.gid)):
@@ -221,8 +199,7 @@ def test_access_to_the_real_dev_kvm_agrees_with_the_kernel(test_ids) -> None:
 
 
 def test_recorded_dev_kvm_admits_the_kvm_group_only() -> None:
-    snapshot = Path(__file__).resolve().parent.parent / "fixtures/snapshots/host-kvm-pvm"
-    st = SnapshotSource(str(snapshot)).stat("/dev/kvm")
+    st = SnapshotSource(str(HOST_SNAPSHOT)).stat("/dev/kvm")
     assert mode_string(st) == "crw-rw----"
     libvirt_qemu = access(st, 64055, (107, 64055), ACCOUNTS)
     assert libvirt_qemu.read_write and libvirt_qemu.via == "group 107"

@@ -11,7 +11,9 @@ from doctor.facts import FactUnavailable
 from doctor.facts.cpu import parse_cpuinfo
 from doctor.sources.live import LiveSource
 
-CPUINFO = Path(__file__).resolve().parent.parent / "fixtures/realdata/cpuinfo"
+from kdtest import REALDATA
+
+CPUINFO = REALDATA / "cpuinfo"
 
 # file: (vendor, model, arch, processors, virt_flag, hypervisor_bit, virt_feature)
 CASES = {

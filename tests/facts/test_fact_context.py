@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,10 +9,9 @@ import pytest
 from doctor.facts import FactContext, FactUnavailable, fact, providers
 from doctor.sources.live import LiveSource
 
-CPUINFO = (
-    Path(__file__).resolve().parent.parent
-    / "fixtures/realdata/cpuinfo/virt-what__intel-core-i7-m620_baremetal_vmx.txt"
-)
+from kdtest import REALDATA
+
+CPUINFO = REALDATA / "cpuinfo/virt-what__intel-core-i7-m620_baremetal_vmx.txt"
 
 
 class CountingSource(LiveSource):

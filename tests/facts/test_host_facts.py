@@ -14,10 +14,11 @@ from doctor.facts.host import HYPERVISOR_NAMES, classify_dmi, os_release_name
 from doctor.sources.live import LiveSource
 from doctor.sources.snapshot import SnapshotSource
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-REALDATA = FIXTURES / "realdata"
-DMI_CASES = json.loads((REALDATA / "dmi/vendors.json").read_text())
-HOST_SNAPSHOT = FIXTURES / "snapshots/host-kvm-pvm"
+from kdsnap import REALDATA_DMI
+from kdsnap import realdata as realfile
+from kdtest import HOST_SNAPSHOT
+
+DMI_CASES = json.loads(REALDATA_DMI.read_text())
 DMI_FIELDS = ("sys_vendor", "product_name", "bios_vendor", "board_vendor")
 
 EXPECTED_DMI = {
@@ -57,10 +58,6 @@ def test_microsoft_dmi_without_a_virtual_product_is_not_hyper_v() -> None:
 def dmi_files(case: str) -> dict[str, Optional[str]]:
     values = DMI_CASES[case]
     return {f"/sys/class/dmi/id/{k}": values[k] + "\n" for k in DMI_FIELDS if values.get(k)}
-
-
-def realfile(rel: str) -> str:
-    return (REALDATA / rel).read_text()
 
 
 CPU = {

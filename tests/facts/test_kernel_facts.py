@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,9 @@ from doctor.facts.kernel import LOG_FILES, KernelLog, current_boot
 from doctor.sources.live import LiveSource
 from doctor.sources.snapshot import SnapshotSource
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-LOGS = FIXTURES / "realdata/kernel-log"
+from kdtest import HOST_SNAPSHOT, REALDATA
+
+LOGS = REALDATA / "kernel-log"
 DISABLED_BY_BIOS = (
     "platform9-express-206__dmesg-grep-kvm__kvm-disabled-by-bios_and_no-hardware-support.txt"
 )
@@ -26,7 +26,6 @@ Q35_LATER = (
 )
 WITH_LOGLEVEL = "lkml-nkamboju__dmesg-with-loglevel__kvm_intel-VMX-not-supported_kvm_amd-SVM-not-supported-not-amd_cloud-guest.txt"
 PRINTK_CALLER = "lkml-bpetkov__dmesg__x86-cpu-VMX-outside-TXT-disabled-by-BIOS_printk-caller-id.txt"
-HOST_SNAPSHOT = FIXTURES / "snapshots/host-kvm-pvm"
 
 
 def lines(name: str) -> list[str]:

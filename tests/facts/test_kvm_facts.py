@@ -4,7 +4,6 @@ machine."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from doctor.facts import FactUnavailable
 from doctor.sources.live import LiveSource
 from doctor.sources.snapshot import SnapshotSource
 
-HOST_SNAPSHOT = Path(__file__).resolve().parent.parent / "fixtures/snapshots/host-kvm-pvm"
-REALDATA = Path(__file__).resolve().parent.parent / "fixtures/realdata"
+from kdtest import HOST_SNAPSHOT, REALDATA, kvm_device
+
 INTEL = (REALDATA / "cpuinfo/insights__intel-xeon-e5-2670_baremetal_vmx__cpu0.txt").read_text()
 AMD = (
     REALDATA / "cpuinfo/ollama__amd-epyc-9754_host-seen-from-lxc_svm_no-hypervisor__cpu0.txt"
@@ -55,8 +54,7 @@ def test_kvm_of_a_tree_cannot_be_probed(make_tree, facts) -> None:
 
 @pytest.mark.integration
 def test_kvm_of_this_host_is_proven_by_the_ioctl(facts) -> None:
-    if not os.path.exists("/dev/kvm"):
-        pytest.skip("kernel lacks KVM: /dev/kvm does not exist")
+    kvm_device()
     kvm = facts(LiveSource()).get("kvm")
     assert kvm.device.stat.rdev == "10:232"
     if os.geteuid() == 0:

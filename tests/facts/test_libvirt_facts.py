@@ -23,9 +23,10 @@ from doctor.facts.libvirt import ConfError, parse_conf
 from doctor.sources.live import LiveSource
 from doctor.sources.snapshot import SnapshotSource
 
+from kdsnap import ALICE_IDENTITY
+from kdtest import HOST_SNAPSHOT, require
+
 DATA = Path(__file__).resolve().parent / "data/libvirt"
-HOST_SNAPSHOT = Path(__file__).resolve().parent.parent / "fixtures/snapshots/host-kvm-pvm"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _SETTING = re.compile(r"^#([a-z_]+ = .*)$")
 
 
@@ -157,15 +158,9 @@ def test_parse_conf_refuses_what_libvirt_refuses(name: str) -> None:
 def libvirt_reads(tmp_path: Path) -> Iterator[Callable[..., tuple[str, str]]]:
     """read(text, connect_default=False) writes `text` as a non-root user's libvirt.conf and
     lets virsh (as that user) read it: ("ok", the URI it used) or ("error", "line N: why")."""
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("CI must run as root")
-        pytest.skip("needs root: virsh must run as a user that reads ~/.config/libvirt")
+    require(os.geteuid() == 0, "root: virsh must run as a user that reads ~/.config/libvirt")
     virsh = shutil.which("virsh")
-    if virsh is None:
-        if IN_CI:
-            pytest.fail("CI must provide virsh (Debian package libvirt-clients)")
-        pytest.skip("needs virsh (Debian package libvirt-clients)")
+    require(virsh is not None, "virsh (Debian package libvirt-clients)")
     config_home = tmp_path / "config"
     (config_home / "libvirt").mkdir(parents=True)
     for directory in (config_home, config_home / "libvirt"):
@@ -298,18 +293,8 @@ def test_default_for_root_is_the_system_connection(facts) -> None:
     assert (uri.uri, uri.origin, uri.session) == (None, "default", False)
 
 
-NON_ROOT = {
-    "uid": 1500,
-    "euid": 1500,
-    "gid": 1500,
-    "groups": [1500],
-    "sudo_user": None,
-    "sudo_uid": None,
-}
-
-
 def test_default_for_a_user_is_the_session_connection(edit_snapshot, facts) -> None:
-    snap = edit_snapshot().set_value("identity", NON_ROOT).save()
+    snap = edit_snapshot().set_value("identity", ALICE_IDENTITY).save()
     uri = facts(SnapshotSource(str(snap))).get("uri")
     assert (uri.uri, uri.origin, uri.session) == (None, "default", True)
 
@@ -329,7 +314,7 @@ def test_uri_default_of_a_users_own_libvirt_conf(edit_snapshot, facts) -> None:
     conf = 'uri_default = "qemu:///session"\n'
     snap = (
         edit_snapshot()
-        .set_value("identity", NON_ROOT)
+        .set_value("identity", ALICE_IDENTITY)
         .set_value("environ", None, name="XDG_CONFIG_HOME")
         .set_value("environ", "/home/alice", name="HOME")
         .set_file("/home/alice/.config/libvirt/libvirt.conf", conf)

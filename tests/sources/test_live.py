@@ -18,10 +18,9 @@ from doctor.sources.base import (
 )
 from doctor.sources.live import LiveSource, resolve_in_root
 
-SNAPSHOT_STATUS = (
-    Path(__file__).resolve().parent.parent
-    / "fixtures/snapshots/host-kvm-pvm/files/proc/7719/status"
-)
+from kdtest import HOST_SNAPSHOT, as_user, kvm_device
+
+SNAPSHOT_STATUS = HOST_SNAPSHOT / "files/proc/7719/status"
 
 
 @pytest.fixture
@@ -277,9 +276,7 @@ def test_live_stat_of_missing_path_is_not_found(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("as_root")
-def test_unreadable_host_files_are_access_denied_for_an_unprivileged_user(
-    as_user, test_ids
-) -> None:
+def test_unreadable_host_files_are_access_denied_for_an_unprivileged_user(test_ids) -> None:
     uid, gids = test_ids
 
     def ask() -> list[str]:
@@ -448,12 +445,6 @@ def test_kvm_probe_of_dev_null_opens_but_the_ioctl_fails() -> None:
     assert (probe.opened, probe.api_errno, probe.vm_created) == (True, "ENOTTY", None)
 
 
-def kvm_device() -> str:
-    if not os.path.exists("/dev/kvm"):
-        pytest.skip("kernel lacks KVM: /dev/kvm does not exist")
-    return "/dev/kvm"
-
-
 @pytest.mark.integration
 @pytest.mark.usefixtures("as_root")
 def test_kvm_probe_on_the_real_device_creates_a_vm() -> None:
@@ -465,7 +456,7 @@ def test_kvm_probe_on_the_real_device_creates_a_vm() -> None:
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("as_root")
-def test_kvm_probe_as_a_user_outside_the_device_group_is_eacces(as_user, test_ids) -> None:
+def test_kvm_probe_as_a_user_outside_the_device_group_is_eacces(test_ids) -> None:
     path = kvm_device()
     st = os.stat(path)
     if st.st_mode & 0o006:

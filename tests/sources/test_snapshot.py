@@ -25,11 +25,11 @@ from doctor.sources.snapshot import (
     open_source,
 )
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-HOST_SNAPSHOT = FIXTURES / "snapshots" / "host-kvm-pvm"
-REAL_CPUINFO = FIXTURES / "realdata/cpuinfo/virt-what__intel-core-i7-m620_baremetal_vmx.txt"
+from kdtest import HOST_SNAPSHOT, REALDATA
+
+REAL_CPUINFO = REALDATA / "cpuinfo/virt-what__intel-core-i7-m620_baremetal_vmx.txt"
 REAL_KERNEL_LOG = (
-    FIXTURES / "realdata/kernel-log/"
+    REALDATA / "kernel-log/"
     "lkml-rrichter__dmesg__qemu-q35-guest_boot-header_DMI-QEMU_Hypervisor-detected-KVM.txt"
 )
 
@@ -492,10 +492,6 @@ def test_recording_source_describes_what_it_wraps(tmp_path: Path) -> None:
 
 def test_an_archive_packed_with_its_directory_on_top_replays(tmp_path: Path) -> None:
     """`tar czf host.tar.gz host-snapshot/` puts everything one level down."""
-    import tarfile
-
-    from kdtest import HOST_SNAPSHOT
-
     archive = tmp_path / "host.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(HOST_SNAPSHOT, arcname="host-snapshot")
