@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, cast
 from doctor.model import Finding
 
 ENTRY_POINT_GROUP = "kvmdoctor.checks"
+BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware")
 CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
@@ -157,7 +158,13 @@ def module_plugin(module: types.ModuleType, origin: Optional[str] = None) -> Plu
 
 def builtin_plugins() -> list[Plugin]:
     """The built-in checks, for when kvmdoctor runs from a source tree without being installed."""
-    return [Plugin("kvmdoctor (checks.kvm)", lambda: importlib.import_module("checks.kvm"))]
+    return [
+        Plugin(
+            f"kvmdoctor (checks.{area})",
+            lambda area=area: importlib.import_module(f"checks.{area}"),
+        )
+        for area in BUILTIN_AREAS
+    ]
 
 
 def load_registry(

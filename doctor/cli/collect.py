@@ -7,7 +7,14 @@ from typing import Optional
 
 import typer
 
-from doctor.cli.common import RootOpt, SelectOpt, UriOpt, UsageError, split_tokens
+from doctor.cli.common import (
+    ConnectTimeoutOpt,
+    RootOpt,
+    SelectOpt,
+    UriOpt,
+    UsageError,
+    split_tokens,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +32,7 @@ def collect(
     uri: Optional[str] = UriOpt,
     root: Optional[str] = RootOpt,
     select: Optional[list[str]] = SelectOpt,
+    connect_timeout: float = ConnectTimeoutOpt,
     force: bool = typer.Option(
         False,
         "--force",
@@ -43,7 +51,9 @@ def collect(
     archive = output.endswith((".tar.gz", ".tgz"))
     if not force and os.path.exists(output) and (archive or os.listdir(output)):
         raise UsageError(f"{output} exists and is not empty; choose another name or add --force")
-    recorder = RecordingSource(open_source(uri=uri, root=root, snapshot=None))
+    recorder = RecordingSource(
+        open_source(uri=uri, root=root, snapshot=None, connect_timeout=connect_timeout)
+    )
     report = execute(recorder, selected=split_tokens(select), ignores=[], fail_on="fail", uri=uri)
     try:
         recorder.write(output, report=report)

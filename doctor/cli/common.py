@@ -80,7 +80,22 @@ def cli_ignores(tokens: list[str]) -> list[IgnoreRule]:
     ]
 
 
-def open_source(*, uri: Optional[str], root: Optional[str], snapshot: Optional[str]) -> Source:
+ConnectTimeoutOpt = typer.Option(
+    10.0,
+    "--connect-timeout",
+    min=0.1,
+    help="Time limit for each answer from libvirt, in seconds.",
+    metavar="SECONDS",
+)
+
+
+def open_source(
+    *,
+    uri: Optional[str],
+    root: Optional[str],
+    snapshot: Optional[str],
+    connect_timeout: float = 10.0,
+) -> Source:
     from doctor.sources.base import SourceError
     from doctor.sources.snapshot import SnapshotError
     from doctor.sources.snapshot import open_source as _open
@@ -88,7 +103,7 @@ def open_source(*, uri: Optional[str], root: Optional[str], snapshot: Optional[s
     if root is not None and snapshot is not None:
         raise UsageError("--root and --snapshot exclude each other")
     try:
-        return _open(root=root, snapshot=snapshot, uri=uri)
+        return _open(root=root, snapshot=snapshot, uri=uri, connect_timeout=connect_timeout)
     except SnapshotError as exc:
         raise UsageError(str(exc)) from None
     except SourceError as exc:

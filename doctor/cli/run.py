@@ -12,6 +12,7 @@ import typer
 from doctor.cli.common import (
     INVOCATION,
     ConfigOpt,
+    ConnectTimeoutOpt,
     IgnoreOpt,
     Output,
     RootOpt,
@@ -55,6 +56,7 @@ def run(
         help="Exit 1 when a finding is at or above this level: info, warn or fail (default fail).",
         metavar="LEVEL",
     ),
+    connect_timeout: float = ConnectTimeoutOpt,
     check_timeout: Optional[float] = typer.Option(
         None,
         "--check-timeout",
@@ -79,7 +81,7 @@ def run(
     level = fail_on or cfg.fail_on or "fail"
     selected = split_tokens(select) or list(cfg.select)
     ignores = [*cfg.ignores, *cli_ignores(split_tokens(ignore))]
-    source = open_source(uri=uri, root=root, snapshot=snapshot)
+    source = open_source(uri=uri, root=root, snapshot=snapshot, connect_timeout=connect_timeout)
     report = execute(
         source, selected=selected, ignores=ignores, fail_on=level, uri=uri, timeout=check_timeout
     )
@@ -126,6 +128,8 @@ def execute(
         )
     except engine.SelectionError as exc:
         raise UsageError(str(exc)) from None
+    finally:
+        source.close()
     return build(
         result,
         source,

@@ -33,7 +33,18 @@ class RunOptions:
 
 Provider = Callable[["FactContext"], Any]
 _PROVIDERS: dict[str, Provider] = {}
-_MODULES = ("host", "cpu", "kernel", "kvm", "accounts", "libvirt")
+_MODULES = (
+    "host",
+    "cpu",
+    "kernel",
+    "kvm",
+    "accounts",
+    "libvirt",
+    "daemons",
+    "domains",
+    "tls",
+    "firmware",
+)
 _loaded = False
 
 

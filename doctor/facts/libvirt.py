@@ -187,9 +187,68 @@ class LibvirtUri:
     uri: Optional[str]  # None: libvirt picks its default
     origin: str  # "--uri", "LIBVIRT_DEFAULT_URI", "uri_default in <libvirt.conf>", "default"
     session: bool  # a per-user (qemu:///session) connection
+    given: Optional[str] = None  # what the user wrote, when an alias was resolved
+    client_conf: Optional[str] = None  # the libvirt.conf the client reads
+    remote_mode: Optional[str] = None  # libvirt.conf remote_mode: auto, legacy, direct
+
+    @property
+    def effective(self) -> str:
+        """The URI, or what libvirt's probe gives on a QEMU host when there is none."""
+        return self.uri or ("qemu:///session" if self.session else "qemu:///system")
+
+    @property
+    def parts(self) -> UriParts:
+        return split_uri(self.effective)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["effective"] = self.effective
+        out["parts"] = asdict(self.parts)
+        return out
+
+
+@dataclass(frozen=True)
+class UriParts:
+    driver: str  # "qemu", "test", "xen", ...
+    transport: Optional[str]  # "tls", "unix", "ssh", "tcp", "libssh", "libssh2", "ext"; None
+    host: Optional[str]
+    port: Optional[int]
+    path: str  # "/system", "/session", or a test-driver file
+    params: dict[str, str]
+
+    @property
+    def implied_transport(self) -> str:
+        """What libvirt uses: the explicit transport; TLS for a host without one; else unix."""
+        return self.transport or ("tls" if self.host else "unix")
+
+    @property
+    def remote(self) -> bool:
+        return self.host is not None
+
+    @property
+    def local_daemon(self) -> bool:
+        """Whether the connection goes to a daemon's UNIX socket on this host."""
+        return self.driver != "test" and self.implied_transport == "unix"
+
+
+def split_uri(text: str) -> UriParts:
+    """Split a libvirt URI as libvirt does (remoteSplitURIScheme): driver[+transport]://..."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parsed = urlsplit(text)
+    driver, _, transport = parsed.scheme.partition("+")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    return UriParts(
+        driver=driver,
+        transport=transport.lower() or None,
+        host=parsed.hostname or None,
+        port=port,
+        path=parsed.path,
+        params=dict(parse_qsl(parsed.query)),
+    )
 
 
 SYSTEM_CLIENT_CONF = "/etc/libvirt/libvirt.conf"
@@ -200,21 +259,55 @@ def uri(ctx: FactContext) -> LibvirtUri:
     """The URI libvirt's client library would connect to, in its own order of precedence
     (virConnectOpen): an explicit URI, $LIBVIRT_DEFAULT_URI, `uri_default` in the client's
     libvirt.conf (/etc/libvirt for root, ~/.config/libvirt for other users), and then its
-    probe, which gives non-root users qemu:///session."""
-    if ctx.options.uri:
-        return LibvirtUri(ctx.options.uri, "--uri", "/session" in ctx.options.uri)
-    env = _environ(ctx, "LIBVIRT_DEFAULT_URI")
-    if env:
-        return LibvirtUri(env, "LIBVIRT_DEFAULT_URI", "/session" in env)
+    probe, which gives non-root users qemu:///session. Names in the client's `uri_aliases`
+    are resolved as libvirt resolves them."""
     try:
         root = ctx.source.identity().euid == 0
     except SourceError:
         root = True  # a tree or a snapshot without it: the host's own (system) configuration
     path = SYSTEM_CLIENT_CONF if root else _user_client_conf(ctx)
-    default = _uri_default(ctx, path) if path else None
-    if default:
-        return LibvirtUri(default, f"uri_default in {path}", "/session" in default)
-    return LibvirtUri(None, "default", not root)
+    conf = _client_conf(ctx, path) if path else {}
+    mode = conf.get("remote_mode")
+    extra = {"client_conf": path, "remote_mode": mode if isinstance(mode, str) else None}
+    chosen: Optional[str] = None
+    origin = "default"
+    if ctx.options.uri:
+        chosen, origin = ctx.options.uri, "--uri"
+    elif env := _environ(ctx, "LIBVIRT_DEFAULT_URI"):
+        chosen, origin = env, "LIBVIRT_DEFAULT_URI"
+    elif isinstance(conf.get("uri_default"), str) and conf["uri_default"]:
+        chosen, origin = str(conf["uri_default"]), f"uri_default in {path}"
+    if chosen is None:
+        return LibvirtUri(None, origin, not root, **extra)
+    resolved = _alias(conf, chosen)
+    if resolved is not None:
+        return LibvirtUri(
+            resolved,
+            f"{origin}, alias in uri_aliases of {path}",
+            "/session" in resolved,
+            given=chosen,
+            **extra,
+        )
+    return LibvirtUri(chosen, origin, "/session" in chosen, **extra)
+
+
+def _alias(conf: dict[str, Any], name: str) -> Optional[str]:
+    """libvirt resolves a URI without ':' through uri_aliases ("name=uri" strings)."""
+    if ":" in name:
+        return None
+    for entry in conf.get("uri_aliases") or []:
+        if isinstance(entry, str) and "=" in entry:
+            alias, _, target = entry.partition("=")
+            if alias == name:
+                return target
+    return None
+
+
+def _client_conf(ctx: FactContext, path: str) -> dict[str, Any]:
+    try:
+        return parse_conf(read_text(ctx.source, path))
+    except (SourceError, ConfError):
+        return {}
 
 
 def _environ(ctx: FactContext, name: str) -> Optional[str]:
@@ -230,12 +323,3 @@ def _user_client_conf(ctx: FactContext) -> Optional[str]:
         home = _environ(ctx, "HOME")
         config_home = f"{home.rstrip('/')}/.config" if home else None
     return f"{config_home.rstrip('/')}/libvirt/libvirt.conf" if config_home else None
-
-
-def _uri_default(ctx: FactContext, path: str) -> Optional[str]:
-    try:
-        values = parse_conf(read_text(ctx.source, path))
-    except (SourceError, ConfError):
-        return None
-    value = values.get("uri_default")
-    return value if isinstance(value, str) and value else None

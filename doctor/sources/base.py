@@ -13,14 +13,16 @@ from typing import Any, Optional, Protocol
 
 
 class SourceError(Exception):
-    """A primitive question could not be answered."""
+    """A primitive question could not be answered. `details` carries structured data about
+    the refusal (libvirt's error code and domain, say); snapshots record it too."""
 
     kind = "error"
 
-    def __init__(self, what: str, reason: str) -> None:
+    def __init__(self, what: str, reason: str, details: Optional[dict[str, Any]] = None) -> None:
         super().__init__(f"{what}: {reason}")
         self.what = what
         self.reason = reason
+        self.details: dict[str, Any] = dict(details or {})
 
 
 class NotFound(SourceError):
@@ -48,8 +50,29 @@ class PathEscapes(SourceError):
     kind = "path-escapes"
 
 
+class TimedOut(SourceError):
+    """No answer within the time limit (a daemon that accepts and never replies)."""
+
+    kind = "timeout"
+
+
+class LibvirtError(SourceError):
+    """libvirt refused: `details` holds code, code_name, domain, domain_name, level, message."""
+
+    kind = "libvirt-error"
+
+
 ERROR_KINDS: dict[str, type[SourceError]] = {
-    cls.kind: cls for cls in (SourceError, NotFound, AccessDenied, Unavailable, PathEscapes)
+    cls.kind: cls
+    for cls in (
+        SourceError,
+        NotFound,
+        AccessDenied,
+        Unavailable,
+        PathEscapes,
+        TimedOut,
+        LibvirtError,
+    )
 }
 
 
@@ -152,6 +175,21 @@ class KvmProbe:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class KeyInfo:
+    """What may be said of a private key without its contents."""
+
+    path: str
+    loaded: bool  # parsed as an unencrypted PEM/DER private key
+    key_type: Optional[str] = None  # "RSA", "EC", "Ed25519", ...
+    bits: Optional[int] = None
+    public_sha256: Optional[str] = None  # SHA-256 of the public key's SubjectPublicKeyInfo DER
+    problem: Optional[str] = None  # why it could not be loaded (encrypted, not a key)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Source(Protocol):
     """The questions kvmdoctor asks of a host. Every method raises a SourceError subclass
     when it cannot answer; none returns a partial answer silently."""
@@ -183,6 +221,24 @@ class Source(Protocol):
     def kvm_probe(self, path: str = ...) -> KvmProbe: ...
 
     def read_msr(self, register: int, cpu: int = ...) -> int: ...
+
+    def clock(self) -> float:
+        """The host's clock (seconds since the epoch) when it was read."""
+        ...
+
+    def key_info(self, path: str) -> KeyInfo:
+        """The private key's public half and type; the key's contents never leave the source."""
+        ...
+
+    def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
+        """Ask libvirt (libvirt-python): request is "connect" (connection facts), "capabilities"
+        or "domcapabilities" (XML text), "domains" or "networks" (lists of dicts with their
+        XML). Raises LibvirtError with libvirt's code and domain, or TimedOut."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (libvirt)."""
+        ...
 
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024

@@ -6,6 +6,7 @@ import errno
 import os
 import stat as stat_mod
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO, Optional
 
@@ -15,6 +16,7 @@ from doctor.sources.base import (
     AccessDenied,
     CommandResult,
     Identity,
+    KeyInfo,
     KvmProbe,
     NotFound,
     PathEscapes,
@@ -121,11 +123,19 @@ class LiveSource:
     """
 
     def __init__(
-        self, root: str = "/", uri: Optional[str] = None, netns: Optional[str] = None
+        self,
+        root: str = "/",
+        uri: Optional[str] = None,
+        netns: Optional[str] = None,
+        *,
+        libvirt_timeout: float = 10.0,
     ) -> None:
+        from doctor.sources.virt import Libvirt
+
         self.root = os.path.abspath(root)
         self.uri = uri
         self.netns = netns
+        self._libvirt = Libvirt(libvirt_timeout)
         self.files_only = self.root != "/"
         self.kind = "root" if self.files_only else "live"
         if self.files_only and not os.path.isdir(self.root):
@@ -371,3 +381,52 @@ class LiveSource:
         if len(data) != 8:
             raise SourceError(f"{path} at {register:#x}", "short read")
         return int.from_bytes(data, "little")
+
+    def clock(self) -> float:
+        self._files_only("clock")
+        return time.time()
+
+    def key_info(self, path: str) -> KeyInfo:
+        """Load the private key here, inside the source, and return only its public half."""
+        import hashlib
+
+        from cryptography.hazmat.primitives import serialization
+
+        data = self.read_file(path, max_bytes=1024 * 1024)
+        try:
+            if b"-----BEGIN" in data:
+                key = serialization.load_pem_private_key(data, password=None)
+            else:
+                key = serialization.load_der_private_key(data, password=None)
+        except TypeError:
+            return KeyInfo(path, False, problem="the key is encrypted with a passphrase")
+        except (ValueError, Exception) as exc:  # noqa: BLE001 - any parse failure is an answer
+            return KeyInfo(path, False, problem=f"not a private key: {type(exc).__name__}")
+        finally:
+            del data
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        name = type(key).__name__.replace("_", "")
+        key_type = next(
+            (
+                t
+                for t in ("RSA", "EllipticCurve", "Ed25519", "Ed448", "DSA")
+                if t.lower() in name.lower()
+            ),
+            name,
+        )
+        return KeyInfo(
+            path,
+            True,
+            key_type="EC" if key_type == "EllipticCurve" else key_type,
+            bits=getattr(key, "key_size", None),
+            public_sha256=hashlib.sha256(spki).hexdigest(),
+        )
+
+    def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
+        self._files_only(f"libvirt {request}")
+        return self._libvirt.request(uri, request, params)
+
+    def close(self) -> None:
+        self._libvirt.close()

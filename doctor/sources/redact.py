@@ -31,8 +31,26 @@ def never_recorded(path: str) -> Optional[str]:
     return None
 
 
+# Domain XML as libvirt stores it (/etc/libvirt/qemu/*.xml, status files under /run): graphics
+# passwords are attributes.
+_XML_PASSWD = re.compile(r"""\b(passwd|password)=(["'])(.*?)\2""")
+
+
 def scrub(path: str, data: bytes) -> tuple[bytes, list[str]]:
     """The contents to record for `path`, and the names of the settings blanked out."""
+    if path.startswith(("/etc/libvirt/", "/run/libvirt/", "/var/run/libvirt/")) and path.endswith(
+        ".xml"
+    ):
+        text = data.decode("utf-8", "surrogateescape")
+        found: list[str] = []
+
+        def blank_attr(match: re.Match[str]) -> str:
+            found.append(match.group(1))
+            quote = match.group(2)
+            return f"{match.group(1)}={quote}{REDACTED}{quote}"
+
+        text = _XML_PASSWD.sub(blank_attr, text)
+        return text.encode("utf-8", "surrogateescape"), found
     if not (path.startswith("/etc/libvirt/") and path.endswith(".conf")):
         return data, []
     text = data.decode("utf-8", "surrogateescape")

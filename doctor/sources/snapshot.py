@@ -32,6 +32,7 @@ from doctor.sources.base import (
     ERROR_KINDS,
     CommandResult,
     Identity,
+    KeyInfo,
     KvmProbe,
     NotFound,
     PathEscapes,
@@ -61,6 +62,9 @@ HOW = {
     "environ": "environment of the kvmdoctor process",
     "kvm_probe": "open(2) of the device, KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_CREATE_VM",
     "msr": "pread(2) of /dev/cpu/N/msr",
+    "clock": "time(2) when the answer was needed",
+    "key_info": "the private key loaded inside the source; only its public half is kept",
+    "libvirt": "libvirt-python on the URI, under a time limit",
 }
 
 
@@ -102,6 +106,8 @@ class RecordingSource:
             value = call()
         except SourceError as exc:
             entry["error"] = {"type": exc.kind, "message": exc.reason, "what": exc.what}
+            if exc.details:
+                entry["error"]["details"] = exc.details
             self.entries.setdefault(key, entry)
             raise
         store(value, entry)
@@ -226,6 +232,33 @@ class RecordingSource:
             lambda v, e: e.__setitem__("value", f"{v:#018x}"),
         )
 
+    def clock(self) -> float:
+        return self._record(
+            "clock", "", {}, self.inner.clock, lambda v, e: e.__setitem__("value", v)
+        )
+
+    def key_info(self, path: str) -> KeyInfo:
+        return self._record(
+            "key_info",
+            path,
+            {"path": path},
+            lambda: self.inner.key_info(path),
+            lambda v, e: e.__setitem__("value", v.as_dict()),
+        )
+
+    def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
+        meta = {"uri": uri, "request": request, "params": params}
+        return self._record(
+            "libvirt",
+            _libvirt_arg(uri, request, params),
+            meta,
+            lambda: self.inner.libvirt(uri, request, **params),
+            lambda v, e: e.__setitem__("value", v),
+        )
+
+    def close(self) -> None:
+        self.inner.close()
+
     def write(self, target: str, *, report: Optional[dict[str, Any]] = None) -> None:
         """Write the snapshot directory (or, for a .tar.gz/.tgz target, an archive of it)."""
         if target.endswith((".tar.gz", ".tgz")):
@@ -268,6 +301,8 @@ class RecordingSource:
                 _write(target, entry["stderr"], self.blobs[key + ":stderr"])
             elif kind == "processes" and "error" not in entry:
                 _write(target, "processes.json", self.blobs[key])
+            elif kind == "libvirt" and "error" not in entry:
+                entry["value"] = _xml_to_files(target, entry, entry.get("value"), used_names)
             answers.append(entry)
         manifest = {
             "format": FORMAT,
@@ -280,6 +315,50 @@ class RecordingSource:
         _write(target, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         if report is not None:
             _write(target, "report.json", (json.dumps(report, indent=1) + "\n").encode())
+
+
+def _libvirt_arg(uri: Optional[str], request: str, params: dict[str, Any]) -> str:
+    return json.dumps([uri, request, params], sort_keys=True)
+
+
+def _xml_to_files(target: str, entry: dict[str, Any], value: Any, used: set[str]) -> Any:
+    """libvirt's XML goes into files a person can read (libvirt/capabilities.xml,
+    libvirt/domains/NAME.xml, NAME.live.xml); the manifest points to them with {"$file": path}.
+    Graphics passwords are scrubbed from the XML like from the files under /etc/libvirt."""
+
+    def to_file(stem: str, xml: Optional[str]) -> Any:
+        if not isinstance(xml, str):
+            return xml
+        rel = f"libvirt/{_unique(stem, used)}.xml"
+        data, _ = scrub("/etc/libvirt/qemu/x.xml", xml.encode())
+        _write(target, rel, data)
+        return {"$file": rel}
+
+    request = entry["request"]
+    if isinstance(value, str):
+        return to_file(_slug([request]), value)
+    if request in ("domains", "networks") and isinstance(value, list):
+        items = []
+        for item in value:
+            stem = f"{request}/{_slug([str(item.get('name', 'unnamed'))])}"
+            item = dict(item)
+            if "xml" in item:
+                item["xml"] = to_file(stem, item["xml"])
+            if "live_xml" in item:
+                item["live_xml"] = to_file(f"{stem}.live", item["live_xml"])
+            items.append(item)
+        return items
+    return value
+
+
+def _files_to_xml(snapshot: SnapshotSource, value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"$file"}:
+        return snapshot._data(value["$file"]).decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_files_to_xml(snapshot, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _files_to_xml(snapshot, v) for k, v in value.items()}
+    return value
 
 
 def _file_rel(path: str, used: set[str]) -> str:
@@ -383,7 +462,11 @@ class SnapshotSource:
         if entry is not None and "error" in entry:
             err = entry["error"]
             cls = ERROR_KINDS.get(err.get("type", ""), SourceError)
-            raise cls(err.get("what") or arg or kind, err.get("message", "recorded as an error"))
+            raise cls(
+                err.get("what") or arg or kind,
+                err.get("message", "recorded as an error"),
+                err.get("details"),
+            )
         return entry
 
     def _missing(self, what: str) -> Unavailable:
@@ -482,6 +565,18 @@ class SnapshotSource:
     def read_msr(self, register: int, cpu: int = 0) -> int:
         return int(str(self._value("msr", _msr_arg(register, cpu))), 16)
 
+    def clock(self) -> float:
+        return float(self._value("clock"))
+
+    def key_info(self, path: str) -> KeyInfo:
+        return KeyInfo(**self._value("key_info", path))
+
+    def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
+        return _files_to_xml(self, self._value("libvirt", _libvirt_arg(uri, request, params)))
+
+    def close(self) -> None:
+        pass
+
 
 def _entry_key(entry: dict[str, Any]) -> str:
     kind = entry.get("kind", "")
@@ -491,6 +586,8 @@ def _entry_key(entry: dict[str, Any]) -> str:
         return _key(kind, entry["name"])
     if kind == "msr":
         return _key(kind, _msr_arg(int(entry["register"], 16), int(entry["cpu"])))
+    if kind == "libvirt":
+        return _key(kind, _libvirt_arg(entry.get("uri"), entry["request"], entry.get("params", {})))
     return _key(kind, entry.get("path", ""))
 
 
@@ -526,7 +623,11 @@ def _safe_extract(archive: str, dest: str) -> None:
 
 
 def open_source(
-    *, root: Optional[str] = None, snapshot: Optional[str] = None, uri: Optional[str] = None
+    *,
+    root: Optional[str] = None,
+    snapshot: Optional[str] = None,
+    uri: Optional[str] = None,
+    connect_timeout: float = 10.0,
 ) -> Source:
     """The source a command line asks for: a snapshot, a tree, or this host."""
     from doctor.sources.live import LiveSource
@@ -535,4 +636,4 @@ def open_source(
         return SnapshotSource(snapshot)
     if root is not None and not os.path.isdir(root):
         raise NotFound(root, "--root must name a directory")
-    return LiveSource(root=root or "/", uri=uri)
+    return LiveSource(root=root or "/", uri=uri, libvirt_timeout=connect_timeout)

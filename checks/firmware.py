@@ -1,0 +1,3 @@
+"""firmware checks (being written)."""
+
+from __future__ import annotations

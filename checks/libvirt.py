@@ -1,0 +1,3 @@
+"""libvirt checks (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""tls checks (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""UEFI firmware facts (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""TLS certificate facts (being written)."""
+
+from __future__ import annotations
