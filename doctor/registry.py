@@ -159,12 +159,12 @@ def module_plugin(module: types.ModuleType, origin: Optional[str] = None) -> Plu
 def builtin_plugins() -> list[Plugin]:
     """The built-in checks, for when kvmdoctor runs from a source tree without being installed."""
     return [
-        Plugin(
-            f"kvmdoctor (checks.{area})",
-            lambda area=area: importlib.import_module(f"checks.{area}"),
-        )
-        for area in BUILTIN_AREAS
+        Plugin(f"kvmdoctor (checks.{area})", _importer(f"checks.{area}")) for area in BUILTIN_AREAS
     ]
+
+
+def _importer(module: str) -> Callable[[], Any]:
+    return lambda: importlib.import_module(module)
 
 
 def load_registry(

@@ -77,7 +77,8 @@ class Libvirt:
             if isinstance(exc, self._lib().libvirtError):
                 raise self._error(what, exc) from None
             raise exc
-        return box["value"]  # type: ignore[no-any-return]
+        value: T = box["value"]
+        return value
 
     def _error(self, what: str, exc: Any) -> LibvirtError:
         lib = self._lib()
