@@ -42,6 +42,7 @@ _MODULES = (
     "libvirt",
     "daemons",
     "domains",
+    "hostpaths",
     "tls",
     "firmware",
 )

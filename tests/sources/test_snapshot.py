@@ -417,6 +417,10 @@ def ask_recorded(source: SnapshotSource, entry: dict[str, Any]) -> Any:
         return source.read_msr(int(entry["register"], 16), int(entry["cpu"]))
     if kind == "kvm_probe":
         return source.kvm_probe(entry["path"])
+    if kind == "key_info":
+        return source.key_info(entry["path"])
+    if kind == "libvirt":
+        return source.libvirt(entry["uri"], entry["request"], **entry.get("params", {}))
     return getattr(source, kind)()
 
 
@@ -424,6 +428,17 @@ def as_json(answer: Any) -> Any:
     if dataclasses.is_dataclass(answer):
         answer = dataclasses.asdict(answer)
     return json.loads(json.dumps(answer))
+
+
+def with_files(value: Any) -> Any:
+    """The recorded value with its {"$file": path} references read, as replay answers it."""
+    if isinstance(value, dict) and set(value) == {"$file"}:
+        return (HOST_SNAPSHOT / value["$file"]).read_text()
+    if isinstance(value, list):
+        return [with_files(v) for v in value]
+    if isinstance(value, dict):
+        return {k: with_files(v) for k, v in value.items()}
+    return value
 
 
 def test_every_answer_of_the_recorded_host_snapshot_replays() -> None:
@@ -448,6 +463,8 @@ def test_every_answer_of_the_recorded_host_snapshot_replays() -> None:
         elif entry["kind"] == "processes":
             rows = json.loads((HOST_SNAPSHOT / "processes.json").read_text())
             assert [as_json(p) for p in answer] == rows
+        elif entry["kind"] == "libvirt":
+            assert as_json(answer) == with_files(entry["value"]), entry
         else:
             assert as_json(answer) == entry["value"], entry
 

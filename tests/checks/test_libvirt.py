@@ -1,0 +1,292 @@
+"""LIB001-LIB007: a passing and a failing case each, on the lab host's recorded snapshot and
+hosts derived from it (daemon stopped or missing, modular daemons, other URIs, real domain XML
+from tests/fixtures/realdata/domains)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdsnap import one, realdata, run_checks
+from kdtest import HOST_SNAPSHOT
+
+RHEL_DOMAIN = "domains/insights__etc-libvirt-qemu__i440fx_rhel7.4_virt-manager-persistent.xml"
+NOT_RUNNING = {
+    "type": "libvirt-error",
+    "what": "connect to the default URI",
+    "message": "Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
+    "No such file or directory",
+    "details": {
+        "code": 38,
+        "code_name": "VIR_ERR_SYSTEM_ERROR",
+        "domain": 7,
+        "domain_name": "VIR_FROM_RPC",
+        "level": 2,
+    },
+}
+LIBVIRT = {"uri": None, "params": {}}
+
+
+@pytest.fixture(scope="module")
+def host() -> dict[str, list[Any]]:
+    return run_checks(HOST_SNAPSHOT)
+
+
+def daemon_stopped(snap: Any) -> Any:
+    """libvirtd installed but not running: no socket, no process, no connection."""
+    for path in ("/run/libvirt/libvirt-sock", "/run/libvirt/libvirt-sock-ro"):
+        snap.missing("stat", path=path)
+    rows = json.loads((snap.path / "processes.json").read_text())
+    snap.set_processes([r for r in rows if r["name"] != "libvirtd"])
+    return snap.set_error("libvirt", NOT_RUNNING, request="connect", **LIBVIRT)
+
+
+def with_domains(snap: Any, *xml: str, active: bool = False) -> Any:
+    items = [
+        {
+            "name": f"d{i}",
+            "uuid": None,
+            "id": None,
+            "state": "shutoff",
+            "active": active,
+            "persistent": True,
+            "autostart": False,
+            "xml": text,
+            "live_xml": None,
+        }
+        for i, text in enumerate(xml)
+    ]
+    return snap.set_value("libvirt", items, request="domains", **LIBVIRT)
+
+
+# --- LIB001 libvirt-socket-missing ---------------------------------------------------------
+
+
+def test_lib001_passes_where_libvirtd_listens(host: dict[str, list[Any]]) -> None:
+    finding = one(host, "LIB001")
+    assert finding.status == "pass"
+    assert finding.subject == "socket:/run/libvirt/libvirt-sock"
+    assert finding.evidence["daemons"]["model"] == "monolithic"
+
+
+def test_lib001_names_the_daemon_and_how_to_start_it_when_it_is_down(edit_snapshot: Any) -> None:
+    finding = one(run_checks(daemon_stopped(edit_snapshot()).save()), "LIB001")
+    assert finding.status == "fail"
+    assert "/run/libvirt/libvirt-sock does not exist: libvirtd is not running" in finding.message
+    assert "libvirtd -d" in finding.message  # no systemd on the lab host
+
+
+def test_lib001_says_when_no_daemon_is_installed_at_all(edit_snapshot: Any) -> None:
+    snap = daemon_stopped(edit_snapshot()).missing("stat", path="/usr/sbin/libvirtd")
+    finding = one(run_checks(snap.save()), "LIB001")
+    assert finding.status == "fail"
+    assert "no libvirt daemon is installed" in finding.message
+    assert "apt-get install libvirt-daemon-system" in finding.message
+
+
+def test_lib001_on_a_modular_host_checks_the_network_daemon_too(edit_snapshot: Any) -> None:
+    snap = daemon_stopped(edit_snapshot())
+    binary = {"type": "file", "mode": 0o755, "uid": 0, "gid": 0, "rdev": None, "acl": []}
+    for name in ("virtqemud", "virtnetworkd", "virtstoraged"):
+        snap.set_value("stat", {"path": f"/usr/sbin/{name}", **binary}, path=f"/usr/sbin/{name}")
+    for name in ("virtqemud", "virtstoraged"):
+        path = f"/run/libvirt/{name}-sock"
+        snap.set_value("stat", {"path": path, **binary, "type": "socket"}, path=path)
+    findings = run_checks(snap.save())
+    assert one(findings, "LIB001", "socket:/run/libvirt/virtqemud-sock").status == "pass"
+    network = one(findings, "LIB001", "socket:/run/libvirt/virtnetworkd-sock")
+    assert network.status == "fail"
+    assert "virtnetworkd -d" in network.message
+
+
+def test_lib001_does_not_apply_to_a_remote_uri(host_snapshot: Path) -> None:
+    finding = one(run_checks(host_snapshot, uri="qemu+ssh://kvm1.example/system"), "LIB001")
+    assert finding.status == "pass"
+    assert "does not use a local daemon socket" in finding.message
+
+
+# --- LIB002 libvirt-connection-failed ------------------------------------------------------
+
+
+def test_lib002_passes_with_the_versions_it_connected_to(host: dict[str, list[Any]]) -> None:
+    finding = one(host, "LIB002")
+    assert finding.status == "pass"
+    assert "libvirt 9.0.0" in finding.message
+
+
+def test_lib002_keeps_libvirts_code_and_classifies_the_failure(edit_snapshot: Any) -> None:
+    finding = one(run_checks(daemon_stopped(edit_snapshot()).save()), "LIB002")
+    assert finding.status == "fail"
+    assert finding.evidence["details"]["code_name"] == "VIR_ERR_SYSTEM_ERROR"
+    assert finding.evidence["error_kind"] == "daemon-not-running"
+    assert "(see LIB001)" in finding.message
+
+
+def test_lib002_recognises_a_polkit_refusal(edit_snapshot: Any) -> None:
+    # virsh as an unprivileged user without a polkit agent (libvirt's wording).
+    refusal = {
+        "type": "libvirt-error",
+        "what": "connect",
+        "message": "authentication unavailable: no polkit agent available to authenticate action "
+        "'org.libvirt.unix.manage'",
+        "details": {
+            "code": 49,
+            "code_name": "VIR_ERR_AUTH_UNAVAILABLE",
+            "domain": 46,
+            "domain_name": "VIR_FROM_POLKIT",
+            "level": 2,
+        },
+    }
+    snap = edit_snapshot().set_error("libvirt", refusal, request="connect", **LIBVIRT)
+    finding = one(run_checks(snap.save()), "LIB002")
+    assert finding.evidence["error_kind"] == "auth"
+    assert "`libvirt` group" in finding.message
+
+
+# --- LIB003 virtlogd-unavailable -----------------------------------------------------------
+
+
+def test_lib003_passes_with_virtlogds_socket(host: dict[str, list[Any]]) -> None:
+    assert one(host, "LIB003").status == "pass"
+
+
+def test_lib003_fails_without_virtlogd(edit_snapshot: Any) -> None:
+    snap = edit_snapshot().missing("stat", path="/run/libvirt/virtlogd-sock")
+    finding = one(run_checks(snap.save()), "LIB003")
+    assert finding.status == "fail"
+    assert "Failed to connect socket to '/run/libvirt/virtlogd-sock'" in finding.message
+    assert "virtlogd -d" in finding.message
+
+
+def test_lib003_does_not_need_virtlogd_when_qemu_logs_to_files(edit_snapshot: Any) -> None:
+    snap = edit_snapshot().missing("stat", path="/run/libvirt/virtlogd-sock")
+    conf = (snap.path / "files/etc/libvirt/qemu.conf").read_text()
+    snap.set_file("/etc/libvirt/qemu.conf", conf + '\nstdio_handler = "file"\n')
+    assert one(run_checks(snap.save()), "LIB003").status == "pass"
+
+
+# --- LIB004 qemu-emulator-missing ----------------------------------------------------------
+
+
+def test_lib004_passes_for_the_emulators_in_the_capabilities(host: dict[str, list[Any]]) -> None:
+    subjects = {f.subject: f.status for f in host["LIB004"]}
+    assert subjects["emulator:/usr/bin/qemu-system-x86_64"] == "pass"
+
+
+def test_lib004_cannot_judge_an_emulator_the_snapshot_did_not_record(edit_snapshot: Any) -> None:
+    snap = with_domains(edit_snapshot(), realdata(RHEL_DOMAIN))
+    finding = one(run_checks(snap.save()), "LIB004", "emulator:/usr/bin/qemu-kvm")
+    assert finding.status == "skip"
+
+
+def test_lib004_fails_for_a_rhel_domain_on_a_debian_host(edit_snapshot: Any) -> None:
+    snap = with_domains(edit_snapshot(), realdata(RHEL_DOMAIN))
+    snap.missing("stat", path="/usr/bin/qemu-kvm")  # the RHEL 7 domain names /usr/bin/qemu-kvm
+    finding = one(run_checks(snap.save()), "LIB004", "emulator:/usr/bin/qemu-kvm")
+    assert finding.status == "fail"
+    assert "domain:rhel7.4" in finding.message
+
+
+# --- LIB005 uri-implies-tls ----------------------------------------------------------------
+
+
+def test_lib005_passes_for_the_local_system_uri(host: dict[str, list[Any]]) -> None:
+    assert one(host, "LIB005").status == "pass"
+
+
+def test_lib005_warns_about_a_host_without_transport(host_snapshot: Path) -> None:
+    finding = one(run_checks(host_snapshot, uri="qemu://kvm1.example/system"), "LIB005")
+    assert finding.status == "warn"
+    assert "qemu+ssh://kvm1.example/system" in finding.message
+    assert finding.evidence["uri"]["origin"] == "--uri"
+
+
+# --- LIB006 network-firewall-tools-missing -------------------------------------------------
+
+
+def test_lib006_passes_with_iptables_and_ebtables(host: dict[str, list[Any]]) -> None:
+    finding = one(host, "LIB006")
+    assert finding.status == "pass"
+    assert finding.evidence["backend"] == "iptables"
+
+
+def test_lib006_fails_without_ebtables(edit_snapshot: Any) -> None:
+    snap = edit_snapshot()
+    for directory in (
+        "/usr/sbin",
+        "/sbin",
+        "/usr/bin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ):
+        snap.missing("stat", path=f"{directory}/ebtables")
+    finding = one(run_checks(snap.save()), "LIB006")
+    assert finding.status == "fail"
+    assert "needs ebtables" in finding.message
+
+
+def test_lib006_follows_network_conf_to_the_nftables_backend(edit_snapshot: Any) -> None:
+    snap = edit_snapshot().set_file("/etc/libvirt/network.conf", 'firewall_backend = "nftables"\n')
+    for directory in (
+        "/usr/sbin",
+        "/sbin",
+        "/usr/bin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ):
+        snap.missing("stat", path=f"{directory}/ebtables")
+    finding = one(run_checks(snap.save()), "LIB006")
+    assert finding.status == "pass"  # nft is there; ebtables is not needed
+    assert finding.evidence["backend"] == "nftables"
+
+
+# --- LIB007 qemu-cannot-access-images ------------------------------------------------------
+
+
+DIR = {"type": "dir", "uid": 0, "gid": 0, "rdev": None, "acl": []}
+
+
+def image_under(snap: Any, directory_mode: int) -> Any:
+    xml = realdata(RHEL_DOMAIN).replace(
+        "/var/lib/libvirt/images/rhel-7.4-insights.qcow2", "/root/images/rhel.qcow2"
+    )
+    snap = with_domains(snap, xml)
+    snap.set_value("stat", {"path": "/", **DIR, "mode": 0o755}, path="/")
+    snap.set_value("stat", {"path": "/root", **DIR, "mode": directory_mode}, path="/root")
+    snap.set_value("stat", {"path": "/root/images", **DIR, "mode": 0o755}, path="/root/images")
+    snap.set_value(
+        "stat",
+        {"path": "/root/images/rhel.qcow2", **DIR, "type": "file", "mode": 0o600},
+        path="/root/images/rhel.qcow2",
+    )
+    snap.set_value(
+        "stat",
+        {"path": "/usr/bin/qemu-kvm", **DIR, "type": "file", "mode": 0o755},
+        path="/usr/bin/qemu-kvm",
+    )
+    return snap
+
+
+def test_lib007_passes_when_the_directories_let_qemu_through(edit_snapshot: Any) -> None:
+    finding = one(run_checks(image_under(edit_snapshot(), 0o711).save()), "LIB007")
+    assert finding.status == "pass"
+    assert "dynamic_ownership" in finding.message  # the 0600 image is handed over at start
+
+
+def test_lib007_fails_for_an_image_under_a_private_root_home(edit_snapshot: Any) -> None:
+    finding = one(run_checks(image_under(edit_snapshot(), 0o700).save()), "LIB007")
+    assert finding.status == "fail"
+    assert "libvirt-qemu cannot reach /root/images/rhel.qcow2" in finding.message
+    assert "no search (x) permission on /root" in finding.message
+
+
+def test_lib007_fails_for_a_missing_image(edit_snapshot: Any) -> None:
+    snap = image_under(edit_snapshot(), 0o711).missing("stat", path="/root/images/rhel.qcow2")
+    finding = one(run_checks(snap.save()), "LIB007")
+    assert finding.status == "fail"
+    assert "Cannot access storage file '/root/images/rhel.qcow2'" in finding.message
