@@ -328,11 +328,10 @@ def classify(exc: SourceError) -> str:
     code = details.get("code_name") or ""
     domain = details.get("domain_name") or ""
     text = exc.reason.lower()
-    if (
-        "no such file or directory" in text
-        or "connection refused" in text
-        or code == "VIR_ERR_NO_CONNECT"
-        and "socket" in text
+    if any(w in text for w in ("tls", "certificate", "gnutls", "x509")):
+        return "tls"
+    if ("failed to connect socket" in text or "unable to connect to server" in text) and (
+        "no such file or directory" in text or "connection refused" in text
     ):
         return "daemon-not-running"
     if (
@@ -344,8 +343,6 @@ def classify(exc: SourceError) -> str:
         return "auth"
     if "permission denied" in text or code in ("VIR_ERR_ACCESS_DENIED", "VIR_ERR_OPERATION_DENIED"):
         return "permission"
-    if "tls" in text or "certificate" in text or "gnutls" in text or "x509" in text:
-        return "tls"
     if code == "VIR_ERR_NO_CONNECT" or "no connection driver" in text:
         return "no-driver"
     return "unknown"
