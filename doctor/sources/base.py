@@ -236,6 +236,11 @@ class Source(Protocol):
         XML). Raises LibvirtError with libvirt's code and domain, or TimedOut."""
         ...
 
+    def netlink(self, request: str, netns: Optional[str] = ...) -> list[dict[str, Any]]:
+        """Netlink dumps through pyroute2 as plain dicts ({"index": ..., "attrs": {...}}):
+        "links", "addresses", "routes", "neighbours", "fdb"; in `netns` when given."""
+        ...
+
     def close(self) -> None:
         """Release connections (libvirt)."""
         ...

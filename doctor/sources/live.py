@@ -32,7 +32,7 @@ KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
 KVM_CHECK_EXTENSION = 0xAE03
 # Capabilities worth having in a report: KVM_CAP_NR_VCPUS, KVM_CAP_MAX_VCPUS.
-KVM_CAPS = {"nr_vcpus": 9, "max_vcpus": 66}
+KVM_CAPS = {"nr_vcpus": 9, "max_vcpus": 66, "x86_smm": 117}
 
 # Kernel filesystems that an offline tree usually does not hold. A tree without them cannot
 # say whether /dev/kvm exists, so it answers "unavailable" rather than "not found".
@@ -427,6 +427,13 @@ class LiveSource:
     def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
         self._files_only(f"libvirt {request}")
         return self._libvirt.request(uri, request, params)
+
+    def netlink(self, request: str, netns: Optional[str] = None) -> list[dict[str, Any]]:
+        """links, addresses, routes, neighbours or fdb of this namespace or `netns`."""
+        from doctor.sources.netlink import dump
+
+        self._files_only(f"netlink {request}")
+        return dump(request, netns if netns is not None else self.netns)
 
     def close(self) -> None:
         self._libvirt.close()

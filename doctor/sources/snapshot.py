@@ -65,6 +65,7 @@ HOW = {
     "clock": "time(2) when the answer was needed",
     "key_info": "the private key loaded inside the source; only its public half is kept",
     "libvirt": "libvirt-python on the URI, under a time limit",
+    "netlink": "pyroute2 dump (IPRoute with flags=0: never creates a namespace)",
 }
 
 
@@ -256,6 +257,21 @@ class RecordingSource:
             lambda v, e: e.__setitem__("value", v),
         )
 
+    def netlink(self, request: str, netns: Optional[str] = None) -> list[dict[str, Any]]:
+        def store(value: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+            entry["data"] = f"netlink/{_slug([netns or 'host'])}/{request}.json"
+            self.blobs[_key("netlink", _netlink_arg(request, netns))] = json.dumps(
+                value, indent=1
+            ).encode()
+
+        return self._record(
+            "netlink",
+            _netlink_arg(request, netns),
+            {"request": request, "netns": netns},
+            lambda: self.inner.netlink(request, netns),
+            store,
+        )
+
     def close(self) -> None:
         self.inner.close()
 
@@ -301,6 +317,8 @@ class RecordingSource:
                 _write(target, entry["stderr"], self.blobs[key + ":stderr"])
             elif kind == "processes" and "error" not in entry:
                 _write(target, "processes.json", self.blobs[key])
+            elif kind == "netlink" and "error" not in entry:
+                _write(target, entry["data"], self.blobs[key])
             elif kind == "libvirt" and "error" not in entry:
                 entry["value"] = _xml_to_files(target, entry, entry.get("value"), used_names)
             answers.append(entry)
@@ -315,6 +333,10 @@ class RecordingSource:
         _write(target, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         if report is not None:
             _write(target, "report.json", (json.dumps(report, indent=1) + "\n").encode())
+
+
+def _netlink_arg(request: str, netns: Optional[str]) -> str:
+    return f"{netns or ''}:{request}"
 
 
 def _libvirt_arg(uri: Optional[str], request: str, params: dict[str, Any]) -> str:
@@ -574,6 +596,13 @@ class SnapshotSource:
     def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
         return _files_to_xml(self, self._value("libvirt", _libvirt_arg(uri, request, params)))
 
+    def netlink(self, request: str, netns: Optional[str] = None) -> list[dict[str, Any]]:
+        entry = self._entry("netlink", _netlink_arg(request, netns))
+        if entry is None:
+            raise self._missing(f"netlink {request}")
+        rows: list[dict[str, Any]] = json.loads(self._data(entry["data"]))
+        return rows
+
     def close(self) -> None:
         pass
 
@@ -588,6 +617,8 @@ def _entry_key(entry: dict[str, Any]) -> str:
         return _key(kind, _msr_arg(int(entry["register"], 16), int(entry["cpu"])))
     if kind == "libvirt":
         return _key(kind, _libvirt_arg(entry.get("uri"), entry["request"], entry.get("params", {})))
+    if kind == "netlink":
+        return _key(kind, _netlink_arg(entry["request"], entry.get("netns")))
     return _key(kind, entry.get("path", ""))
 
 
