@@ -1,3 +1,764 @@
-"""tls checks (being written)."""
+"""TLS checks: the certificates and keys libvirt's daemons and clients use for remote access.
+
+Every check here looks only at the credentials in use (doctor/facts/tls.py decides which:
+a daemon that listens for TLS, a TLS URI, certificates configured or present). When TLS is not
+in use at all, each check reports one `pass` that says so and lists what was looked at: none
+of these problems can occur without TLS, and an operator should not have to wonder about six
+skipped checks on every host that never set TLS up (the same reasoning as KVM004 passing on
+bare metal). `skip` keeps its meaning, "could not be examined": it is what a check reports
+when whether TLS is in use cannot be told (a snapshot recorded without the files it needs).
+"""
 
 from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Any, Optional
+
+from doctor.facts.accounts import Accounts, access, has_extended_acl, mode_string
+from doctor.facts.libvirt import LibvirtUri
+from doctor.facts.tls import (
+    DEFAULT_CA,
+    CertFile,
+    CertInfo,
+    Endpoint,
+    HostClock,
+    HostNames,
+    Reader,
+    TlsState,
+    iso_time,
+)
+from doctor.model import Finding, Status
+from doctor.registry import check
+from doctor.sources.base import StatInfo
+
+EXPIRY_WARNING_DAYS = 30
+DAY = 86400.0
+LOCAL_NAMES = ("localhost", "localhost.localdomain", "127.0.0.1", "::1")
+NO_ACCOUNTS = Accounts((), ())
+
+
+def _not_in_use(tls: TlsState) -> Finding:
+    if tls.undetermined:
+        return Finding(
+            "skip",
+            "whether TLS is in use could not be told: "
+            + "; ".join(tls.undetermined[:3])
+            + (f" (and {len(tls.undetermined) - 3} more)" if len(tls.undetermined) > 3 else ""),
+            evidence=tls.evidence(),
+        )
+    return Finding(
+        "pass",
+        "TLS is not in use: no daemon listens for TLS, the URI does not use TLS, and no "
+        "certificates are configured or present",
+        evidence=tls.evidence(),
+    )
+
+
+def _severity(ep: Endpoint) -> Status:
+    """A client seen only because its files exist (no TLS URI) is not failing anyone yet."""
+    return "fail" if ep.required else "warn"
+
+
+def _users(ep: Endpoint) -> str:
+    return f"the {ep.role} ({', '.join(ep.users)})"
+
+
+def _base(ep: Endpoint, tls: TlsState) -> dict[str, Any]:
+    return {"endpoint": ep.summary(), "tls_in_use_because": list(tls.reasons)}
+
+
+def _readable(st: Optional[StatInfo], reader: Reader, accounts: Accounts) -> tuple[bool, str]:
+    if st is None:
+        return True, "not examined"
+    verdict = access(st, reader.uid, reader.gids, accounts)
+    return verdict.read, verdict.detail
+
+
+def _file_view(st: Optional[StatInfo], accounts: Accounts) -> Optional[dict[str, Any]]:
+    if st is None:
+        return None
+    return {
+        "mode": f"{st.mode:04o}",
+        "permissions": mode_string(st),
+        "owner": accounts.user_name(st.uid),
+        "group": accounts.group_name(st.gid),
+        "acl": [
+            f"{e.tag}:{'' if e.qualifier is None else _acl_name(e.tag, e.qualifier, accounts)}"
+            f":{e.perms}"
+            for e in st.acl
+        ],
+    }
+
+
+def _acl_name(tag: str, qualifier: int, accounts: Accounts) -> str:
+    return accounts.user_name(qualifier) if tag == "user" else accounts.group_name(qualifier)
+
+
+# --- TLS001 ---------------------------------------------------------------------------------
+
+
+@check(
+    "TLS001", "tls-ca-missing", title="The CA certificate is missing or unreadable", tags=("tls",)
+)
+def tls_ca_missing(tls: TlsState, accounts: Optional[Accounts] = None) -> Iterator[Finding]:
+    """What it checks: that the CA certificate each TLS user needs exists, can be read by
+    whoever uses it, and holds at least one PEM certificate. The daemon takes `ca_file` from
+    libvirtd.conf or virtproxyd.conf (default /etc/pki/CA/cacert.pem; setting `cert_file` or
+    `key_file` without `ca_file` is an error); the client takes `pkipath` from the URI, a
+    non-root user's ~/.pki/libvirt/cacert.pem, else /etc/pki/CA/cacert.pem. When TLS is not
+    in use, it passes once, saying so (it skips when that cannot be told).
+
+    Why it matters: libvirtd refuses to start its listeners ("Cannot read CA certificate
+    '/etc/pki/CA/cacert.pem': No such file or directory", then "Unable to initialize network
+    sockets"), and a client fails the same way before it connects.
+
+    How to fix: copy the CA certificate that signed the server and client certificates to the
+    path named in the finding (`install -m 644 cacert.pem /etc/pki/CA/cacert.pem`), or point
+    `ca_file` (server) or `?pkipath=DIR` (client) at it. Restart the daemon.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://libvirt.org/remote.html#transport-configuration
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    accts = accounts or NO_ACCOUNTS
+    for ep in tls.endpoints:
+        ca = ep.ca
+        evidence = {
+            "ca_file": ca.path,
+            "configured": ca.origin,
+            "default": DEFAULT_CA,
+            "file": _file_view(ca.stat, accts),
+            "reader": ep.reader.as_dict(),
+            "error": ca.error,
+            **_base(ep, tls),
+        }
+        status = _severity(ep)
+        if ca.state == "unset":
+            yield Finding(
+                status,
+                f"{_users(ep)}: {ca.error}: {ca.origin} (libvirt refuses to start the listener)",
+                subject=ep.subject,
+                evidence=evidence,
+            )
+        elif ca.state == "missing":
+            yield Finding(
+                status,
+                f"Cannot read CA certificate '{ca.path}': {ca.error} (needed by {_users(ep)})",
+                subject=ep.subject,
+                evidence=evidence,
+            )
+        elif ca.state == "unreadable" and ep.reader.uid == 0 and ep.role == "server":
+            yield Finding(
+                "skip",
+                f"{ca.path} could not be read by kvmdoctor ({ca.error}); run it as root to check "
+                "what the daemon (root) reads",
+                subject=ep.subject,
+                evidence=evidence,
+            )
+        elif ca.state == "unreadable":
+            yield Finding(
+                status,
+                f"Cannot read CA certificate '{ca.path}': {ca.error} (needed by {_users(ep)})",
+                subject=ep.subject,
+                evidence=evidence,
+            )
+        elif ca.state in ("invalid", "empty"):
+            yield Finding(
+                status,
+                f"the CA certificate file {ca.path} is unusable: {ca.error}",
+                subject=ep.subject,
+                evidence=evidence,
+            )
+        else:
+            readable, detail = _readable(ca.stat, ep.reader, accts)
+            evidence["decided_by"] = detail
+            evidence["certificates"] = [c.subject for c in ca.certs]
+            if not readable:
+                yield Finding(
+                    status,
+                    f"{ep.reader.name} cannot read the CA certificate {ca.path}: {detail}",
+                    subject=ep.subject,
+                    evidence=evidence,
+                )
+                continue
+            count = f" and {len(ca.certs) - 1} more" if len(ca.certs) > 1 else ""
+            yield Finding(
+                "pass",
+                f"CA certificate {ca.path} ({ca.origin}) holds {ca.certs[0].subject}{count}",
+                subject=ep.subject,
+                evidence=evidence,
+            )
+
+
+# --- TLS002 ---------------------------------------------------------------------------------
+
+
+def _cert_problem(ep: Endpoint) -> Optional[str]:
+    cert = ep.cert
+    if cert.state == "unset":
+        return f"{cert.error}: {cert.origin}"
+    if cert.state == "missing":
+        if ep.role == "client":
+            return (
+                f"no client certificate at {cert.path}: a server that verifies clients (the "
+                "default, tls_no_verify_certificate = 0) refuses the connection"
+            )
+        return f"Cannot read certificate '{cert.path}': {cert.error}"
+    if cert.state == "unreadable":
+        return f"Cannot read certificate '{cert.path}': {cert.error}"
+    if cert.state in ("invalid", "empty"):
+        return f"the certificate file {cert.path} is unusable: {cert.error}"
+    return None
+
+
+@check(
+    "TLS002",
+    "tls-cert-or-key-missing",
+    title="A TLS certificate or key is missing, or the key does not match the certificate",
+    tags=("tls",),
+)
+def tls_cert_or_key_missing(tls: TlsState) -> Iterator[Finding]:
+    """What it checks: that the server's (or the client's) certificate and private key both
+    exist, that the certificate file holds a PEM certificate, that the key loads without a
+    passphrase, and that the key belongs to the certificate: the SHA-256 of the public key in
+    the certificate (its SubjectPublicKeyInfo) equals that of the key's public half. The key
+    is loaded only inside the source; neither it nor any part of it but the public half
+    enters the report. When TLS is not in use, it passes once, saying so (it skips when
+    that cannot be told).
+
+    Why it matters: libvirtd does not start its listeners: "Cannot read certificate
+    '/etc/pki/libvirt/servercert.pem': No such file or directory", "Unable to set x509 key and
+    certificate: ... The certificate and the given key do not match." or "... Decryption has
+    failed." for a key with a passphrase. A client without a certificate is refused by a
+    server that verifies its clients (the default).
+
+    How to fix: install the certificate and the key that was used to make its request
+    (compare `openssl x509 -in CERT -noout -pubkey | openssl sha256` with `openssl pkey -in
+    KEY -pubout | openssl sha256`); remove a passphrase with `openssl pkey -in KEY -out KEY`;
+    or point `cert_file`/`key_file` (server) or `?pkipath=DIR` (client) at the right pair.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://libvirt.org/remote.html#transport-configuration
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    for ep in tls.endpoints:
+        cert, key = ep.cert, ep.key
+        leaf = cert.leaf
+        evidence: dict[str, Any] = {
+            "cert_file": cert.path,
+            "cert_origin": cert.origin,
+            "key_file": key.path,
+            "key_origin": key.origin,
+            "certificate_public_sha256": leaf.public_sha256 if leaf else None,
+            "certificate_public_key": leaf.public_key if leaf else None,
+            "certificate_sha256": leaf.sha256 if leaf else None,
+            "key_public_sha256": key.info.public_sha256 if key.info else None,
+            "key_type": (
+                f"{key.info.key_type} {key.info.bits or ''}".strip()
+                if key.info and key.info.key_type
+                else None
+            ),
+            **_base(ep, tls),
+        }
+        problems = []
+        cert_problem = _cert_problem(ep)
+        if cert_problem:
+            problems.append(cert_problem)
+        if key.state == "unset":
+            problems.append(f"{key.error}: {key.origin}")
+        elif key.state == "missing":
+            problems.append(f"Cannot read private key '{key.path}': {key.error}")
+        elif key.state == "unusable":
+            problems.append(f"the private key {key.path} cannot be loaded: {key.error}")
+        if problems:
+            yield Finding(
+                _severity(ep), f"{_users(ep)}: {'; '.join(problems)}", ep.subject, evidence
+            )
+            continue
+        if key.info is None or leaf is None:
+            yield Finding(
+                "skip",
+                f"whether {key.path} belongs to {cert.path} is unknown: the key could not be "
+                f"examined ({key.error})",
+                ep.subject,
+                evidence,
+            )
+            continue
+        if key.info.public_sha256 != leaf.public_sha256:
+            yield Finding(
+                _severity(ep),
+                f"the key {key.path} does not belong to the certificate {cert.path}: the "
+                f"certificate's public key has SHA-256 {leaf.public_sha256[:16]}..., the key's "
+                f'{(key.info.public_sha256 or "")[:16]}... (libvirt: "The certificate and the '
+                'given key do not match.")',
+                ep.subject,
+                evidence,
+            )
+            continue
+        yield Finding(
+            "pass",
+            f"{cert.path} and {key.path} are present and belong together "
+            f"({leaf.public_key}, public key SHA-256 {leaf.public_sha256[:16]}...)",
+            ep.subject,
+            evidence,
+        )
+
+
+# --- TLS003 ---------------------------------------------------------------------------------
+
+
+def _cert_kind(ep: Endpoint, which: str, index: int) -> str:
+    if which == "ca":
+        return "CA"
+    if index > 0:
+        return "intermediate CA"
+    return ep.role
+
+
+def _days(seconds: float) -> str:
+    days = seconds / DAY
+    return f"{days:.0f} days" if abs(days) >= 2 else f"{seconds / 3600:.0f} hours"
+
+
+@check(
+    "TLS003",
+    "tls-cert-expired",
+    title="A TLS certificate has expired, is not yet valid, or expires soon",
+    tags=("tls",),
+)
+def tls_cert_expired(tls: TlsState, host_clock: HostClock) -> Iterator[Finding]:
+    """What it checks: the validity period (notBefore, notAfter) of every certificate in use:
+    the server's or the client's, intermediates in the certificate file, and the CAs in the
+    CA file, against the host's clock. Expired or not yet valid is a failure; expiring within
+    30 days a warning (a client certificate that no TLS URI uses only warns). Under `--root`
+    the host's clock cannot be read: the time of the run is used, and the evidence says so.
+    When TLS is not in use, it passes once, saying so (it skips when that cannot be told).
+
+    Why it matters: libvirtd refuses to start its listeners with an expired or future
+    certificate ("The server certificate /etc/pki/libvirt/servercert.pem has expired", "...
+    is not yet active"), and clients refuse such a server ("Certificate failed validation:
+    The certificate is not trusted."). A certificate that is not yet valid often means the
+    host's clock is wrong, not the certificate.
+
+    How to fix: issue a new certificate from the same CA with the same names and key
+    usage, install it, and restart the daemon (`systemctl restart libvirtd`). For "not yet
+    valid", check the clock first (`timedatectl`, NTP) on both the host and the machine that
+    issued the certificate.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://www.rfc-editor.org/rfc/rfc5280#section-4.1.2.5
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    clock = host_clock.as_dict()
+    seen: set[tuple[str, int]] = set()
+    found = False
+    for ep in tls.endpoints:
+        files: tuple[tuple[str, CertFile], ...] = (("cert", ep.cert), ("ca", ep.ca))
+        for which, cert_file in files:
+            for index, cert in enumerate(cert_file.certs):
+                assert cert_file.path is not None
+                if (cert_file.path, index) in seen:
+                    continue
+                seen.add((cert_file.path, index))
+                found = True
+                kind = _cert_kind(ep, which, index)
+                yield _validity(ep, cert_file.path, index, cert, kind, host_clock)
+    if not found:
+        yield Finding(
+            "skip",
+            "no certificate in use could be read (see TLS001 and TLS002)",
+            evidence={**tls.evidence(), "host_clock": clock},
+        )
+
+
+def _validity(
+    ep: Endpoint, path: str, index: int, cert: CertInfo, kind: str, clock: HostClock
+) -> Finding:
+    now = clock.time
+    subject = f"cert:{path}" if index == 0 else f"cert:{path}#{index + 1}"
+    evidence: dict[str, Any] = {
+        "file": path,
+        "position_in_file": index + 1,
+        "kind": kind,
+        "used_by": list(ep.users),
+        "subject": cert.subject,
+        "serial": cert.serial,
+        "not_before": cert.not_before,
+        "not_after": cert.not_after,
+        "host_clock": clock.iso,
+        "clock_source": clock.source,
+        "clock_note": clock.note,
+    }
+    label = f"The {kind} certificate {path}" + (f" (#{index + 1})" if index else "")
+    if now < cert.not_before_ts:
+        return Finding(
+            _severity(ep),
+            f"{label} is not yet active: valid from {cert.not_before}, and the clock says "
+            f"{iso_time(now)} ({_days(cert.not_before_ts - now)} earlier); a clock that is "
+            "behind gives the same failure",
+            subject,
+            evidence,
+        )
+    if now > cert.not_after_ts:
+        return Finding(
+            _severity(ep),
+            f"{label} has expired: valid until {cert.not_after}, {_days(now - cert.not_after_ts)} "
+            f"before the clock's {iso_time(now)}",
+            subject,
+            evidence,
+        )
+    left = cert.not_after_ts - now
+    evidence["days_left"] = round(left / DAY, 1)
+    if left < EXPIRY_WARNING_DAYS * DAY:
+        return Finding(
+            "warn",
+            f"{label} expires in {_days(left)}, on {cert.not_after}",
+            subject,
+            evidence,
+        )
+    return Finding(
+        "pass", f"{label} is valid until {cert.not_after} ({_days(left)} left)", subject, evidence
+    )
+
+
+# --- TLS004 ---------------------------------------------------------------------------------
+
+
+def _match_dns(pattern: str, name: str) -> bool:
+    """RFC 6125 as GnuTLS applies it: case-insensitive, a `*` only in the leftmost label and
+    matching within that label, never a wildcard over the last two labels."""
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if "*" not in pattern:
+        return pattern == name
+    first, _, rest = pattern.partition(".")
+    name_first, _, name_rest = name.partition(".")
+    if "*" in rest or rest.count(".") < 1 or rest != name_rest:
+        return False
+    prefix, _, suffix = first.partition("*")
+    return (
+        len(name_first) >= len(prefix) + len(suffix)
+        and name_first.startswith(prefix)
+        and name_first.endswith(suffix)
+    )
+
+
+def name_covered(cert: CertInfo, name: str) -> Optional[str]:
+    """The certificate entry that covers `name`, as a client checks it: IP addresses against
+    the IP SANs; DNS names against the DNS SANs, or the CN when there are none."""
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if address is not None:
+        for ip in cert.san_ip:
+            if ipaddress.ip_address(ip) == address:
+                return f"SAN IP:{ip}"
+        return None
+    if cert.san_dns:
+        for entry in cert.san_dns:
+            if _match_dns(entry, name):
+                return f"SAN DNS:{entry}"
+        return None
+    if cert.common_name and _match_dns(cert.common_name, name):
+        return f"CN={cert.common_name}"
+    return None
+
+
+def _uri_host(uri: Optional[LibvirtUri], names: HostNames) -> Optional[str]:
+    """The host a TLS URI names when it is this host (localhost, or one of its names)."""
+    if uri is None or uri.parts.implied_transport != "tls" or not uri.parts.host:
+        return None
+    host = uri.parts.host
+    local = {n.lower() for n in (*LOCAL_NAMES, *names.names)}
+    local |= {n.split(".")[0].lower() for n in names.names}
+    return host if host.lower() in local else None
+
+
+@check(
+    "TLS004",
+    "tls-cert-name-mismatch",
+    title="The server certificate does not cover the host's names",
+    tags=("tls",),
+)
+def tls_cert_name_mismatch(
+    tls: TlsState, host_names: HostNames, uri: Optional[LibvirtUri] = None
+) -> Iterator[Finding]:
+    """What it checks: that the server certificate names this host as clients name it: the
+    hostname (uname, or /etc/hostname under `--root`), the FQDN (`hostname --fqdn`, or the
+    canonical name /etc/hosts gives), and the host of a TLS URI that points at this host
+    (localhost, say). Names are matched as a client matches them: IP addresses against IP
+    SANs; DNS names against the DNS SANs, or against the CN only when there is no DNS SAN;
+    `*` only in the leftmost label. None of the names covered, or the URI's host not
+    covered, is a failure; some names uncovered is a warning. Client certificates carry no
+    host name requirement and are not checked. When TLS is not in use, it passes once,
+    saying so (it skips when that cannot be told).
+
+    Why it matters: the daemon starts, but every client connecting by an uncovered name is
+    refused: virsh prints "Certificate check failed Certificate [session] owner does not
+    match the hostname HOST" and "authentication failed: Failed to verify peer's
+    certificate".
+
+    How to fix: issue a server certificate whose subjectAltName lists every name clients
+    use (`DNS:host.example.com,DNS:host,IP:192.0.2.10`; with certtool: `dns_name` and
+    `ip_address` lines in the template), install it, restart the daemon; or connect with a
+    name the certificate holds.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://www.rfc-editor.org/rfc/rfc6125#section-6.4
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    servers = [ep for ep in tls.endpoints if ep.role == "server"]
+    if not servers:
+        yield Finding(
+            "skip",
+            "no server certificate is in use here (TLS is used as a client only)",
+            evidence=tls.evidence(),
+        )
+        return
+    uri_host = _uri_host(uri, host_names)
+    for ep in servers:
+        leaf = ep.cert.leaf
+        evidence: dict[str, Any] = {
+            "cert_file": ep.cert.path,
+            "common_name": leaf.common_name if leaf else None,
+            "san_dns": list(leaf.san_dns) if leaf else [],
+            "san_ip": list(leaf.san_ip) if leaf else [],
+            "host_names": host_names.as_dict(),
+            "uri_host": uri_host,
+            **_base(ep, tls),
+        }
+        if leaf is None:
+            yield Finding(
+                "skip",
+                f"the server certificate {ep.cert.path} could not be read (see TLS002)",
+                ep.subject,
+                evidence,
+            )
+            continue
+        names = list(host_names.names)
+        if uri_host and uri_host not in names:
+            names.append(uri_host)
+        if not names:
+            yield Finding("skip", "this host's names are unknown", ep.subject, evidence)
+            continue
+        covered = {n: name_covered(leaf, n) for n in names}
+        evidence["covered"] = covered
+        if not leaf.san_dns:
+            evidence["note"] = "no DNS subjectAltName: clients compare DNS names with the CN"
+        holds = (
+            ", ".join([f"DNS:{d}" for d in leaf.san_dns] + [f"IP:{i}" for i in leaf.san_ip])
+            or f"CN={leaf.common_name}"
+        )
+        missing = [n for n, by in covered.items() if by is None]
+        refusal = (
+            'clients connecting by {} get "Certificate [session] owner does not match the hostname"'
+        )
+        if uri_host and covered[uri_host] is None:
+            yield Finding(
+                "fail",
+                f"the server certificate {ep.cert.path} ({holds}) does not cover {uri_host}, "
+                f"the host of the URI {tls.uri}: " + refusal.format(uri_host),
+                ep.subject,
+                evidence,
+            )
+        elif len(missing) == len(names):
+            yield Finding(
+                "fail",
+                f"the server certificate {ep.cert.path} ({holds}) covers none of this host's "
+                f"names ({', '.join(names)}): " + refusal.format("any of them"),
+                ep.subject,
+                evidence,
+            )
+        elif missing:
+            yield Finding(
+                "warn",
+                f"the server certificate {ep.cert.path} ({holds}) does not cover "
+                f"{', '.join(missing)}: " + refusal.format("that name"),
+                ep.subject,
+                evidence,
+            )
+        else:
+            yield Finding(
+                "pass",
+                f"the server certificate {ep.cert.path} covers {', '.join(names)} "
+                f"({', '.join(f'{n} by {by}' for n, by in covered.items())})",
+                ep.subject,
+                evidence,
+            )
+
+
+# --- TLS005 ---------------------------------------------------------------------------------
+
+
+@check(
+    "TLS005",
+    "tls-cert-not-signed-by-ca",
+    title="A TLS certificate does not verify against the configured CA",
+    tags=("tls",),
+)
+def tls_cert_not_signed_by_ca(tls: TlsState) -> Iterator[Finding]:
+    """What it checks: that the server's (or client's) certificate chains to a certificate in
+    the configured CA file, as GnuTLS verifies it: the issuer's name matches a CA's subject,
+    that CA's key verifies the signature (through intermediates in the certificate file, if
+    any), the CA's basic constraints show a CA and its key usage permits certificate signing,
+    and the CA's revocation list (`crl_file`, default /etc/pki/CA/cacrl.pem), when present,
+    does not list the certificate. When TLS is not in use, it passes once, saying so (it
+    skips when that cannot be told).
+
+    Why it matters: libvirtd refuses to start its listeners ("Our own certificate
+    /etc/pki/libvirt/servercert.pem failed validation against /etc/pki/CA/cacert.pem: The
+    certificate hasn't got a known issuer."), and with `tls_no_sanity_certificate = 1` it
+    starts but clients refuse it ("Certificate failed validation: The certificate hasn't got
+    a known issuer."). The usual cause is a certificate issued by another CA, or a CA that was
+    re-created with a new key under the same name.
+
+    How to fix: install the CA certificate that issued this certificate (`openssl x509 -in
+    CERT -noout -issuer` names it), or issue a new certificate from the configured CA; add any
+    intermediate CA to the CA file. All hosts must share the CA.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://www.rfc-editor.org/rfc/rfc5280#section-6.1
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    for ep in tls.endpoints:
+        leaf = ep.cert.leaf
+        evidence: dict[str, Any] = {
+            "cert_file": ep.cert.path,
+            "ca_file": ep.ca.path,
+            "issuer": leaf.issuer if leaf else None,
+            "serial": leaf.serial if leaf else None,
+            "ca_subjects": [c.subject for c in ep.ca.certs],
+            "crl_file": ep.crl,
+            "chain": ep.chain.as_dict() if ep.chain else None,
+            **_base(ep, tls),
+        }
+        if ep.chain is None:
+            missing = [f"{f.path or 'unset'} ({f.state})" for f in (ep.ca, ep.cert) if not f.ok]
+            yield Finding(
+                "skip",
+                f"nothing to verify: {', '.join(missing)} (see TLS001 and TLS002)",
+                ep.subject,
+                evidence,
+            )
+            continue
+        if ep.chain.verified:
+            yield Finding(
+                "pass",
+                f"{ep.cert.path} verifies against {ep.ca.path}: "
+                f"{' -> '.join(ep.chain.path)} (signatures checked)",
+                ep.subject,
+                evidence,
+            )
+            continue
+        yield Finding(
+            _severity(ep),
+            f"{ep.cert.path} does not verify against the CA in {ep.ca.path}: {ep.chain.problem}",
+            ep.subject,
+            evidence,
+        )
+
+
+# --- TLS006 ---------------------------------------------------------------------------------
+
+
+def _acl_readers(st: StatInfo, accounts: Accounts) -> list[str]:
+    """Named ACL entries that grant read (after the mask)."""
+    if not has_extended_acl(st):
+        return []
+    mask = next((e.perms for e in st.acl if e.tag == "mask"), "rwx")
+    return [
+        f"{e.tag}:{_acl_name(e.tag, e.qualifier, accounts)}"
+        for e in st.acl
+        if e.qualifier is not None and e.perms[0] == "r" and mask[0] == "r"
+    ]
+
+
+@check(
+    "TLS006",
+    "tls-key-permissions",
+    title="A TLS private key is readable by others, or not by the daemon",
+    tags=("tls",),
+)
+def tls_key_permissions(tls: TlsState, accounts: Optional[Accounts] = None) -> Iterator[Finding]:
+    """What it checks: the mode, owner, group and ACL of each private key in use. Readable by
+    every user fails; readable by a group other than root's, or through named ACL entries,
+    warns. It also fails when the one who must read the key cannot: the running daemon with
+    its real uid and groups (/proc/PID/status); the system daemon runs as root, which the
+    mode does not restrict; a client is the user running kvmdoctor. Only the key's metadata
+    is looked at here. When TLS is not in use, it passes once, saying so (it skips when
+    that cannot be told).
+
+    Why it matters: anyone who can read the server's key can impersonate the host to every
+    libvirt client, and a client's key lets them manage the hypervisor remotely. A key the
+    daemon cannot read stops its listeners ("Unable to set x509 key and certificate ...").
+
+    How to fix: `chown root:root KEY && chmod 600 KEY` for the system daemon's key (a
+    client's key: owned by the user who connects, mode 600), and remove extra ACL entries
+    with `setfacl -b KEY`. If the key was readable by others, consider it disclosed: make a
+    new key and certificate.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://man7.org/linux/man-pages/man5/acl.5.html
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    accts = accounts or NO_ACCOUNTS
+    for ep in tls.endpoints:
+        key = ep.key
+        st = key.stat
+        evidence: dict[str, Any] = {
+            "key_file": key.path,
+            "file": _file_view(st, accts),
+            "reader": ep.reader.as_dict(),
+            **_base(ep, tls),
+        }
+        if st is None:
+            yield Finding(
+                "skip",
+                f"the private key {key.path or '(unset)'} is not there to examine (see TLS002)",
+                ep.subject,
+                evidence,
+            )
+            continue
+        view = evidence["file"]
+        described = f"{view['permissions']} {view['owner']}:{view['group']}"
+        problems: list[tuple[Status, str]] = []
+        if st.mode & 0o004:
+            problems.append(("fail", f"every user can read it ({described})"))
+        if st.mode & 0o040 and st.gid != 0:
+            problems.append(("warn", f"group {view['group']} can read it ({described})"))
+        named = _acl_readers(st, accts)
+        if named:
+            problems.append(("warn", f"ACL entries let {', '.join(named)} read it"))
+        readable, detail = _readable(st, ep.reader, accts)
+        evidence["decided_by"] = detail
+        if not readable:
+            problems.append(("fail", f"{ep.reader.name} cannot read it: {detail}"))
+        if problems:
+            status: Status = "fail" if any(s == "fail" for s, _ in problems) else "warn"
+            yield Finding(
+                status,
+                f"the private key {key.path}: {'; '.join(t for _, t in problems)}",
+                ep.subject,
+                evidence,
+            )
+            continue
+        yield Finding(
+            "pass",
+            f"the private key {key.path} is {described}, readable by {ep.reader.name} "
+            f"({detail}) and not by others",
+            ep.subject,
+            evidence,
+        )

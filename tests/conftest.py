@@ -158,8 +158,13 @@ PREFIX = "kd"
 
 
 def _sweep() -> list[str]:
-    """Remove kd-prefixed namespaces, links and libvirt domains/networks; say what was found."""
+    """Remove kd-prefixed namespaces, links, libvirt domains/networks and lab daemons; say what
+    was found."""
     found: list[str] = []
+    if os.geteuid() == 0:
+        from kdlab import sweep as sweep_labs
+
+        found += sweep_labs()  # a second libvirtd that a LibvirtLab did not stop
     try:
         from pyroute2 import IPRoute, netns
 
@@ -203,7 +208,9 @@ def _sweep() -> list[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    # KD_NO_SWEEP=1: several pytest runs at once on one machine (a developer's parallel
+    # helpers) must not sweep each other's live objects. CI runs one session and sweeps.
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("KD_NO_SWEEP"):
         return
     left = _sweep()
     if left:

@@ -31,6 +31,13 @@ def never_recorded(path: str) -> Optional[str]:
     return None
 
 
+# A PEM private key inside any other file (a certificate file that also holds its key): the
+# block is replaced, up to its END line or, when it has none, to the end of the file.
+_PEM_PRIVATE_KEY = re.compile(
+    rb"-----BEGIN (?P<label>[A-Z0-9 ]*PRIVATE KEY)-----.*?(?:-----END (?P=label)-----|\Z)",
+    re.DOTALL,
+)
+
 # Domain XML as libvirt stores it (/etc/libvirt/qemu/*.xml, status files under /run): graphics
 # passwords are attributes.
 _XML_PASSWD = re.compile(r"""\b(passwd|password)=(["'])(.*?)\2""")
@@ -38,6 +45,18 @@ _XML_PASSWD = re.compile(r"""\b(passwd|password)=(["'])(.*?)\2""")
 
 def scrub(path: str, data: bytes) -> tuple[bytes, list[str]]:
     """The contents to record for `path`, and the names of the settings blanked out."""
+    keys: list[str] = []
+
+    def blank_key(match: re.Match[bytes]) -> bytes:
+        keys.append("private key")
+        return REDACTED.encode()
+
+    data = _PEM_PRIVATE_KEY.sub(blank_key, data)
+    data, settings = _scrub_settings(path, data)
+    return data, keys + settings
+
+
+def _scrub_settings(path: str, data: bytes) -> tuple[bytes, list[str]]:
     if path.startswith(("/etc/libvirt/", "/run/libvirt/", "/var/run/libvirt/")) and path.endswith(
         ".xml"
     ):

@@ -168,7 +168,9 @@ def test_text_output_leads_with_problems_and_has_no_colour_in_a_pipe(snap: str) 
     assert "\x1b[" not in out
     assert out.index("Problems") < out.index("WARN  KVM008")
     assert "PASS" not in out  # passes only with -v
-    assert re.search(r"^\d+ checks, findings: \d+ passed · 1 warning · 0 failed · exit 0$", out, re.M)
+    assert re.search(
+        r"^\d+ checks, findings: \d+ passed · 1 warning · 0 failed · exit 0$", out, re.M
+    )
 
 
 def test_verbose_text_shows_passes_with_full_evidence(snap: str) -> None:

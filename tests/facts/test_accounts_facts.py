@@ -100,6 +100,8 @@ def test_principals_of_the_recorded_host(facts) -> None:
             None,
         ),
         ("libvirtd", "root", 0, (0,), "/proc/7719/status", 7719),
+        # libvirtd's QEMU capabilities probe, caught running: kvm (107) among its groups.
+        ("QEMU process", "libvirt-qemu", 64055, (107, 64055), "/proc/8566/status", 8566),
     ]
     assert principals.notes == ()
     assert principals.items[2].subject == "process:root[7719]"

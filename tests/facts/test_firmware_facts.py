@@ -405,12 +405,15 @@ def test_the_system_daemon_never_reads_a_home_directory(
 
 
 def test_a_snapshot_without_the_directories_is_incomplete_not_empty(edit_snapshot: Any) -> None:
+    import shutil
+
     from doctor.facts import FactContext
     from doctor.sources.snapshot import SnapshotSource
 
     snap = edit_snapshot()
     for path in ("/usr/share/qemu/firmware", "/etc/qemu/firmware"):
         snap.drop("dir", path=path)
+        shutil.rmtree(snap.path / f"files{path}", ignore_errors=True)  # no hand-added copies
     inv = FactContext(SnapshotSource(str(snap.save()))).get("firmware")
     assert not inv.complete
     assert {d.state for d in inv.directories} == {"unreadable"}
