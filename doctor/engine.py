@@ -92,6 +92,13 @@ def _call(spec: CheckSpec, kwargs: dict[str, Any], outcome: _Outcome) -> None:
         outcome.error = exc
 
 
+def _failed(spec: CheckSpec, message: str, duration: float, facts_duration: float) -> CheckRun:
+    """The run of a check that could not finish: one `error` finding naming it."""
+    return CheckRun(
+        spec, "error", (Finding("error", message, code=spec.code),), duration, facts_duration
+    )
+
+
 def run_check(spec: CheckSpec, ctx: FactContext) -> CheckRun:
     started = time.perf_counter()
     kwargs: dict[str, Any] = {}
@@ -105,13 +112,7 @@ def run_check(spec: CheckSpec, ctx: FactContext) -> CheckRun:
         return CheckRun(spec, "skip", tuple(findings), 0.0, time.perf_counter() - started)
     except Exception as exc:
         message = f"fact {name!r} failed: {type(exc).__name__}: {exc}"
-        return CheckRun(
-            spec,
-            "error",
-            (Finding("error", message, code=spec.code),),
-            0.0,
-            time.perf_counter() - started,
-        )
+        return _failed(spec, message, 0.0, time.perf_counter() - started)
     facts_done = time.perf_counter()
 
     outcome = _Outcome()
@@ -125,23 +126,11 @@ def run_check(spec: CheckSpec, ctx: FactContext) -> CheckRun:
     duration = time.perf_counter() - facts_done
     if worker.is_alive():
         message = f"{spec.code} {spec.name} did not finish within {spec.timeout:g} s"
-        return CheckRun(
-            spec,
-            "error",
-            (Finding("error", message, code=spec.code),),
-            duration,
-            facts_done - started,
-        )
+        return _failed(spec, message, duration, facts_done - started)
     if outcome.error is not None:
         raised = outcome.error
         message = f"{spec.code} {spec.name} raised {type(raised).__name__}: {raised}"
-        return CheckRun(
-            spec,
-            "error",
-            (Finding("error", message, code=spec.code),),
-            duration,
-            facts_done - started,
-        )
+        return _failed(spec, message, duration, facts_done - started)
     findings = []
     for item in outcome.findings:
         try:
