@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional
 
 from doctor.model import Finding
 
@@ -138,18 +140,49 @@ class Plugin:
 
 
 def entry_point_plugins() -> list[Plugin]:
-    from importlib.metadata import entry_points
+    """The `kvmdoctor.checks` entry points of every installed distribution.
 
-    try:
-        eps = entry_points(group=ENTRY_POINT_GROUP)
-    except TypeError:  # Python 3.9: entry_points() takes no arguments
-        eps = cast(Any, entry_points()).get(ENTRY_POINT_GROUP, [])
+    They are read from the distributions' entry_points.txt (an INI file, read with
+    configparser) as importlib.metadata reads them, first distribution of a name on sys.path
+    winning; importlib.metadata itself is not imported because it costs more than the whole
+    check run (it imports email, zipfile and csv), and `kvmdoctor run` should stay quick.
+    """
+    import configparser
+
     plugins = []
-    for ep in eps:
-        dist = getattr(ep, "dist", None)
-        package = dist.metadata["Name"] if dist is not None else ep.value.split(":")[0]
-        plugins.append(Plugin(f"{package} (entry point {ep.name} = {ep.value})", ep.load))
+    seen: set[str] = set()
+    for entry in sys.path or ["."]:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            dist = _dist_name(name)
+            if dist in seen:
+                continue
+            seen.add(dist)
+            parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+            parser.optionxform = str  # type: ignore[assignment,method-assign]
+            try:
+                parser.read(os.path.join(entry or ".", name, "entry_points.txt"), encoding="utf-8")
+            except (configparser.Error, UnicodeDecodeError):
+                continue
+            if not parser.has_section(ENTRY_POINT_GROUP):
+                continue
+            for ep_name, value in parser.items(ENTRY_POINT_GROUP):
+                value = value.strip()
+                plugins.append(
+                    Plugin(f"{dist} (entry point {ep_name} = {value})", _importer(value))
+                )
     return plugins
+
+
+def _dist_name(directory: str) -> str:
+    """kvmdoctor-0.1.0.dist-info -> kvmdoctor (as the wheel spec names them)."""
+    stem = directory.rsplit(".", 1)[0]
+    return stem.split("-", 1)[0].replace("_", "-")
 
 
 def module_plugin(module: types.ModuleType, origin: Optional[str] = None) -> Plugin:
@@ -163,8 +196,17 @@ def builtin_plugins() -> list[Plugin]:
     ]
 
 
-def _importer(module: str) -> Callable[[], Any]:
-    return lambda: importlib.import_module(module)
+def _importer(target: str) -> Callable[[], Any]:
+    """Load "package.module" or "package.module:attribute" as an entry point does."""
+
+    def load() -> Any:
+        module_name, _, attrs = target.partition(":")
+        loaded: Any = importlib.import_module(module_name.strip())
+        for attr in filter(None, attrs.strip().split(".")):
+            loaded = getattr(loaded, attr)
+        return loaded
+
+    return load
 
 
 def load_registry(

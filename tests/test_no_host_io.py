@@ -52,12 +52,14 @@ OS_READS = {
     "system",
 }
 # Outside sources/, only these may do I/O, and not to read the host: the config file, the
-# output file, the generated docs, and the CLI's own environment (NO_COLOR, KVMDOCTOR_DEBUG).
+# output file, the generated docs, the CLI's own environment (NO_COLOR, KVMDOCTOR_DEBUG), and
+# the plugin discovery, which reads the Python installation's entry_points.txt files.
 ALLOWED = {
     "doctor/config.py",
     "doctor/cli/common.py",
     "doctor/cli/collect.py",
     "doctor/docs.py",
+    "doctor/registry.py",
     "doctor/cli/__init__.py",
     "doctor/cli/version.py",
 }

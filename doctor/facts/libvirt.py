@@ -15,6 +15,8 @@ _BLANK = " \t"
 _EOL = "\n\r"
 _DIGITS = "0123456789"
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_TO_EOL = re.compile(r"[^\n\r]*")
+_RUNS: dict[str, re.Pattern[str]] = {}
 
 
 class ConfError(ValueError):
@@ -45,12 +47,17 @@ class _ConfParser:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
     def skip(self, chars: str) -> None:
-        while self.pos < len(self.text) and self.text[self.pos] in chars:
-            self.pos += 1
+        pattern = _RUNS.get(chars)
+        if pattern is None:
+            pattern = _RUNS[chars] = re.compile(f"[{re.escape(chars)}]*")
+        match = pattern.match(self.text, self.pos)
+        if match:
+            self.pos = match.end()
 
     def skip_to_eol(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos] not in _EOL:
-            self.pos += 1
+        match = _TO_EOL.match(self.text, self.pos)
+        if match:
+            self.pos = match.end()
 
     def parse(self) -> dict[str, ConfValue]:
         values: dict[str, ConfValue] = {}

@@ -136,6 +136,7 @@ class LiveSource:
         self.uri = uri
         self.netns = netns
         self._libvirt = Libvirt(libvirt_timeout)
+        self._processes: Optional[list[ProcessInfo]] = None
         self.files_only = self.root != "/"
         self.kind = "root" if self.files_only else "live"
         if self.files_only and not os.path.isdir(self.root):
@@ -245,6 +246,12 @@ class LiveSource:
         )
 
     def processes(self) -> list[ProcessInfo]:
+        """The process list, taken once per source: every fact sees the same moment."""
+        if self._processes is None:
+            self._processes = self._list_processes()
+        return list(self._processes)
+
+    def _list_processes(self) -> list[ProcessInfo]:
         if self.files_only:
             return self._tree_processes()
         import psutil
