@@ -1092,14 +1092,18 @@ def host_names(ctx: FactContext) -> HostNames:
         hostname_from = "/etc/hostname" if hostname else "unknown: no uname, no /etc/hostname"
     if not hostname:
         return HostNames(None, hostname_from, None, "unknown: the hostname is unknown")
+    # /etc/hosts first, as glibc's usual "hosts: files dns" order does: it answers without a
+    # process and without DNS, which can stall `hostname --fqdn` on a broken resolver.
+    hosts = read_optional(source, "/etc/hosts")
+    fqdn = canonical_from_hosts(hosts, hostname) if hosts else None
+    if fqdn and fqdn != hostname:
+        return HostNames(hostname, hostname_from, fqdn, "/etc/hosts")
     try:
         done = source.run(["hostname", "--fqdn"], timeout=5)
     except SourceError:
         done = None
     if done is not None and done.returncode == 0 and len(done.stdout.split()) == 1:
         return HostNames(hostname, hostname_from, done.stdout.strip(), "hostname --fqdn")
-    hosts = read_optional(source, "/etc/hosts")
-    fqdn = canonical_from_hosts(hosts, hostname) if hosts else None
     if fqdn:
         return HostNames(hostname, hostname_from, fqdn, "/etc/hosts")
     tried = (
