@@ -132,6 +132,7 @@ def libvirt_socket_missing(
         )
         return
     daemon = state.daemons.get(choice.daemon)
+    evidence["daemon"] = choice.daemon
     if choice.exists:
         yield Finding(
             "pass",
@@ -153,7 +154,12 @@ def libvirt_socket_missing(
             if not other.installed:
                 continue
             if other.sockets.get(path):
-                yield Finding("pass", f"{path} exists", subject=f"socket:{path}", evidence=evidence)
+                yield Finding(
+                    "pass",
+                    f"{path} exists",
+                    subject=f"socket:{path}",
+                    evidence={**evidence, "daemon": name},
+                )
             else:
                 yield Finding(
                     "fail",
@@ -161,7 +167,7 @@ def libvirt_socket_missing(
                     f"or storage operations fail; start it: "
                     f"{_start_hint(state, name)}",
                     subject=f"socket:{path}",
-                    evidence=evidence,
+                    evidence={**evidence, "daemon": name},
                 )
 
 
@@ -320,6 +326,9 @@ def qemu_emulator_missing(emulators: Emulators) -> Iterator[Finding]:
 
     References: https://libvirt.org/formatdomain.html#devices
     """
+    if emulators.not_here:
+        yield Finding("pass", f"emulators not examined: {emulators.not_here}")
+        return
     if not emulators.items:
         yield Finding("pass", "no emulator is named (no QEMU guest support and no domains)")
         return
@@ -514,6 +523,7 @@ def qemu_cannot_access_images(
         blocked = next((s for s in disk.chain[:-1] if not _search(s, qemu.uid, qemu.gids)), None)
         if blocked is not None:
             state = blocked
+            evidence["blocked"] = state.path
             yield Finding(
                 "fail",
                 f"{qemu.name} cannot reach {disk.path}: no search (x) "

@@ -44,6 +44,7 @@ class RunResult:
     started: float
     finished: float
     ignores: list[IgnoreRule] = field(default_factory=list)
+    diagnoses: list[Any] = field(default_factory=list)  # doctor.rules.Diagnosis, by rank
 
     def findings(self) -> list[Finding]:
         return [f for run in self.checks for f in run.findings]

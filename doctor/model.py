@@ -42,6 +42,8 @@ class Finding:
     evidence: Mapping[str, Any] = field(default_factory=dict)
     code: str = ""
     ignored: Optional[Ignore] = None
+    # The playbooks whose diagnoses account for this finding (set by doctor/rules.py).
+    explained_by: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -53,4 +55,6 @@ class Finding:
         }
         if self.ignored is not None:
             out["ignored"] = {"reason": self.ignored.reason, "by": self.ignored.by}
+        if self.explained_by:
+            out["explained_by"] = list(self.explained_by)
         return out

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from doctor.model import Finding
 
 ENTRY_POINT_GROUP = "kvmdoctor.checks"
-BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware")
+BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware", "network", "logs", "domain")
 CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")

@@ -129,7 +129,7 @@ def build(
             ],
         },
         "checks": checks,
-        "diagnoses": [],
+        "diagnoses": [d.as_dict(rank) for rank, d in enumerate(result.diagnoses, start=1)],
         "load_errors": [e.as_dict() for e in result.load_errors],
         "summary": {**summary, "ignored": ignored, "checks": len(checks)},
         "exit_code": code,

@@ -55,11 +55,28 @@ RUN_KEYS = {
 }
 CHECK_KEYS = {"code", "name", "title", "tags", "origin", "status", "duration_ms", "findings"}
 FINDING_KEYS = {"code", "status", "subject", "message", "evidence"}
-FINDING_OPTIONAL_KEYS = {"ignored"}
+FINDING_OPTIONAL_KEYS = {"ignored", "explained_by"}
 IGNORED_KEYS = {"reason", "by"}
 IGNORE_RULE_KEYS = {"check", "subject", "reason", "by"}
 LOAD_ERROR_KEYS = {"origin", "check", "message"}
 SUMMARY_KEYS = {*STATUSES, "ignored", "checks"}
+DIAGNOSIS_KEYS = {
+    "rank",
+    "playbook",
+    "title",
+    "status",
+    "subject",
+    "codes",
+    "specificity",
+    "cause",
+    "findings",
+    "explains",
+    "fix",
+    "verify",
+    "refs",
+}
+FINDING_REF_KEYS = {"code", "subject", "status", "message"}
+FIX_STEP_KEYS = {"playbook", "action", "safety", "text", "params", "missing"}
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +236,7 @@ def _keys(schema: dict[str, Any], obj: dict[str, Any]) -> tuple[set[str], set[st
 
 
 def test_contract_pins_report_keys_and_schema_together(
-    schema: dict[str, Any], ignored_report: dict[str, Any]
+    schema: dict[str, Any], ignored_report: dict[str, Any], snapshot_report: dict[str, Any]
 ) -> None:
     report = ignored_report
     props = schema["properties"]
@@ -241,19 +258,29 @@ def test_contract_pins_report_keys_and_schema_together(
     assert _keys(schema, defs["finding"]) == (FINDING_KEYS | FINDING_OPTIONAL_KEYS, FINDING_KEYS)
     assert _keys(schema, defs["finding"]["properties"]["ignored"]) == (IGNORED_KEYS, IGNORED_KEYS)
     assert _keys(schema, defs["load_error"]) == (LOAD_ERROR_KEYS, LOAD_ERROR_KEYS)
-    for name in ("check", "finding", "load_error"):
+    assert _keys(schema, defs["diagnosis"]) == (DIAGNOSIS_KEYS, DIAGNOSIS_KEYS)
+    assert _keys(schema, defs["finding_ref"]) == (FINDING_REF_KEYS, FINDING_REF_KEYS)
+    assert _keys(schema, defs["fix_step"]) == (FIX_STEP_KEYS, FIX_STEP_KEYS)
+    for name in ("check", "finding", "load_error", "diagnosis", "finding_ref", "fix_step"):
         assert defs[name]["additionalProperties"] is False, name
+
+    assert snapshot_report["diagnoses"], "the snapshot's vhost-net warning gives a diagnosis"
+    for diagnosis in snapshot_report["diagnoses"]:
+        assert set(diagnosis) == DIAGNOSIS_KEYS
+        for ref in (*diagnosis["findings"], *diagnosis["explains"]):
+            assert set(ref) == FINDING_REF_KEYS
+        for step in diagnosis["fix"]:
+            assert set(step) == FIX_STEP_KEYS
 
     seen_ignored = False
     for check in report["checks"]:
         assert set(check) == CHECK_KEYS, check["code"]
         for finding in check["findings"]:
+            keys = set(finding)
+            assert keys >= FINDING_KEYS and keys - FINDING_KEYS <= FINDING_OPTIONAL_KEYS, finding
             if "ignored" in finding:
                 seen_ignored = True
-                assert set(finding) == FINDING_KEYS | FINDING_OPTIONAL_KEYS
                 assert set(finding["ignored"]) == IGNORED_KEYS
-            else:
-                assert set(finding) == FINDING_KEYS, finding
     assert seen_ignored
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -137,3 +137,19 @@ class Output:
 def use_color(output: Output, no_color: bool) -> bool:
     """Colour only on a terminal, never with --no-color or NO_COLOR (https://no-color.org)."""
     return output.is_terminal and not no_color and not os.environ.get("NO_COLOR")
+
+
+def read_report(path: str) -> dict[str, Any]:
+    """A saved JSON report (`kvmdoctor run -f json -o FILE`), or a usage error saying why not."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a JSON report: {exc}") from None
+    if not isinstance(data, dict) or "diagnoses" not in data:
+        raise UsageError(f"{path} is not a kvmdoctor report (no diagnoses)")
+    return data

@@ -109,7 +109,7 @@ def execute(
     timeout: Optional[float] = None,
 ) -> dict[str, Any]:
     """Load the checks, run them against `source`, and build the report."""
-    from doctor import engine
+    from doctor import engine, playbooks, rules
     from doctor.facts import RunOptions
     from doctor.registry import load_registry
     from doctor.report import build
@@ -117,6 +117,9 @@ def execute(
     registry = load_registry()
     for error in registry.errors:
         sys.stderr.write(f"kvmdoctor: plugin error: {error}\n")
+    book = playbooks.shipped()
+    for problem in book.errors:
+        sys.stderr.write(f"kvmdoctor: playbook error: {problem}\n")
     try:
         result = engine.run(
             registry,
@@ -130,6 +133,7 @@ def execute(
         raise UsageError(str(exc)) from None
     finally:
         source.close()
+    result = rules.apply(result, book)
     return build(
         result,
         source,

@@ -42,9 +42,14 @@ _MODULES = (
     "libvirt",
     "daemons",
     "domains",
+    "sockets",
     "hostpaths",
     "tls",
     "firmware",
+    "links",
+    "netfilter",
+    "networks",
+    "logs",
 )
 _loaded = False
 

@@ -62,6 +62,38 @@ class Interface:
 
 
 @dataclass(frozen=True)
+class PciDevice:
+    """A device in a guest PCI slot, or one that will take a slot when libvirt assigns the
+    addresses it lacks (hand-written XML, the test driver)."""
+
+    element: str  # interface, disk, controller, video, hostdev, ...
+    type: Optional[str]  # the element's type attribute: controller pci/usb/sata, hostdev pci
+    label: str  # how a reader finds it in the XML: "interface 52:54:00:01:a7:85", "disk vda"
+    model: Optional[str] = None  # controller or device model (pcie-root-port, virtio, ich9-ehci1)
+    bus: Optional[int] = None  # index of the PCI controller it sits on; None: no address yet
+    slot: Optional[int] = None
+    function: Optional[int] = None
+
+    @property
+    def addressed(self) -> bool:
+        return self.bus is not None and self.slot is not None
+
+    @property
+    def where(self) -> str:
+        if not self.addressed:
+            return "no address yet"
+        return f"{self.bus:02x}:{self.slot:02x}.{self.function or 0}"
+
+
+@dataclass(frozen=True)
+class BootOrder:
+    """A per-device `<boot order='N'/>`."""
+
+    device: str  # the same label as PciDevice's: "disk vda", "interface 52:54:00:…"
+    order: int
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     uuid: Optional[str]
@@ -85,6 +117,12 @@ class Domain:
     controllers: tuple[dict[str, Any], ...] = ()
     graphics: tuple[dict[str, str], ...] = ()
     iommu: Optional[dict[str, str]] = None
+    # <features> children: name -> state ("on" when present without one), or driver (ioapic)
+    features: dict[str, str] = field(default_factory=dict)
+    memory_value: Optional[int] = None  # <memory> as written: the number and its unit
+    memory_unit: Optional[str] = None
+    pci_devices: tuple[PciDevice, ...] = ()
+    boot_orders: tuple[BootOrder, ...] = ()
 
     @property
     def subject(self) -> str:
@@ -145,6 +183,131 @@ def _disk_source(disk: ET.Element) -> Optional[str]:
     return None
 
 
+_SOUND_ON_PCI = frozenset({"ich6", "ich7", "ich9", "ac97", "es1370"})
+
+
+def _device_model(elem: ET.Element) -> Optional[str]:
+    tag = elem.tag
+    if tag in ("controller", "sound", "memballoon", "rng", "watchdog", "iommu"):
+        return elem.get("model")
+    if tag in ("video", "interface"):
+        model = elem.find("model")
+        return model.get("type") if model is not None else None
+    if tag == "disk":
+        target = elem.find("target")
+        return target.get("bus") if target is not None else None
+    if tag == "input":
+        return elem.get("bus")
+    return None
+
+
+def device_label(elem: ET.Element) -> str:
+    """How a reader finds the device in the XML: its target, MAC, index or model."""
+    tag = elem.tag
+    if tag == "disk":
+        target = elem.find("target")
+        return f"disk {target.get('dev') if target is not None else '?'}"
+    if tag == "interface":
+        mac = elem.find("mac")
+        if mac is not None and mac.get("address"):
+            return f"interface {mac.get('address')}"
+        return f"interface type={elem.get('type', '?')}"
+    if tag == "controller":
+        named = f" ({elem.get('model')})" if elem.get("model") else ""
+        return f"controller {elem.get('type', '?')} {elem.get('index', '0')}{named}"
+    if tag == "hostdev":
+        src = elem.find("source/address")
+        if src is not None and src.get("bus") is not None:
+            host = _pci_text(src)
+            return f"hostdev {host}" if host else "hostdev"
+    model = _device_model(elem)
+    return f"{tag} {model}" if model else tag
+
+
+def _hex(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def _pci_text(addr: ET.Element) -> Optional[str]:
+    bus, slot, function = _hex(addr.get("bus")), _hex(addr.get("slot")), _hex(addr.get("function"))
+    if bus is None or slot is None:
+        return None
+    return f"{_hex(addr.get('domain')) or 0:04x}:{bus:02x}:{slot:02x}.{function or 0}"
+
+
+def _takes_pci_slot_unaddressed(elem: ET.Element) -> bool:
+    """Whether libvirt gives this device a PCI address when it has none (x86, PCIe machines)."""
+    tag, model = elem.tag, _device_model(elem)
+    if tag in ("interface", "shmem", "vsock", "filesystem"):
+        return True
+    if tag in ("disk", "input"):
+        return model == "virtio"
+    if tag == "controller":
+        kind = elem.get("type")
+        if kind == "pci":
+            return model not in ("pci-root", "pcie-root")
+        if kind == "usb":
+            return model != "none"
+        return kind in ("scsi", "virtio-serial", "sata")
+    if tag == "video":
+        return model != "none"
+    if tag == "sound":
+        return model in _SOUND_ON_PCI
+    if tag in ("memballoon", "rng"):
+        return (model or "").startswith("virtio")
+    if tag == "hostdev":
+        return elem.get("mode", "subsystem") == "subsystem" and elem.get("type") == "pci"
+    if tag == "watchdog":
+        return model == "i6300esb"
+    return False
+
+
+def _pci_device(elem: ET.Element) -> Optional[PciDevice]:
+    """The device's guest PCI address (its own <address>, not a hostdev's <source>), or an
+    unaddressed device that will get one; None for devices on other buses."""
+    addr = elem.find("address")
+    if addr is not None and addr.get("type") != "pci":
+        return None
+    if addr is None and not _takes_pci_slot_unaddressed(elem):
+        return None
+    return PciDevice(
+        element=elem.tag,
+        type=elem.get("type"),
+        label=device_label(elem),
+        model=_device_model(elem),
+        bus=_hex(addr.get("bus", "0")) if addr is not None else None,
+        slot=_hex(addr.get("slot")) if addr is not None else None,
+        function=_hex(addr.get("function", "0")) if addr is not None else None,
+    )
+
+
+def _features(features: Optional[ET.Element]) -> dict[str, str]:
+    if features is None:
+        return {}
+    return {
+        child.tag: child.get("state") or child.get("driver") or "on"
+        for child in features
+        if isinstance(child.tag, str)
+    }
+
+
+def _graphics(gfx: ET.Element) -> dict[str, str]:
+    """The attributes (never passwords), with the listen address of a <listen> child when the
+    attribute is absent, and the listen type (address, network, socket, none)."""
+    attrs = {k: v for k, v in gfx.attrib.items() if k not in ("passwd", "password")}
+    listen = gfx.find("listen")
+    if listen is not None:
+        attrs["listen_type"] = listen.get("type", "address")
+        if "listen" not in attrs and listen.get("address"):
+            attrs["listen"] = listen.get("address", "")
+    return attrs
+
+
 def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Domain:
     root = ET.fromstring(xml)
     if root.tag == "domstatus":  # a status file wraps the live definition
@@ -164,15 +327,28 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
             if feat.get("name"):
                 fw_features[feat.get("name", "")] = feat.get("enabled", "")
     features = root.find("features")
+    feature_states = _features(features)
     smm = None
     if features is not None and features.find("smm") is not None:
         smm = features.find("smm").get("state", "on")  # type: ignore[union-attr]
     devices = root.find("devices")
     disks, nics, controllers, graphics = [], [], [], []
+    pci_devices: list[PciDevice] = []
+    boot_orders: list[BootOrder] = []
     emulator = None
     iommu = None
     if devices is not None:
         emulator = (devices.findtext("emulator") or "").strip() or None
+        for device in devices:
+            if not isinstance(device.tag, str):  # comments
+                continue
+            pci = _pci_device(device)
+            if pci is not None:
+                pci_devices.append(pci)
+            boot_el = device.find("boot")
+            order = _int(boot_el.get("order")) if boot_el is not None else None
+            if order is not None:
+                boot_orders.append(BootOrder(device_label(device), order))
         for disk in devices.findall("disk"):
             target = disk.find("target")
             boot = disk.find("boot")
@@ -210,16 +386,18 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
             )
         for ctrl in devices.findall("controller"):
             model_el = ctrl.find("model")
+            target_el = ctrl.find("target")
             controllers.append(
                 {
                     **ctrl.attrib,
                     "address": _address(ctrl),
                     "model_name": model_el.get("name") if model_el is not None else None,
+                    # chassis, port, busNr, hotplug ('off' takes a port out of hot-plug)
+                    "target": dict(target_el.attrib) if target_el is not None else {},
                 }
             )
         for gfx in devices.findall("graphics"):
-            attrs = {k: v for k, v in gfx.attrib.items() if k not in ("passwd", "password")}
-            graphics.append(attrs)
+            graphics.append(_graphics(gfx))
         iommu_el = devices.find("iommu")
         if iommu_el is not None:
             driver = iommu_el.find("driver")
@@ -228,6 +406,7 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
                 **(dict(driver.attrib) if driver is not None else {}),
             }
     vcpu = root.find("vcpu")
+    memory = root.find("memory")
     return Domain(
         name=(root.findtext("name") or "").strip(),
         uuid=(root.findtext("uuid") or "").strip() or None,
@@ -258,13 +437,18 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
         os_boot=tuple(b.get("dev", "") for b in os_el.findall("boot")) if os_el is not None else (),
         smm=smm,
         emulator=emulator,
-        memory_kib=_kib(root.find("memory")),
+        memory_kib=_kib(memory),
         vcpus=_int((vcpu.text or "").strip()) if vcpu is not None else None,
         disks=tuple(disks),
         interfaces=tuple(nics),
         controllers=tuple(controllers),
         graphics=tuple(graphics),
         iommu=iommu,
+        features=feature_states,
+        memory_value=_int((memory.text or "").strip()) if memory is not None else None,
+        memory_unit=(memory.get("unit") or "KiB") if memory is not None else None,
+        pci_devices=tuple(pci_devices),
+        boot_orders=tuple(boot_orders),
     )
 
 
@@ -273,10 +457,14 @@ class Domains:
     items: tuple[Domain, ...]
     origin: str  # "libvirt <uri>" or "definition and status files"
     problems: tuple[str, ...] = ()  # files or domains that could not be parsed
+    # Whether the domains run on the host kvmdoctor examines: not for libvirt's test driver
+    # or a remote URI, whose paths, taps and bridges are not this host's.
+    local: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "origin": self.origin,
+            "local": self.local,
             "names": [d.name for d in self.items],
             "problems": list(self.problems),
         }
@@ -292,7 +480,12 @@ def domains(ctx: FactContext) -> Domains:
             if uri.parts.remote or uri.parts.driver == "test":
                 raise FactUnavailable(f"libvirt: {exc.reason}") from None
         else:
-            return _from_libvirt(listed, uri.effective)
+            found = _from_libvirt(listed, uri.effective)
+            if uri.parts.driver == "test" or uri.parts.remote:
+                from dataclasses import replace as _replace
+
+                found = _replace(found, local=False)
+            return found
     return _from_files(ctx)
 
 

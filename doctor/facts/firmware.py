@@ -1012,7 +1012,7 @@ def domain_firmware(ctx: FactContext) -> DomainsFirmware:
         return cache[path]
 
     items = []
-    for dom in doms.items:
+    for dom in doms.items if doms.local else ():
         selection = select_firmware(inv.descriptors, dom)
         loader = dom.loader
         uefi = selection.wanted == "uefi"

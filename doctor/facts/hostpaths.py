@@ -64,11 +64,16 @@ class Emulator:
 class Emulators:
     items: tuple[Emulator, ...]
     capabilities_read: bool
+    not_here: Optional[str] = None  # why the URI's emulators are not this host's
 
 
 @fact("emulators")
 def emulators(ctx: FactContext) -> Emulators:
     named: dict[str, list[str]] = {}
+    uri = ctx.get("uri")
+    if uri.parts.driver != "qemu" or uri.parts.remote:
+        # The test driver's emulators are fictitious, a remote host's are not here.
+        return Emulators((), False, f"{uri.effective} is not this host's QEMU")
     caps = ctx.optional("capabilities")
     if caps is not None:
         for path, arch in caps.emulators().items():
@@ -169,6 +174,8 @@ def disk_paths(ctx: FactContext) -> DiskPaths:
     doms = ctx.get("domains")
     conf = ctx.optional("qemu_conf")
     dyn = conf.values.get("dynamic_ownership", 1) if conf is not None else 1
+    if not doms.local:
+        return DiskPaths((), bool(dyn), f"{doms.origin} (not this host: images not examined)")
     cache: dict[str, PathState] = {}
     items, skipped = [], []
     for dom in doms.items:

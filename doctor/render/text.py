@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -98,7 +99,7 @@ def render(
     if diagnoses:
         print_("\nDiagnoses", style="bold underline")
         for diag in diagnoses:
-            print_(f"  {escape(str(diag.get('title', diag.get('id'))))}", style="bold")
+            _diagnosis(console, diag, verbose=verbose)
 
     problems = []
     ignored = []
@@ -108,6 +109,8 @@ def render(
             row = (chk, finding)
             if finding.get("ignored"):
                 ignored.append(row)
+            elif finding.get("explained_by"):
+                continue  # shown under its diagnosis
             elif finding["status"] in _ORDER:
                 problems.append(row)
             else:
@@ -160,6 +163,37 @@ def render(
         counts.append(f"{summary['ignored']} ignored")
     counts.append(f"exit {report['exit_code']}")
     print_("\n" + " · ".join(counts), style="bold")
+
+
+def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
+    """One diagnosis: its title and cause, the findings it rests on and explains, the fix."""
+    from rich.markup import escape
+
+    status = diag["status"]
+    subject = "" if diag["subject"] == "host" else f" — {diag['subject']}"
+    console.print(
+        f"[{STYLE[status]}]{LABEL[status]:5}[/] [bold]{escape(diag['title'])}[/]"
+        f"{escape(subject)} [dim]({escape(diag['playbook'])})[/]"
+    )
+    for line in textwrap.wrap(diag["cause"], width=94):
+        console.print(f"      {escape(line)}")
+    for role, refs in (("found by", diag["findings"]), ("explains", diag["explains"])):
+        for ref in refs:
+            where = "" if ref["subject"] == "host" else f" {ref['subject']}"
+            console.print(
+                f"      [dim]{role}: {LABEL[ref['status']]} {ref['code']}{escape(where)}"
+                + (f": {escape(ref['message'])}" if verbose else "")
+                + "[/]"
+            )
+    for number, step in enumerate(diag["fix"], start=1):
+        lines = textwrap.wrap(f"fix {number}: [{step['safety']}] {step['text']}", width=94)
+        for line in lines:
+            indent = "      " if line is lines[0] else "        "
+            console.print(f"{indent}{escape(line)}")
+    console.print(
+        f"      [dim]then: kvmdoctor run --select {','.join(diag['verify'])}"
+        " (kvmdoctor fix prints the plan)[/]"
+    )
 
 
 def _headline(report: dict[str, Any]) -> Any:

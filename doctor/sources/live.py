@@ -63,6 +63,9 @@ def _os_error(what: str, exc: OSError) -> SourceError:
     return SourceError(what, f"{reason} ({_errno_name(exc.errno)})")
 
 
+_CHUNK = 64 * 1024
+
+
 def _read_tail(handle: BinaryIO, max_bytes: int) -> bytes:
     """The last `max_bytes` of a file. Files of /proc and /sys report a size of 0, so their
     end is found by reading them through, keeping only the last `max_bytes`."""
@@ -73,12 +76,26 @@ def _read_tail(handle: BinaryIO, max_bytes: int) -> bytes:
         handle.seek(size - max_bytes)
     kept = bytearray()
     while True:
-        chunk = handle.read(1024 * 1024)
+        chunk = handle.read(_CHUNK)
         if not chunk:
             return bytes(kept[-max_bytes:])
         kept += chunk
         if len(kept) > 2 * max_bytes:
             del kept[:-max_bytes]
+
+
+def _read_head(handle: Any, max_bytes: int) -> bytes:
+    """Up to max_bytes, in 64 KiB reads: /proc/sys answers ENOMEM to a read(2) as large as
+    the whole limit (the kernel allocates a buffer of the requested size)."""
+    parts = []
+    left = max_bytes
+    while left > 0:
+        chunk = handle.read(min(_CHUNK, left))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
 
 
 def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
@@ -166,9 +183,9 @@ class LiveSource:
     ) -> bytes:
         real = self._real(path)
         try:
-            with open(real, "rb") as handle:
+            with open(real, "rb", buffering=0) as handle:
                 if not tail:
-                    return handle.read(max_bytes)
+                    return _read_head(handle, max_bytes)
                 return _read_tail(handle, max_bytes)
         except OSError as exc:
             raise _os_error(path, exc) from None

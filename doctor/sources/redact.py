@@ -56,7 +56,36 @@ def scrub(path: str, data: bytes) -> tuple[bytes, list[str]]:
     return data, keys + settings
 
 
+# QEMU's command line as libvirt logs it (/var/log/libvirt/qemu/NAME.log): `password=...` in
+# -vnc/-spice options and inline secret objects ("data":"..." or data=...).
+_LOG_SECRET = re.compile(
+    r"""(?P<key>\b(?:password|passwd|secret|data)\b)(?P<sep>=|"\s*:\s*")(?P<value>[^,\s"']+)""",
+    re.IGNORECASE,
+)
+
+
+def _scrub_log(data: bytes) -> tuple[bytes, list[str]]:
+    text = data.decode("utf-8", "surrogateescape")
+    found: list[str] = []
+
+    def blank(match: re.Match[str]) -> str:
+        key = match.group("key")
+        if (
+            key.lower() == "data"
+            and '"' not in match.group("sep")
+            and "secret" not in text[max(0, match.start() - 80) : match.start()]
+        ):
+            return match.group(0)  # data=... outside a secret object is not a secret
+        found.append(key)
+        return f"{key}{match.group('sep')}{REDACTED}"
+
+    text = _LOG_SECRET.sub(blank, text)
+    return text.encode("utf-8", "surrogateescape"), sorted(set(found))
+
+
 def _scrub_settings(path: str, data: bytes) -> tuple[bytes, list[str]]:
+    if path.startswith("/var/log/libvirt/"):
+        return _scrub_log(data)
     if path.startswith(("/etc/libvirt/", "/run/libvirt/", "/var/run/libvirt/")) and path.endswith(
         ".xml"
     ):

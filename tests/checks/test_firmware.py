@@ -512,15 +512,14 @@ def this_machines_ovmf() -> None:
 
 
 @pytest.mark.usefixtures("this_machines_ovmf")
-def test_fw002_and_fw003_on_the_test_driver_against_this_machines_firmware(tmp_path: Path) -> None:
-    custom = lab_xml("kd-fw-custom").replace(
-        "/var/lib/libvirt/images/kd-fw-custom_CODE.fd", str(tmp_path / "kd_CODE.fd")
-    )
-    (tmp_path / "kd_CODE.fd").write_bytes(Path("/usr/share/OVMF/OVMF_CODE_4M.fd").read_bytes())
-    findings = fw(Path("/"), uri=node(tmp_path, custom, lab_xml("kd-fw-ovmf4m")))
-    assert one(findings, "FW002", "domain:kd-fw-custom").status == "fail"
-    assert one(findings, "FW003", "domain:kd-fw-custom").status == "info"  # NVRAM made at start
-    assert one(findings, "FW002", "domain:kd-fw-ovmf4m").status == "pass"
+def test_fw002_and_fw003_do_not_judge_test_driver_domains_by_this_hosts_files(
+    tmp_path: Path,
+) -> None:
+    """The test driver's domains do not run here: their loader paths are not this host's, so
+    FW002/FW003 do not compare them with this host's files (the real daemon's tests do)."""
+    findings = fw(Path("/"), uri=node(tmp_path, lab_xml("kd-fw-custom"), lab_xml("kd-fw-ovmf4m")))
+    assert all(f.subject == "host" and f.status == "pass" for f in findings["FW002"])
+    assert all(f.subject == "host" and f.status == "pass" for f in findings["FW003"])
 
 
 @pytest.mark.usefixtures("this_machines_ovmf")

@@ -82,7 +82,9 @@ def test_a_failing_host_exits_1(edit_snapshot: Any) -> None:
     path = edit_snapshot().missing("stat", path="/dev/net/tun").save()
     result = kvmdoctor("run", "--snapshot", str(path))
     assert result.exit_code == 1
-    assert "FAIL  KVM008" in result.stdout
+    # The failure leads as a diagnosis, with the finding it rests on under it.
+    assert "FAIL  /dev/net/tun is missing" in result.stdout
+    assert "found by: FAIL KVM008 device:/dev/net/tun" in result.stdout
 
 
 # --- the config file -----------------------------------------------------------------------
@@ -162,14 +164,19 @@ def test_an_internal_error_exits_3_with_one_line(
 # --- output --------------------------------------------------------------------------------
 
 
-def test_text_output_leads_with_problems_and_has_no_colour_in_a_pipe(snap: str) -> None:
+def test_text_output_leads_with_diagnoses_and_has_no_colour_in_a_pipe(snap: str) -> None:
     result = kvmdoctor("run", "--snapshot", snap)
     out = result.stdout
     assert "\x1b[" not in out
-    assert out.index("Problems") < out.index("WARN  KVM008")
+    # The vhost-net warning leads as a diagnosis and is not repeated among the problems.
+    assert out.index("Diagnoses") < out.index("WARN  /dev/vhost-net is missing")
+    assert "found by: WARN KVM008 device:/dev/vhost-net" in out
+    assert "WARN  KVM008" not in out
     assert "PASS" not in out  # passes only with -v
     assert re.search(
-        r"^\d+ checks, findings: \d+ passed · 1 warning · 0 failed · exit 0$", out, re.M
+        r"^\d+ checks, findings: \d+ passed · 1 warning · 0 failed(?: · \d+ skipped)? · exit 0$",
+        out,
+        re.M,
     )
 
 

@@ -63,3 +63,19 @@ def test_a_collected_snapshot_holds_no_secret(tmp_path: Path) -> None:
         assert "never recorded" in exc.reason
     else:
         raise AssertionError("a private key was answered from a snapshot")
+
+
+def test_qemu_log_command_lines_lose_their_passwords_and_secret_data() -> None:
+    # The shape of a QEMU command line as libvirt logs it (spice with an inline password and a
+    # secret object with inline data, as older libvirt wrote them).
+    line = (
+        b"2026-11-26 07:00:00.000+0000: starting up libvirt version: 9.0.0\n"
+        b"/usr/bin/qemu-system-x86_64 -name guest=kd-x -spice port=5901,addr=127.0.0.1,"
+        b"password=hunter22 -object secret,id=masterKey0,format=raw,data=c2VjcmV0 "
+        b'-object {"qom-type":"secret","id":"sec0","data":"dG9wc2VjcmV0"} '
+        b"-blockdev driver=file,filename=/var/lib/libvirt/images/data=1.qcow2\n"
+    )
+    data, keys = scrub("/var/log/libvirt/qemu/kd-x.log", line)
+    assert b"hunter22" not in data and b"c2VjcmV0" not in data and b"dG9wc2VjcmV0" not in data
+    assert b"port=5901" in data and b"filename=/var/lib/libvirt/images/data=1.qcow2" in data
+    assert keys == ["data", "password"]

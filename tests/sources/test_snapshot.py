@@ -421,6 +421,10 @@ def ask_recorded(source: SnapshotSource, entry: dict[str, Any]) -> Any:
         return source.key_info(entry["path"])
     if kind == "libvirt":
         return source.libvirt(entry["uri"], entry["request"], **entry.get("params", {}))
+    if kind == "link":
+        return source.read_link(entry["path"])
+    if kind == "netlink":
+        return source.netlink(entry["request"], entry.get("netns"))
     return getattr(source, kind)()
 
 
@@ -465,6 +469,8 @@ def test_every_answer_of_the_recorded_host_snapshot_replays() -> None:
             assert [as_json(p) for p in answer] == rows
         elif entry["kind"] == "libvirt":
             assert as_json(answer) == with_files(entry["value"]), entry
+        elif entry["kind"] == "netlink":
+            assert answer == json.loads((HOST_SNAPSHOT / entry["data"]).read_text())
         else:
             assert as_json(answer) == entry["value"], entry
 

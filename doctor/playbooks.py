@@ -1,0 +1,480 @@
+"""Playbooks: remediation knowledge as YAML (playbooks/<id>.yaml), loaded and validated.
+
+Each file is checked against playbooks/playbook.schema.json (the same file as
+docs/playbook.schema.json) and then for what a schema cannot say: the id is the file name, every
+regular expression compiles, every placeholder is well formed. A file that fails is reported
+with its name (`Playbooks.errors`) and the others still load. PyYAML and jsonschema are imported
+here, inside the loader, so that `kvmdoctor --help` needs neither.
+
+This module reads its own package data (the shipped playbooks) and nothing of the host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from doctor.model import Finding
+
+SAFETY = ("safe", "disruptive", "needs-reboot", "needs-relogin")
+PROBLEM_STATUSES = ("warn", "fail")
+SCHEMA_NAME = "playbook.schema.json"
+
+# {name}, {evidence.path[0].x}, {name|default}; {{ and }} stand for literal braces.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.:\[\]-]*)(?:\|([^{}]*))?\}")
+_STEP = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+
+
+class PlaybookInvalid(ValueError):
+    """What is wrong with one playbook file."""
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One test on an evidence value (docs/playbook.schema.json `matcher`)."""
+
+    op: str  # equals, in, matches, contains, present
+    operand: Any
+
+    def test(self, value: Any, found: bool) -> bool:
+        if self.op == "present":
+            present = found and value not in (None, "", [], {})
+            return present == bool(self.operand)
+        if not found:
+            return False
+        if self.op == "equals":
+            return bool(value == self.operand)
+        if self.op == "in":
+            return value in self.operand
+        if self.op == "matches":
+            return re.search(self.operand, as_text(value), re.IGNORECASE) is not None
+        if isinstance(value, (list, tuple)):
+            return self.operand in value
+        return isinstance(value, str) and str(self.operand) in value
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Findings of one check with given statuses, evidence, subject and message."""
+
+    code: str
+    statuses: tuple[str, ...]
+    evidence: tuple[tuple[str, Matcher], ...] = ()
+    subject: Optional[str] = None
+    message: Optional[str] = None
+
+    @property
+    def weight(self) -> int:
+        """How much this condition narrows the findings it accepts (for specificity)."""
+        return 1 + len(self.evidence) + (self.subject is not None) + (self.message is not None)
+
+    def matches(self, finding: Finding) -> bool:
+        if finding.code != self.code or finding.status not in self.statuses:
+            return False
+        if self.subject and not re.search(self.subject, finding.subject, re.IGNORECASE):
+            return False
+        if self.message and not re.search(self.message, finding.message, re.IGNORECASE):
+            return False
+        for path, matcher in self.evidence:
+            found, value = lookup(finding.evidence, path)
+            if not matcher.test(value, found):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Action:
+    """One fix step as written in the playbook (placeholders not filled yet)."""
+
+    kind: str
+    safety: str
+    params: Mapping[str, Any]  # every key but `action` and `safety`, `text` included
+
+
+@dataclass(frozen=True)
+class Playbook:
+    id: str
+    title: str
+    mode: str  # "all" or "any"
+    conditions: tuple[Condition, ...]
+    explains: tuple[str, ...]
+    cause: str
+    fix: tuple[Action, ...]
+    verify: tuple[str, ...]
+    refs: tuple[str, ...]
+    signatures: tuple[re.Pattern[str], ...]
+    file: str
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The check codes whose findings reveal this problem, in `when` order."""
+        return tuple(dict.fromkeys(c.code for c in self.conditions))
+
+    @property
+    def specificity(self) -> int:
+        weights = [c.weight for c in self.conditions]
+        return sum(weights) if self.mode == "all" else min(weights)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "codes": list(self.codes),
+            "explains": list(self.explains),
+            "verify": list(self.verify),
+        }
+
+
+@dataclass(frozen=True)
+class PlaybookError:
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+@dataclass(frozen=True)
+class TextMatch:
+    """A signature of `playbook` found in a line of pasted text or a log."""
+
+    playbook: Playbook
+    line: str  # the line as normalised (prefixes and timestamps removed)
+    matched: str  # the part of it the signature matched
+    groups: Mapping[str, str]  # named groups of the signature
+
+
+@dataclass
+class Playbooks:
+    items: dict[str, Playbook] = field(default_factory=dict)
+    errors: list[PlaybookError] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Playbook]:
+        return iter(sorted(self.items.values(), key=lambda p: p.id))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, playbook_id: str) -> Optional[Playbook]:
+        return self.items.get(playbook_id)
+
+    def for_code(self, code: str) -> list[Playbook]:
+        """Playbooks revealed by findings of `code`, then those that only explain it."""
+        code = code.upper()
+        direct = [p for p in self if code in p.codes]
+        return direct + [p for p in self if code in p.explains and p not in direct]
+
+    def match_text(self, text: str) -> list[TextMatch]:
+        """Every playbook whose signature occurs in `text` (pasted or logged), once each, in
+        the order of the lines they were first found on."""
+        found: dict[str, TextMatch] = {}
+        for line in message_lines(text):
+            for match in self.match_line(line):
+                found.setdefault(match.playbook.id, match)
+        return list(found.values())
+
+    def match_line(self, line: str) -> list[TextMatch]:
+        """The playbooks whose signature occurs in one normalised line, best first: the one
+        whose signature covers more of the line, then the more specific playbook."""
+        out: list[TextMatch] = []
+        for book in self:
+            for signature in book.signatures:
+                hit = signature.search(line)
+                if hit:
+                    groups = {k: v for k, v in hit.groupdict().items() if v is not None}
+                    out.append(TextMatch(book, line, hit.group(0), groups))
+                    break
+        out.sort(key=lambda m: (-len(m.matched), -m.playbook.specificity, m.playbook.id))
+        return out
+
+
+# --- pasted text ----------------------------------------------------------------------------
+
+# Log prefixes in front of the message: timestamps (libvirt's own log, ISO 8601, syslog and
+# journalctl short formats), then "host program[pid]:" and libvirt's "1234: error :".
+_TIME = re.compile(
+    r"^\s*(?:\[\s*\d+\.\d+\]\s*"  # dmesg [   12.345]
+    r"|\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?:?\s+"
+    r"|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}\s+)"
+)
+_SYSLOG_TAG = re.compile(r"^[\w.-]+ [\w./@-]+(?:\[\d+\])?:\s+")
+_LIBVIRT_THREAD = re.compile(
+    r"^\d+:\s+(?:error|warning|info|debug)\s*:\s*(?:[\w:]+\s*:\d+\s*:\s*)?"
+)
+_PREFIXES = re.compile(
+    r"^(?:libvirt\.libvirtError|libvirtError|error|erreur|fehler|错误|warning|internal error"
+    r"|ERROR|virsh|virt-install|virt-manager|\[?ERROR\]?|qemu-system-[\w-]+|qemu-kvm"
+    # virt-manager's dialogs
+    r"|Error starting domain|Unable to complete install|Error creating virtual machine"
+    r"|Error connecting to graphical console|Unable to connect to libvirt[^:]*)\s*:\s*",
+    re.IGNORECASE,
+)
+_QUOTES = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "`": "'", "＇": "'"})
+
+
+def normalise(line: str) -> str:
+    """One line of pasted text without what varies between tools: timestamps, log tags,
+    `error:` or `libvirt.libvirtError:` prefixes, typographic quotes, repeated spaces."""
+    text = line.translate(_QUOTES).strip()
+    for _ in range(6):  # prefixes come stacked ("error: internal error: ...")
+        before = text
+        text = _TIME.sub("", text, count=1)
+        if before != text:
+            text = _SYSLOG_TAG.sub("", text, count=1)
+        text = _LIBVIRT_THREAD.sub("", text, count=1)
+        text = _PREFIXES.sub("", text, count=1)
+        if text == before:
+            break
+    return " ".join(text.split())
+
+
+def message_lines(text: str) -> list[str]:
+    """The lines of a pasted text, normalised; a literal "\\n" (as error dialogs and some
+    logs print it) separates lines too. Empty lines are dropped."""
+    lines = []
+    for raw in text.replace("\\n", "\n").splitlines():
+        line = normalise(raw)
+        if line:
+            lines.append(line)
+    return lines
+
+
+# --- evidence lookup and placeholders -------------------------------------------------------
+
+
+def lookup(data: Any, path: str) -> tuple[bool, Any]:
+    """(found, value) at a dotted path with optional [index] steps: `principal.name`,
+    `kernel_lines[-1]`."""
+    current = data
+    for part in path.split("."):
+        steps = _STEP.findall(part)
+        if not steps or "".join(k or f"[{i}]" for k, i in steps) != part:
+            return False, None
+        for key, index in steps:
+            if key:
+                if not isinstance(current, Mapping) or key not in current:
+                    return False, None
+                current = current[key]
+            else:
+                if not isinstance(current, (list, tuple)):
+                    return False, None
+                position = int(index)
+                if not -len(current) <= position < len(current):
+                    return False, None
+                current = current[position]
+    return True, current
+
+
+def as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(as_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+Resolver = Callable[[str], Optional[str]]
+
+
+def fill(template: str, resolve: Resolver) -> tuple[str, list[str]]:
+    """The template with each placeholder replaced: by what `resolve` gives, else its default,
+    else `<name>` (and the name is listed as missing)."""
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = resolve(name)
+        if value is not None and value != "":
+            return value
+        if default is not None:
+            return default
+        missing.append(name)
+        return f"<{name}>"
+
+    text = template.replace("{{", "\0").replace("}}", "\1")
+    text = PLACEHOLDER.sub(replace, text)
+    return text.replace("\0", "{").replace("\1", "}"), missing
+
+
+def placeholders(template: str) -> list[str]:
+    return [m.group(1) for m in PLACEHOLDER.finditer(template.replace("{{", "").replace("}}", ""))]
+
+
+def subject_values(subject: str) -> dict[str, str]:
+    """What a subject names: `user:alice` gives user=alice, `socket:/run/x` socket and path,
+    `process:root[812]` process, user and pid, `cert:/p#2` cert and path."""
+    kind, _, value = subject.partition(":")
+    if not value:
+        return {}
+    out = {kind: value}
+    if kind == "process":
+        m = re.match(r"(.+)\[(\d+)\]$", value)
+        if m:
+            out.update(user=m.group(1), pid=m.group(2))
+    if value.startswith("/"):
+        out["path"] = value.split("#", 1)[0]
+    return out
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)
+
+
+def _schema_validator(schema_text: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(schema_text))
+
+
+def _schema_problems(validator: Any, data: Any) -> list[str]:
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        problems.append(f"{where}: {error.message}")
+    return problems
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise PlaybookInvalid(f"{where}: not a valid regular expression ({exc})") from None
+
+
+def _matcher(value: Any, where: str) -> Matcher:
+    if isinstance(value, Mapping):
+        ((op, operand),) = value.items()
+        if op == "matches":
+            _compile(operand, where)
+        return Matcher(op, operand)
+    return Matcher("equals", value)
+
+
+def _condition(data: Mapping[str, Any], where: str) -> Condition:
+    status = data.get("status", list(PROBLEM_STATUSES))
+    statuses = (status,) if isinstance(status, str) else tuple(status)
+    evidence = tuple(
+        (path, _matcher(value, f"{where}/evidence/{path}"))
+        for path, value in data.get("evidence", {}).items()
+    )
+    for key in ("subject", "message"):
+        if key in data:
+            _compile(data[key], f"{where}/{key}")
+    return Condition(data["code"], statuses, evidence, data.get("subject"), data.get("message"))
+
+
+def _check_placeholders(text: str, where: str) -> None:
+    stripped = PLACEHOLDER.sub("", text.replace("{{", "").replace("}}", ""))
+    if "{" in stripped or "}" in stripped:
+        raise PlaybookInvalid(
+            f"{where}: a brace that is no placeholder (write {{{{ and }}}} for literal braces)"
+        )
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+
+
+def parse(data: Any, file: str, validator: Any) -> Playbook:
+    """A validated Playbook from the YAML data of `file`; PlaybookInvalid says what is wrong."""
+    problems = _schema_problems(validator, data)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise PlaybookInvalid("; ".join(problems[:3]) + more)
+    stem = Path(file).name.rsplit(".", 1)[0]
+    if data["id"] != stem:
+        raise PlaybookInvalid(f"id {data['id']!r} differs from the file name {stem!r}")
+    ((mode, raw_conditions),) = data["when"].items()
+    conditions = tuple(_condition(c, f"when/{mode}/{i}") for i, c in enumerate(raw_conditions))
+    _check_placeholders(data["cause"], "cause")
+    actions = []
+    for index, raw in enumerate(data["fix"]):
+        for text in _texts({k: v for k, v in raw.items() if k not in ("action", "safety")}):
+            _check_placeholders(text, f"fix/{index}")
+        params = {k: v for k, v in raw.items() if k not in ("action", "safety")}
+        actions.append(Action(raw["action"], raw["safety"], params))
+    signatures = tuple(
+        _compile(s, f"signatures/{i}") for i, s in enumerate(data.get("signatures", ()))
+    )
+    return Playbook(
+        id=data["id"],
+        title=data["title"],
+        mode=mode,
+        conditions=conditions,
+        explains=tuple(data.get("explains", ())),
+        cause=data["cause"].strip(),
+        fix=tuple(actions),
+        verify=tuple(data["verify"]),
+        refs=tuple(data.get("refs", ())),
+        signatures=signatures,
+        file=file,
+    )
+
+
+def _shipped() -> Any:
+    return resources.files("playbooks")
+
+
+def load(directory: Optional[Path] = None) -> Playbooks:
+    """Every playbook in `directory` (default: the shipped ones). Files that do not parse or
+    validate are listed in `errors` with their names; the others load."""
+    base: Any = directory if directory is not None else _shipped()
+    schema_text = (_shipped() / SCHEMA_NAME).read_text(encoding="utf-8")
+    validator = _schema_validator(schema_text)
+    book = Playbooks()
+    entries = sorted((e for e in base.iterdir() if e.name.endswith(".yaml")), key=lambda e: e.name)
+    for entry in entries:
+        label = f"playbooks/{entry.name}" if directory is None else str(entry)
+        try:
+            data = _yaml_load(entry.read_text(encoding="utf-8"))
+            playbook = parse(data, label, validator)
+        except PlaybookInvalid as exc:
+            book.errors.append(PlaybookError(label, str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - YAML syntax errors come in many classes
+            reason = str(exc).replace("\n", " ")
+            book.errors.append(PlaybookError(label, f"{type(exc).__name__}: {reason}"))
+            continue
+        if playbook.id in book.items:
+            book.errors.append(PlaybookError(label, f"duplicate id {playbook.id!r}"))
+            continue
+        book.items[playbook.id] = playbook
+    return book
+
+
+@lru_cache(maxsize=1)
+def shipped() -> Playbooks:
+    """The playbooks kvmdoctor ships, loaded once per process."""
+    return load()
+
+
+def codes_without_playbook(codes: Iterable[str], book: Playbooks) -> list[str]:
+    """Check codes that no playbook's `when` names."""
+    covered = {code for p in book for code in p.codes}
+    return sorted(set(codes) - covered)

@@ -1,0 +1,353 @@
+"""Fix plans: the fix steps of a report's diagnoses as a shell script or an Ansible playbook.
+
+Both are views of the report's `diagnoses` (so a saved report gives the same plan). Values that
+come from the host (user names, paths, domain names) are quoted for the shell with shlex and
+written as YAML strings for Ansible; a step whose placeholders the evidence could not fill is
+never written as a command, only as a note saying what is missing. Steps that are not `safe`
+are written out but do not run by default: commented out in the shell script, tagged `never`
+plus their safety class in Ansible (run them with `--tags disruptive` and the like), as
+`kvmdoctor fix --apply` runs only `safe` steps.
+"""
+
+from __future__ import annotations
+
+import shlex
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from doctor.rules import FixStep
+
+SYSCTL_FILE = "/etc/sysctl.d/90-kvmdoctor.conf"
+MODULES_LOAD_FILE = "/etc/modules-load.d/kvmdoctor.conf"
+MODPROBE_FILE = "/etc/modprobe.d/kvmdoctor-{module}.conf"
+FAMILIES = {"debian": "Debian", "redhat": "RedHat", "suse": "Suse", "arch": "Archlinux"}
+INSTALLERS = {
+    "debian": ("apt-get", ["apt-get", "install", "-y"]),
+    "redhat": ("dnf", ["dnf", "install", "-y"]),
+    "suse": ("zypper", ["zypper", "--non-interactive", "install"]),
+    "arch": ("pacman", ["pacman", "-S", "--needed", "--noconfirm"]),
+}
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One diagnosis and its fix steps."""
+
+    playbook: str
+    title: str
+    subject: str
+    cause: str
+    verify: tuple[str, ...]
+    steps: tuple[FixStep, ...]
+
+
+def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
+    """The report's diagnoses as plan items, in rank order. A step that an earlier diagnosis
+    already holds (one ACL entry for the qemu user and for its running process, say) is kept
+    once, under the first."""
+    import json
+
+    seen: set[str] = set()
+    items = []
+    for diag in report.get("diagnoses", []):
+        steps = []
+        for data in diag["fix"]:
+            step = FixStep.from_dict(data)
+            key = json.dumps([step.action, step.params], sort_keys=True)
+            if step.action not in ("manual", "domain_xml") and key in seen:
+                continue
+            seen.add(key)
+            steps.append(step)
+        items.append(
+            PlanItem(
+                diag["playbook"],
+                diag["title"],
+                diag["subject"],
+                diag["cause"],
+                tuple(diag["verify"]),
+                tuple(steps),
+            )
+        )
+    return items
+
+
+def persist_file(step: FixStep) -> str:
+    value = step.params.get("persist", SYSCTL_FILE)
+    return SYSCTL_FILE if value is True else str(value)
+
+
+def sysctl_line(step: FixStep) -> tuple[str, str]:
+    """(regexp, line) that keep a sysctl in its sysctl.d file."""
+    name = step.params["name"]
+    return rf"^\s*{name.replace('.', '[./]')}\s*=", f"{name} = {step.params['value']}"
+
+
+def module_lines(step: FixStep) -> list[tuple[str, str, str]]:
+    """(file, regexp, line) that make a module_option step last across reboots."""
+    module = step.params["module"]
+    out = []
+    options = step.params.get("options") or {}
+    if options:
+        text = " ".join(f"{k}={v}" for k, v in options.items())
+        out.append(
+            (
+                MODPROBE_FILE.format(module=module),
+                rf"^options\s+{module}\s",
+                f"options {module} {text}",
+            )
+        )
+    if step.params.get("load", True):
+        out.append((MODULES_LOAD_FILE, rf"^{module}$", module))
+    return out
+
+
+# --- shell ----------------------------------------------------------------------------------
+
+_SHELL_HEADER = """#!/bin/sh
+# Fix plan written by kvmdoctor {version} for {host} from its diagnoses.
+# Review before running, as root. Steps that are not `safe` are commented out: uncomment
+# them when their cost (a restart, a reboot, a re-login) is acceptable.
+set -eu
+
+# put_line FILE REGEXP LINE: drop the lines REGEXP matches from FILE, then append LINE.
+put_line() {{
+    mkdir -p "$(dirname "$1")"
+    touch "$1"
+    grep -Ev "$2" "$1" > "$1.kvmdoctor-new" || true
+    printf '%s\\n' "$3" >> "$1.kvmdoctor-new"
+    cat "$1.kvmdoctor-new" > "$1"
+    rm -f "$1.kvmdoctor-new"
+}}
+"""
+
+
+def _q(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def shell_commands(step: FixStep) -> list[str]:
+    """The shell lines for one step (empty for manual steps)."""
+    p = step.params
+    kind = step.action
+    if kind == "sysctl":
+        setting = f"{p['name']}={p['value']}"
+        lines = [f"sysctl -w {_q(setting)}"]
+        if p.get("persist", True) is not False:
+            regexp, line = sysctl_line(step)
+            lines.append(f"put_line {_q(persist_file(step))} {_q(regexp)} {_q(line)}")
+        return lines
+    if kind == "file_line":
+        if p.get("regexp"):
+            return [f"put_line {_q(p['path'])} {_q(p['regexp'])} {_q(p['line'])}"]
+        return [
+            f"grep -qxF {_q(p['line'])} {_q(p['path'])} 2>/dev/null || "
+            f"printf '%s\\n' {_q(p['line'])} >> {_q(p['path'])}"
+        ]
+    if kind == "package":
+        branches = []
+        for family, names in p["packages"].items():
+            tool, argv = INSTALLERS[family]
+            command = " ".join(_q(a) for a in [*argv, *names])
+            branches.append(f"command -v {tool} >/dev/null 2>&1; then {command}")
+        return ["if " + "\nelif ".join(branches) + "\nfi"]
+    if kind == "service":
+        name = p["name"]
+        if p["state"] == "restarted":
+            systemd = f"systemctl restart {_q(name)}"
+        elif p.get("enabled"):
+            systemd = f"systemctl enable --now {_q(name)}"
+        else:
+            systemd = f"systemctl start {_q(name)}"
+        fallback = p.get("without_systemd")
+        other = (
+            " ".join(_q(a) for a in fallback)
+            if fallback
+            else f"echo {_q(f'no systemd: {step.text} by hand')} >&2"
+        )
+        return [f"if [ -d /run/systemd/system ]; then {systemd}; else {other}; fi"]
+    if kind == "group_member":
+        return [f"usermod -aG {_q(p['group'])} {_q(p['user'])}"]
+    if kind == "acl":
+        entry = f"{p['etype'][0]}:{p['entity']}:{p['permissions']}"
+        return [f"setfacl -m {_q(entry)} {_q(p['path'])}"]
+    if kind == "module_option":
+        options = [f"{k}={v}" for k, v in (p.get("options") or {}).items()]
+        lines = []
+        if p.get("load", True):
+            lines.append(" ".join(_q(a) for a in ["modprobe", p["module"], *options]))
+        if p.get("persist", True):
+            lines += [f"put_line {_q(f)} {_q(r)} {_q(line)}" for f, r, line in module_lines(step)]
+        return lines
+    if kind == "command":
+        return [" ".join(_q(a) for a in p["argv"])]
+    return []
+
+
+def _comment(text: str, prefix: str = "# ") -> list[str]:
+    return [f"{prefix}{line}".rstrip() for line in text.splitlines() or [""]]
+
+
+def shell_script(plan: Sequence[PlanItem], *, host: str, version: str) -> str:
+    out = [_SHELL_HEADER.format(version=version, host=host or "this host")]
+    if not plan:
+        out.append("# Nothing to fix: no diagnosis.\n")
+    for item in plan:
+        subject = "" if item.subject == "host" else f" ({item.subject})"
+        out.append(f"# === {item.title}{subject} [{item.playbook}]")
+        out += _comment("\n".join(textwrap.wrap(item.cause, width=96)))
+        for step in item.steps:
+            out += _comment("\n".join(textwrap.wrap(f"[{step.safety}] {step.text}", width=96)))
+            commands = shell_commands(step)
+            if step.missing:
+                out.append(f"# needs a value for: {', '.join(step.missing)}")
+            if not commands:
+                if step.action == "domain_xml" and step.params.get("xml"):
+                    out += _comment(step.params["xml"], "#   ")
+                continue
+            runnable = step.safety == "safe" and not step.missing
+            for command in commands:
+                out += command.splitlines() if runnable else _comment(command)
+        out.append(f"# then check: kvmdoctor run --select {','.join(item.verify)}\n")
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --- Ansible --------------------------------------------------------------------------------
+
+
+def _tags(step: FixStep) -> list[str]:
+    """`safe` steps run by default; the others only when their class is asked for."""
+    return ["safe"] if step.safety == "safe" else ["never", step.safety]
+
+
+def ansible_tasks(step: FixStep, label: str) -> list[dict[str, Any]]:
+    """The tasks of one step, with standard modules."""
+    p = step.params
+    name = f"{label}: {step.text}"
+    kind = step.action
+    if step.missing or kind in ("manual", "domain_xml"):
+        msg = step.text
+        if step.missing:
+            msg += f" (needs a value for: {', '.join(step.missing)})"
+        if p.get("xml"):
+            msg += f" -- {p['xml']}"
+        return [{"name": name, "ansible.builtin.debug": {"msg": msg}, "tags": ["manual"]}]
+    tasks: list[dict[str, Any]] = []
+    if kind == "sysctl":
+        if p.get("persist", True) is False:
+            module: dict[str, Any] = {
+                "ansible.builtin.command": {"argv": ["sysctl", "-w", f"{p['name']}={p['value']}"]}
+            }
+        else:
+            module = {
+                "ansible.posix.sysctl": {
+                    "name": p["name"],
+                    "value": str(p["value"]),
+                    "sysctl_file": persist_file(step),
+                    "state": "present",
+                    "sysctl_set": True,
+                    "reload": False,
+                }
+            }
+        tasks.append({"name": name, **module})
+    elif kind == "file_line":
+        args = {"path": p["path"], "line": p["line"], "create": True}
+        if p.get("regexp"):
+            args["regexp"] = p["regexp"]
+        tasks.append({"name": name, "ansible.builtin.lineinfile": args})
+    elif kind == "package":
+        for family, names in p["packages"].items():
+            tasks.append(
+                {
+                    "name": f"{name} ({FAMILIES[family]})",
+                    "ansible.builtin.package": {"name": list(names), "state": "present"},
+                    "when": f"ansible_facts['os_family'] == '{FAMILIES[family]}'",
+                }
+            )
+    elif kind == "service":
+        args = {"name": p["name"], "state": p["state"]}
+        if p.get("enabled") is not None:
+            args["enabled"] = bool(p["enabled"])
+        task: dict[str, Any] = {"name": name, "ansible.builtin.service": args}
+        fallback = p.get("without_systemd")
+        if fallback:
+            # As the shell plan does: systemd units where systemd runs, the command elsewhere.
+            task["when"] = "ansible_facts['service_mgr'] == 'systemd'"
+            tasks.append(task)
+            tasks.append(
+                {
+                    "name": f"{name} (without systemd)",
+                    "ansible.builtin.command": {"argv": list(fallback)},
+                    "when": "ansible_facts['service_mgr'] != 'systemd'",
+                }
+            )
+        else:
+            tasks.append(task)
+    elif kind == "group_member":
+        tasks.append(
+            {
+                "name": name,
+                "ansible.builtin.user": {"name": p["user"], "groups": [p["group"]], "append": True},
+            }
+        )
+    elif kind == "acl":
+        tasks.append(
+            {
+                "name": name,
+                "ansible.posix.acl": {
+                    "path": p["path"],
+                    "etype": p["etype"],
+                    "entity": p["entity"],
+                    "permissions": p["permissions"],
+                    "state": "present",
+                },
+            }
+        )
+    elif kind == "module_option":
+        options = " ".join(f"{k}={v}" for k, v in (p.get("options") or {}).items())
+        args = {
+            "name": p["module"],
+            "state": "present",
+            "persistent": "present" if p.get("persist", True) else "disabled",
+        }
+        if options:
+            args["params"] = options
+        tasks.append({"name": name, "community.general.modprobe": args})
+    elif kind == "command":
+        tasks.append({"name": name, "ansible.builtin.command": {"argv": list(p["argv"])}})
+    for task in tasks:
+        task["tags"] = _tags(step)
+    return tasks
+
+
+def ansible_playbook(plan: Sequence[PlanItem], *, host: str, version: str) -> str:
+    import yaml
+
+    tasks: list[dict[str, Any]] = []
+    for item in plan:
+        for step in item.steps:
+            tasks += ansible_tasks(step, item.playbook)
+    uses_facts = any("when" in t for t in tasks)
+    play = {
+        "name": f"kvmdoctor fix plan for {host or 'this host'}",
+        "hosts": "all",
+        "become": True,
+        "gather_facts": uses_facts,
+        "tasks": tasks
+        or [{"name": "nothing to fix", "ansible.builtin.debug": {"msg": "no diagnosis"}}],
+    }
+    header = (
+        f"# Fix plan written by kvmdoctor {version} for {host or 'this host'}.\n"
+        "# Safe steps run by default; the others are tagged `never` and their safety class:\n"
+        "# add --tags disruptive (needs-reboot, needs-relogin) to run them too.\n"
+        "# Checks to re-run afterwards: "
+        + ", ".join(sorted({c for item in plan for c in item.verify}) or ["-"])
+        + "\n"
+    )
+    body = yaml.safe_dump([play], sort_keys=False, default_flow_style=False, width=100)
+    return header + "---\n" + body
+
+
+def verify_codes(items: Iterable[PlanItem]) -> list[str]:
+    return sorted({code for item in items for code in item.verify})

@@ -1,0 +1,113 @@
+"""LOG001 known-error-in-logs on the lab host's snapshot with log files put in: real lines as
+the lab's libvirtd 9.0 and QEMU 7.2 wrote them (timestamps kept), repeats, age, and what is
+said when there is nothing to read."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from doctor.facts.logs import DAEMON_LOGS, JOURNAL_ARGV, QEMU_LOG_DIR, line_time
+
+from kdsnap import one, run_checks
+
+LIBVIRTD_LOG = """\
+2026-11-26 07:24:21.858+0000: 7722: error : virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory
+2026-11-26 07:24:22.001+0000: 7722: info : libvirt version: 9.0.0, package: 9.0.0-4+deb12u2 (Debian)
+2026-11-26 07:26:21.858+0000: 7722: error : virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory
+2026-11-26 07:27:53.901+0000: 11006: error : virPortAllocatorSetUsed:274 : internal error: Failed to reserve port 5977
+"""
+# A QEMU log: libvirt's lines carry the time, QEMU's own stderr lines after them do not.
+QEMU_LOG = """\
+2026-11-26 07:27:52.290+0000: starting up libvirt version: 9.0.0, package: 9.0.0-4+deb12u2 (Debian), qemu version: 7.2.0Debian 1:7.2+dfsg-7+deb12u6, kernel: 6.18.44, hostname: vm
+LC_ALL=C \\
+/usr/bin/qemu-system-x86_64 \\
+-name guest=kd-exp-b,debug-threads=on \\
+qemu-system-x86_64: -blockdev {"node-name":"libvirt-1-format","read-only":false,"driver":"qcow2","file":"libvirt-1-storage","backing":null}: Failed to get "write" lock
+Is another process using the image [/var/lib/libvirt/images/kd-exp.qcow2]?
+2026-11-26 07:27:52.313+0000: shutting down, reason=failed
+"""
+
+
+def no_logs(snap: Any) -> Any:
+    """Forget whatever logs the recording holds: each test puts in its own."""
+    for path in DAEMON_LOGS:
+        snap.drop("file", path=path)
+    snap.drop("dir", path=QEMU_LOG_DIR)
+    return snap.drop("command", argv=list(JOURNAL_ARGV))
+
+
+def with_logs(snap: Any, **files: str) -> Any:
+    snap = no_logs(snap)
+    for path, text in files.items():
+        snap.set_file(path, text)
+    return snap
+
+
+def test_log001_reports_each_known_error_once_per_file_with_its_last_time(
+    edit_snapshot: Any,
+) -> None:
+    snap = with_logs(edit_snapshot(), **{"/var/log/libvirt/libvirtd.log": LIBVIRTD_LOG})
+    findings = run_checks(snap.save(), select=("LOG001",))["LOG001"]
+    by_playbook = {f.evidence["playbook"]: f for f in findings}
+    assert set(by_playbook) == {
+        "rhel-emulator-path-on-other-distribution",
+        "graphics-port-conflict",
+    }
+    emulator = by_playbook["rhel-emulator-path-on-other-distribution"]
+    assert emulator.status == "info"  # history: the checks judge the present
+    assert emulator.subject == "log:/var/log/libvirt/libvirtd.log"
+    assert emulator.evidence["count"] == 2
+    assert emulator.evidence["time"] == "2026-11-26T07:26:21Z"
+    assert emulator.evidence["also"] == ["qemu-emulator-missing"]
+    assert emulator.evidence["line"].endswith(
+        "Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory"
+    )
+    assert "(2 times, last at 2026-11-26T07:26:21Z)" in emulator.message
+
+
+def test_log001_dates_a_qemu_error_by_the_libvirt_line_before_it(edit_snapshot: Any) -> None:
+    snap = no_logs(edit_snapshot()).set_value("dir", ["kd-exp-b.log"], path=QEMU_LOG_DIR)
+    snap.set_file("/var/log/libvirt/qemu/kd-exp-b.log", QEMU_LOG)
+    finding = one(
+        run_checks(snap.save(), select=("LOG001",)),
+        "LOG001",
+        "log:/var/log/libvirt/qemu/kd-exp-b.log",
+    )
+    assert finding.evidence["playbook"] == "disk-used-twice"
+    assert finding.evidence["time"] == "2026-11-26T07:27:52Z"
+    assert finding.evidence["count"] == 2  # the lock line and "Is another process using ..."
+
+
+def test_log001_leaves_out_errors_older_than_a_week(edit_snapshot: Any) -> None:
+    old = LIBVIRTD_LOG.replace("2026-11-26", "2026-10-01")
+    snap = with_logs(edit_snapshot(), **{"/var/log/libvirt/libvirtd.log": old})
+    clock = snap.value("clock")
+    assert dt.datetime.fromtimestamp(clock, dt.timezone.utc).strftime("%Y-%m") == "2026-11"
+    finding = one(run_checks(snap.save(), select=("LOG001",)), "LOG001")
+    assert finding.status == "pass"
+    assert finding.message.endswith("; 3 older than 7 days not counted")
+
+
+def test_log001_passes_on_logs_without_known_errors(edit_snapshot: Any) -> None:
+    quiet = "2026-11-26 07:24:22.001+0000: 7722: info : libvirt version: 9.0.0\n"
+    snap = with_logs(edit_snapshot(), **{"/var/log/libvirt/libvirtd.log": quiet})
+    finding = one(run_checks(snap.save(), select=("LOG001",)), "LOG001")
+    assert finding.status == "pass"
+    assert finding.evidence["logs"]["read"] == [
+        {"origin": "/var/log/libvirt/libvirtd.log", "lines": 1, "partial": False}
+    ]
+
+
+def test_log001_skips_when_no_log_could_be_read(edit_snapshot: Any) -> None:
+    finding = one(run_checks(no_logs(edit_snapshot()).save(), select=("LOG001",)), "LOG001")
+    assert finding.status == "skip"
+    assert "no libvirt log could be read" in finding.message
+
+
+def test_line_times_in_the_formats_libvirt_qemu_and_journalctl_write() -> None:
+    expected = dt.datetime(2026, 11, 26, 7, 27, 52, tzinfo=dt.timezone.utc).timestamp()
+    assert line_time("2026-11-26 07:27:52.313+0000: shutting down") == expected
+    assert line_time("2026-11-26T07:27:52.311823Z qemu-system-x86_64: x") == expected
+    assert line_time("2026-11-26T08:27:52+0100 vm libvirtd[7719]: x") == expected
+    assert line_time("qemu-system-x86_64: -blockdev ...") is None

@@ -1,0 +1,558 @@
+"""Playbooks: loading and validation, coverage of every check code, and every signature against
+a real error message (as libvirt, QEMU, virsh, virt-install, virt-manager or the kernel print
+it), plus the messages of the field notes in shared/reference/ that fall within the checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from doctor import playbooks
+from doctor.playbooks import fill, lookup, message_lines, normalise
+from doctor.registry import load_registry
+
+from kdtest import ROOT, require
+
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+# One real message per signature, in the playbook's signature order. Sources: the lab's own
+# libvirtd.log and QEMU logs (libvirt 9.0, QEMU 7.2), the field notes, and the wording in
+# libvirt's, QEMU's and the kernel's sources.
+SIGNATURE_EXAMPLES: dict[str, list[str]] = {
+    "boot-order-conflict": [
+        "error: unsupported configuration: per-device boot elements cannot be used together "
+        "with os/boot elements"
+    ],
+    "bridge-source-invalid": [
+        "error: Unable to add bridge eth0 port vnet0: Operation not supported",
+        "error: Cannot get interface MTU on 'br1': No such device",
+        "Unable to add bridge kdbr9 port vnet3: No such device",
+    ],
+    "cdrom-on-virtio-bus": [
+        "unsupported configuration: disk type 'virtio' of 'vdb' does not support ejectable media"
+    ],
+    "disk-image-missing": [
+        "error: Cannot access storage file '/var/lib/libvirt/images/web1.qcow2': No such file or "
+        "directory"
+    ],
+    "disk-used-twice": [
+        'qemu-system-x86_64: -blockdev {"node-name":"libvirt-1-format","read-only":false,'
+        '"driver":"qcow2","file":"libvirt-1-storage","backing":null}: Failed to get '
+        '"write" lock',
+        "Is another process using the image [/var/lib/libvirt/images/kd-exp.qcow2]?",
+    ],
+    "domain-firmware-missing": [
+        "2026-11-26 07:24:10.670+0000: 7720: error : virCgroupAllowDevicePath:2189 : Path "
+        "'/usr/share/OVMF/OVMF_CODE.fd' is not accessible: No such file or directory",
+        "Failed to create file '/var/lib/libvirt/qemu/nvram/web1_VARS.fd.new': No such file or "
+        "directory",
+    ],
+    "duplicate-mac": ["XML error: unable to parse mac address 'aa:ss:bb:ff:ee:mm'"],
+    "firewall-tools-missing-iptables": [
+        "internal error: Failed to apply firewall rules /sbin/ebtables is not available",
+        "direct firewall backed requested, but /sbin/ebtables is not avaliable: No such file or "
+        "directory",
+        "error: Cannot find 'iptables' in path: No such file or directory",
+        "internal error: Failed to initialize a valid firewall backend",
+    ],
+    "firewall-tools-missing-nftables": [
+        "error: Cannot find 'nft' in path: No such file or directory",
+        "internal error: Failed to initialize a valid firewall backend",
+    ],
+    "graphics-port-conflict": ["error: internal error: Failed to reserve port 5900"],
+    "ide-controller-limit": [
+        "unsupported configuration: Only a single IDE controller is supported for this machine "
+        "type",
+        "unsupported configuration: IDE controllers are unsupported for this QEMU binary or "
+        "machine type",
+    ],
+    "image-directory-not-searchable": [
+        "error : virStorageSourceReportBrokenChain:1271 : Cannot access storage file "
+        "'/root/kd-lib007/disk.qcow2' (as uid:64055, gid:64055): Permission denied"
+    ],
+    "kvm-access-denied-stale-group": [
+        "qemu-system-x86_64: Could not access KVM kernel module: Permission denied"
+    ],
+    "kvm-backend-refused-to-load": [
+        "modprobe: ERROR: could not insert 'kvm_intel': Input/output error",
+        "[    5.123456] kvm_intel: VMX not supported by CPU 0",
+        "kvm_amd: SVM not supported by CPU 1, not amd or hygon",
+        "[    4.210991] kvm: no hardware support",
+    ],
+    "kvm-device-acl-denies": [
+        "Could not access KVM kernel module: Permission denied",
+        "error: internal error: qemu unexpectedly closed the monitor: Could not access KVM kernel "
+        "module: Permission denied",
+    ],
+    "kvm-device-missing": [
+        "Could not access KVM kernel module: No such file or directory",
+        "qemu-system-x86_64: failed to initialize kvm: No such file or directory",
+        "Unable to open /dev/kvm: No such file or directory",
+    ],
+    "kvm-device-not-accessible": [
+        "Could not access KVM kernel module: Permission denied",
+        "qemu-system-x86_64: failed to initialize kvm: Permission denied",
+        "Unable to open /dev/kvm: Permission denied",
+    ],
+    "kvm-device-root-only": ["Could not access KVM kernel module: Permission denied"],
+    "kvm-firmware-disabled": [
+        "[    1.028834] kvm: disabled by bios",
+        "[    0.204187] x86/cpu: VMX (outside TXT) disabled by BIOS",
+        "kvm_intel: VMX not enabled (by BIOS) in MSR_IA32_FEAT_CTL on CPU 0",
+        "kvm_amd: SVM disabled (by BIOS) in MSR_VM_CR on CPU 0",
+        "kvm: VMX is disabled on CPU 0",
+        "VT-x is disabled in the BIOS for all CPU modes (VERR_VMX_MSR_ALL_VMX_DISABLED).",
+        "AMD-V is disabled in the BIOS (or by the host OS) (VERR_SVM_DISABLED).",
+    ],
+    "kvm-missing-firmware-disabled": [
+        "Could not access KVM kernel module: No such file or directory",
+        "Unable to open /dev/kvm: No such file or directory",
+        "error: invalid argument: could not find capabilities for domaintype=kvm",
+    ],
+    "kvm-missing-module-not-loaded": [
+        "Could not access KVM kernel module: No such file or directory",
+        "error: invalid argument: could not find capabilities for domaintype=kvm",
+    ],
+    "kvm-missing-nested-not-exposed": [
+        "Unable to open /dev/kvm: No such file or directory",
+        "QEMU: Checking for hardware virtualization : FAIL (Host not compatible with KVM; HW "
+        "virtualization CPU features not found. Only emulated CPUs are available; performance "
+        "will be significantly limited)",
+    ],
+    "kvm-module-not-loaded": [
+        "modprobe: FATAL: Module kvm_intel not found in directory /lib/modules/6.1.0-18-amd64"
+    ],
+    "kvm-not-usable": ["ioctl(KVM_CREATE_VM) failed: 12 Cannot allocate memory"],
+    "kvm-vm-creation-busy": [
+        "ioctl(KVM_CREATE_VM) failed: 16 Device or resource busy",
+        "qemu-system-x86_64: failed to initialize kvm: Device or resource busy",
+    ],
+    "libvirt-connection-denied": [
+        "error: authentication unavailable: no polkit agent available to authenticate action "
+        "'org.libvirt.unix.manage'",
+        "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': Permission denied",
+        "error: Failed to initialize libvirt",
+        "error: authentication failed: access denied by policy",
+    ],
+    "libvirt-connection-failed": ["error: no connection driver available for qemu:///system"],
+    "libvirt-daemon-not-installed": [
+        "Failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory"
+    ],
+    "libvirt-network-inactive": [
+        "error: Network not found: no network with matching name 'default'",
+        "error: Requested operation is not valid: network 'default' is not active",
+    ],
+    "libvirtd-not-running": [
+        "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or "
+        "directory",
+        "error: Failed to connect socket to '/run/libvirt/libvirt-sock': Connection refused",
+    ],
+    "macvtap-on-enslaved-device": [
+        "error creating macvtap interface macvtap@eth0 (52:54:00:56:84:7a): Device or resource busy"
+    ],
+    "memory-implausibly-small": [
+        "No physical memory is available at the location required for the Windows Boot Manager."
+    ],
+    "modular-daemon-not-running": [
+        "Failed to connect socket to '/var/run/libvirt/virtnetworkd-sock': No such file or "
+        "directory"
+    ],
+    "nested-virt-not-exposed": [
+        "QEMU: Checking for hardware virtualization : FAIL (Host not compatible with KVM; HW "
+        "virtualization CPU features not found.",
+        "ERROR    This host does not support virtualization",
+    ],
+    "pci-hotplug-needs-acpi": [
+        "error : qemuMonitorJSONCheckErrorFull:366 : internal error: unable to execute QEMU "
+        "command 'device_add': Bus 'pci.0' does not support hotplugging"
+    ],
+    "pci-slots-exhausted": ["error: internal error: No more available PCI slots"],
+    "qemu-cannot-access-images": [
+        "error: Cannot access storage file '/home/alice/vm.qcow2' (as uid:107, gid:107): "
+        "Permission denied",
+        "qemu-system-x86_64: -drive file=/home/alice/vm.qcow2,format=qcow2,if=none: Could not "
+        "open '/home/alice/vm.qcow2': Permission denied",
+        "ERROR    cannot access storage file",
+    ],
+    "qemu-emulator-missing": [
+        "error: Cannot check QEMU binary /usr/bin/qemu-system-x86_64: No such file or directory",
+        "error: Cannot find QEMU binary /usr/bin/qemu-system-aarch64: No such file or directory",
+    ],
+    "rhel-emulator-path-on-other-distribution": [
+        "error : virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary "
+        "/usr/libexec/qemu-kvm: No such file or directory"
+    ],
+    "secure-boot-needs-q35-smm": [
+        "unsupported configuration: Secure boot is supported with q35 machine types only",
+        "unsupported configuration: Secure boot requires SMM feature enabled",
+        "operation failed: domain has SMM turned off but chosen firmware requires it",
+        "unsupported configuration: Secure boot is supported for x86_64 architecture only",
+    ],
+    "tls-ca-missing": [
+        "error: Cannot read CA certificate '/etc/pki/CA/cacert.pem': No such file or directory"
+    ],
+    "tls-cert-expired": [
+        "The server certificate /etc/pki/libvirt/servercert.pem has expired",
+        "error: Unable to verify TLS peer: The peer certificate has expired",
+    ],
+    "tls-cert-name-mismatch": [
+        "Certificate check failed Certificate [session] owner does not match the hostname kvm1",
+        "error: authentication failed: Failed to verify peer's certificate",
+    ],
+    "tls-cert-not-signed-by-ca": [
+        "error: Unable to verify TLS peer: The certificate hasn't got a known issuer.",
+        "Our own certificate /etc/pki/libvirt/servercert.pem failed validation against "
+        "/etc/pki/CA/cacert.pem: The certificate hasn't got a known issuer.",
+        "Certificate failed validation: The certificate is not trusted.",
+    ],
+    "tls-cert-not-yet-valid": [
+        "The server certificate /etc/pki/libvirt/servercert.pem is not yet active"
+    ],
+    "tls-cert-or-key-missing": [
+        "Cannot read certificate '/etc/pki/libvirt/servercert.pem': No such file or directory",
+        "Cannot read private key '/etc/pki/libvirt/private/serverkey.pem': No such file or "
+        "directory",
+    ],
+    "tls-key-does-not-match": [
+        "Unable to set x509 key and certificate: /etc/pki/libvirt/private/serverkey.pem, "
+        "/etc/pki/libvirt/servercert.pem: The certificate and the given key do not match.",
+        "Unable to set x509 key and certificate: /etc/pki/libvirt/private/serverkey.pem, "
+        "/etc/pki/libvirt/servercert.pem: Decryption has failed.",
+    ],
+    "tls-key-unreadable-by-daemon": [
+        "Cannot read private key '/etc/pki/libvirt/private/serverkey.pem': Permission denied"
+    ],
+    "tun-device-missing": [
+        "error: Unable to open /dev/net/tun, is tun module loaded?: No such file or directory",
+        "qemu-system-x86_64: -netdev tap,id=hostnet0: Could not open /dev/net/tun: No such file "
+        "or directory",
+        "Failed to open /dev/net/tun: No such device",
+    ],
+    "uefi-firmware-missing": [
+        "ERROR    Did not find any UEFI binary path for arch 'x86_64'",
+        "error: operation failed: Unable to find any firmware to satisfy 'efi'",
+        "Did not find any UEFI binary path for ...",
+        "Failed to setup UEFI: Did not find any UEFI binary path for arch 'x86_64'",
+        "Falied to setup UEFI: 不能为架构'x86_64'找到任何UEFI二进制路径",
+        "ERROR    UEFI is not supported with this QEMU binary",
+    ],
+    "uefi-firmware-missing-aarch64": [
+        "unsupported configuration: ACPI requires UEFI on this architecture",
+        "Did not find any UEFI binary path for arch 'aarch64'",
+        "Falied to setup UEFI: 不能为架构'aarch64'找到任何UEFI二进制路径",
+    ],
+    "uefi-nvram-template-missing": [
+        "error: operation failed: unable to find any master var store for loader: "
+        "/usr/share/OVMF/OVMF_CODE.secboot.fd",
+        "Failed to open file '/usr/share/OVMF/OVMF_VARS.fd': No such file or directory",
+    ],
+    "uri-implies-tls": [
+        "error: Cannot read CA certificate '/etc/pki/CA/cacert.pem': No such file or directory",
+        "error: unable to connect to server at 'kvm1.example.org:16514': Connection refused",
+    ],
+    "vcpus-need-eim": [
+        "unsupported configuration: more than 255 vCPUs require extended interrupt mode enabled "
+        "on the iommu device"
+    ],
+    "vhost-net-unavailable": [
+        "error: internal error: Unable to open vhost-net. Opened so far 0, requested 1",
+        "qemu-system-x86_64: -netdev tap,vhost=on: vhost-net support unavailable",
+    ],
+    "virtlogd-not-running": [
+        "error: Failed to connect socket to '/run/libvirt/virtlogd-sock': No such file or directory"
+    ],
+}
+
+# Error messages from the field notes (shared/reference/), verbatim, with the playbook that
+# holds the cause and fix the notes give. Messages about what no check looks at (virt-install
+# options, `virsh undefine`, video devices, building libvirt) are not here.
+FIELD_NOTES: list[tuple[str, str]] = [
+    (
+        "failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory",
+        "libvirtd-not-running",
+    ),
+    (
+        "Cannot read CA certificate '/etc/pki/CA/cacert.pem': No such file or directory",
+        "uri-implies-tls",
+    ),
+    (
+        "Cannot read CA certificate '/etc/pki/CA/cacert.pem': No such file or directory",
+        "tls-ca-missing",
+    ),
+    (
+        "Cannot read certificate '/etc/pki/libvirt/servercert.pem': No such file or directory",
+        "tls-cert-or-key-missing",
+    ),
+    (
+        "direct firewall backed requested, but /sbin/ebtables is not avaliable: No such file or "
+        "directory",
+        "firewall-tools-missing-iptables",
+    ),
+    (
+        "failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory",
+        "modular-daemon-not-running",
+    ),
+    (
+        "failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory",
+        "libvirt-daemon-not-installed",
+    ),
+    (
+        "Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory",
+        "rhel-emulator-path-on-other-distribution",
+    ),
+    (
+        "Falied to setup UEFI: 不能为架构'aarch64'找到任何UEFI二进制路径",
+        "uefi-firmware-missing-aarch64",
+    ),
+    ("Did not find any UEFI binary path for ...", "uefi-firmware-missing"),
+    ("cannot access storage file", "qemu-cannot-access-images"),
+    (
+        "unsupported configuration: ACPI requires UEFI on this architecture",
+        "uefi-firmware-missing-aarch64",
+    ),
+    (
+        "unsupported configuration: per-device boot elements cannot be used together with "
+        "os/boot elements",
+        "boot-order-conflict",
+    ),
+    (
+        "unsupported configuration: more than 255 vCPUs require extended interrupt mode enable on "
+        "the iommu device",
+        "vcpus-need-eim",
+    ),
+    ("Unable to add bridge eth0 port vnet0: Operation not supported", "bridge-source-invalid"),
+    (
+        "error creating macvtap interface macvtap@eth0 (52:54:00:56:84:7a): Device or resource busy",
+        "macvtap-on-enslaved-device",
+    ),
+    (
+        "unsupported configuration: disk type 'virtio' of 'vdb' does not support ejectable media",
+        "cdrom-on-virtio-bus",
+    ),
+    (
+        "No physical memory available at the location required for the Windows Boot Manager.",
+        "memory-implausibly-small",
+    ),
+    ("Unable to open /dev/kvm: No such file or director", "kvm-missing-nested-not-exposed"),
+    ("Unable to open /dev/kvm: No such file or director", "kvm-device-missing"),
+    (
+        "internal error: qemu unexpectedly closed the monitor: Could not access KVM kernel module: "
+        "Permission denied",
+        "kvm-device-acl-denies",
+    ),
+    (
+        "qemu-system-x86_64: failed to initialize KVM: Permission denied",
+        "kvm-device-not-accessible",
+    ),
+    (
+        "unsupported configuration: Only a single IDE controller is supported for this machine type",
+        "ide-controller-limit",
+    ),
+    (
+        "unsupported configuration: IDE controllers are unsupported for this QEMU binary or "
+        "machine type",
+        "ide-controller-limit",
+    ),
+    ("internal error: Failed to reserve port 5900", "graphics-port-conflict"),
+    ('Failed to get "write" lock', "disk-used-twice"),
+    ("error: Failed to initialize libvirt", "libvirt-connection-denied"),
+    ("No more available PCI slots", "pci-slots-exhausted"),
+    ("kvm: VMX is disabled on CPU 0", "kvm-firmware-disabled"),
+    ("could not inert 'kvm_intel': Input/output error", "kvm-backend-refused-to-load"),
+]
+
+
+@pytest.fixture(scope="module")
+def book() -> playbooks.Playbooks:
+    return playbooks.load()
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def test_every_shipped_playbook_loads(book: playbooks.Playbooks) -> None:
+    assert book.errors == []
+    assert len(book) == len(list((ROOT / "playbooks").glob("*.yaml")))
+
+
+def test_the_schema_the_loader_uses_is_the_published_one() -> None:
+    shipped = json.loads((ROOT / "playbooks" / "playbook.schema.json").read_text())
+    published = json.loads((ROOT / "docs" / "playbook.schema.json").read_text())
+    assert shipped == published
+
+
+def test_an_invalid_playbook_is_reported_with_its_file_and_the_others_load(
+    tmp_path: Path,
+) -> None:
+    good = (ROOT / "playbooks" / "virtlogd-not-running.yaml").read_text()
+    (tmp_path / "virtlogd-not-running.yaml").write_text(good)
+    (tmp_path / "no-fix.yaml").write_text(
+        good.replace("virtlogd-not-running", "no-fix").split("fix:")[0] + "verify: [LIB003]\n"
+    )
+    (tmp_path / "bad-regex.yaml").write_text(
+        good.replace("virtlogd-not-running", "bad-regex") + "  - 'unclosed (group'\n"
+    )
+    (tmp_path / "wrong-name.yaml").write_text(good)
+    (tmp_path / "not-yaml.yaml").write_text("id: [unclosed\n")
+    (tmp_path / "unsafe.yaml").write_text(
+        good.replace("virtlogd-not-running", "unsafe").replace("safety: safe", "safety: yolo")
+    )
+    (tmp_path / "stray-brace.yaml").write_text(
+        good.replace("virtlogd-not-running", "stray-brace").replace("{message}", "{message} {")
+    )
+
+    loaded = playbooks.load(tmp_path)
+
+    assert list(loaded.items) == ["virtlogd-not-running"]
+    errors = {Path(e.file).name: e.message for e in loaded.errors}
+    assert set(errors) == {
+        "no-fix.yaml",
+        "bad-regex.yaml",
+        "wrong-name.yaml",
+        "not-yaml.yaml",
+        "unsafe.yaml",
+        "stray-brace.yaml",
+    }
+    assert "'fix' is a required property" in errors["no-fix.yaml"]
+    assert "signatures/1: not a valid regular expression" in errors["bad-regex.yaml"]
+    assert "differs from the file name 'wrong-name'" in errors["wrong-name.yaml"]
+    assert "fix/0/safety" in errors["unsafe.yaml"]
+    assert "a brace that is no placeholder" in errors["stray-brace.yaml"]
+
+
+def test_an_invalid_playbook_reaches_the_report_as_a_load_error(tmp_path: Path) -> None:
+    from doctor import rules
+
+    (tmp_path / "broken.yaml").write_text("id: broken\n")
+    book = playbooks.load(tmp_path)
+    error = rules.playbook_load_error(book.errors[0])
+    assert error.origin == f"playbook {tmp_path / 'broken.yaml'}"
+    assert "'title' is a required property" in error.message
+
+
+# --- coverage -------------------------------------------------------------------------------
+
+
+def test_every_registered_check_code_has_a_playbook(book: playbooks.Playbooks) -> None:
+    codes = [spec.code for spec in load_registry()]
+    assert codes, "no check registered"
+    assert playbooks.codes_without_playbook(codes, book) == []
+
+
+def test_every_playbook_names_only_registered_codes(book: playbooks.Playbooks) -> None:
+    known = {spec.code for spec in load_registry()}
+    for playbook in book:
+        named = {*playbook.codes, *playbook.explains, *playbook.verify}
+        assert named <= known, (playbook.id, sorted(named - known))
+
+
+# --- signatures -----------------------------------------------------------------------------
+
+
+def test_every_playbook_with_signatures_has_its_examples(book: playbooks.Playbooks) -> None:
+    with_signatures = {p.id for p in book if p.signatures}
+    assert set(SIGNATURE_EXAMPLES) == with_signatures
+
+
+@pytest.mark.parametrize(
+    ("playbook_id", "index"),
+    [(p, i) for p, examples in SIGNATURE_EXAMPLES.items() for i in range(len(examples))],
+)
+def test_each_signature_recognises_its_real_message(
+    book: playbooks.Playbooks, playbook_id: str, index: int
+) -> None:
+    playbook = book.get(playbook_id)
+    assert playbook is not None
+    assert len(SIGNATURE_EXAMPLES[playbook_id]) == len(playbook.signatures)
+    message = SIGNATURE_EXAMPLES[playbook_id][index]
+    signature = playbook.signatures[index]
+    assert any(signature.search(line) for line in message_lines(message)), signature.pattern
+    assert playbook_id in [m.playbook.id for m in book.match_text(message)]
+
+
+@pytest.mark.parametrize(("message", "playbook_id"), FIELD_NOTES, ids=lambda v: v[:50])
+def test_explain_finds_the_field_notes_playbook(
+    book: playbooks.Playbooks, message: str, playbook_id: str
+) -> None:
+    assert playbook_id in [m.playbook.id for m in book.match_text(message)]
+
+
+def test_the_field_notes_messages_are_quoted_verbatim() -> None:
+    require(REFERENCE.is_dir(), f"the field notes at {REFERENCE}")
+    notes = "\n".join(p.read_text(encoding="utf-8") for p in REFERENCE.glob("*.txt"))
+    lowered = notes.lower()
+    for message, _ in FIELD_NOTES:
+        assert message.lower() in lowered, message
+
+
+def test_a_message_unlike_any_signature_matches_nothing(book: playbooks.Playbooks) -> None:
+    assert book.match_text("Domain web1 started\nerror: the weather is fine") == []
+
+
+# --- normalising pasted text ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "error: Failed to start domain 'web1'",
+            "Failed to start domain 'web1'",
+        ),
+        (
+            "libvirt.libvirtError: internal error: Failed to reserve port 5900",
+            "Failed to reserve port 5900",
+        ),
+        (
+            "2026-11-26 07:24:21.858+0000: 7722: error : virQEMUCapsNewForBinaryInternal:5859 : "
+            "Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory",
+            "Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory",
+        ),
+        (
+            "2026-11-26T07:27:48+0000 kvm1 libvirtd[7719]: error: Failed to connect socket",
+            "Failed to connect socket",
+        ),
+        (
+            "Nov 26 07:27:48 kvm1 libvirtd[7719]: internal error: Failed to reserve port 5977",
+            "Failed to reserve port 5977",
+        ),
+        (
+            "2026-11-26T07:27:52.311823Z qemu-system-x86_64: -blockdev {}: Failed to get lock",
+            "-blockdev {}: Failed to get lock",
+        ),
+        ("[    1.028834] kvm: disabled by bios", "kvm: disabled by bios"),
+        (
+            "Cannot read CA certificate ‘/etc/pki/CA/cacert.pem’",
+            "Cannot read CA certificate '/etc/pki/CA/cacert.pem'",
+        ),
+    ],
+)
+def test_normalise_drops_what_differs_between_tools(raw: str, expected: str) -> None:
+    assert normalise(raw) == expected
+
+
+def test_a_literal_backslash_n_separates_lines() -> None:
+    text = "qemu unexpectedly closed the monitor: x\\nqemu-system-x86_64: failed to initialize KVM"
+    assert message_lines(text) == [
+        "qemu unexpectedly closed the monitor: x",
+        "failed to initialize KVM",
+    ]
+
+
+# --- placeholders ---------------------------------------------------------------------------
+
+
+def test_placeholders_fill_from_paths_indexes_and_defaults() -> None:
+    evidence = {"device": {"group": "kvm"}, "kernel_lines": ["a", "b"], "empty": None}
+
+    def resolve(name: str) -> str | None:
+        found, value = lookup(evidence, name)
+        return str(value) if found and value is not None else None
+
+    text, missing = fill(
+        "{device.group} {kernel_lines[-1]} {empty|none} {absent} {{literal}}", resolve
+    )
+    assert text == "kvm b none <absent> {literal}"
+    assert missing == ["absent"]
