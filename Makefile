@@ -29,6 +29,7 @@ lint:
 
 docs: setup
 	$(PY) -m doctor.docs docs/checks.md
+	$(PY) -m doctor.playbooks
 
 sample-reports: setup
 	$(PY) scripts/sample_reports.py

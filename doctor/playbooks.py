@@ -167,6 +167,32 @@ class Playbooks:
     def get(self, playbook_id: str) -> Optional[Playbook]:
         return self.items.get(playbook_id)
 
+    def _any_signature(self) -> re.Pattern[str]:
+        """All signatures as one pattern (named groups made plain), to pass over lines that
+        match none. Built once per set of playbooks."""
+        cached = self.__dict__.get("_combined")
+        if cached is None:
+            parts = [
+                re.sub(r"\(\?P<\w+>", "(?:", sig.pattern)
+                for book in self.items.values()
+                for sig in book.signatures
+            ]
+            flags = (
+                re.IGNORECASE
+                if any(
+                    sig.flags & re.IGNORECASE
+                    for book in self.items.values()
+                    for sig in book.signatures
+                )
+                else 0
+            )
+            try:
+                cached = re.compile("|".join(f"(?:{p})" for p in parts) or "(?!)", flags)
+            except re.error:  # a back-reference to a named group: no shortcut
+                cached = re.compile("")
+            self.__dict__["_combined"] = cached
+        return cached
+
     def for_code(self, code: str) -> list[Playbook]:
         """Playbooks revealed by findings of `code`, then those that only explain it."""
         code = code.upper()
@@ -185,6 +211,11 @@ class Playbooks:
     def match_line(self, line: str) -> list[TextMatch]:
         """The playbooks whose signature occurs in one normalised line, best first: the one
         whose signature covers more of the line, then the more specific playbook."""
+        if not self._any_signature().search(line):
+            return []  # one pass over the line instead of one per signature
+        seen: dict[str, list[TextMatch]] = self.__dict__.setdefault("_seen", {})
+        if line in seen:  # logs repeat the same error many times
+            return list(seen[line])
         out: list[TextMatch] = []
         for book in self:
             for signature in book.signatures:
@@ -194,7 +225,9 @@ class Playbooks:
                     out.append(TextMatch(book, line, hit.group(0), groups))
                     break
         out.sort(key=lambda m: (-len(m.matched), -m.playbook.specificity, m.playbook.id))
-        return out
+        if len(seen) < 10_000:
+            seen[line] = out
+        return list(out)
 
 
 # --- pasted text ----------------------------------------------------------------------------
@@ -402,8 +435,9 @@ def _texts(value: Any) -> Iterator[str]:
 
 
 def parse(data: Any, file: str, validator: Any) -> Playbook:
-    """A validated Playbook from the YAML data of `file`; PlaybookInvalid says what is wrong."""
-    problems = _schema_problems(validator, data)
+    """A validated Playbook from the YAML data of `file`; PlaybookInvalid says what is wrong.
+    `validator` None: the data comes from compiled.json, validated when it was compiled."""
+    problems = _schema_problems(validator, data) if validator is not None else []
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise PlaybookInvalid("; ".join(problems[:3]) + more)
@@ -441,18 +475,69 @@ def _shipped() -> Any:
     return resources.files("playbooks")
 
 
-def load(directory: Optional[Path] = None) -> Playbooks:
+COMPILED_NAME = "compiled.json"
+
+
+def _sources(base: Any) -> list[tuple[str, str]]:
+    """(file name, text) of every playbook in `base`, by name."""
+    entries = sorted((e for e in base.iterdir() if e.name.endswith(".yaml")), key=lambda e: e.name)
+    return [(e.name, e.read_text(encoding="utf-8")) for e in entries]
+
+
+def _digest(sources: list[tuple[str, str]], schema_text: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(schema_text.encode())
+    for name, text in sources:
+        digest.update(f"\0{name}\0".encode())
+        digest.update(text.encode())
+    return digest.hexdigest()
+
+
+def compile_shipped() -> dict[str, Any]:
+    """The shipped playbooks parsed and validated, as playbooks/compiled.json holds them: what
+    a run loads instead of parsing YAML and validating every file against the schema again
+    (`make docs` writes it; tests/test_playbooks.py fails when it is stale)."""
+    base = _shipped()
+    schema_text = (base / SCHEMA_NAME).read_text(encoding="utf-8")
+    sources = _sources(base)
+    book = load()
+    if book.errors:
+        raise PlaybookInvalid("; ".join(f"{e.file}: {e.message}" for e in book.errors))
+    return {
+        "digest": _digest(sources, schema_text),
+        "playbooks": {name: _yaml_load(text) for name, text in sources},
+    }
+
+
+def _compiled(
+    base: Any, sources: list[tuple[str, str]], schema_text: str
+) -> Optional[dict[str, Any]]:
+    """The compiled data when it matches these exact sources and schema, else None."""
+    try:
+        compiled = json.loads((base / COMPILED_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(compiled, dict) or compiled.get("digest") != _digest(sources, schema_text):
+        return None
+    data = compiled.get("playbooks")
+    return data if isinstance(data, dict) else None
+
+
+def load(directory: Optional[Path] = None, *, use_compiled: bool = False) -> Playbooks:
     """Every playbook in `directory` (default: the shipped ones). Files that do not parse or
-    validate are listed in `errors` with their names; the others load."""
+    validate are listed in `errors` with their names; the others load. With `use_compiled`,
+    shipped playbooks come from compiled.json when it matches the YAML files exactly."""
     base: Any = directory if directory is not None else _shipped()
     schema_text = (_shipped() / SCHEMA_NAME).read_text(encoding="utf-8")
-    validator = _schema_validator(schema_text)
+    sources = _sources(base)
+    compiled = _compiled(base, sources, schema_text) if use_compiled else None
+    validator = None if compiled is not None else _schema_validator(schema_text)
     book = Playbooks()
-    entries = sorted((e for e in base.iterdir() if e.name.endswith(".yaml")), key=lambda e: e.name)
-    for entry in entries:
-        label = f"playbooks/{entry.name}" if directory is None else str(entry)
+    for name, text in sources:
+        label = f"playbooks/{name}" if directory is None else str(Path(str(base)) / name)
         try:
-            data = _yaml_load(entry.read_text(encoding="utf-8"))
+            data = compiled[name] if compiled is not None else _yaml_load(text)
             playbook = parse(data, label, validator)
         except PlaybookInvalid as exc:
             book.errors.append(PlaybookError(label, str(exc)))
@@ -470,8 +555,18 @@ def load(directory: Optional[Path] = None) -> Playbooks:
 
 @lru_cache(maxsize=1)
 def shipped() -> Playbooks:
-    """The playbooks kvmdoctor ships, loaded once per process."""
-    return load()
+    """The playbooks kvmdoctor ships, loaded once per process (from compiled.json when it is
+    current, else parsed and validated)."""
+    return load(use_compiled=True)
+
+
+if __name__ == "__main__":  # python -m doctor.playbooks: write playbooks/compiled.json
+    import sys
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(str(_shipped() / COMPILED_NAME))
+    target.write_text(
+        json.dumps(compile_shipped(), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
 
 
 def codes_without_playbook(codes: Iterable[str], book: Playbooks) -> list[str]:

@@ -556,3 +556,18 @@ def test_placeholders_fill_from_paths_indexes_and_defaults() -> None:
     )
     assert text == "kvm b none <absent> {literal}"
     assert missing == ["absent"]
+
+
+def test_compiled_playbooks_are_current_and_load_like_the_yaml() -> None:
+    """playbooks/compiled.json (what a run loads) holds exactly today's YAML: `make docs`."""
+    import json
+
+    from doctor.playbooks import COMPILED_NAME, compile_shipped, load
+
+    from kdtest import ROOT
+
+    written = json.loads((ROOT / "playbooks" / COMPILED_NAME).read_text())
+    assert written == json.loads(json.dumps(compile_shipped())), "stale: run make docs"
+    fast, slow = load(use_compiled=True), load()
+    assert list(fast.items) == list(slow.items)
+    assert [p.signatures for p in fast] == [p.signatures for p in slow]
