@@ -462,7 +462,7 @@ def test_help_loads_neither_yaml_nor_jsonschema() -> None:
 def test_only_apply_loads_the_module_that_changes_the_host(broken: Path) -> None:
     code, modules = loaded_by("fix", "--snapshot", str(broken))
     assert code == 0
-    assert {"yaml", "jsonschema", "doctor.playbooks"} <= modules
-    assert "doctor.repair" not in modules
+    assert "doctor.playbooks" in modules  # the plan came from the playbooks...
+    assert "doctor.repair" not in modules  # ...and nothing that changes the host was loaded
     _, explained = loaded_by("explain", "kvm: disabled by bios")
     assert "doctor.repair" not in explained
