@@ -11,6 +11,7 @@ from doctor.facts.tls import HostClock, iso_time
 from doctor.model import Finding
 from doctor.playbooks import normalise, shipped
 from doctor.registry import check
+from doctor.sources.redact import scrub_log_line
 
 RECENT_DAYS = 7
 MAX_LINE = 400
@@ -85,12 +86,12 @@ def known_error_in_logs(
                     best.codes,
                     tuple(m.playbook.id for m in matches[1:]),
                     log.origin,
-                    raw.strip()[:MAX_LINE],
+                    scrub_log_line(raw.strip())[:MAX_LINE],
                     stamp,
                 )
             else:
                 hit.count += 1
-                hit.line, hit.time = raw.strip()[:MAX_LINE], stamp
+                hit.line, hit.time = scrub_log_line(raw.strip())[:MAX_LINE], stamp
     examined = libvirt_logs.as_dict()
     if not hits:
         older = f"; {old} older than {RECENT_DAYS} days not counted" if old else ""

@@ -49,7 +49,6 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Failed to create file '/var/lib/libvirt/qemu/nvram/web1_VARS.fd.new': No such file or "
         "directory",
     ],
-    "duplicate-mac": ["XML error: unable to parse mac address 'aa:ss:bb:ff:ee:mm'"],
     "firewall-tools-missing-iptables": [
         "internal error: Failed to apply firewall rules /sbin/ebtables is not available",
         "direct firewall backed requested, but /sbin/ebtables is not avaliable: No such file or "

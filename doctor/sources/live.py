@@ -183,7 +183,12 @@ class LiveSource:
     ) -> bytes:
         real = self._real(path)
         try:
-            with open(real, "rb", buffering=0) as handle:
+            # O_NONBLOCK: opening a FIFO (a tree can hold one anywhere) must not wait for a
+            # writer; anything but a regular file is refused before a read could block.
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb", buffering=0) as handle:
+                if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                    raise Unavailable(path, "not a regular file; not read")
                 if not tail:
                     return _read_head(handle, max_bytes)
                 return _read_tail(handle, max_bytes)

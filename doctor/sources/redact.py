@@ -40,7 +40,7 @@ _PEM_PRIVATE_KEY = re.compile(
 
 # Domain XML as libvirt stores it (/etc/libvirt/qemu/*.xml, status files under /run): graphics
 # passwords are attributes.
-_XML_PASSWD = re.compile(r"""\b(passwd|password)=(["'])(.*?)\2""")
+_XML_PASSWD = re.compile(r"""\b(passwd|password)\s*=\s*(["'])(.*?)\2""")
 
 
 def scrub(path: str, data: bytes) -> tuple[bytes, list[str]]:
@@ -62,6 +62,12 @@ _LOG_SECRET = re.compile(
     r"""(?P<key>\b(?:password|passwd|secret|data)\b)(?P<sep>=|"\s*:\s*")(?P<value>[^,\s"']+)""",
     re.IGNORECASE,
 )
+
+
+def scrub_log_line(line: str) -> str:
+    """A log line as it may appear in a finding: QEMU command-line secrets blanked."""
+    data, _ = _scrub_log(line.encode("utf-8", "surrogateescape"))
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _scrub_log(data: bytes) -> tuple[bytes, list[str]]:

@@ -43,7 +43,7 @@ from doctor.sources.base import (
     Uname,
     Unavailable,
 )
-from doctor.sources.redact import never_recorded, scrub
+from doctor.sources.redact import never_recorded, scrub, scrub_log_line
 
 FORMAT = "kvmdoctor-snapshot"
 FORMAT_VERSION = 1
@@ -186,9 +186,13 @@ class RecordingSource:
     def processes(self) -> list[ProcessInfo]:
         def store(procs: list[ProcessInfo], entry: dict[str, Any]) -> None:
             entry["data"] = "processes.json"
-            self.blobs[_key("processes")] = json.dumps(
-                [p.as_dict() for p in procs], indent=1
-            ).encode()
+            rows = []
+            for proc in procs:
+                row = proc.as_dict()
+                # A command line may carry a secret (QEMU's -spice password=...).
+                row["cmdline"] = [scrub_log_line(arg) for arg in row["cmdline"]]
+                rows.append(row)
+            self.blobs[_key("processes")] = json.dumps(rows, indent=1).encode()
 
         return self._record("processes", "", {}, self.inner.processes, store)
 

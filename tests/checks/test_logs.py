@@ -5,6 +5,8 @@ said when there is nothing to read."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 from doctor.facts.logs import DAEMON_LOGS, JOURNAL_ARGV, QEMU_LOG_DIR, line_time
@@ -111,3 +113,16 @@ def test_line_times_in_the_formats_libvirt_qemu_and_journalctl_write() -> None:
     assert line_time("2026-11-26T07:27:52.311823Z qemu-system-x86_64: x") == expected
     assert line_time("2026-11-26T08:27:52+0100 vm libvirtd[7719]: x") == expected
     assert line_time("qemu-system-x86_64: -blockdev ...") is None
+
+
+def test_log001_findings_never_carry_a_qemu_password(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "var/log/libvirt/qemu").mkdir(parents=True)
+    (tree / "var/log/libvirt/qemu/web1.log").write_text(
+        "2026-11-26T07:00:00.000000Z qemu-system-x86_64: -spice port=5900,password=kdsecret3: "
+        "Could not open '/var/lib/libvirt/images/web1.qcow2': Permission denied\n"
+    )
+    findings = run_checks(tree, select=("LOG001",))
+    text = json.dumps([f.as_dict() for f in findings["LOG001"]])
+    assert "kdsecret3" not in text
+    assert "Permission denied" in text  # the hit itself is still reported

@@ -467,3 +467,11 @@ def test_kvm_probe_as_a_user_outside_the_device_group_is_eacces(test_ids) -> Non
     if st.st_mode & 0o060:  # crw-rw---- root kvm: the device group is enough
         probe = as_user(lambda: LiveSource().kvm_probe(path), uid, st.st_gid, (st.st_gid,))
         assert (probe.opened, probe.vm_created) == (True, True)
+
+
+def test_a_fifo_in_a_tree_is_refused_instead_of_blocking_the_run(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc/libvirt").mkdir(parents=True)
+    os.mkfifo(tree / "etc/libvirt/qemu.conf")
+    with pytest.raises(Unavailable, match="not a regular file"):
+        LiveSource(str(tree)).read_file("/etc/libvirt/qemu.conf")

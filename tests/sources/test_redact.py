@@ -79,3 +79,12 @@ def test_qemu_log_command_lines_lose_their_passwords_and_secret_data() -> None:
     assert b"hunter22" not in data and b"c2VjcmV0" not in data and b"dG9wc2VjcmV0" not in data
     assert b"port=5901" in data and b"filename=/var/lib/libvirt/images/data=1.qcow2" in data
     assert keys == ["data", "password"]
+
+
+def test_xml_passwords_are_blanked_with_spaces_around_the_equals_sign() -> None:
+    xml = (
+        b"""<graphics type='vnc' passwd = "kdsecret1" port='5900'/><graphics passwd='kdsecret2'/>"""
+    )
+    data, keys = scrub("/etc/libvirt/qemu/web1.xml", xml)
+    assert b"kdsecret1" not in data and b"kdsecret2" not in data
+    assert keys == ["passwd", "passwd"]
