@@ -22,6 +22,14 @@ SCENARIOS = {
         "tests/fixtures/snapshots/host-kvm-pvm",
         "the lab machine: KVM usable without a vmx flag, /dev/vhost-net missing",
     ),
+    "libvirtd-stopped": (
+        "tests/fixtures/snapshots/libvirtd-stopped",
+        "the lab machine seen with libvirtd and virtlogd not running",
+    ),
+    "kvm-root-only": (
+        "tests/fixtures/snapshots/kvm-root-only",
+        "the lab machine seen with /dev/kvm as a fresh install leaves it: crw------- root root",
+    ),
 }
 
 
