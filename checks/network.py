@@ -1237,8 +1237,15 @@ def libvirt_network_inactive(domains: Domains, networks: Networks) -> Iterator[F
             else:
                 said = LIBVIRT_NET_INACTIVE.format(network=name)
                 auto = "autostart on" if net.autostart else "autostart off"
-                status: Status = "fail" if dom.active else "warn"
-                cut = "the running guest has lost it" if dom.active else "the domain will not start"
+                # A running guest has lost its network; an autostarted one will fail at boot.
+                status: Status = "fail" if dom.active or dom.autostart else "warn"
+                cut = (
+                    "the running guest has lost it"
+                    if dom.active
+                    else "the domain will not start (it is autostarted: at the next boot)"
+                    if dom.autostart
+                    else "the domain will not start"
+                )
                 results.append(
                     (
                         status,

@@ -91,3 +91,25 @@ class Facl:
             tag, qualifier, perms = line[len("default:") if default else 0 :].split(":")
             entries.append((tag, int(qualifier) if qualifier else None, perms))
         return entries
+
+
+def lines_executed(func: Any) -> int:
+    """How many Python lines `func()` executes: a measure of work that, unlike a clock, does
+    not depend on the machine or its load (tests assert growth with it, never durations)."""
+    import sys
+
+    count = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        func()
+    finally:
+        sys.settrace(previous)
+    return count

@@ -9,7 +9,7 @@ where it came from.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
@@ -123,6 +123,8 @@ class Domain:
     memory_unit: Optional[str] = None
     pci_devices: tuple[PciDevice, ...] = ()
     boot_orders: tuple[BootOrder, ...] = ()
+    # Started when the host boots (`virsh autostart`; /etc/libvirt/qemu/autostart/NAME.xml).
+    autostart: bool = False
 
     @property
     def subject(self) -> str:
@@ -482,9 +484,7 @@ def domains(ctx: FactContext) -> Domains:
         else:
             found = _from_libvirt(listed, uri.effective)
             if uri.parts.driver == "test" or uri.parts.remote:
-                from dataclasses import replace as _replace
-
-                found = _replace(found, local=False)
+                found = replace(found, local=False)
             return found
     return _from_files(ctx)
 
@@ -496,11 +496,10 @@ def _from_libvirt(listed: list[dict[str, Any]], uri: str) -> Domains:
         if not xml:
             continue
         try:
-            items.append(
-                parse_domain(
-                    xml, active=entry["active"], persistent=entry["persistent"], origin="libvirt"
-                )
+            dom = parse_domain(
+                xml, active=entry["active"], persistent=entry["persistent"], origin="libvirt"
             )
+            items.append(replace(dom, autostart=bool(entry.get("autostart"))))
         except (ET.ParseError, ValueError) as exc:
             problems.append(f"{entry.get('name')}: {exc}")
     return Domains(tuple(items), f"libvirt {uri}", tuple(problems))
@@ -526,6 +525,11 @@ def _from_files(ctx: FactContext) -> Domains:
             continue
         running[dom.name] = dom
     items = []
+    try:  # libvirt links each autostarted definition into autostart/
+        autostarted = {n[: -len(".xml")] for n in ctx.source.list_dir(f"{DEFINITIONS}/autostart")
+                       if n.endswith(".xml")}
+    except SourceError:
+        autostarted = set()
     for path in _xml_files(ctx, DEFINITIONS):
         try:
             dom = parse_domain(
@@ -536,10 +540,8 @@ def _from_files(ctx: FactContext) -> Domains:
             continue
         live = running.pop(dom.name, None)
         if live is not None:  # the live definition, marked persistent
-            from dataclasses import replace
-
             dom = replace(live, persistent=True)
-        items.append(dom)
+        items.append(replace(dom, autostart=dom.name in autostarted))
     items.extend(running.values())  # transient domains
     if not items and not problems and not _xml_files(ctx, DEFINITIONS):
         try:
