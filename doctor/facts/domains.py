@@ -526,8 +526,11 @@ def _from_files(ctx: FactContext) -> Domains:
         running[dom.name] = dom
     items = []
     try:  # libvirt links each autostarted definition into autostart/
-        autostarted = {n[: -len(".xml")] for n in ctx.source.list_dir(f"{DEFINITIONS}/autostart")
-                       if n.endswith(".xml")}
+        autostarted = {
+            n[: -len(".xml")]
+            for n in ctx.source.list_dir(f"{DEFINITIONS}/autostart")
+            if n.endswith(".xml")
+        }
     except SourceError:
         autostarted = set()
     for path in _xml_files(ctx, DEFINITIONS):
