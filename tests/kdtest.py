@@ -113,3 +113,23 @@ def lines_executed(func: Any) -> int:
     finally:
         sys.settrace(previous)
     return count
+
+
+# Real QEMU firmware descriptors (tests/fixtures/realdata/firmware): the name each has in a
+# distribution's /usr/share/qemu/firmware -> its fixture file.
+DEBIAN_X86 = {
+    "40-edk2-x86_64-secure-enrolled.json": "debian12-ovmf__40-edk2-x86_64-secure-enrolled.json",
+    "50-edk2-x86_64-secure.json": "debian12-ovmf__50-edk2-x86_64-secure.json",
+    "60-edk2-x86_64.json": "debian12-ovmf__60-edk2-x86_64.json",
+}
+
+DEBIAN_AARCH64 = {
+    "40-edk2-aarch64-secure-enrolled.json": "debian12-qemu-efi-aarch64__40-edk2-aarch64-secure-enrolled.json",
+    "50-edk2-aarch64-secure.json": "debian12-qemu-efi-aarch64__50-edk2-aarch64-secure.json",
+    "60-edk2-aarch64.json": "debian12-qemu-efi-aarch64__60-edk2-aarch64.json",
+}
+
+ARCH_X86 = {
+    "50-edk2-ovmf-x86_64-secure-4m.json": "archlinux-edk2-ovmf__50-edk2-ovmf-x86_64-secure-4m.json",
+    "70-edk2-ovmf-x86_64-csm-4m.json": "archlinux-edk2-ovmf__70-edk2-ovmf-x86_64-csm-4m.json",
+}

@@ -18,20 +18,21 @@ import pytest
 from doctor import playbooks, rules
 from doctor.model import Finding
 
+from kdhosts import (
+    BIN_DIRS,
+    FILE,
+    LIBVIRT,
+    RHEL_DOMAIN,
+    daemon_stopped,
+    image_under,
+    intel_bare_metal,
+    no_kvm_device,
+    with_domains,
+)
 from kdsnap import ALICE_IDENTITY, REALDATA_DMI, EditableSnapshot, realdata, run_checks
 
-INTEL_VMX = "cpuinfo/insights__intel-xeon-e5-2670_baremetal_vmx__cpu0.txt"
 VMWARE_GUEST = "cpuinfo/virt-what__vmware-esx4.1-guest_core2-e8400_no-vmx_no-hypervisor-flag.txt"
 DISABLED_BY_BIOS = "kernel-log/platform9-express-206__dmesg-grep-kvm__kvm-disabled-by-bios_and_no-hardware-support.txt"
-RHEL_DOMAIN = "domains/insights__etc-libvirt-qemu__i440fx_rhel7.4_virt-manager-persistent.xml"
-LIBVIRT = {"uri": None, "params": {}}
-NOT_RUNNING = {
-    "type": "libvirt-error",
-    "what": "connect to the default URI",
-    "message": "Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
-    "No such file or directory",
-    "details": {"code": 38, "code_name": "VIR_ERR_SYSTEM_ERROR", "domain": 7},
-}
 POLKIT = {
     "type": "libvirt-error",
     "what": "connect",
@@ -39,9 +40,6 @@ POLKIT = {
     "'org.libvirt.unix.manage'",
     "details": {"code": 49, "code_name": "VIR_ERR_AUTH_UNAVAILABLE", "domain": 46},
 }
-BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin")
-DIR = {"type": "dir", "uid": 0, "gid": 0, "rdev": None, "acl": []}
-FILE = {**DIR, "type": "file", "mode": 0o644}
 ACL_WITHOUT_QEMU = [
     {"tag": "user", "qualifier": None, "perms": "rw-"},
     {"tag": "user", "qualifier": 1500, "perms": "rw-"},
@@ -67,47 +65,6 @@ def domain_xml(
   </devices>
 </domain>
 """
-
-
-def with_domains(snap: EditableSnapshot, *xml: str, active: bool = False) -> EditableSnapshot:
-    items = [
-        {
-            "name": f"d{i}",
-            "uuid": None,
-            "id": None,
-            "state": "running" if active else "shutoff",
-            "active": active,
-            "persistent": True,
-            "autostart": False,
-            "xml": text,
-            "live_xml": None,
-        }
-        for i, text in enumerate(xml)
-    ]
-    return snap.set_value("libvirt", items, request="domains", **LIBVIRT)
-
-
-def no_kvm_device(snap: EditableSnapshot) -> EditableSnapshot:
-    return snap.missing("stat", path="/dev/kvm").drop("kvm_probe", path="/dev/kvm")
-
-
-def intel_bare_metal(snap: EditableSnapshot, log: str) -> EditableSnapshot:
-    snap.set_file("/proc/cpuinfo", realdata(INTEL_VMX))
-    snap.set_file(
-        "/proc/modules",
-        "kvm 1146880 0 - Live 0x0000000000000000\nirqbypass 16384 1 kvm, Live 0x0000000000000000\n",
-    )
-    snap.set_value("dir", ["kvm", "irqbypass", "tun"], path="/sys/module")
-    snap.drop("command", argv=["dmesg"]).set_file("/var/log/kern.log", log)
-    return snap
-
-
-def daemon_stopped(snap: EditableSnapshot) -> EditableSnapshot:
-    for path in ("/run/libvirt/libvirt-sock", "/run/libvirt/libvirt-sock-ro"):
-        snap.missing("stat", path=path)
-    rows = json.loads((snap.path / "processes.json").read_text())
-    snap.set_processes([r for r in rows if r["name"] != "libvirtd"])
-    return snap.set_error("libvirt", NOT_RUNNING, request="connect", **LIBVIRT)
 
 
 def alice_denied(snap: EditableSnapshot) -> EditableSnapshot:
@@ -188,9 +145,9 @@ DERIVED_CASES: dict[str, Host] = {
         _without(s, "ebtables"),
         None,
     ),
-    "image-directory-not-searchable": lambda s: (_image_under(s, 0o700), None),
+    "image-directory-not-searchable": lambda s: (image_under(s, 0o700), None),
     "disk-image-missing": lambda s: (
-        _image_under(s, 0o711).missing("stat", path="/root/images/rhel.qcow2"),
+        image_under(s, 0o711).missing("stat", path="/root/images/rhel.qcow2"),
         None,
     ),
     "ide-controller-limit": lambda s: (
@@ -358,7 +315,7 @@ DERIVED_CASES: dict[str, Host] = {
         None,
     ),
     "qemu-cannot-access-images": lambda s: (
-        _image_under(s, 0o711).set_file(
+        image_under(s, 0o711).set_file(
             "/etc/libvirt/qemu.conf",
             (s.path / "files/etc/libvirt/qemu.conf").read_text() + "\ndynamic_ownership = 0\n",
         ),
@@ -494,25 +451,6 @@ def _log(snap: EditableSnapshot, path: str, text: str) -> EditableSnapshot:
 def _without(snap: EditableSnapshot, tool: str) -> EditableSnapshot:
     for directory in BIN_DIRS:
         snap.missing("stat", path=f"{directory}/{tool}")
-    return snap
-
-
-def _image_under(snap: EditableSnapshot, directory_mode: int) -> EditableSnapshot:
-    xml = realdata(RHEL_DOMAIN).replace(
-        "/var/lib/libvirt/images/rhel-7.4-insights.qcow2", "/root/images/rhel.qcow2"
-    )
-    snap = with_domains(snap, xml)
-    snap.set_value("stat", {"path": "/", **DIR, "mode": 0o755}, path="/")
-    snap.set_value("stat", {"path": "/root", **DIR, "mode": directory_mode}, path="/root")
-    snap.set_value("stat", {"path": "/root/images", **DIR, "mode": 0o755}, path="/root/images")
-    snap.set_value(
-        "stat",
-        {"path": "/root/images/rhel.qcow2", **FILE, "mode": 0o600},
-        path="/root/images/rhel.qcow2",
-    )
-    snap.set_value(
-        "stat", {"path": "/usr/bin/qemu-kvm", **FILE, "mode": 0o755}, path="/usr/bin/qemu-kvm"
-    )
     return snap
 
 

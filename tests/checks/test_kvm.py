@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from kdhosts import intel_bare_metal, no_kvm_device
 from kdsnap import ALICE_IDENTITY, REALDATA_DMI, one, realdata, run_checks
 
-INTEL_VMX = "cpuinfo/insights__intel-xeon-e5-2670_baremetal_vmx__cpu0.txt"
 VMWARE_GUEST = "cpuinfo/virt-what__vmware-esx4.1-guest_core2-e8400_no-vmx_no-hypervisor-flag.txt"
 DISABLED_BY_BIOS = "kernel-log/platform9-express-206__dmesg-grep-kvm__kvm-disabled-by-bios_and_no-hardware-support.txt"
 FEAT_CTL = "kernel-log/notes-id60370478174__dmesg-grep-vmx__VMX-outside-TXT_and_kvm_intel-VMX-not-enabled-MSR_IA32_FEAT_CTL_i5-4460.txt"
@@ -40,22 +40,6 @@ def dmi(snap: Any, case: str) -> None:
     for name in ("sys_vendor", "product_name", "bios_vendor", "board_vendor"):
         if values.get(name):
             snap.set_file(f"/sys/class/dmi/id/{name}", values[name] + "\n")
-
-
-def no_kvm_device(snap: Any) -> Any:
-    """/dev/kvm absent: nothing to stat, nothing to open."""
-    return snap.missing("stat", path="/dev/kvm").drop("kvm_probe", path="/dev/kvm")
-
-
-def intel_bare_metal(snap: Any, log: str) -> Any:
-    snap.set_file("/proc/cpuinfo", realdata(INTEL_VMX))
-    snap.set_file(
-        "/proc/modules",
-        "kvm 1146880 0 - Live 0x0000000000000000\nirqbypass 16384 1 kvm, Live 0x0000000000000000\n",
-    )
-    snap.set_value("dir", ["kvm", "irqbypass", "tun"], path="/sys/module")
-    snap.drop("command", argv=["dmesg"]).set_file("/var/log/kern.log", log)
-    return snap
 
 
 @pytest.fixture(scope="module")

@@ -4,62 +4,19 @@ from tests/fixtures/realdata/domains)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kdhosts import LIBVIRT, RHEL_DOMAIN, daemon_stopped, image_under, with_domains
 from kdsnap import one, realdata, run_checks
 from kdtest import HOST_SNAPSHOT
-
-RHEL_DOMAIN = "domains/insights__etc-libvirt-qemu__i440fx_rhel7.4_virt-manager-persistent.xml"
-NOT_RUNNING = {
-    "type": "libvirt-error",
-    "what": "connect to the default URI",
-    "message": "Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
-    "No such file or directory",
-    "details": {
-        "code": 38,
-        "code_name": "VIR_ERR_SYSTEM_ERROR",
-        "domain": 7,
-        "domain_name": "VIR_FROM_RPC",
-        "level": 2,
-    },
-}
-LIBVIRT = {"uri": None, "params": {}}
 
 
 @pytest.fixture(scope="module")
 def host() -> dict[str, list[Any]]:
     return run_checks(HOST_SNAPSHOT)
-
-
-def daemon_stopped(snap: Any) -> Any:
-    """libvirtd installed but not running: no socket, no process, no connection."""
-    for path in ("/run/libvirt/libvirt-sock", "/run/libvirt/libvirt-sock-ro"):
-        snap.missing("stat", path=path)
-    rows = json.loads((snap.path / "processes.json").read_text())
-    snap.set_processes([r for r in rows if r["name"] != "libvirtd"])
-    return snap.set_error("libvirt", NOT_RUNNING, request="connect", **LIBVIRT)
-
-
-def with_domains(snap: Any, *xml: str, active: bool = False) -> Any:
-    items = [
-        {
-            "name": f"d{i}",
-            "uuid": None,
-            "id": None,
-            "state": "shutoff",
-            "active": active,
-            "persistent": True,
-            "autostart": False,
-            "xml": text,
-            "live_xml": None,
-        }
-        for i, text in enumerate(xml)
-    ]
-    return snap.set_value("libvirt", items, request="domains", **LIBVIRT)
 
 
 # --- LIB001 libvirt-socket-missing ---------------------------------------------------------
@@ -246,30 +203,6 @@ def test_lib006_follows_network_conf_to_the_nftables_backend(edit_snapshot: Any)
 
 
 # --- LIB007 qemu-cannot-access-images ------------------------------------------------------
-
-
-DIR = {"type": "dir", "uid": 0, "gid": 0, "rdev": None, "acl": []}
-
-
-def image_under(snap: Any, directory_mode: int) -> Any:
-    xml = realdata(RHEL_DOMAIN).replace(
-        "/var/lib/libvirt/images/rhel-7.4-insights.qcow2", "/root/images/rhel.qcow2"
-    )
-    snap = with_domains(snap, xml)
-    snap.set_value("stat", {"path": "/", **DIR, "mode": 0o755}, path="/")
-    snap.set_value("stat", {"path": "/root", **DIR, "mode": directory_mode}, path="/root")
-    snap.set_value("stat", {"path": "/root/images", **DIR, "mode": 0o755}, path="/root/images")
-    snap.set_value(
-        "stat",
-        {"path": "/root/images/rhel.qcow2", **DIR, "type": "file", "mode": 0o600},
-        path="/root/images/rhel.qcow2",
-    )
-    snap.set_value(
-        "stat",
-        {"path": "/usr/bin/qemu-kvm", **DIR, "type": "file", "mode": 0o755},
-        path="/usr/bin/qemu-kvm",
-    )
-    return snap
 
 
 def test_lib007_passes_when_the_directories_let_qemu_through(edit_snapshot: Any) -> None:

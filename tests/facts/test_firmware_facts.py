@@ -36,27 +36,13 @@ from doctor.facts.firmware import (
 from doctor.sources.live import LiveSource
 
 from kdsnap import ALICE_IDENTITY
-from kdtest import REALDATA, require
+from kdtest import ARCH_X86, DEBIAN_X86, REALDATA, require
 
 FIRMWARE = REALDATA / "firmware"
 LAB = FIRMWARE / "lab"
 OS_RELEASE = REALDATA / "os-release"
 CPUINFO = REALDATA / "cpuinfo"
 QEMU_CONF = Path(__file__).resolve().parent / "data/libvirt/qemu.conf"
-DEBIAN_X86 = {
-    "40-edk2-x86_64-secure-enrolled.json": "debian12-ovmf__40-edk2-x86_64-secure-enrolled.json",
-    "50-edk2-x86_64-secure.json": "debian12-ovmf__50-edk2-x86_64-secure.json",
-    "60-edk2-x86_64.json": "debian12-ovmf__60-edk2-x86_64.json",
-}
-DEBIAN_AARCH64 = {
-    "40-edk2-aarch64-secure-enrolled.json": "debian12-qemu-efi-aarch64__40-edk2-aarch64-secure-enrolled.json",
-    "50-edk2-aarch64-secure.json": "debian12-qemu-efi-aarch64__50-edk2-aarch64-secure.json",
-    "60-edk2-aarch64.json": "debian12-qemu-efi-aarch64__60-edk2-aarch64.json",
-}
-ARCH_X86 = {
-    "50-edk2-ovmf-x86_64-secure-4m.json": "archlinux-edk2-ovmf__50-edk2-ovmf-x86_64-secure-4m.json",
-    "70-edk2-ovmf-x86_64-csm-4m.json": "archlinux-edk2-ovmf__70-edk2-ovmf-x86_64-csm-4m.json",
-}
 INTEL_CPUINFO = "insights__intel-xeon-e5-2670_baremetal_vmx__cpu0.txt"
 ARM64_CPUINFO = "virt-what__gce-arm64-guest_neoverse-n1_aarch64.txt"
 ARCH_OS = "notes-id35122322576__archlinux-amd64-docker.txt"

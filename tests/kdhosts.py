@@ -1,0 +1,95 @@
+"""Hosts derived from the lab's recorded snapshot, shared by the check and rule tests: each
+function changes only the answers that make the host what its name says (tests/kdsnap.py)."""
+
+from __future__ import annotations
+
+import json
+
+from kdsnap import EditableSnapshot, realdata
+
+INTEL_VMX = "cpuinfo/insights__intel-xeon-e5-2670_baremetal_vmx__cpu0.txt"
+RHEL_DOMAIN = "domains/insights__etc-libvirt-qemu__i440fx_rhel7.4_virt-manager-persistent.xml"
+LIBVIRT = {"uri": None, "params": {}}  # the manifest keys of a default-URI libvirt answer
+# What libvirt-python raises when libvirtd's socket is gone (libvirt 9.0 wording).
+NOT_RUNNING = {
+    "type": "libvirt-error",
+    "what": "connect to the default URI",
+    "message": "Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
+    "No such file or directory",
+    "details": {
+        "code": 38,
+        "code_name": "VIR_ERR_SYSTEM_ERROR",
+        "domain": 7,
+        "domain_name": "VIR_FROM_RPC",
+        "level": 2,
+    },
+}
+BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin")
+DIR = {"type": "dir", "uid": 0, "gid": 0, "rdev": None, "acl": []}
+FILE = {**DIR, "type": "file", "mode": 0o644}
+
+
+def with_domains(snap: EditableSnapshot, *xml: str, active: bool = False) -> EditableSnapshot:
+    """libvirt answers with these domain definitions (named d0, d1, ... in the listing)."""
+    items = [
+        {
+            "name": f"d{i}",
+            "uuid": None,
+            "id": None,
+            "state": "running" if active else "shutoff",
+            "active": active,
+            "persistent": True,
+            "autostart": False,
+            "xml": text,
+            "live_xml": None,
+        }
+        for i, text in enumerate(xml)
+    ]
+    return snap.set_value("libvirt", items, request="domains", **LIBVIRT)
+
+
+def no_kvm_device(snap: EditableSnapshot) -> EditableSnapshot:
+    """/dev/kvm absent: nothing to stat, nothing to open."""
+    return snap.missing("stat", path="/dev/kvm").drop("kvm_probe", path="/dev/kvm")
+
+
+def intel_bare_metal(snap: EditableSnapshot, log: str) -> EditableSnapshot:
+    """A modular Intel host with VT-x, kvm loaded without kvm_intel, `log` as its kern.log."""
+    snap.set_file("/proc/cpuinfo", realdata(INTEL_VMX))
+    snap.set_file(
+        "/proc/modules",
+        "kvm 1146880 0 - Live 0x0000000000000000\nirqbypass 16384 1 kvm, Live 0x0000000000000000\n",
+    )
+    snap.set_value("dir", ["kvm", "irqbypass", "tun"], path="/sys/module")
+    snap.drop("command", argv=["dmesg"]).set_file("/var/log/kern.log", log)
+    return snap
+
+
+def daemon_stopped(snap: EditableSnapshot) -> EditableSnapshot:
+    """libvirtd installed but not running: no socket, no process, no connection."""
+    for path in ("/run/libvirt/libvirt-sock", "/run/libvirt/libvirt-sock-ro"):
+        snap.missing("stat", path=path)
+    rows = json.loads((snap.path / "processes.json").read_text())
+    snap.set_processes([r for r in rows if r["name"] != "libvirtd"])
+    return snap.set_error("libvirt", NOT_RUNNING, request="connect", **LIBVIRT)
+
+
+def image_under(snap: EditableSnapshot, directory_mode: int) -> EditableSnapshot:
+    """The RHEL 7 domain with its image at /root/images/rhel.qcow2 (0600), /root in
+    `directory_mode`, and the domain's emulator present."""
+    xml = realdata(RHEL_DOMAIN).replace(
+        "/var/lib/libvirt/images/rhel-7.4-insights.qcow2", "/root/images/rhel.qcow2"
+    )
+    snap = with_domains(snap, xml)
+    snap.set_value("stat", {"path": "/", **DIR, "mode": 0o755}, path="/")
+    snap.set_value("stat", {"path": "/root", **DIR, "mode": directory_mode}, path="/root")
+    snap.set_value("stat", {"path": "/root/images", **DIR, "mode": 0o755}, path="/root/images")
+    snap.set_value(
+        "stat",
+        {"path": "/root/images/rhel.qcow2", **FILE, "mode": 0o600},
+        path="/root/images/rhel.qcow2",
+    )
+    snap.set_value(
+        "stat", {"path": "/usr/bin/qemu-kvm", **FILE, "mode": 0o755}, path="/usr/bin/qemu-kvm"
+    )
+    return snap
