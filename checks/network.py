@@ -727,6 +727,24 @@ WAYS_OUT = (
 )
 
 
+def _macvtap_groups(
+    domains: Domains, networks: Optional[Networks], links: Links
+) -> list[tuple[Domain, list[tuple[GuestNic, str, Optional[Link], dict[str, Any]]]]]:
+    """Per domain with macvtap NICs: each (NIC, macvtap source device, the device's link or
+    None, the evidence NET006 and NET007 both start from)."""
+    nics = [n for n in guest_nics(domains, networks) if n.macvtap_devs]
+    groups = []
+    for group in _by_domain(nics).values():
+        uses = []
+        for nic in group:
+            for dev in nic.macvtap_devs:
+                link = links.get(dev)
+                evidence = {**nic.as_dict(), "device": link.summary() if link else None}
+                uses.append((nic, dev, link, evidence))
+        groups.append((group[0].domain, uses))
+    return groups
+
+
 @check(
     "NET006",
     "macvtap-host-isolation",
@@ -758,43 +776,39 @@ def macvtap_host_isolation(
     if domains is not None and not domains.local:
         yield _not_here(domains)
         return
-    nics = [n for n in guest_nics(domains, networks) if n.macvtap_devs]
-    for group in _by_domain(nics).values():
+    groups = _macvtap_groups(domains, networks, links)
+    for dom, uses in groups:
         results: list[tuple[Status, str, dict[str, Any]]] = []
-        for nic in group:
-            for dev in nic.macvtap_devs:
-                link = links.get(dev)
-                evidence = {**nic.as_dict(), "device": link.summary() if link else None}
-                if link is None:
-                    results.append(
-                        ("skip", f"{nic.label}: {dev} does not exist (see NET007)", evidence)
-                    )
-                    continue
-                addresses = link.host_addresses()
-                notes = []
-                status: Status = "pass"
-                if link.addresses is None:
-                    status = "skip"
-                    notes.append(f"the addresses of {dev} are not known ({links.origin})")
-                elif addresses:
-                    status = "warn"
-                    notes.append(
-                        f"{dev} carries the host's address {', '.join(addresses)}: by design "
-                        f"the guest and the host cannot reach each other over it (macvtap "
-                        f"mode {nic.macvtap_mode}); {WAYS_OUT}"
-                    )
-                if nic.macvtap_mode == "vepa":
-                    status = worst([status, "warn"])
-                    notes.append(
-                        f"VEPA mode sends guest-to-guest traffic out of {dev}: the switch port "
-                        "must hairpin (reflective relay), or use mode='bridge'"
-                    )
-                if not notes:
-                    notes.append(f"{dev} carries no host address; mode {nic.macvtap_mode}")
-                results.append((status, f"{nic.label}: " + "; ".join(notes), evidence))
-        dom = group[0].domain
+        for nic, dev, link, evidence in uses:
+            if link is None:
+                results.append(
+                    ("skip", f"{nic.label}: {dev} does not exist (see NET007)", evidence)
+                )
+                continue
+            addresses = link.host_addresses()
+            notes = []
+            status: Status = "pass"
+            if link.addresses is None:
+                status = "skip"
+                notes.append(f"the addresses of {dev} are not known ({links.origin})")
+            elif addresses:
+                status = "warn"
+                notes.append(
+                    f"{dev} carries the host's address {', '.join(addresses)}: by design "
+                    f"the guest and the host cannot reach each other over it (macvtap "
+                    f"mode {nic.macvtap_mode}); {WAYS_OUT}"
+                )
+            if nic.macvtap_mode == "vepa":
+                status = worst([status, "warn"])
+                notes.append(
+                    f"VEPA mode sends guest-to-guest traffic out of {dev}: the switch port "
+                    "must hairpin (reflective relay), or use mode='bridge'"
+                )
+            if not notes:
+                notes.append(f"{dev} carries no host address; mode {nic.macvtap_mode}")
+            results.append((status, f"{nic.label}: " + "; ".join(notes), evidence))
         yield _aggregate(dom, results, _domain_evidence(dom, links))
-    if not nics:
+    if not groups:
         yield Finding("pass", "no guest uses macvtap", evidence={"domains": domains.as_dict()})
 
 
@@ -825,37 +839,33 @@ def macvtap_on_enslaved_device(
     if domains is not None and not domains.local:
         yield _not_here(domains)
         return
-    nics = [n for n in guest_nics(domains, networks) if n.macvtap_devs]
-    for group in _by_domain(nics).values():
+    groups = _macvtap_groups(domains, networks, links)
+    for dom, uses in groups:
         results: list[tuple[Status, str, dict[str, Any]]] = []
-        for nic in group:
-            for dev in nic.macvtap_devs:
-                link = links.get(dev)
-                evidence = {**nic.as_dict(), "device": link.summary() if link else None}
-                if link is None:
-                    results.append(
-                        ("fail", f"{nic.label}: the macvtap device {dev} does not exist", evidence)
+        for nic, dev, link, evidence in uses:
+            if link is None:
+                results.append(
+                    ("fail", f"{nic.label}: the macvtap device {dev} does not exist", evidence)
+                )
+            elif link.master is not None:
+                what = link.slave_kind or "master"
+                use = (
+                    f"<interface type='bridge'><source bridge='{link.master}'/>"
+                    if what == "bridge"
+                    else f"<source dev='{link.master}' mode='bridge'/>"
+                )
+                results.append(
+                    (
+                        "fail",
+                        f"{nic.label}: {dev} is enslaved to {link.master} ({what}): "
+                        f'the macvtap cannot be created ("{MACVTAP_BUSY}"); use {use}',
+                        evidence,
                     )
-                elif link.master is not None:
-                    what = link.slave_kind or "master"
-                    use = (
-                        f"<interface type='bridge'><source bridge='{link.master}'/>"
-                        if what == "bridge"
-                        else f"<source dev='{link.master}' mode='bridge'/>"
-                    )
-                    results.append(
-                        (
-                            "fail",
-                            f"{nic.label}: {dev} is enslaved to {link.master} ({what}): "
-                            f'the macvtap cannot be created ("{MACVTAP_BUSY}"); use {use}',
-                            evidence,
-                        )
-                    )
-                else:
-                    results.append(("pass", f"{nic.label}: {dev} is not enslaved", evidence))
-        dom = group[0].domain
+                )
+            else:
+                results.append(("pass", f"{nic.label}: {dev} is not enslaved", evidence))
         yield _aggregate(dom, results, _domain_evidence(dom, links))
-    if not nics:
+    if not groups:
         yield Finding("pass", "no guest uses macvtap", evidence={"domains": domains.as_dict()})
 
 
