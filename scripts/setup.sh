@@ -67,15 +67,35 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   systemctl start virtlogd.socket libvirtd.socket libvirtd.service >/dev/null 2>&1 || true
 fi
 mkdir -p /var/log/libvirt /run/libvirt
-if ! [ -S /run/libvirt/virtlogd-sock ]; then
-  command -v virtlogd >/dev/null 2>&1 && { say "starting virtlogd"; virtlogd -d; }
-fi
-if ! [ -S /run/libvirt/libvirt-sock ]; then
-  if command -v libvirtd >/dev/null 2>&1; then
-    say "starting libvirtd"
-    libvirtd -d
-    for _ in $(seq 1 60); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.5; done
-    [ -S /run/libvirt/libvirt-sock ] || { say "libvirtd did not create its socket"; exit 1; }
+
+# A socket file proves nothing: /run outlives the daemons on machines like this one, so a
+# daemon counts as running only when its socket accepts a connection.
+answers() {
+  "$PYTHON" - "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(2)
+s.connect(sys.argv[1])
+PY
+}
+
+# start NAME SOCKET: start the daemon unless its socket answers; a socket nobody answers on is
+# left over from a daemon that is gone, and is removed first.
+start() {
+  local name=$1 sock=$2
+  answers "$sock" && return 0
+  command -v "$name" >/dev/null 2>&1 || { say "$name is not installed"; return 1; }
+  if [ -S "$sock" ]; then
+    say "removing $sock: nothing answers on it (left over from a $name that is gone)"
+    rm -f "$sock" "${sock%-sock}-sock-ro" "${sock%-sock}-admin-sock"
   fi
-fi
+  say "starting $name"
+  "$name" -d
+  for _ in $(seq 1 60); do answers "$sock" && return 0; sleep 0.5; done
+  say "$name did not answer on $sock within 30 s"
+  return 1
+}
+
+start virtlogd /run/libvirt/virtlogd-sock
+start libvirtd /run/libvirt/libvirt-sock
 exit 0
