@@ -486,6 +486,62 @@ def test_the_field_notes_messages_are_quoted_verbatim() -> None:
         assert message.lower() in lowered, message
 
 
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("Cannot find 'nft' in path", "Cannot find 'nft' in path"),
+        (
+            r"Unable to add bridge (?P<bridge>\S+) port (?P<iface>\S+): No such device",
+            "Unable to add bridge ",
+        ),
+        ('Failed to get (shared )?"write" lock', "Failed to get "),
+        (
+            r"Is another process using the image \[(?P<path>[^\]]+)\]",
+            "Is another process using the image [",
+        ),
+        ("colou?r mismatch", "r mismatch"),  # "u" may be absent, so it splits the text
+        (r"abc\d{2}defg", "defg"),  # a counted repeat is skipped, not read as text
+        ("abcd{0,3}efgh", "efgh"),
+        ("ab[cd]*efgh", "efgh"),  # a class and what it repeats are not text
+        ("ab+cdef", "cdef"),
+        ("vhost(-net)? is missing", " is missing"),  # nothing inside a group counts
+        ("Operation not permitted|Permission denied", ""),  # either may occur
+        (r"\d+ \S+", ""),
+        ("abc", ""),  # too short to be worth a test of its own
+    ],
+)
+def test_the_text_a_signature_requires(pattern: str, expected: str) -> None:
+    assert playbooks.required_text(pattern) == expected
+
+
+def _every_signature(book: playbooks.Playbooks, line: str) -> set[str]:
+    return {p.id for p in book for s in p.signatures if s.search(line)}
+
+
+def test_the_required_text_never_hides_a_match(book: playbooks.Playbooks) -> None:
+    """match_line tries a signature only on lines holding its required text: over every real
+    message here, the field notes and the kernel and libvirt logs among the real data, it finds
+    what searching every signature finds."""
+    texts = [m for examples in SIGNATURE_EXAMPLES.values() for m in examples]
+    texts += [m for m, _ in FIELD_NOTES]
+    realdata = ROOT / "tests" / "fixtures" / "realdata"
+    texts += [p.read_text(errors="replace") for p in sorted(realdata.rglob("*")) if p.is_file()]
+    lines = {line for text in texts for line in message_lines(text)}
+    matched = 0
+    for line in sorted(lines):
+        found = {m.playbook.id for m in book.match_line(line)}
+        assert found == _every_signature(book, line), line
+        matched += bool(found)
+    assert matched >= len(SIGNATURE_EXAMPLES)
+
+
+def test_every_shipped_signature_has_required_text(book: playbooks.Playbooks) -> None:
+    """Without it a signature is tried on every log line; keep signatures specific."""
+    for playbook in book:
+        for signature in playbook.signatures:
+            assert playbooks.required_text(signature.pattern), (playbook.id, signature.pattern)
+
+
 def test_a_message_unlike_any_signature_matches_nothing(book: playbooks.Playbooks) -> None:
     assert book.match_text("Domain web1 started\nerror: the weather is fine") == []
 
