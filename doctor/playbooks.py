@@ -243,11 +243,9 @@ def required_text(pattern: str, shortest: int = 4) -> str:
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
+            # an escaped punctuation character stands for itself; \d, \S, \b, \1 are not text
             nxt = pattern[i + 1 : i + 2]
-            if depth == 0 and nxt and not nxt.isalnum() and nxt not in " \t":
-                literal = nxt  # an escaped punctuation character stands for itself
-            else:
-                literal = ""  # \d, \S, \b, back-references, ...: not plain text
+            literal = nxt if nxt and not nxt.isalnum() and not nxt.isspace() else ""
             i += 2
         elif c == "[":  # a class: skip to its end
             close()
@@ -276,8 +274,6 @@ def required_text(pattern: str, shortest: int = 4) -> str:
             i += 1
             continue
         elif c in ".^$+" or c in _QUANTIFIERS:
-            if c in _QUANTIFIERS and depth == 0 and run:
-                run.pop()  # the character before may be absent
             close()
             repeat = _REPEAT.match(pattern, i) if c == "{" else None
             i = repeat.end() if repeat else i + 1
@@ -290,7 +286,7 @@ def required_text(pattern: str, shortest: int = 4) -> str:
         if not literal:
             close()
             continue
-        if pattern[i : i + 1] in tuple(_QUANTIFIERS):
+        if pattern[i : i + 1] and pattern[i] in _QUANTIFIERS:
             close()  # this character may be absent: it ends the run without joining it
             continue
         run.append(literal)
