@@ -96,17 +96,19 @@ def open_source(
     snapshot: Optional[str],
     connect_timeout: float = 10.0,
 ) -> Source:
-    from doctor.sources.base import SourceError
-    from doctor.sources.snapshot import SnapshotError
-    from doctor.sources.snapshot import open_source as _open
+    from doctor.sources import SourceError
+    from doctor.sources import open_source as _open
 
     if root is not None and snapshot is not None:
         raise UsageError("--root and --snapshot exclude each other")
+    refusals: tuple[type[Exception], ...] = (SourceError,)
+    if snapshot is not None:
+        from doctor.sources.snapshot import SnapshotError
+
+        refusals += (SnapshotError,)
     try:
         return _open(root=root, snapshot=snapshot, uri=uri, connect_timeout=connect_timeout)
-    except SnapshotError as exc:
-        raise UsageError(str(exc)) from None
-    except SourceError as exc:
+    except refusals as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 from doctor.sources.base import (
     AccessDenied,
     AclEntry,
@@ -21,6 +24,27 @@ from doctor.sources.base import (
     Unavailable,
 )
 
+
+def open_source(
+    *,
+    root: Optional[str] = None,
+    snapshot: Optional[str] = None,
+    uri: Optional[str] = None,
+    connect_timeout: float = 10.0,
+) -> Source:
+    """The source a command line asks for: a snapshot, a tree, or this host. Only the module
+    of the source chosen is imported (a live run does not load the snapshot reader)."""
+    if snapshot is not None:
+        from doctor.sources.snapshot import SnapshotSource
+
+        return SnapshotSource(snapshot)
+    from doctor.sources.live import LiveSource
+
+    if root is not None and not os.path.isdir(root):
+        raise NotFound(root, "--root must name a directory")
+    return LiveSource(root=root or "/", uri=uri, libvirt_timeout=connect_timeout)
+
+
 __all__ = [
     "AccessDenied",
     "AclEntry",
@@ -38,4 +62,5 @@ __all__ = [
     "TimedOut",
     "Uname",
     "Unavailable",
+    "open_source",
 ]

@@ -34,10 +34,8 @@ from doctor.sources.base import (
     Identity,
     KeyInfo,
     KvmProbe,
-    NotFound,
     PathEscapes,
     ProcessInfo,
-    Source,
     SourceError,
     StatInfo,
     Uname,
@@ -655,20 +653,3 @@ def _safe_extract(archive: str, dest: str) -> None:
                 continue
             with extracted, open(target, "wb") as out:
                 shutil.copyfileobj(extracted, out)
-
-
-def open_source(
-    *,
-    root: Optional[str] = None,
-    snapshot: Optional[str] = None,
-    uri: Optional[str] = None,
-    connect_timeout: float = 10.0,
-) -> Source:
-    """The source a command line asks for: a snapshot, a tree, or this host."""
-    from doctor.sources.live import LiveSource
-
-    if snapshot is not None:
-        return SnapshotSource(snapshot)
-    if root is not None and not os.path.isdir(root):
-        raise NotFound(root, "--root must name a directory")
-    return LiveSource(root=root or "/", uri=uri, libvirt_timeout=connect_timeout)

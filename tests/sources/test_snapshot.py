@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
+from doctor.sources import open_source
 from doctor.sources.base import NotFound, SourceError, StatInfo, Unavailable
 from doctor.sources.live import LiveSource
 from doctor.sources.snapshot import (
@@ -22,7 +23,6 @@ from doctor.sources.snapshot import (
     RecordingSource,
     SnapshotError,
     SnapshotSource,
-    open_source,
 )
 
 from kdtest import HOST_SNAPSHOT, REALDATA
