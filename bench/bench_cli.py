@@ -31,9 +31,15 @@ def commands() -> list[tuple[str, list[str]]]:
     kd = str(VENV / "kvmdoctor")
     cmds = [
         ("floor: python -c 'import typer'", [py, "-c", "import typer"]),
+        # What a full run cannot avoid: the libraries its checks and its text output use.
+        (
+            "libraries: python -c 'import typer, rich.console, libvirt, psutil, pyroute2'",
+            [py, "-c", "import typer, rich.console, libvirt, psutil, pyroute2"],
+        ),
         ("kvmdoctor --help", [kd, "--help"]),
         ("kvmdoctor run", [kd, "run"]),
         ("kvmdoctor run --format json", [kd, "run", "--format", "json"]),
+        ("kvmdoctor run --select KVM", [kd, "run", "--select", "KVM"]),
         ("kvmdoctor run --snapshot (lab host)", [kd, "run", "--snapshot", str(SNAPSHOT)]),
     ]
     validate = shutil.which("virt-host-validate")
