@@ -77,16 +77,20 @@ def libvirt_socket_missing(
     uri: LibvirtUri,
     libvirt_daemons: LibvirtDaemons,
     libvirt_socket: Optional[SocketChoice] = None,
+    libvirt_conn: Optional[Connection] = None,
 ) -> Iterator[Finding]:
     """What it checks: that the UNIX socket a local URI connects to exists, chosen as libvirt's
     client chooses it: the modular daemon's socket (virtqemud-sock) when it exists, else the
     monolithic libvirtd's (libvirt-sock), else the build's default. It says which daemon
     model is installed (monolithic libvirtd, modular virtqemud/virtnetworkd/virtstoraged, or
     none at all) and exactly what to start; on a modular host it also checks the network and
-    storage daemons' sockets that virsh and virt-manager use.
+    storage daemons' sockets that virsh and virt-manager use. A socket file that exists
+    while the connection to it is refused is a socket left behind by a daemon that is gone
+    (killed, crashed, or a /run that outlived it), and fails too.
 
     Why it matters: every client fails before doing anything: "Failed to connect socket to
-    '/var/run/libvirt/libvirt-sock': No such file or directory".
+    '/var/run/libvirt/libvirt-sock': No such file or directory", or "...: Connection refused"
+    where the file outlived its daemon (and looks fine to `ls`).
 
     How to fix: start the daemon the finding names (with systemd, enable its sockets:
     `systemctl enable --now libvirtd.socket`, or on a modular host
@@ -133,7 +137,16 @@ def libvirt_socket_missing(
         return
     daemon = state.daemons.get(choice.daemon)
     evidence["daemon"] = choice.daemon
-    if choice.exists:
+    if choice.exists and _refused(libvirt_conn):
+        assert libvirt_conn is not None
+        evidence["connection"] = libvirt_conn.as_dict()
+        yield Finding(
+            "fail",
+            _left_behind_message(choice, daemon, state),
+            subject=f"socket:{choice.path}",
+            evidence=evidence,
+        )
+    elif choice.exists:
         yield Finding(
             "pass",
             f"{choice.path} exists ({choice.daemon}, {state.model} daemons; {choice.why})",
@@ -186,6 +199,33 @@ def _missing_message(choice: SocketChoice, daemon: Optional[Daemon], state: Libv
     return (
         f"{choice.path} does not exist: {choice.daemon} is not running ({state.model} "
         f"daemons installed; {choice.why}); start it: {_start_hint(state, choice.daemon)}"
+    )
+
+
+def _refused(conn: Optional[Connection]) -> bool:
+    """The connection was refused: the socket file is there, nothing listens on it."""
+    return (
+        conn is not None
+        and not conn.ok
+        and conn.error_kind == "daemon-not-running"
+        and "connection refused" in (conn.error or "").lower()
+    )
+
+
+def _left_behind_message(
+    choice: SocketChoice, daemon: Optional[Daemon], state: LibvirtDaemons
+) -> str:
+    start = _start_hint(state, choice.daemon)
+    if daemon is not None and daemon.pids:
+        return (
+            f"{choice.path} exists but refuses connections although {choice.daemon} runs (pid "
+            f"{', '.join(map(str, daemon.pids))}): that daemon does not listen on it (still "
+            f"starting, or started with another socket directory); restart it: {start}"
+        )
+    return (
+        f"{choice.path} exists but nothing listens on it (connection refused): "
+        f"{choice.daemon} is not running and left its socket behind (it was killed or "
+        f"crashed, or /run outlived it); start it (it replaces the socket): {start}"
     )
 
 

@@ -24,6 +24,12 @@ NOT_RUNNING = {
         "level": 2,
     },
 }
+# ...and when the socket file is still there but nothing listens on it (libvirt 9.0, seen on
+# the lab after its libvirtd was killed with SIGKILL).
+REFUSED = {
+    **NOT_RUNNING,
+    "message": NOT_RUNNING["message"].replace("No such file or directory", "Connection refused"),
+}
 BIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin")
 DIR = {"type": "dir", "uid": 0, "gid": 0, "rdev": None, "acl": []}
 FILE = {**DIR, "type": "file", "mode": 0o644}
@@ -72,6 +78,13 @@ def daemon_stopped(snap: EditableSnapshot) -> EditableSnapshot:
     rows = json.loads((snap.path / "processes.json").read_text())
     snap.set_processes([r for r in rows if r["name"] != "libvirtd"])
     return snap.set_error("libvirt", NOT_RUNNING, request="connect", **LIBVIRT)
+
+
+def socket_left_behind(snap: EditableSnapshot) -> EditableSnapshot:
+    """libvirtd gone, its socket file left in /run/libvirt: the connection is refused."""
+    rows = json.loads((snap.path / "processes.json").read_text())
+    snap.set_processes([r for r in rows if r["name"] != "libvirtd"])
+    return snap.set_error("libvirt", REFUSED, request="connect", **LIBVIRT)
 
 
 def image_under(snap: EditableSnapshot, directory_mode: int) -> EditableSnapshot:

@@ -49,6 +49,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Optional, Union
 
+from kdtest import answers
+
 # Every lab directory (and so every lab daemon's pid file argument) carries this mark; the
 # session-end sweep finds lab daemons by it, and their owner by the lab's state/owner file.
 MARK = "kdlab-"
@@ -300,9 +302,9 @@ class LibvirtLab:
         self.daemons.append((pid, pidfile))
         sock = f"/proc/{pid}/root/run/libvirt/libvirt-sock"
         deadline = time.monotonic() + timeout
-        while not os.path.exists(sock):
+        while not answers(sock):  # a socket file may be left from a daemon killed before
             if _is_gone(pid) or time.monotonic() > deadline:
-                raise LabError(f"libvirtd {pid} did not create its socket: {done.stderr}{text}")
+                raise LabError(f"libvirtd {pid} did not answer on its socket: {done.stderr}{text}")
             time.sleep(0.05)
         return DaemonStart(True, pid, 0, done.stderr, text)
 

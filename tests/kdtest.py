@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -29,6 +30,18 @@ def require(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI machine must provide: {what}")
     pytest.skip(f"needs {what}")
+
+
+def answers(path: str) -> bool:
+    """Something accepts connections on the UNIX socket `path` (a socket file alone may be
+    left over from a daemon that is gone)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def kvm_device() -> str:

@@ -27,6 +27,7 @@ from kdhosts import (
     image_under,
     intel_bare_metal,
     no_kvm_device,
+    socket_left_behind,
     with_domains,
 )
 from kdsnap import ALICE_IDENTITY, REALDATA_DMI, EditableSnapshot, realdata, run_checks
@@ -820,3 +821,15 @@ def test_the_report_carries_diagnoses_and_explained_by(edit_snapshot: Any) -> No
     assert first["fix"][0]["params"]["without_systemd"] == ["libvirtd", "-d"]
     lib002 = next(c for c in report["checks"] if c["code"] == "LIB002")["findings"][0]
     assert lib002["explained_by"] == ["libvirtd-not-running"]
+
+
+def test_a_socket_left_behind_is_diagnosed_as_the_daemon_not_running(edit_snapshot: Any) -> None:
+    """LIB001 fails although the socket file exists; the diagnosis and its fix are those of a
+    stopped daemon (libvirtd replaces the stale file when it starts), and it explains LIB002."""
+    findings = run_checks(socket_left_behind(edit_snapshot()).save())
+    flat = [f for fs in findings.values() for f in fs]
+    diagnoses, _ = rules.diagnose(flat, playbooks.shipped())
+    assert [d.playbook.id for d in diagnoses][:1] == ["libvirtd-not-running"]
+    assert "nothing answers on its socket /run/libvirt/libvirt-sock" in diagnoses[0].cause
+    assert "left its socket behind" in diagnoses[0].cause
+    assert "LIB002" in [f.code for f in diagnoses[0].explains]

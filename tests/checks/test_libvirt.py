@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from kdhosts import LIBVIRT, RHEL_DOMAIN, daemon_stopped, image_under, with_domains
+from kdhosts import (
+    LIBVIRT,
+    REFUSED,
+    RHEL_DOMAIN,
+    daemon_stopped,
+    image_under,
+    socket_left_behind,
+    with_domains,
+)
 from kdsnap import one, realdata, run_checks
 from kdtest import HOST_SNAPSHOT
 
@@ -34,6 +42,26 @@ def test_lib001_names_the_daemon_and_how_to_start_it_when_it_is_down(edit_snapsh
     assert finding.status == "fail"
     assert "/run/libvirt/libvirt-sock does not exist: libvirtd is not running" in finding.message
     assert "libvirtd -d" in finding.message  # no systemd on the lab host
+
+
+def test_lib001_fails_a_socket_left_behind_by_a_daemon_that_is_gone(edit_snapshot: Any) -> None:
+    findings = run_checks(socket_left_behind(edit_snapshot()).save())
+    finding = one(findings, "LIB001")
+    assert finding.status == "fail"
+    assert finding.subject == "socket:/run/libvirt/libvirt-sock"
+    assert "exists but nothing listens on it (connection refused)" in finding.message
+    assert "libvirtd is not running and left its socket behind" in finding.message
+    assert "libvirtd -d" in finding.message
+    assert "Connection refused" in finding.evidence["connection"]["error"]
+    assert one(findings, "LIB002").evidence["error_kind"] == "daemon-not-running"
+
+
+def test_lib001_tells_a_refusing_socket_apart_from_a_daemon_that_runs(edit_snapshot: Any) -> None:
+    snap = edit_snapshot().set_error("libvirt", REFUSED, request="connect", **LIBVIRT)
+    finding = one(run_checks(snap.save()), "LIB001")
+    assert finding.status == "fail"
+    assert "refuses connections although libvirtd runs (pid" in finding.message
+    assert "does not listen on it" in finding.message
 
 
 def test_lib001_says_when_no_daemon_is_installed_at_all(edit_snapshot: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from kdsnap import one, run_checks
-from kdtest import kvm_device, require
+from kdtest import answers, kvm_device, require
 
 pytestmark = pytest.mark.integration
 URI = "qemu:///system"
@@ -96,7 +96,7 @@ class Lab:
 @pytest.fixture(scope="module")
 def daemon() -> None:
     require(os.geteuid() == 0, "root")
-    require(os.path.exists(SOCKET), f"libvirtd listening on {SOCKET} (make setup-lab starts it)")
+    require(answers(SOCKET), f"libvirtd answering on {SOCKET} (make setup-lab starts it)")
     require(shutil.which("virsh") is not None, "virsh (libvirt-clients)")
     require(shutil.which("qemu-img") is not None, "qemu-img (qemu-utils)")
     kvm_device()

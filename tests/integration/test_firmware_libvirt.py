@@ -24,7 +24,7 @@ import pytest
 from doctor.facts.firmware import parse_descriptor, parse_domcaps_firmware
 
 from kdsnap import one, run_checks
-from kdtest import ROOT, kvm_device, require
+from kdtest import ROOT, answers, kvm_device, require
 
 pytestmark = pytest.mark.integration
 SOCKET = "/run/libvirt/libvirt-sock"
@@ -36,7 +36,7 @@ NVRAM = Path("/var/lib/libvirt/qemu/nvram")
 @pytest.fixture(scope="module")
 def lab() -> None:
     require(os.geteuid() == 0, "root")
-    require(os.path.exists(SOCKET), f"libvirtd listening on {SOCKET} (make setup-lab starts it)")
+    require(answers(SOCKET), f"libvirtd answering on {SOCKET} (make setup-lab starts it)")
     require(shutil.which("virsh") is not None, "virsh (libvirt-clients)")
     require(
         (FIRMWARE_DIR / "60-edk2-x86_64.json").exists(), "Debian's ovmf package (shared/LAB.md)"

@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kdtest import ROOT, require
+from kdlab import LibvirtLab
+from kdtest import ROOT, answers, require
 
 pytestmark = pytest.mark.integration
 SOCKET = "/run/libvirt/libvirt-sock"
@@ -25,7 +28,7 @@ SOCKET = "/run/libvirt/libvirt-sock"
 @pytest.fixture(scope="module")
 def lab() -> None:
     require(os.geteuid() == 0, "root")
-    require(os.path.exists(SOCKET), f"libvirtd listening on {SOCKET} (make setup-lab starts it)")
+    require(answers(SOCKET), f"libvirtd answering on {SOCKET} (make setup-lab starts it)")
     require(shutil.which("unshare") is not None, "unshare (util-linux)")
 
 
@@ -99,6 +102,66 @@ def test_a_running_daemon_whose_socket_is_gone_is_told_apart(lab: None) -> None:
     assert lib001["status"] == "fail"
     assert "although libvirtd runs" in lib001["message"]
     assert "its socket was removed" in lib001["message"]
+
+
+def test_a_socket_left_by_a_killed_libvirtd_fails_lib001_and_starting_libvirtd_cures_it(
+    lab: None, tmp_path: Path
+) -> None:
+    """A second libvirtd in a private mount namespace, killed with SIGKILL: its socket file
+    stays in /run/libvirt and virsh gets "Connection refused". kvmdoctor, run there with the
+    host's processes hidden, fails LIB001 (the file exists, nothing listens) and diagnoses a
+    stopped libvirtd; starting libvirtd again replaces the file, as the fix says."""
+    with LibvirtLab(tmp_path) as libvirt_lab:
+        started = libvirt_lab.start_libvirtd()
+        assert started.ok and started.pid, started.errors
+        os.kill(started.pid, signal.SIGKILL)
+        _wait_gone(started.pid)
+        assert libvirt_lab.run(["test", "-S", SOCKET]).returncode == 0  # the file is still there
+        refused = libvirt_lab.run(["virsh", "-c", "qemu:///system", "version"])
+        assert "Connection refused" in refused.stderr, refused.stderr
+
+        report = _kvmdoctor_hiding_processes(libvirt_lab)
+        (lib001,) = by_code(report, "LIB001")
+        assert lib001["status"] == "fail"
+        assert "exists but nothing listens on it" in lib001["message"]
+        assert "libvirtd is not running and left its socket behind" in lib001["message"]
+        assert report["diagnoses"][0]["playbook"] == "libvirtd-not-running"
+        # virsh's own words lead to the same playbook:
+        line = next(x for x in refused.stderr.splitlines() if "Connection refused" in x)
+        explained = libvirt_lab.run([sys.executable, "-m", "doctor", "explain", line], cwd=ROOT)
+        assert "libvirtd-not-running" in explained.stdout, explained.stdout + explained.stderr
+
+        again = libvirt_lab.start_libvirtd()
+        assert again.ok, again.errors
+        (lib001,) = by_code(_kvmdoctor_hiding_processes(libvirt_lab), "LIB001")
+        assert lib001["status"] == "pass", lib001["message"]
+
+
+def _wait_gone(pid: int, timeout: float = 15) -> None:
+    """Until `pid` has exited (a zombie holds no socket)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(") ", 1)[1].startswith("Z"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} did not exit within {timeout} s")
+
+
+def _kvmdoctor_hiding_processes(libvirt_lab: LibvirtLab) -> dict[str, Any]:
+    done = libvirt_lab.run(
+        [
+            "unshare", "--pid", "--fork", "--mount-proc",
+            sys.executable, "-m", "doctor", "run", "--select", "LIB001,LIB002", "--format", "json",
+        ],
+        cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
 
 
 SILENT = textwrap.dedent("""
