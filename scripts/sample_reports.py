@@ -26,6 +26,10 @@ SCENARIOS = {
         "tests/fixtures/snapshots/libvirtd-stopped",
         "the lab machine seen with libvirtd and virtlogd not running",
     ),
+    "libvirtd-killed": (
+        "tests/fixtures/snapshots/libvirtd-killed",
+        "the lab machine seen after libvirtd was killed: its socket file left, connections refused",
+    ),
     "kvm-root-only": (
         "tests/fixtures/snapshots/kvm-root-only",
         "the lab machine seen with /dev/kvm as a fresh install leaves it: crw------- root root",
