@@ -3,6 +3,7 @@ URI, the network driver's firewall tools, and whether QEMU may read domains' ima
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Optional
 
@@ -137,9 +138,17 @@ def libvirt_socket_missing(
         return
     daemon = state.daemons.get(choice.daemon)
     evidence["daemon"] = choice.daemon
-    if choice.exists and _refused(libvirt_conn):
-        assert libvirt_conn is not None
-        evidence["connection"] = libvirt_conn.as_dict()
+    # A session daemon is started again by the client when its socket refuses: not stale.
+    refused = (
+        libvirt_conn
+        if libvirt_conn is not None
+        and choice.exists
+        and not uri.session
+        and _refused_at(libvirt_conn, choice.path)
+        else None
+    )
+    if refused is not None:
+        evidence["connection"] = refused.as_dict()
         yield Finding(
             "fail",
             _left_behind_message(choice, daemon, state),
@@ -202,14 +211,20 @@ def _missing_message(choice: SocketChoice, daemon: Optional[Daemon], state: Libv
     )
 
 
-def _refused(conn: Optional[Connection]) -> bool:
-    """The connection was refused: the socket file is there, nothing listens on it."""
-    return (
-        conn is not None
-        and not conn.ok
-        and conn.error_kind == "daemon-not-running"
-        and "connection refused" in (conn.error or "").lower()
-    )
+_REFUSED = re.compile(r"Failed to connect socket to '([^']+)': Connection refused", re.IGNORECASE)
+
+
+def _refused_at(conn: Connection, path: str) -> bool:
+    """The connection to the socket `path` was refused: the file is there, nobody listens."""
+    if conn.ok or conn.error_kind != "daemon-not-running":
+        return False
+    found = _REFUSED.search(conn.error or "")
+    return found is not None and _run_path(found.group(1)) == _run_path(path)
+
+
+def _run_path(path: str) -> str:
+    """/var/run is /run on every current distribution; libvirt names either."""
+    return "/run/" + path[len("/var/run/") :] if path.startswith("/var/run/") else path
 
 
 def _left_behind_message(

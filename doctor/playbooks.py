@@ -175,7 +175,7 @@ class Playbooks:
         cached = self.__dict__.get("_index_cache")
         if cached is None:
             cached = [
-                (book, [(required_text(sig.pattern).lower(), sig) for sig in book.signatures])
+                (book, [(_ascii_needle(sig.pattern), sig) for sig in book.signatures])
                 for book in self
             ]
             self.__dict__["_index_cache"] = cached
@@ -202,11 +202,13 @@ class Playbooks:
         seen: dict[str, list[TextMatch]] = self.__dict__.setdefault("_seen", {})
         if line in seen:  # logs repeat the same lines many times
             return list(seen[line])
-        lower = line.lower()
+        # Case-insensitive matching folds some non-ASCII letters onto ASCII ones (ſ and s,
+        # K and k); str.lower() does not, so only an ASCII line is filtered.
+        lower = line.lower() if line.isascii() else ""
         out: list[TextMatch] = []
         for book, signatures in self._index():
             for needle, signature in signatures:
-                if needle not in lower:
+                if lower and needle not in lower:
                     continue
                 hit = signature.search(line)
                 if hit:
@@ -219,16 +221,48 @@ class Playbooks:
         return list(out)
 
 
+def _ascii_needle(pattern: str) -> str:
+    """The text a signature requires, lower-cased, when it is ASCII (else "": always tried)."""
+    needle = required_text(pattern).lower()
+    return needle if needle.isascii() else ""
+
+
 _QUANTIFIERS = "*?{"
 _REPEAT = re.compile(r"\{\d*(?:,\d*)?\}")
+
+
+def _escape_end(pattern: str, i: int) -> int:
+    """Where the escape starting with the backslash at `i` ends."""
+    kind = pattern[i + 1 : i + 2]
+    if kind == "x":
+        return i + 4
+    if kind == "u":
+        return i + 6
+    if kind == "U":
+        return i + 10
+    if kind == "N":
+        close = pattern.find("}", i)
+        return close + 1 if close > 0 else len(pattern)
+    if kind.isdigit():  # a group reference or an octal escape: up to three digits
+        end = i + 2
+        while end < min(i + 4, len(pattern)) and pattern[end].isdigit():
+            end += 1
+        return end
+    return i + 2
 
 
 def required_text(pattern: str, shortest: int = 4) -> str:
     """The longest run of plain characters that every match of `pattern` contains, or "" when
     there is none of at least `shortest` characters to be sure of. Only the pattern's top level
     is read (what is inside groups and classes may be optional or repeated), and a pattern with
-    a top-level `|` has none. A character followed by `*`, `?` or `{` may be absent, so it ends
-    the run without joining it; `+` ends the run after it."""
+    a top-level `|` has none, nor has a verbose one (`(?x)`, where spaces are not text). A
+    character followed by `*`, `?` or `{` may be absent, so it ends the run without joining it;
+    `+` ends the run after it."""
+    try:
+        if re.compile(pattern).flags & re.VERBOSE:
+            return ""
+    except re.error:
+        return ""
     best = ""
     run: list[str] = []
     depth = 0
@@ -243,10 +277,12 @@ def required_text(pattern: str, shortest: int = 4) -> str:
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
-            # an escaped punctuation character stands for itself; \d, \S, \b, \1 are not text
+            # an escaped punctuation character stands for itself; a letter or digit after the
+            # backslash makes a class, an anchor, a reference or a character given by its
+            # number or name (\x41, \u0041, \N{...}, \101): none of them plain text
             nxt = pattern[i + 1 : i + 2]
             literal = nxt if nxt and not nxt.isalnum() and not nxt.isspace() else ""
-            i += 2
+            i = _escape_end(pattern, i)
         elif c == "[":  # a class: skip to its end
             close()
             i += 1

@@ -68,30 +68,49 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
 fi
 mkdir -p /var/log/libvirt /run/libvirt
 
-# A socket file proves nothing: /run outlives the daemons on machines like this one, so a
-# daemon counts as running only when its socket accepts a connection.
-answers() {
-  "$PYTHON" - "$1" <<'PY' 2>/dev/null
+# A socket file proves nothing: /run outlives the daemons on machines like this one. The state
+# of a daemon's socket: up (it accepts), refused (a file nobody listens on: left over from a
+# daemon that is gone), missing, or something else (a busy daemon, say), which is left alone.
+socket_state() {
+  "$VENV/bin/python" - "$1" <<'PY'
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
-s.settimeout(2)
-s.connect(sys.argv[1])
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+except ConnectionRefusedError:
+    print("refused")
+except FileNotFoundError:
+    print("missing")
+except OSError as exc:
+    print(f"unknown ({exc})")
+else:
+    print("up")
 PY
 }
 
-# start NAME SOCKET: start the daemon unless its socket answers; a socket nobody answers on is
-# left over from a daemon that is gone, and is removed first.
+# start NAME SOCKET: start the daemon unless something answers on its socket.
 start() {
-  local name=$1 sock=$2
-  answers "$sock" && return 0
-  command -v "$name" >/dev/null 2>&1 || { say "$name is not installed"; return 1; }
-  if [ -S "$sock" ]; then
-    say "removing $sock: nothing answers on it (left over from a $name that is gone)"
-    rm -f "$sock" "${sock%-sock}-sock-ro" "${sock%-sock}-admin-sock"
+  local name=$1 sock=$2 state
+  state=$(socket_state "$sock")
+  case $state in
+    up) return 0 ;;
+    refused)
+      say "removing $sock: nothing listens on it (left over from a $name that is gone)"
+      rm -f "$sock" "${sock%-sock}-sock-ro" "${sock%-sock}-admin-sock" ;;
+    missing) ;;
+    *) say "$sock: $state; not starting another $name"; return 0 ;;
+  esac
+  if ! command -v "$name" >/dev/null 2>&1; then
+    say "$name is not installed: integration tests that need it will say so"
+    return 0
   fi
   say "starting $name"
   "$name" -d
-  for _ in $(seq 1 60); do answers "$sock" && return 0; sleep 0.5; done
+  for _ in $(seq 1 60); do
+    [ "$(socket_state "$sock")" = up ] && return 0
+    sleep 0.5
+  done
   say "$name did not answer on $sock within 30 s"
   return 1
 }

@@ -4,7 +4,9 @@ it), plus the messages of the field notes in shared/reference/ that fall within 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -508,6 +510,15 @@ def test_the_field_notes_messages_are_quoted_verbatim() -> None:
         ("Operation not permitted|Permission denied", ""),  # either may occur
         (r"\d+ \S+", ""),
         ("abc", ""),  # too short to be worth a test of its own
+        (r"abc\x41defgh", "defgh"),  # characters given by number or name are not read as text
+        (r"Failed\x20to connect", "to connect"),
+        (r"abc\u0041defgh", "defgh"),
+        (r"abc\101defgh", "defgh"),
+        (r"abc\0123defgh", "3defgh"),  # \012 is the octal escape; the 3 is text again
+        (r"abc\N{LATIN CAPITAL LETTER A}defgh", "defgh"),
+        (r"(\w+) and \1 again", " again"),
+        ("(?x)cannot \\s* connect  socket", ""),  # verbose: spaces are not text
+        ("(?i)Cannot connect", "Cannot connect"),
     ],
 )
 def test_the_text_a_signature_requires(pattern: str, expected: str) -> None:
@@ -533,6 +544,30 @@ def test_the_required_text_never_hides_a_match(book: playbooks.Playbooks) -> Non
         assert found == _every_signature(book, line), line
         matched += bool(found)
     assert matched >= len(SIGNATURE_EXAMPLES)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "line"),
+    [
+        (r"abc\x41defgh", "abcAdefgh"),
+        (r"Failed\x20to connect", "Failed to connect"),
+        (r"abc\N{LATIN CAPITAL LETTER A}defgh", "abcadefgh"),
+        ("(?x)cannot \\s* connect  socket", "cannotconnectsocket"),
+        ("permission denied", "permi\u017f\u017fion denied"),  # long s folds onto s
+        ("image is busy", "\u0131mage is busy"),  # dotless i folds onto i
+        ("\u017fegment fault", "segment fault"),  # and the other way round
+    ],
+)
+def test_the_filter_never_hides_what_the_signature_matches(pattern: str, line: str) -> None:
+    """Lines and signatures outside the shipped ones: escapes, verbose patterns and the
+    letters case-insensitive matching folds onto ASCII."""
+    book = playbooks.Playbooks()
+    signature = re.compile(pattern, re.IGNORECASE)
+    assert signature.search(line)
+    book.items["p"] = dataclasses.replace(
+        next(iter(playbooks.shipped())), id="p", signatures=(signature,)
+    )
+    assert [m.playbook.id for m in book.match_line(line)] == ["p"]
 
 
 def test_every_shipped_signature_has_required_text(book: playbooks.Playbooks) -> None:

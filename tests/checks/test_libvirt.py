@@ -64,6 +64,36 @@ def test_lib001_tells_a_refusing_socket_apart_from_a_daemon_that_runs(edit_snaps
     assert "does not listen on it" in finding.message
 
 
+def test_lib001_blames_only_the_socket_that_refused(edit_snapshot: Any) -> None:
+    """A refusal on another socket (here virtproxyd's) says nothing about the one LIB001
+    chose; LIB002 reports it."""
+    other = {**REFUSED, "message": REFUSED["message"].replace("libvirt-sock", "virtproxyd-sock")}
+    snap = socket_left_behind(edit_snapshot()).set_error(
+        "libvirt", other, request="connect", **LIBVIRT
+    )
+    findings = run_checks(snap.save())
+    assert one(findings, "LIB001").status == "pass"
+    assert "virtproxyd-sock': Connection refused" in one(findings, "LIB002").message
+
+
+def test_lib001_leaves_a_refused_session_socket_to_lib002(edit_snapshot: Any) -> None:
+    """The client starts a session daemon again when its socket refuses: no stale-socket advice
+    (which would be about the system's daemons) for qemu:///session."""
+    session_sock = "/run/user/0/libvirt/libvirt-sock"
+    refused = {
+        **REFUSED,
+        "message": REFUSED["message"].replace("/var/run/libvirt/libvirt-sock", session_sock),
+    }
+    snap = socket_left_behind(edit_snapshot()).set_stat(session_sock, type="socket", mode=0o700)
+    snap.set_error("libvirt", refused, request="connect", uri="qemu:///session", params={})
+    findings = run_checks(snap.save(), uri="qemu:///session")
+    lib001 = one(findings, "LIB001")
+    assert lib001.evidence["socket"] == {**lib001.evidence["socket"], "path": session_sock}
+    assert lib001.evidence["socket"]["exists"] is True
+    assert lib001.status == "pass", lib001.message
+    assert one(findings, "LIB002").status == "fail"
+
+
 def test_lib001_says_when_no_daemon_is_installed_at_all(edit_snapshot: Any) -> None:
     snap = daemon_stopped(edit_snapshot()).missing("stat", path="/usr/sbin/libvirtd")
     finding = one(run_checks(snap.save()), "LIB001")
