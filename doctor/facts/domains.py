@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
-from doctor.facts.util import read_text
+from doctor.facts.util import definition_root, read_text
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 DEFINITIONS = "/etc/libvirt/qemu"
@@ -311,14 +311,7 @@ def _graphics(gfx: ET.Element) -> dict[str, str]:
 
 
 def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Domain:
-    root = ET.fromstring(xml)
-    if root.tag == "domstatus":  # a status file wraps the live definition
-        inner = root.find("domain")
-        if inner is None:
-            raise ValueError("status file without <domain>")
-        root = inner
-    if root.tag != "domain":
-        raise ValueError(f"<{root.tag}> is not a domain")
+    root = definition_root(xml, "domain", "domstatus")  # or the one a status file wraps
     os_el = root.find("os")
     os_type = os_el.find("type") if os_el is not None else None
     loader_el = os_el.find("loader") if os_el is not None else None

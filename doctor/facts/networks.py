@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
+from doctor.facts.util import definition_root
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 DEFINITIONS = "/etc/libvirt/qemu/networks"
@@ -120,14 +121,9 @@ def _ip(elem: ET.Element) -> Optional[NetworkIP]:
 def parse_network(
     xml: str, *, active: bool, persistent: bool, autostart: bool, origin: str
 ) -> Network:
-    root = ET.fromstring(xml)
-    if root.tag == "networkstatus":  # a status file wraps the live definition
-        inner = root.find("network")
-        if inner is None:
-            raise ValueError("status file without <network>")
-        root = inner
-    if root.tag != "network":
-        raise ValueError(f"<{root.tag}> is not a network")
+    root = definition_root(
+        xml, "network", "networkstatus"
+    )  # a status file wraps the live definition
     forward = root.find("forward")
     bridge = root.find("bridge")
     vport = root.find("virtualport")

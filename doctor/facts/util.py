@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from typing import Optional
 
 from doctor.sources.base import NotFound, Source, SourceError
@@ -21,3 +22,17 @@ def read_optional(source: Source, path: str) -> Optional[str]:
         return read_text(source, path).strip()
     except (NotFound, SourceError):
         return None
+
+
+def definition_root(xml: str, tag: str, status: str) -> ET.Element:
+    """The <tag> element of a libvirt definition, or of the live definition a status file
+    (<status>) wraps. ValueError when the document is neither."""
+    root = ET.fromstring(xml)
+    if root.tag == status:
+        inner = root.find(tag)
+        if inner is None:
+            raise ValueError(f"status file without <{tag}>")
+        root = inner
+    if root.tag != tag:
+        raise ValueError(f"<{root.tag}> is not a {tag}")
+    return root
