@@ -7,8 +7,9 @@ import os
 import pickle
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import pytest
 
@@ -30,6 +31,23 @@ def require(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI machine must provide: {what}")
     pytest.skip(f"needs {what}")
+
+
+def write_tree(root: Path, files: Mapping[str, Optional[Union[str, bytes]]]) -> Path:
+    """Lay out a host tree under `root`: {"/etc/passwd": text, "/dev/": None, ...}; a path
+    ending in "/" is an empty directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    for path, content in files.items():
+        target = root / path.lstrip("/")
+        if path.endswith("/"):
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content or "")
+    return root
 
 
 def answers(path: str) -> bool:

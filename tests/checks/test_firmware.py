@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import pytest
 
 from kdsnap import one, run_checks
-from kdtest import ARCH_X86, DEBIAN_AARCH64, DEBIAN_X86, REALDATA, require
+from kdtest import ARCH_X86, DEBIAN_AARCH64, DEBIAN_X86, REALDATA, require, write_tree
 
 FIRMWARE = REALDATA / "firmware"
 LAB = FIRMWARE / "lab"
@@ -34,18 +34,7 @@ Files = dict[str, Optional[Union[str, bytes]]]
 
 def make(tmp_path: Path, files: Files) -> Path:
     """A host tree; a path ending in "/" is an empty directory."""
-    root = tmp_path / "tree"
-    for path, content in files.items():
-        target = root / path.lstrip("/")
-        if path.endswith("/"):
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            target.write_bytes(content)
-        else:
-            target.write_text(content or "")
-    return root
+    return write_tree(tmp_path / "tree", files)
 
 
 def descriptors(

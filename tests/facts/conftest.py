@@ -11,6 +11,8 @@ import pytest
 from doctor.facts import FactContext, RunOptions
 from doctor.sources.live import LiveSource
 
+from kdtest import write_tree
+
 
 @pytest.fixture
 def make_tree(tmp_path: Path) -> Callable[..., Path]:
@@ -21,19 +23,7 @@ def make_tree(tmp_path: Path) -> Callable[..., Path]:
     def make(files: dict[str, Optional[Union[str, bytes]]]) -> Path:
         nonlocal count
         count += 1
-        root = tmp_path / f"tree{count}"
-        root.mkdir()
-        for path, content in files.items():
-            target = root / path.lstrip("/")
-            if path.endswith("/"):
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                target.write_text(content or "")
-        return root
+        return write_tree(tmp_path / f"tree{count}", files)
 
     return make
 
