@@ -143,13 +143,6 @@ def tls_ca_missing(tls: TlsState, accounts: Optional[Accounts] = None) -> Iterat
                 subject=ep.subject,
                 evidence=evidence,
             )
-        elif ca.state == "missing":
-            yield Finding(
-                status,
-                f"Cannot read CA certificate '{ca.path}': {ca.error} (needed by {_users(ep)})",
-                subject=ep.subject,
-                evidence=evidence,
-            )
         elif ca.state == "unreadable" and ep.reader.uid == 0 and ep.role == "server":
             yield Finding(
                 "skip",
@@ -158,7 +151,7 @@ def tls_ca_missing(tls: TlsState, accounts: Optional[Accounts] = None) -> Iterat
                 subject=ep.subject,
                 evidence=evidence,
             )
-        elif ca.state == "unreadable":
+        elif ca.state in ("missing", "unreadable"):
             yield Finding(
                 status,
                 f"Cannot read CA certificate '{ca.path}': {ca.error} (needed by {_users(ep)})",
