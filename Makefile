@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-lab run test check lint docs bench sample-reports clean
+.PHONY: setup setup-lab run test check check-future lint docs bench sample-reports clean
 
 setup:
 	scripts/setup.sh
@@ -14,9 +14,17 @@ setup-lab:
 run: setup
 	$(VENV)/bin/kvmdoctor run
 
-# The whole suite: lab set-up, lint, types, every test (integration ones included).
+# The whole suite: lab set-up, lint, types, every test (integration ones included), then the
+# unit tests again with the clock 400 days ahead: no test may depend on today's date.
 test: setup-lab lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory check-future
+
+# The unit tests with the clock 400 days ahead (libfaketime). KD_CLOCK_AFTER makes the suite
+# fail if the clock was not in fact moved.
+check-future:
+	KD_CLOCK_AFTER=$$(date -d '+399 days' +%s) faketime -f +400d \
+		$(PY) -m pytest -m "not integration and not timed_wait" -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The quick loop: lint, types and the unit tests only.
 check: setup lint

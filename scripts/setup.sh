@@ -15,7 +15,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 base_pkgs="python3-venv python3-dev gcc pkg-config libvirt-dev acl iproute2 kmod"
 lab_pkgs="libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf dnsmasq-base
-          nftables iptables ebtables tcpdump libpcap0.8"
+          nftables iptables ebtables tcpdump libpcap0.8 faketime"
 pkgs=$base_pkgs
 [ "$LAB" = 1 ] && pkgs="$pkgs $lab_pkgs"
 

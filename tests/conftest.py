@@ -29,6 +29,19 @@ from kdtest import HOST_SNAPSHOT, IN_CI, KERNEL_LACKS, TEST_GIDS, TEST_UID, requ
 PR_SET_NAME = 15  # prctl(2): the process name shown in /proc/PID/status
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """`make check-future` runs the suite with the clock moved ahead and says by how much in
+    KD_CLOCK_AFTER: if the clock did not move (no libfaketime), that run proves nothing."""
+    import time
+
+    after = os.environ.get("KD_CLOCK_AFTER")
+    if after and time.time() < float(after):
+        raise pytest.UsageError(
+            f"KD_CLOCK_AFTER={after}, but the clock says {time.time():.0f}: faketime did not "
+            "move it (is the faketime package installed?)"
+        )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, Any, None]:
     outcome = yield

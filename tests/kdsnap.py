@@ -126,9 +126,13 @@ def realdata(relpath: str) -> str:
 
 
 def run_checks(
-    path: Path, select: tuple[str, ...] = (), uri: Optional[str] = None
+    path: Path,
+    select: tuple[str, ...] = (),
+    uri: Optional[str] = None,
+    at: Optional[float] = None,
 ) -> dict[str, list[Any]]:
-    """Run the checks against a snapshot or a tree and return findings by check code."""
+    """Run the checks against a snapshot or a tree and return findings by check code. A tree
+    has no clock of its own: `at` fixes the time it is judged at (never today's date)."""
     from doctor import engine
     from doctor.facts import RunOptions
     from doctor.registry import load_registry
@@ -139,7 +143,9 @@ def run_checks(
     source = (
         SnapshotSource(str(path)) if (path / "manifest.json").exists() else LiveSource(str(path))
     )
-    result = engine.run(load_registry(), source, selected=list(select), options=RunOptions(uri=uri))
+    result = engine.run(
+        load_registry(), source, selected=list(select), options=RunOptions(uri=uri, at=at)
+    )
     out: dict[str, list[Any]] = {}
     for item in result.findings():
         out.setdefault(item.code, []).append(item)

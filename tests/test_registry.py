@@ -176,6 +176,7 @@ def test_a_check_that_raises_becomes_an_error_finding_and_the_run_goes_on(
     assert status["ZZZ002"].status == "pass"
 
 
+@pytest.mark.timed_wait
 def test_a_check_that_hangs_is_stopped_at_its_time_limit(host_snapshot: Any) -> None:
     def hang(cpu: Any) -> Iterator[Finding]:
         while True:

@@ -63,6 +63,25 @@ def split_tokens(values: Optional[list[str]]) -> list[str]:
     return [t.strip() for v in values or [] for t in v.split(",") if t.strip()]
 
 
+def parse_time(text: str, option: str) -> float:
+    """An ISO 8601 time given on the command line, as seconds since the epoch (UTC unless it
+    names its offset)."""
+    import datetime as dt
+
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"{option} takes an ISO 8601 time such as 2026-11-26T07:00:00Z, not {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
 def load_config(path: Optional[str]) -> Config:
     from doctor.config import ConfigError, load
 

@@ -23,6 +23,7 @@ from doctor.cli.common import (
     cli_ignores,
     load_config,
     open_source,
+    parse_time,
     split_tokens,
     use_color,
 )
@@ -67,6 +68,14 @@ def run(
     no_color: bool = typer.Option(False, "--no-color", help="No colour even on a terminal."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show passes and full evidence."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only problems and the summary."),
+    at: Optional[str] = typer.Option(
+        None,
+        "--at",
+        help="Judge the host as at this time (ISO 8601, UTC unless it says otherwise): "
+        "certificate validity and which log lines are recent. Default: the host's clock "
+        "(a snapshot's: when it was recorded).",
+        metavar="TIME",
+    ),
 ) -> None:
     """Run the checks on this host (or a tree, or a snapshot) and report.
 
@@ -81,9 +90,16 @@ def run(
     level = fail_on or cfg.fail_on or "fail"
     selected = split_tokens(select) or list(cfg.select)
     ignores = [*cfg.ignores, *cli_ignores(split_tokens(ignore))]
+    moment = parse_time(at, "--at") if at is not None else None
     source = open_source(uri=uri, root=root, snapshot=snapshot, connect_timeout=connect_timeout)
     report = execute(
-        source, selected=selected, ignores=ignores, fail_on=level, uri=uri, timeout=check_timeout
+        source,
+        selected=selected,
+        ignores=ignores,
+        fail_on=level,
+        uri=uri,
+        timeout=check_timeout,
+        at=moment,
     )
     out = Output(output)
     if format == "json":
@@ -107,6 +123,7 @@ def execute(
     fail_on: str,
     uri: Optional[str],
     timeout: Optional[float] = None,
+    at: Optional[float] = None,
 ) -> dict[str, Any]:
     """Load the checks, run them against `source`, and build the report."""
     from doctor import engine, playbooks, rules
@@ -126,7 +143,7 @@ def execute(
             source,
             selected=selected,
             ignores=ignores,
-            options=RunOptions(uri=uri),
+            options=RunOptions(uri=uri, at=at),
             timeout=timeout,
         )
     except engine.SelectionError as exc:

@@ -29,6 +29,9 @@ class RunOptions:
     """What the user asked for that facts may depend on."""
 
     uri: Optional[str] = None
+    # The time to judge the host at (certificate validity, the age of log lines), in seconds
+    # since the epoch: `run --at`, or a test's fixed moment. None: the source's own clock.
+    at: Optional[float] = None
 
 
 Provider = Callable[["FactContext"], Any]

@@ -1120,7 +1120,7 @@ class HostClock:
 
     time: float
     iso: str
-    source: str  # "the host's clock" or "this machine's clock"
+    source: str  # the host's clock, the examining machine's, or the time given with --at
     note: Optional[str] = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -1129,6 +1129,9 @@ class HostClock:
 
 @fact("host_clock")
 def host_clock(ctx: FactContext) -> HostClock:
+    if ctx.options.at is not None:
+        at = ctx.options.at
+        return HostClock(at, iso_time(at), "the time given with --at", None)
     try:
         now = ctx.source.clock()
     except SourceError as exc:

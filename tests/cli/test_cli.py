@@ -259,3 +259,33 @@ def test_text_output_leads_with_the_kvm_verdict(snap: str) -> None:
     second_line = kvmdoctor("run", "--snapshot", snap).stdout.splitlines()[1]
     assert second_line.startswith("KVM is usable: API version 12")
     assert second_line.endswith("(KVM006)")
+
+
+# --- the time a host is judged at ------------------------------------------------------------
+
+
+def test_at_judges_a_tree_at_the_given_time_not_today(tmp_path: Path) -> None:
+    log = tmp_path / "var/log/libvirt/libvirtd.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "2026-11-26 07:24:21.858+0000: 7722: error : virPortAllocatorSetUsed:274 : "
+        "internal error: Failed to reserve port 5977\n"
+    )
+
+    def log001(at: str) -> dict[str, Any]:
+        result = kvmdoctor("run", "--root", str(tmp_path), "--select", "LOG001", "-f", "json", *at)
+        (check,) = report_of(result)["checks"]
+        return dict(check["findings"][0])
+
+    hit = log001(("--at", "2026-11-26T08:00:00Z"))
+    assert hit["status"] == "info"
+    assert hit["evidence"]["playbook"] == "graphics-port-conflict"
+    late = log001(("--at", "2026-12-26T08:00:00+01:00"))
+    assert late["status"] == "pass"
+    assert "1 older than 7 days not counted" in late["message"]
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2026-13-01", ""])
+def test_at_refuses_what_is_not_an_iso_time(value: str, tmp_path: Path) -> None:
+    result = kvmdoctor("run", "--root", str(tmp_path), "--at", value)
+    assert_one_line_error(result, "--at takes an ISO 8601 time")
