@@ -87,7 +87,9 @@ class Applier:
         the file held before: whether it existed and the lines that were replaced."""
         import re
 
-        target = self._path(path)
+        # A configuration file that is a link (Debian's /etc/sysctl.d/99-sysctl.conf) is
+        # edited where it points: the link stays a link.
+        target = os.path.realpath(self._path(path))
         before = self._read(target)
         lines = before.splitlines() if before is not None else []
         if regexp:

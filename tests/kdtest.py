@@ -164,3 +164,16 @@ ARCH_X86 = {
     "50-edk2-ovmf-x86_64-secure-4m.json": "archlinux-edk2-ovmf__50-edk2-ovmf-x86_64-secure-4m.json",
     "70-edk2-ovmf-x86_64-csm-4m.json": "archlinux-edk2-ovmf__70-edk2-ovmf-x86_64-csm-4m.json",
 }
+
+
+def kvmdoctor(*args: str, **kw: Any) -> Any:
+    """Run the kvmdoctor command line in this process (typer's CliRunner), stderr apart."""
+    from typer.testing import CliRunner
+
+    from doctor.cli import app
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(app, list(args), **kw)

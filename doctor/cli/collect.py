@@ -49,7 +49,13 @@ def collect(
     from doctor.sources.snapshot import RecordingSource
 
     archive = output.endswith((".tar.gz", ".tgz"))
-    if not force and os.path.exists(output) and (archive or os.listdir(output)):
+    if not archive and os.path.lexists(output) and not os.path.isdir(output):
+        raise UsageError(
+            f"{output} exists and is not a directory; name a new directory or a NAME.tar.gz"
+        )
+    if archive and os.path.isdir(output):
+        raise UsageError(f"{output} is a directory; an archive needs a file name")
+    if not force and os.path.lexists(output) and (archive or os.listdir(output)):
         raise UsageError(f"{output} exists and is not empty; choose another name or add --force")
     recorder = RecordingSource(
         open_source(uri=uri, root=root, snapshot=None, connect_timeout=connect_timeout)

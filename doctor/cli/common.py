@@ -132,7 +132,14 @@ def open_source(
 
 
 class Output:
-    """stdout, or a file written only when the command succeeds (nothing half-written)."""
+    """stdout, or a file written only when the command succeeds (nothing half-written).
+
+    A new path or a regular file is written atomically: a temporary file beside it, renamed
+    over it (keeping the old file's mode). Anything else -- a device such as /dev/null or
+    /dev/full, a FIFO, a symlink (/dev/stdout) -- is written through, never replaced: kvmdoctor
+    often runs as root, where replacing /dev/null with a file breaks the machine. An error on
+    the way (a full device, a directory) is an error, and nothing is left behind.
+    """
 
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
@@ -142,13 +149,12 @@ class Output:
             sys.stdout.write(text)
             sys.stdout.flush()
             return
-        tmp = f"{self.path}.tmp-{os.getpid()}"
+        from doctor.output import write_file
+
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, self.path)
+            write_file(self.path, text.encode("utf-8"))
         except OSError as exc:
-            raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
+            raise UsageError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     @property
     def is_terminal(self) -> bool:

@@ -280,11 +280,17 @@ class RecordingSource:
     def write(self, target: str, *, report: Optional[dict[str, Any]] = None) -> None:
         """Write the snapshot directory (or, for a .tar.gz/.tgz target, an archive of it)."""
         if target.endswith((".tar.gz", ".tgz")):
+            from doctor.output import write_file
+
             with tempfile.TemporaryDirectory(prefix="kvmdoctor-") as tmp:
                 inner = os.path.join(tmp, "snapshot")
                 self._write_dir(inner, report)
-                with tarfile.open(target, "w:gz") as archive:
+                packed = os.path.join(tmp, "snapshot.tar.gz")
+                with tarfile.open(packed, "w:gz") as archive:
                     archive.add(inner, arcname=".")
+                with open(packed, "rb") as handle:
+                    # Atomic onto a file, through to a device or link: as every -o.
+                    write_file(target, handle.read())
             return
         self._write_dir(target, report)
 

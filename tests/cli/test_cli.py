@@ -8,20 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from doctor.cli import app
-
-
-def runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
-    except TypeError:
-        return CliRunner()
-
-
-def kvmdoctor(*args: str, **kw: Any) -> Any:
-    return runner().invoke(app, list(args), **kw)
+from kdtest import kvmdoctor
 
 
 def report_of(result: Any) -> dict[str, Any]:
