@@ -11,13 +11,15 @@ plus their safety class in Ansible (run them with `--tags disruptive` and the li
 
 from __future__ import annotations
 
+import re
 import shlex
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from doctor.rules import FixStep
+from doctor.textsafe import has_controls, lines, one_line
 
 SYSCTL_FILE = "/etc/sysctl.d/90-kvmdoctor.conf"
 MODULES_LOAD_FILE = "/etc/modules-load.d/kvmdoctor.conf"
@@ -46,15 +48,22 @@ class PlanItem:
 def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
     """The report's diagnoses as plan items, in rank order. A step that an earlier diagnosis
     already holds (one ACL entry for the qemu user and for its running process, say) is kept
-    once, under the first."""
+    once, under the first.
+
+    A saved report is a file from anywhere: a step becomes a command only when it is one of
+    the shipped playbook's own steps with its placeholders filled (what was filled in is
+    quoted where it is used); any other step is shown as a note, never run."""
     import json
 
+    from doctor.playbooks import shipped
+
+    book = shipped()
     seen: set[str] = set()
     items = []
     for diag in report.get("diagnoses", []):
         steps = []
         for data in diag["fix"]:
-            step = FixStep.from_dict(data)
+            step = _vetted(FixStep.from_dict(data), book.items.get(str(diag["playbook"])))
             key = json.dumps([step.action, step.params], sort_keys=True)
             if step.action not in ("manual", "domain_xml") and key in seen:
                 continue
@@ -71,6 +80,65 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
             )
         )
     return items
+
+
+def _vetted(step: FixStep, playbook: Any) -> FixStep:
+    """`step` if the playbook it names holds a step of the same shape, else a manual note."""
+    if step.action == "manual":
+        return step
+    for action in playbook.fix if playbook is not None else ():
+        template = {k: v for k, v in action.params.items() if k != "text"}
+        if (
+            action.kind == step.action
+            and action.safety == step.safety
+            and step.playbook == playbook.id
+            and _fits(template, step.params)
+        ):
+            return step
+    return FixStep(
+        step.playbook,
+        "manual",
+        step.safety,
+        f"{step.text} (this step is not one of kvmdoctor's playbook steps: shown, not written "
+        "as a command)",
+        {},
+        step.missing,
+    )
+
+
+def _fits(template: Any, value: Any) -> bool:
+    """Whether `value` is `template` with its placeholders filled: the same structure, the
+    same literal text, anything in place of a placeholder."""
+    if isinstance(template, str):
+        return isinstance(value, str) and _template_pattern(template).fullmatch(value) is not None
+    if isinstance(template, Mapping):
+        return (
+            isinstance(value, Mapping)
+            and set(template) == set(value)
+            and all(_fits(template[k], value[k]) for k in template)
+        )
+    if isinstance(template, (list, tuple)):
+        return (
+            isinstance(value, (list, tuple))
+            and len(template) == len(value)
+            and all(_fits(t, v) for t, v in zip(template, value))
+        )
+    return bool(template == value and type(template) is type(value))
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    from doctor.playbooks import PLACEHOLDER
+
+    def literal(part: str) -> str:
+        return re.escape(part.replace("\0", "{").replace("\1", "}"))
+
+    text = template.replace("{{", "\0").replace("}}", "\1")  # as playbooks.fill reads it
+    parts, last = [], 0
+    for match in PLACEHOLDER.finditer(text):
+        parts += [literal(text[last : match.start()]), "(?s:.*)"]
+        last = match.end()
+    parts.append(literal(text[last:]))
+    return re.compile("".join(parts))
 
 
 def persist_file(step: FixStep) -> str:
@@ -163,7 +231,7 @@ def shell_commands(step: FixStep) -> list[str]:
         fallback = p.get("without_systemd")
         other = (
             " ".join(_q(a) for a in fallback)
-            if fallback
+            if fallback and _command_word(fallback[0])
             else f"echo {_q(f'no systemd: {step.text} by hand')} >&2"
         )
         return [f"if [ -d /run/systemd/system ]; then {systemd}; else {other}; fi"]
@@ -181,36 +249,66 @@ def shell_commands(step: FixStep) -> list[str]:
             lines += [f"put_line {_q(f)} {_q(r)} {_q(line)}" for f, r, line in module_lines(step)]
         return lines
     if kind == "command":
+        if not _command_word(p["argv"][0] if p["argv"] else ""):
+            return []
         return [" ".join(_q(a) for a in p["argv"])]
     return []
 
 
+_COMMAND_WORD = re.compile(r"/?[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
+
+
+def _command_word(word: str) -> bool:
+    """Whether a filled-in value may name the command a line runs: a plain program name or
+    path, nothing a shell would read as more than that."""
+    return _COMMAND_WORD.fullmatch(str(word)) is not None
+
+
 def _comment(text: str, prefix: str = "# ") -> list[str]:
-    return [f"{prefix}{line}".rstrip() for line in text.splitlines() or [""]]
+    """`text` as comment lines: whatever the text holds (a domain named with a newline, a
+    report's title), each of its lines starts with `prefix` and none can end the comment."""
+    return [f"{prefix}{line}".rstrip() for line in lines(str(text))]
 
 
 def shell_script(plan: Sequence[PlanItem], *, host: str, version: str) -> str:
-    out = [_SHELL_HEADER.format(version=version, host=host or "this host")]
+    """The plan as a POSIX shell script. Only kvmdoctor's own commands are live lines; every
+    value from the host, a tree, a snapshot or a saved report is either shell-quoted inside
+    them or a comment."""
+    out = [_SHELL_HEADER.format(version=one_line(version), host=one_line(host or "this host"))]
     if not plan:
         out.append("# Nothing to fix: no diagnosis.\n")
     for item in plan:
         subject = "" if item.subject == "host" else f" ({item.subject})"
-        out.append(f"# === {item.title}{subject} [{item.playbook}]")
-        out += _comment("\n".join(textwrap.wrap(item.cause, width=96)))
+        out += _comment(f"=== {item.title}{subject} [{item.playbook}]")
+        out += _comment(_wrap(item.cause))
         for step in item.steps:
-            out += _comment("\n".join(textwrap.wrap(f"[{step.safety}] {step.text}", width=96)))
+            out += _comment(_wrap(f"[{step.safety}] {step.text}"))
             commands = shell_commands(step)
             if step.missing:
-                out.append(f"# needs a value for: {', '.join(step.missing)}")
+                out += _comment(f"needs a value for: {', '.join(step.missing)}")
             if not commands:
                 if step.action == "domain_xml" and step.params.get("xml"):
                     out += _comment(step.params["xml"], "#   ")
+                if step.action == "command":
+                    out += _comment(
+                        "not written as a command (it names no plain program): "
+                        f"{step.params.get('argv')!r}"
+                    )
                 continue
             runnable = step.safety == "safe" and not step.missing
+            if has_controls(step.params):
+                out += _comment("not run: a value holds a line break or a control character")
+                runnable = False
             for command in commands:
-                out += command.splitlines() if runnable else _comment(command)
-        out.append(f"# then check: kvmdoctor run --select {','.join(item.verify)}\n")
+                # Runnable as built (a quoted value may span lines), or wholly commented out.
+                out += [command] if runnable else _comment(command)
+        out += _comment(f"then check: kvmdoctor run --select {','.join(item.verify)}")
+        out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _wrap(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, width=96))
 
 
 # --- Ansible --------------------------------------------------------------------------------
@@ -338,11 +436,12 @@ def ansible_playbook(plan: Sequence[PlanItem], *, host: str, version: str) -> st
         or [{"name": "nothing to fix", "ansible.builtin.debug": {"msg": "no diagnosis"}}],
     }
     header = (
-        f"# Fix plan written by kvmdoctor {version} for {host or 'this host'}.\n"
+        f"# Fix plan written by kvmdoctor {one_line(version)} for "
+        f"{one_line(host or 'this host')}.\n"
         "# Safe steps run by default; the others are tagged `never` and their safety class:\n"
         "# add --tags disruptive (needs-reboot, needs-relogin) to run them too.\n"
         "# Checks to re-run afterwards: "
-        + ", ".join(sorted({c for item in plan for c in item.verify}) or ["-"])
+        + one_line(", ".join(sorted({c for item in plan for c in item.verify}) or ["-"]))
         + "\n"
     )
     body = yaml.safe_dump([play], sort_keys=False, default_flow_style=False, width=100)

@@ -62,6 +62,7 @@ ALLOWED = {
     REPAIR,
     "doctor/config.py",
     "doctor/cli/common.py",
+    "doctor/output.py",
     "doctor/cli/collect.py",
     "doctor/docs.py",
     "doctor/registry.py",
