@@ -32,17 +32,20 @@ def open_source(
     uri: Optional[str] = None,
     connect_timeout: float = 10.0,
 ) -> Source:
-    """The source a command line asks for: a snapshot, a tree, or this host. Only the module
-    of the source chosen is imported (a live run does not load the snapshot reader)."""
+    """The source a command line asks for: a snapshot, a tree, or this host, behind the one
+    layer that scrubs secrets from its answers. Only the module of the source chosen is
+    imported (a live run does not load the snapshot reader)."""
+    from doctor.sources.redact import ScrubbedSource
+
     if snapshot is not None:
         from doctor.sources.snapshot import SnapshotSource
 
-        return SnapshotSource(snapshot)
+        return ScrubbedSource(SnapshotSource(snapshot))
     from doctor.sources.live import LiveSource
 
     if root is not None and not os.path.isdir(root):
         raise NotFound(root, "--root must name a directory")
-    return LiveSource(root=root or "/", uri=uri, libvirt_timeout=connect_timeout)
+    return ScrubbedSource(LiveSource(root=root or "/", uri=uri, libvirt_timeout=connect_timeout))
 
 
 __all__ = [

@@ -1,25 +1,32 @@
-"""What a snapshot must never hold: secrets in configuration files and private key material.
-
-The live answer a check gets is untouched; only what is written into a snapshot is scrubbed.
+"""Secrets never leave the host through kvmdoctor: passwords and secret values in files, logs,
+command output, process command lines and libvirt's answers are blanked where the source
+answers (ScrubbedSource), before any check, report, renderer or snapshot sees them; private
+key files and libvirt's secret store are never recorded at all.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Optional
+
+from doctor.sources.base import (
+    CommandResult,
+    Identity,
+    KeyInfo,
+    KvmProbe,
+    ProcessInfo,
+    Source,
+    StatInfo,
+    Uname,
+)
 
 REDACTED = "<redacted by kvmdoctor>"
 
 # Directories and names whose contents are never recorded: libvirt secrets and private keys.
 _NEVER_DIRS = ("/etc/libvirt/secrets/", "/var/lib/libvirt/secrets/", "/run/libvirt/secrets/")
 _NEVER_NAME = re.compile(r"(^|/)(private/|[^/]*key\.pem$|[^/]*\.key$)")
-
-# libvirt's configuration syntax: `vnc_password = "secret"`, `spice_password = ...`, ...
-_SECRET_SETTING = re.compile(
-    r"""^(?P<lead>[ \t]*(?P<key>[A-Za-z0-9_]*(?:password|passwd|secret)[A-Za-z0-9_]*)[ \t]*=[ \t]*)
-        (?P<value>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s#]+)""",
-    re.IGNORECASE | re.MULTILINE | re.VERBOSE,
-)
 
 
 def never_recorded(path: str) -> Optional[str]:
@@ -38,81 +45,179 @@ _PEM_PRIVATE_KEY = re.compile(
     re.DOTALL,
 )
 
-# Domain XML as libvirt stores it (/etc/libvirt/qemu/*.xml, status files under /run): graphics
-# passwords are attributes.
-_XML_PASSWD = re.compile(r"""\b(passwd|password)\s*=\s*(["'])(.*?)\2""")
-
 
 def scrub(path: str, data: bytes) -> tuple[bytes, list[str]]:
-    """The contents to record for `path`, and the names of the settings blanked out."""
+    """The contents to give or record for `path`, and the names of the settings blanked out."""
     keys: list[str] = []
 
     def blank_key(match: re.Match[bytes]) -> bytes:
         keys.append("private key")
         return REDACTED.encode()
 
-    data = _PEM_PRIVATE_KEY.sub(blank_key, data)
-    data, settings = _scrub_settings(path, data)
-    return data, keys + settings
+    if b"PRIVATE KEY" in data:
+        data = _PEM_PRIVATE_KEY.sub(blank_key, data)
+    data, settings = scrub_bytes(data)
+    return data, sorted(set(keys + settings))
 
 
-# QEMU's command line as libvirt logs it (/var/log/libvirt/qemu/NAME.log): `password=...` in
-# -vnc/-spice options and inline secret objects ("data":"..." or data=...).
-_LOG_SECRET = re.compile(
-    r"""(?P<key>\b(?:password|passwd|secret|data)\b)(?P<sep>=|"\s*:\s*")(?P<value>[^,\s"']+)""",
-    re.IGNORECASE,
+# A secret as a setting, an option or an attribute, in every form the host writes one:
+#   qemu.conf / libvirtd.conf   vnc_password = "x"    spice_password = 'x'
+#   QEMU's command line         -spice port=5901,password=x   -vnc ...,password="x"
+#   libvirtd's debug log        <graphics type='vnc' passwd='x'/> (define XML echoed)
+#   secret objects              -object secret,id=s0,data=x   {"qom-type":"secret","data":"x"}
+#   other tools                 --password=x   password: "x"
+# The key names what is secret; the value runs to its closing quote, or to a comma, space or
+# the end of the line when it is not quoted. `data=` counts only near the word "secret".
+_SETTING = re.compile(
+    r"""
+    (?P<key>
+        (?<![A-Za-z0-9])[A-Za-z0-9_-]*(?:password|passwd|secret)[A-Za-z0-9_]*
+      | (?<![A-Za-z0-9_])data
+    )
+    (?P<sep>
+        \s*=\s*                     # key=value, key = "value", passwd='value'
+      | ["']\s*:\s*(?=["'])         # "key": "value" (JSON)
+      | \s*:\s+(?=["'])             # key: "value" (YAML, prose)
+    )
+    (?P<value>
+        "(?:[^"\\\n]|\\.)*"
+      | '(?:[^'\\\n]|\\.)*'
+      | &quot;.*?&quot; | &apos;.*?&apos;
+      | [^,\s"'<>}]+
+    )
+    """,
+    re.IGNORECASE | re.VERBOSE,
 )
+_HINT = re.compile(rb"(?i)passw|secret")
+_QUOTES = ('"', "'", "&quot;", "&apos;")
 
 
-def scrub_log_line(line: str) -> str:
-    """A log line as it may appear in a finding: QEMU command-line secrets blanked."""
-    data, _ = _scrub_log(line.encode("utf-8", "surrogateescape"))
-    return data.decode("utf-8", "surrogateescape")
-
-
-def _scrub_log(data: bytes) -> tuple[bytes, list[str]]:
-    text = data.decode("utf-8", "surrogateescape")
+def scrub_text(text: str) -> tuple[str, list[str]]:
+    """`text` with every secret value blanked (the key and its quotes kept), and the keys."""
     found: list[str] = []
 
     def blank(match: re.Match[str]) -> str:
-        key = match.group("key")
-        if (
-            key.lower() == "data"
-            and '"' not in match.group("sep")
-            and "secret" not in text[max(0, match.start() - 80) : match.start()]
-        ):
-            return match.group(0)  # data=... outside a secret object is not a secret
+        key, value = match.group("key"), match.group("value")
+        if key.lower() == "data":
+            before = text[max(0, match.start() - 80) : match.start()].lower()
+            if "secret" not in before:
+                return match.group(0)  # data=... outside a secret object is not a secret
+        quote = next((q for q in _QUOTES if value.startswith(q) and len(value) > len(q)), "")
         found.append(key)
-        return f"{key}{match.group('sep')}{REDACTED}"
+        return f"{key}{match.group('sep')}{quote}{REDACTED}{quote}"
 
-    text = _LOG_SECRET.sub(blank, text)
-    return text.encode("utf-8", "surrogateescape"), sorted(set(found))
+    return _SETTING.sub(blank, text), sorted(set(found))
 
 
-def _scrub_settings(path: str, data: bytes) -> tuple[bytes, list[str]]:
-    if path.startswith("/var/log/libvirt/"):
-        return _scrub_log(data)
-    if path.startswith(("/etc/libvirt/", "/run/libvirt/", "/var/run/libvirt/")) and path.endswith(
-        ".xml"
-    ):
-        text = data.decode("utf-8", "surrogateescape")
-        found: list[str] = []
-
-        def blank_attr(match: re.Match[str]) -> str:
-            found.append(match.group(1))
-            quote = match.group(2)
-            return f"{match.group(1)}={quote}{REDACTED}{quote}"
-
-        text = _XML_PASSWD.sub(blank_attr, text)
-        return text.encode("utf-8", "surrogateescape"), found
-    if not (path.startswith("/etc/libvirt/") and path.endswith(".conf")):
+def scrub_bytes(data: bytes) -> tuple[bytes, list[str]]:
+    if not _HINT.search(data):
         return data, []
-    text = data.decode("utf-8", "surrogateescape")
-    keys: list[str] = []
+    text, found = scrub_text(data.decode("utf-8", "surrogateescape"))
+    return text.encode("utf-8", "surrogateescape"), found
 
-    def blank(match: re.Match[str]) -> str:
-        keys.append(match.group("key"))
-        return f'{match.group("lead")}"{REDACTED}"'
 
-    scrubbed = _SECRET_SETTING.sub(blank, text)
-    return scrubbed.encode("utf-8", "surrogateescape"), keys
+def scrub_log_line(line: str) -> str:
+    """A log line (or a command-line argument) with its secrets blanked."""
+    return scrub_text(line)[0]
+
+
+# A command-line option whose value is the next argument: `--password x`.
+_SECRET_OPTION = re.compile(r"-{1,2}[A-Za-z0-9_-]*(?:password|passwd|secret)[A-Za-z0-9_-]*", re.I)
+
+
+def scrub_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """A process's command line with its secrets blanked: inline ones, and the argument after
+    an option such as --password."""
+    out: list[str] = []
+    for arg in argv:
+        if out and _SECRET_OPTION.fullmatch(out[-1]) and not arg.startswith("-"):
+            out.append(REDACTED)
+        else:
+            out.append(scrub_log_line(arg))
+    return tuple(out)
+
+
+def _scrub_value(value: Any) -> Any:
+    """A libvirt answer (XML text, or lists and dicts of them) with its secrets blanked."""
+    if isinstance(value, str):
+        return scrub_log_line(value) if _HINT.search(value.encode("utf-8", "replace")) else value
+    if isinstance(value, list):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub_value(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    return value
+
+
+class ScrubbedSource:
+    """Any source, with every answer that can carry a secret scrubbed: file contents, command
+    output (the journal among them), process command lines, libvirt's XML. This is the one
+    redaction layer: checks, reports, renderers and recorded snapshots all see its answers.
+    A private key is still loaded inside the inner source (`key_info`), which gives out only
+    the public half."""
+
+    def __init__(self, inner: Source) -> None:
+        self.inner: Any = inner
+        self.kind = inner.kind
+
+    def __getattr__(self, name: str) -> Any:  # what a particular source offers besides
+        return getattr(self.inner, name)
+
+    # Answers that carry no secret pass as they are.
+    def list_dir(self, path: str) -> list[str]:
+        return self.inner.list_dir(path)
+
+    def stat(self, path: str) -> StatInfo:
+        return self.inner.stat(path)
+
+    def read_link(self, path: str) -> str:
+        return self.inner.read_link(path)
+
+    def identity(self) -> Identity:
+        return self.inner.identity()
+
+    def uname(self) -> Uname:
+        return self.inner.uname()
+
+    def environ(self, name: str) -> Optional[str]:
+        return self.inner.environ(name)
+
+    def kvm_probe(self, path: str = "/dev/kvm") -> KvmProbe:
+        return self.inner.kvm_probe(path)
+
+    def read_msr(self, register: int, cpu: int = 0) -> int:
+        return self.inner.read_msr(register, cpu)
+
+    def clock(self) -> float:
+        return self.inner.clock()
+
+    def key_info(self, path: str) -> KeyInfo:
+        return self.inner.key_info(path)
+
+    def netlink(self, request: str, netns: Optional[str] = None) -> list[dict[str, Any]]:
+        return self.inner.netlink(request, netns)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.inner.describe())
+
+    def read_file(self, path: str, **kw: Any) -> bytes:
+        return scrub(path, self.inner.read_file(path, **kw))[0]
+
+    def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
+        result = self.inner.run(argv, **kw)
+        return replace(
+            result,
+            argv=scrub_argv(result.argv),
+            stdout=scrub_text(result.stdout)[0],
+            stderr=scrub_text(result.stderr)[0],
+        )
+
+    def processes(self) -> list[ProcessInfo]:
+        return [replace(p, cmdline=scrub_argv(p.cmdline)) for p in self.inner.processes()]
+
+    def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
+        return _scrub_value(self.inner.libvirt(uri, request, **params))
+
+    def close(self) -> None:
+        self.inner.close()

@@ -41,7 +41,7 @@ from doctor.sources.base import (
     Uname,
     Unavailable,
 )
-from doctor.sources.redact import never_recorded, scrub, scrub_log_line
+from doctor.sources.redact import never_recorded, scrub, scrub_argv
 
 FORMAT = "kvmdoctor-snapshot"
 FORMAT_VERSION = 1
@@ -188,7 +188,7 @@ class RecordingSource:
             for proc in procs:
                 row = proc.as_dict()
                 # A command line may carry a secret (QEMU's -spice password=...).
-                row["cmdline"] = [scrub_log_line(arg) for arg in row["cmdline"]]
+                row["cmdline"] = list(scrub_argv(row["cmdline"]))
                 rows.append(row)
             self.blobs[_key("processes")] = json.dumps(rows, indent=1).encode()
 

@@ -25,8 +25,9 @@ def test_config_passwords_are_blanked_and_named() -> None:
     assert "hunter22" not in text and "spice-secret" not in text
     assert f'vnc_password = "{REDACTED}"' in text
     assert 'vnc_listen = "0.0.0.0"' in text and "remote_display_port_min = 5900" in text
-    assert keys == ["vnc_password", "spice_password"]
-    assert "commented-out" in text  # a comment holds no live secret; left as the operator wrote it
+    assert keys == ["spice_password", "vnc_password"]
+    # A commented-out password is often the real one the operator disabled: blanked too.
+    assert "commented-out" not in text and f'#vnc_password = "{REDACTED}"' in text
 
 
 def test_other_files_are_recorded_as_they_are() -> None:
@@ -55,7 +56,7 @@ def test_a_collected_snapshot_holds_no_secret(tmp_path: Path) -> None:
     assert b"hunter22" not in everything and b"PRIVATE KEY" not in everything
     manifest = json.loads((snap / "manifest.json").read_text())
     conf = next(a for a in manifest["answers"] if a.get("path") == "/etc/libvirt/qemu.conf")
-    assert conf["redacted"] == ["vnc_password", "spice_password"]
+    assert conf["redacted"] == ["spice_password", "vnc_password"]
     replay = SnapshotSource(str(snap))
     try:
         replay.read_file("/etc/pki/libvirt/private/serverkey.pem")
@@ -87,4 +88,4 @@ def test_xml_passwords_are_blanked_with_spaces_around_the_equals_sign() -> None:
     )
     data, keys = scrub("/etc/libvirt/qemu/web1.xml", xml)
     assert b"kdsecret1" not in data and b"kdsecret2" not in data
-    assert keys == ["passwd", "passwd"]
+    assert keys == ["passwd"]

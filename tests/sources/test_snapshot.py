@@ -17,6 +17,7 @@ import pytest
 from doctor.sources import open_source
 from doctor.sources.base import NotFound, SourceError, StatInfo, Unavailable
 from doctor.sources.live import LiveSource
+from doctor.sources.redact import ScrubbedSource
 from doctor.sources.snapshot import (
     FORMAT,
     FORMAT_VERSION,
@@ -498,7 +499,9 @@ def test_recorded_host_snapshot_says_kvm_works_without_vmx() -> None:
 
 
 def test_open_source_picks_snapshot_tree_or_host(small_snapshot: Path, tmp_path: Path) -> None:
-    assert isinstance(open_source(snapshot=str(small_snapshot)), SnapshotSource)
+    snapshot = open_source(snapshot=str(small_snapshot))
+    assert isinstance(snapshot, ScrubbedSource)  # every source answers through the scrubber
+    assert isinstance(snapshot.inner, SnapshotSource)
     tree = open_source(root=str(tmp_path / "tree"))
     assert (tree.kind, tree.describe()["root"]) == ("root", str(tmp_path / "tree"))
     live = open_source(uri="qemu:///system")

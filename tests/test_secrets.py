@@ -1,0 +1,191 @@
+"""Secrets in every form the host writes them never reach anything kvmdoctor prints or writes:
+`run` (text with -v, JSON), `collect` (the snapshot's report, its copies of the logs, its
+processes.json and command outputs), and a replay of a snapshot that holds them.
+
+The forms: quoted and bare `password=` in QEMU logs, `passwd='...'` and `passwd="..."` in
+libvirtd's debug lines (define XML echoed into the log), quoted and separate-argument passwords
+on process command lines, and the journal."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from doctor.facts.logs import DAEMON_LOGS, JOURNAL_ARGV, QEMU_LOG_DIR
+from doctor.sources.live import LiveSource
+from doctor.sources.redact import REDACTED, ScrubbedSource, scrub_argv, scrub_text
+from doctor.sources.snapshot import RecordingSource
+
+from kdnet import set_command
+from kdtest import kvmdoctor, write_tree
+
+SECRETS = [f"kdsecret{letter}" for letter in "ABCDEFGHIJ"]
+
+QEMU_LOG = (
+    "2026-11-26 07:00:00.000+0000: starting up libvirt version: 9.0.0\n"
+    "2026-11-26T07:00:00.100000Z qemu-system-x86_64: -spice port=5900,"
+    "password=\"kdsecretA\" -vnc 0.0.0.0:0,password='kdsecretB' -object "
+    '{"qom-type":"secret","id":"sec0","data":"kdsecretI"}: '
+    "Could not open '/var/lib/libvirt/images/web1.qcow2': Permission denied\n"
+)
+LIBVIRTD_LOG = (
+    "2026-11-26 07:00:01.000+0000: 1234: debug : virDomainDefineXMLFlags:6000 : conn=0x1, "
+    "xml=<domain type='kvm'><graphics type='vnc' passwd='kdsecretC'/>"
+    '<graphics type="spice" passwd="kdsecretD"/></domain>\n'
+    "2026-11-26 07:00:02.000+0000: 1234: error : virPortAllocatorSetUsed:274 : internal "
+    "error: Failed to reserve port 5900 for <graphics passwd='kdsecretJ'/>\n"
+)
+QEMU_CMDLINE = [
+    "/usr/bin/qemu-system-x86_64",
+    "-name",
+    "guest=web1",
+    "-vnc",
+    '0.0.0.0:0,password="kdsecretE"',
+    "-spice",
+    "port=5901,password=kdsecretF",
+    "--password",
+    "kdsecretG",
+]
+
+
+def no_logs(snap: Any) -> Any:
+    for path in DAEMON_LOGS:
+        snap.drop("file", path=path)
+    return snap.drop("dir", path=QEMU_LOG_DIR)
+
+
+def encodings(secret: str) -> list[bytes]:
+    raw = secret.encode()
+    return [raw, base64.b64encode(raw), urllib.parse.quote(secret).encode()]
+
+
+def assert_no_secret(blob: bytes, where: str) -> None:
+    for secret in SECRETS:
+        for form in encodings(secret):
+            assert form not in blob, f"{secret} ({form!r}) in {where}"
+
+
+def host_tree(root: Path) -> Path:
+    status = "Name:\tqemu-system-x86\nPPid:\t1\nUid:\t64055\t64055\t64055\t64055\n"
+    status += "Gid:\t64055\t64055\t64055\t64055\n"
+    return write_tree(
+        root,
+        {
+            "/var/log/libvirt/qemu/web1.log": QEMU_LOG,
+            "/var/log/libvirt/libvirtd.log": LIBVIRTD_LOG,
+            "/proc/4242/status": status,
+            "/proc/4242/cmdline": "\0".join(QEMU_CMDLINE) + "\0",
+            "/etc/libvirt/qemu.conf": 'vnc_password = "kdsecretH"\n',
+        },
+    )
+
+
+AT = ("--at", "2026-11-26T08:00:00Z")
+
+
+def test_run_on_a_tree_prints_and_reports_no_secret(tmp_path: Path) -> None:
+    tree = str(host_tree(tmp_path / "tree"))
+    text = kvmdoctor("run", "--root", tree, "-v", *AT)
+    assert text.exit_code in (0, 1), text.stderr
+    assert "Permission denied" in text.stdout  # the log hit itself is reported
+    assert_no_secret(text.stdout.encode() + text.stderr.encode(), "run -v")
+    report = kvmdoctor("run", "--root", tree, "-f", "json", *AT)
+    assert_no_secret(report.stdout.encode(), "the JSON report")
+    assert "graphics-port-conflict" in report.stdout
+
+
+def test_collect_records_no_secret_anywhere_in_the_snapshot(tmp_path: Path) -> None:
+    tree = str(host_tree(tmp_path / "tree"))
+    snap = tmp_path / "snap"
+    result = kvmdoctor("collect", "--root", tree, "-o", str(snap))
+    assert result.exit_code == 0, result.stderr
+    files = {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
+    assert "processes.json" in files and "report.json" in files
+    assert any(name.endswith("qemu/web1.log") for name in files)
+    for name, blob in files.items():
+        assert_no_secret(blob, name)
+    (qemu,) = [p for p in json.loads(files["processes.json"]) if p["pid"] == 4242]
+    assert qemu["cmdline"][4] == f'0.0.0.0:0,password="{REDACTED}"'
+    assert qemu["cmdline"][-2:] == ["--password", REDACTED]
+    # and the replay reports no secret either
+    replay = kvmdoctor("run", "--snapshot", str(snap), "-v", *AT)
+    assert_no_secret(replay.stdout.encode(), "the replay")
+
+
+def test_a_snapshot_that_holds_secrets_is_scrubbed_when_replayed(edit_snapshot: Any) -> None:
+    """A snapshot from elsewhere (an older kvmdoctor, a hand-made bundle) with secrets in its
+    journal and logs: the report made from it carries none."""
+    snap = no_logs(edit_snapshot())
+    journal = (
+        "2026-11-26T07:00:02+0000 vm libvirtd[1234]: internal error: Failed to reserve port "
+        "5900 for <graphics passwd='kdsecretJ'/> password=\"kdsecretA\"\n"
+    )
+    set_command(snap, list(JOURNAL_ARGV), journal)
+    snap.set_file("/var/log/libvirt/libvirtd.log", LIBVIRTD_LOG)
+    path = str(snap.save())
+    report = kvmdoctor("run", "--snapshot", path, "-f", "json", *AT)
+    assert "graphics-port-conflict" in report.stdout
+    assert_no_secret(report.stdout.encode(), "the report of a replay")
+    text = kvmdoctor("run", "--snapshot", path, "-v", *AT)
+    assert_no_secret(text.stdout.encode(), "run -v of a replay")
+
+
+def test_the_journal_is_recorded_scrubbed(edit_snapshot: Any, tmp_path: Path) -> None:
+    from doctor.sources.snapshot import SnapshotSource
+
+    snap = no_logs(edit_snapshot())
+    set_command(snap, list(JOURNAL_ARGV), "x: spice password='kdsecretB' passwd=kdsecretC\n")
+    recorder = RecordingSource(ScrubbedSource(SnapshotSource(str(snap.save()))))
+    assert "kdsecretB" not in recorder.run(list(JOURNAL_ARGV)).stdout
+    out = tmp_path / "out"
+    recorder.write(str(out))
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert_no_secret(path.read_bytes(), str(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ('password="kdsecretA" port=5900', "port=5900"),
+        ("password='kdsecretA',addr=::", ",addr=::"),
+        ("-spice port=5900,password=kdsecretA,addr=127.0.0.1", ",addr=127.0.0.1"),
+        ("<graphics type='vnc' passwd='kdsecretA' port='5900'/>", "port='5900'"),
+        ('<graphics passwd = "kdsecretA"/>', "<graphics passwd"),
+        ("passwd=&quot;kdsecretA&quot; x", " x"),
+        ('{"password": "kdsecretA", "port": 5900}', '"port": 5900'),
+        ("vnc_password = 'kdsecretA'", "vnc_password"),
+        ("--password=kdsecretA --port 1", "--port 1"),
+        ("data=kdsecretA after -object secret,id=x,", "data=kdsecretA"),  # not a secret object
+    ],
+)
+def test_every_form_of_a_secret_is_blanked(text: str, kept: str) -> None:
+    scrubbed, _ = scrub_text(text)
+    assert kept in scrubbed
+    if text.startswith("data="):
+        assert scrubbed == text
+    else:
+        assert "kdsecretA" not in scrubbed and REDACTED in scrubbed
+
+
+def test_a_password_given_as_the_next_argument_is_blanked() -> None:
+    assert scrub_argv(["x", "--spice-password", "kdsecretA", "-k"]) == (
+        "x",
+        "--spice-password",
+        REDACTED,
+        "-k",
+    )
+
+
+def test_checks_see_the_scrubbed_answer_and_the_inner_source_keeps_the_key(
+    tmp_path: Path,
+) -> None:
+    tree = host_tree(tmp_path / "tree")
+    source = ScrubbedSource(LiveSource(str(tree)))
+    assert b"kdsecretH" not in source.read_file("/etc/libvirt/qemu.conf")
+    assert source.kind == "root"
