@@ -99,10 +99,25 @@ def cli_ignores(tokens: list[str]) -> list[IgnoreRule]:
     ]
 
 
+MAX_SECONDS = 86400.0
+
+
+def finite_seconds(value: Optional[float]) -> Optional[float]:
+    """A time limit given on the command line: a finite number (nan and inf pass typer's
+    range check, since no comparison with them is true)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 ConnectTimeoutOpt = typer.Option(
     10.0,
     "--connect-timeout",
     min=0.1,
+    max=MAX_SECONDS,
+    callback=finite_seconds,
     help="Time limit for each answer from libvirt, in seconds.",
     metavar="SECONDS",
 )

@@ -11,6 +11,7 @@ import typer
 
 from doctor.cli.common import (
     INVOCATION,
+    MAX_SECONDS,
     ConfigOpt,
     ConnectTimeoutOpt,
     IgnoreOpt,
@@ -21,6 +22,7 @@ from doctor.cli.common import (
     UriOpt,
     UsageError,
     cli_ignores,
+    finite_seconds,
     load_config,
     open_source,
     parse_time,
@@ -62,6 +64,8 @@ def run(
         None,
         "--check-timeout",
         min=0.01,
+        max=MAX_SECONDS,
+        callback=finite_seconds,
         help="Time limit for each check, in seconds (default 10).",
         metavar="SECONDS",
     ),

@@ -459,10 +459,14 @@ class SnapshotSource:
             raise SnapshotError(f"{path}: no manifest.json (not a kvmdoctor snapshot)") from None
         except json.JSONDecodeError as exc:
             raise SnapshotError(f"{path}: manifest.json is not valid JSON: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise SnapshotError(f"{path}: manifest.json is not UTF-8 ({exc.reason})") from None
+        except RecursionError:
+            raise SnapshotError(f"{path}: manifest.json is nested too deep") from None
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise SnapshotError(f"{path}: manifest.json is not a {FORMAT} manifest")
         version = self.manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:  # `true` == 1 is no version
             raise SnapshotError(
                 f"{path}: snapshot format version {version}; this kvmdoctor reads {FORMAT_VERSION}"
             )

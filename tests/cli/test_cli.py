@@ -123,6 +123,11 @@ def test_a_config_with_an_unknown_setting_is_a_usage_error(snap: str, tmp_path: 
         (["run", "--snapshot", "/nonexistent/snap"], "not a snapshot directory or archive"),
         (["run", "--root", "/nonexistent/tree"], "/nonexistent/tree"),
         (["run", "--check-timeout", "0"], "--check-timeout"),
+        (["run", "--check-timeout", "nan"], "nan is not a number of seconds"),
+        (["run", "--check-timeout", "inf"], "--check-timeout"),
+        (["run", "--connect-timeout", "nan"], "nan is not a number of seconds"),
+        (["run", "--connect-timeout", "1e308"], "--connect-timeout"),
+        (["fix", "--connect-timeout", "-inf"], "--connect-timeout"),
         (["checks", "KVM999"], "no check 'KVM999'"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["collect"], "Missing option '--output'"),
@@ -277,3 +282,24 @@ def test_at_judges_a_tree_at_the_given_time_not_today(tmp_path: Path) -> None:
 def test_at_refuses_what_is_not_an_iso_time(value: str, tmp_path: Path) -> None:
     result = kvmdoctor("run", "--root", str(tmp_path), "--at", value)
     assert_one_line_error(result, "--at takes an ISO 8601 time")
+
+
+def test_a_config_that_is_not_utf8_is_a_usage_error(snap: str, tmp_path: Path) -> None:
+    config = tmp_path / "kvmdoctor.toml"
+    config.write_bytes(b'fail_on = "w\xe4rn"\n')
+    assert_one_line_error(
+        kvmdoctor("run", "--snapshot", snap, "--config", str(config)), "not UTF-8 text"
+    )
+
+
+@pytest.mark.parametrize(
+    ("manifest", "needle"),
+    [
+        (b'{"format": "kvmdoctor-snapshot", "format_version": true}', "format version True"),
+        (b'{"format": "kvmdoctor-snapshot", "x": "\xff"}', "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+    ],
+)
+def test_a_hostile_manifest_is_a_usage_error(manifest: bytes, needle: str, tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_bytes(manifest)
+    assert_one_line_error(kvmdoctor("run", "--snapshot", str(tmp_path)), needle)
