@@ -144,6 +144,8 @@ def _hook(event: str, args: tuple) -> None:
     if not _watch["on"]:
         return
     if event == "open":
+        if isinstance(args[0], int):
+            return  # fdopen of a descriptor whose own open(2) was seen here already
         path = str(args[0])
         if not path.startswith(_watch["allowed"]):
             _watch["seen"].append(f"open {path}")

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -35,6 +37,7 @@ class _Group(TyperGroup):
         **extra: Any,
     ) -> Any:
         common.INVOCATION[:] = ["kvmdoctor", *(sys.argv[1:] if args is None else args)]
+        previous = _catch_sigterm()
         try:
             rv = super().main(
                 args=args,
@@ -65,6 +68,9 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             click.echo("kvmdoctor: interrupted", err=True)
             code = 130
+        except Terminated:
+            click.echo("kvmdoctor: terminated", err=True)
+            code = 143
         except Exception as exc:
             if os.environ.get("KVMDOCTOR_DEBUG"):
                 traceback.print_exc()
@@ -74,9 +80,31 @@ class _Group(TyperGroup):
                 err=True,
             )
             code = EXIT_INTERNAL
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that every clean-up on the way out runs (a
+    snapshot's unpacked files, temporary output files), as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> Any:
+    """Turn SIGTERM into Terminated while a command runs (only in the main thread, and only
+    when nobody else handles it); the handler that was there, to put back, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 app = typer.Typer(

@@ -19,10 +19,11 @@ import json
 import os
 import posixpath
 import re
-import shutil
+import stat
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, TypeVar
 
@@ -436,14 +437,14 @@ class SnapshotSource:
     def __init__(self, path: str) -> None:
         self.path = path
         self._tmp: Optional[tempfile.TemporaryDirectory[str]] = None
-        if os.path.isfile(path) and tarfile.is_tarfile(path):
+        if os.path.isfile(path) and _is_archive(path):
             self._tmp = tempfile.TemporaryDirectory(prefix="kvmdoctor-snapshot-")
             try:
                 _safe_extract(path, self._tmp.name)
-            except (tarfile.TarError, EOFError, OSError) as exc:
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
                 self._tmp.cleanup()
                 raise SnapshotError(f"{path}: cannot unpack the archive: {exc}") from None
-            except SnapshotError:
+            except BaseException:  # a refusal, Ctrl-C, SIGTERM: nothing stays in /tmp
                 self._tmp.cleanup()
                 raise
             self.dir = _snapshot_root(self._tmp.name)
@@ -506,15 +507,28 @@ class SnapshotSource:
     def _missing(self, what: str) -> Unavailable:
         return Unavailable(what, "not recorded in the snapshot")
 
-    def _data(self, rel: str) -> bytes:
-        real = os.path.normpath(os.path.join(self.dir, rel))
-        if not real.startswith(os.path.normpath(self.dir) + os.sep):
-            raise SourceError(rel, "manifest points outside the snapshot")
+    def _data(self, rel: str, max_bytes: Optional[int] = None, tail: bool = False) -> bytes:
+        """A file of the snapshot: inside it (links followed only while they stay inside), a
+        regular file (never a device or a FIFO), and no more than `max_bytes` read."""
+        top = os.path.realpath(self.dir)
+        real = os.path.realpath(os.path.join(self.dir, rel))
+        if not real.startswith(top + os.sep):
+            raise PathEscapes(rel, "leads outside the snapshot")
         try:
-            with open(real, "rb") as handle:
-                return handle.read()
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise SourceError(rel, "named in manifest.json but missing from the snapshot") from None
+        except OSError as exc:
+            raise SourceError(rel, f"cannot read it from the snapshot: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SourceError(rel, "not a regular file: a snapshot holds only regular files")
+            if max_bytes is None:
+                max_bytes = info.st_size
+            if tail and info.st_size > max_bytes:
+                handle.seek(info.st_size - max_bytes)
+            return handle.read(max_bytes)
 
     def _value(self, kind: str, arg: str = "") -> Any:
         entry = self._entry(kind, arg)
@@ -536,23 +550,22 @@ class SnapshotSource:
         self, path: str, *, max_bytes: int = DEFAULT_MAX_BYTES, tail: bool = False
     ) -> bytes:
         entry = self._entry("file", path)
-        if entry is not None and entry.get("data"):
-            data = self._data(entry["data"])
-        else:
-            real = self._by_hand(path)
-            if not os.path.isfile(real):
-                raise self._missing(path)
-            data = self._data(os.path.relpath(real, self.dir))
         if max_bytes <= 0:
             return b""
-        return data[-max_bytes:] if tail else data[:max_bytes]
+        if entry is not None and entry.get("data"):
+            return self._data(entry["data"], max_bytes, tail)
+        real = self._by_hand(path)
+        if not os.path.lexists(real) or os.path.isdir(real):
+            raise self._missing(path)
+        return self._data(os.path.relpath(real, self.dir), max_bytes, tail)
 
     def list_dir(self, path: str) -> list[str]:
         entry = self._entry("dir", path)
         if entry is not None:
             return list(entry["value"])
         real = self._by_hand(path)
-        if os.path.isdir(real):
+        top = os.path.realpath(self.dir)
+        if os.path.isdir(real) and os.path.realpath(real).startswith(top + os.sep):
             return sorted(os.listdir(real))
         raise self._missing(path)
 
@@ -616,7 +629,9 @@ class SnapshotSource:
         return rows
 
     def close(self) -> None:
-        pass
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
 def _entry_key(entry: dict[str, Any]) -> str:
@@ -645,14 +660,108 @@ def _snapshot_root(extracted: str) -> str:
     return extracted
 
 
+# A snapshot is small (the answers of one run: configuration files, the tails of logs):
+# archives beyond these limits are refused while they are read, before they cost disk or memory.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+MAX_TOTAL_BYTES = 512 * 1024 * 1024
+MAX_MEMBERS = 50_000
+MAX_HEADER_BYTES = 1024 * 1024  # a pax header or a GNU long name
+
+
+def _is_archive(path: str) -> bool:
+    """Whether the file is a (compressed) tar archive, judged by its first bytes only: tarfile's
+    own test reads the first member, which may be a header of gigabytes."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        raise SnapshotError(f"{path}: {exc.strerror}") from None
+    compressed = head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+    return compressed or head[257:262] == b"ustar"
+
+
+def _open_stream(archive: str) -> Any:
+    import bz2
+    import gzip
+    import lzma
+
+    with open(archive, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(archive, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(archive, "rb")
+    if magic.startswith(b"\xfd7zXZ"):
+        return lzma.open(archive, "rb")
+    return open(archive, "rb")
+
+
+def _header_size(block: bytes) -> int:
+    field = block[124:136]
+    if field[:1] in (b"\x80", b"\xff"):  # base-256
+        return int.from_bytes(field[1:], "big", signed=field[:1] == b"\xff")
+    digits = field.split(b"\0", 1)[0].strip()
+    return int(digits or b"0", 8)
+
+
+def _prescan(archive: str) -> None:
+    """Walk the tar headers through the decompressor, holding one block at a time: refuse
+    oversized pax headers and long names (which tarfile would load into memory whole) and an
+    archive that unpacks to more than the limit, before anything is written."""
+    total = 0
+    with _open_stream(archive) as stream:
+        while True:
+            block = stream.read(512)
+            if len(block) < 512 or block == bytes(512):
+                return
+            try:
+                size = _header_size(block)
+            except ValueError:
+                return  # not a header tarfile can read: it will say so
+            padded = (size + 511) // 512 * 512
+            if block[156:157] in (b"x", b"g", b"L", b"K") and size > MAX_HEADER_BYTES:
+                raise SnapshotError(
+                    f"{archive}: an archive header of {size} bytes (at most {MAX_HEADER_BYTES})"
+                )
+            total += 512 + padded
+            if total > MAX_TOTAL_BYTES:
+                raise SnapshotError(_too_big(archive))
+            while padded:
+                chunk = stream.read(min(padded, 1 << 20))
+                if not chunk:
+                    return
+                padded -= len(chunk)
+
+
+def _too_big(archive: str) -> str:
+    return (
+        f"{archive}: unpacks to more than {MAX_TOTAL_BYTES >> 20} MiB; a snapshot is far "
+        "smaller (see docs/snapshot-format.md)"
+    )
+
+
 def _safe_extract(archive: str, dest: str) -> None:
+    _prescan(archive)
     with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
+        members = []
+        total = 0
+        for member in tar:
             name = os.path.normpath(member.name)
             escapes = name.startswith("/") or name == ".." or name.startswith("../")
             if escapes or not (member.isfile() or member.isdir()):
                 raise SnapshotError(f"{archive}: refusing archive member {member.name!r}")
-        for member in tar.getmembers():
+            if member.size > MAX_MEMBER_BYTES:
+                raise SnapshotError(
+                    f"{archive}: member {member.name!r} is {member.size} bytes "
+                    f"(at most {MAX_MEMBER_BYTES >> 20} MiB; see docs/snapshot-format.md)"
+                )
+            total += member.size
+            if total > MAX_TOTAL_BYTES:
+                raise SnapshotError(_too_big(archive))
+            members.append(member)
+            if len(members) > MAX_MEMBERS:
+                raise SnapshotError(f"{archive}: more than {MAX_MEMBERS} members")
+        for member in members:
             target = os.path.join(dest, os.path.normpath(member.name))
             if member.isdir():
                 os.makedirs(target, exist_ok=True)
@@ -662,4 +771,10 @@ def _safe_extract(archive: str, dest: str) -> None:
             if extracted is None:
                 continue
             with extracted, open(target, "wb") as out:
-                shutil.copyfileobj(extracted, out)
+                left = member.size
+                while left > 0:
+                    chunk = extracted.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    left -= len(chunk)
