@@ -7,4 +7,6 @@ from typing import Any
 
 
 def render(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    from doctor.textsafe import json_c1_escaped
+
+    return json_c1_escaped(json.dumps(report, indent=2, ensure_ascii=False)) + "\n"

@@ -62,6 +62,9 @@ def render(
     from rich.console import Console
     from rich.markup import escape
 
+    from doctor.textsafe import for_terminal
+
+    report = for_terminal(report)  # no escape sequence from the host reaches the terminal
     console = Console(
         file=out,
         no_color=not color,
