@@ -1083,8 +1083,11 @@ def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[F
     running) against every other guest interface, against the MACs of the host's interfaces
     (other than the guests' own taps and macvtap devices), whether a guest's tap carries the
     guest's own MAC (libvirt gives taps fe:xx:... so the bridge never sees the guest's MAC
-    as its own), and whether a MAC is multicast (lowest bit of the first octet set). One pass
-    over a dictionary of MACs: the cost grows with the number of interfaces, not its square.
+    as its own), and whether a MAC is multicast (lowest bit of the first octet set). A MAC
+    that several interfaces carry is one finding about `mac:ADDRESS`, naming its domains (the
+    first few in the message, up to 50 in the evidence, and how many in all), not one finding
+    per domain. One pass over a dictionary of MACs: the cost and the report grow with the
+    number of interfaces, not its square.
 
     Why it matters: two running guests with one MAC steal each other's frames on the bridge
     and the switch; one defined and one running clash when the second starts (cloned
@@ -1120,22 +1123,12 @@ def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[F
     def add(dom: Domain, status: Status, text: str, evidence: dict[str, Any]) -> None:
         problems.setdefault(dom.name, []).append((status, text, evidence))
 
+    shared: list[Finding] = []
+    sharing: set[str] = set()  # domains whose MAC another interface uses too
     for mac, users in owners.items():
         if len(users) > 1:
-            for _, dom, number, _iface in users:
-                others = [
-                    f"{d.subject} interface {n} ({'running' if d.active else 'defined'})"
-                    for _, d, n, _ in users
-                    if not (d.name == dom.name and n == number)
-                ]
-                both_running = dom.active and any(d.active for _, d, _, _ in users if d is not dom)
-                same_domain = all(d.name == dom.name for _, d, _, _ in users)
-                add(
-                    dom,
-                    "fail" if both_running or same_domain else "warn",
-                    f"interface {number}: MAC {mac} is also used by {', '.join(others)}",
-                    {"mac": mac, "owners": [f"{d.subject}#{n}" for _, d, n, _ in users]},
-                )
+            shared.append(_shared_mac(mac, [(d, n) for _, d, n, _ in users]))
+            sharing.update(d.name for _, d, _, _ in users)
         if mac in host:
             for _, dom, number, _iface in users:
                 add(
@@ -1173,10 +1166,13 @@ def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[F
                         "guest's frames as its own",
                         {"mac": iface.mac, "tap": tap.summary()},
                     )
+    yield from shared
     for dom in domains.items:
         macs = [i.mac for i in dom.interfaces if i.mac]
         evidence: dict[str, Any] = {"domain": dom.name, "active": dom.active, "macs": macs}
         found = problems.get(dom.name)
+        if not found and dom.name in sharing:
+            continue  # its problem is the shared MAC's finding, which names it
         if found:
             overall = worst([s for s, _, _ in found])
             evidence["problems"] = [e for _, _, e in found]
@@ -1193,6 +1189,43 @@ def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[F
         yield Finding(
             "pass", "no guest interface has a MAC", evidence={"domains": domains.as_dict()}
         )
+
+
+# How many interfaces a shared MAC's message and evidence name; the count says how many more.
+# One finding per shared MAC, of bounded size: 2,000 guests on one MAC give one finding, not
+# 2,000 findings that each list the other 1,999.
+_NAMED_IN_MESSAGE = 5
+_NAMED_IN_EVIDENCE = 50
+
+
+def _shared_mac(mac: str, users: list[tuple[Domain, int]]) -> Finding:
+    """The finding for one MAC that several guest interfaces carry: it fails when two of them
+    run (or all are in one domain, which cannot start), warns when a defined clone would clash
+    on its start; the guest to change is a defined one if there is one."""
+    running = [d for d, _ in users if d.active]
+    same_domain = len({d.name for d, _ in users}) == 1
+    status: Status = "fail" if len(running) > 1 or same_domain else "warn"
+    names = [
+        f"{d.subject} interface {n} ({'running' if d.active else 'defined'})" for d, n in users
+    ]
+    more = len(names) - _NAMED_IN_MESSAGE
+    listed = ", ".join(names[:_NAMED_IN_MESSAGE]) + (f" and {more} more" if more > 0 else "")
+    change = next((d for d, _ in reversed(users) if not d.active), users[-1][0])
+    domains = list(dict.fromkeys(d.name for d, _ in users))
+    return Finding(
+        status,
+        f"MAC {mac} is used by {len(users)} interfaces: {listed}",
+        subject=f"mac:{mac}",
+        evidence={
+            "mac": mac,
+            "count": len(users),
+            "running": len(running),
+            "owners": [f"{d.subject}#{n}" for d, n in users[:_NAMED_IN_EVIDENCE]],
+            "domains": domains[:_NAMED_IN_EVIDENCE],
+            "domains_count": len(domains),
+            "domain": change.name,
+        },
+    )
 
 
 # --- NET011 ---------------------------------------------------------------------------------

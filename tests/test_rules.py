@@ -693,8 +693,10 @@ FINDING_CASES: dict[str, Sequence[Finding]] = {
         shaped(
             "NET010",
             "fail",
-            "interface 0: MAC 52:54:00:aa:bb:cc is also on domain:web2",
-            "domain:web1",
+            "MAC 52:54:00:aa:bb:cc is used by 2 interfaces: domain:web1 interface 1 (running), "
+            "domain:web2 interface 1 (running)",
+            "mac:52:54:00:aa:bb:cc",
+            domain="web2",
         )
     ],
     "nat-masquerade-missing": [

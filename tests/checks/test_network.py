@@ -704,13 +704,25 @@ def test_net010_fails_two_running_guests_with_one_mac_and_warns_for_a_defined_cl
         ),
     )
     found = run_checks(path, ("NET010",))
-    twin = one(found, "NET010", "domain:kd-twin")
-    assert twin.status == "fail"
-    assert (
-        "MAC 52:54:00:8e:d6:ee is also used by domain:kd-cap-guest interface 1 (running)"
-        in twin.message
+    shared = one(found, "NET010", "mac:52:54:00:8e:d6:ee")
+    assert shared.status == "fail"  # two of them run
+    assert shared.message == (
+        "MAC 52:54:00:8e:d6:ee is used by 3 interfaces: domain:kd-cap-guest interface 1 "
+        "(running), domain:kd-twin interface 1 (running), domain:kd-clone interface 1 (defined)"
     )
-    assert one(found, "NET010", "domain:kd-clone").status == "warn"
+    assert shared.evidence["domain"] == "kd-clone"  # the one to change: a defined clone
+    # one finding for the shared cause: none per domain for it
+    assert {f.subject for f in found["NET010"]} == {"mac:52:54:00:8e:d6:ee"}
+
+
+def test_net010_warns_when_only_a_defined_clone_shares_the_mac(edit_snapshot: Any) -> None:
+    path = host(
+        edit_snapshot,
+        links=lab_rows("guest/links.json"),
+        domains=(guest(GUEST_LIVE, active=True), guest(name="kd-clone")),
+    )
+    found = run_checks(path, ("NET010",))
+    assert one(found, "NET010", "mac:52:54:00:8e:d6:ee").status == "warn"
 
 
 def test_net010_fails_a_guest_mac_that_a_host_interface_has(edit_snapshot: Any) -> None:
@@ -769,11 +781,26 @@ def test_net010_stays_linear_for_a_host_with_thousands_of_guests() -> None:
         work[count] = lines_executed(
             lambda doms=domains, out=results: out.extend(duplicate_mac(doms, links))
         )
-        failing = sorted(f.subject for f in results if f.status != "pass")
-        assert failing == ["domain:kd-0", f"domain:kd-{count - 1}"]
-        assert len(results) == count
+        failing = [f for f in results if f.status != "pass"]
+        assert [f.subject for f in failing] == [f"mac:52:54:00:00:00:0{n}" for n in range(4)]
+        assert {tuple(f.evidence["domains"]) for f in failing} == {("kd-0", f"kd-{count - 1}")}
+        assert len(results) == count - 2 + 4
     # 4x the guests: linear work grows 4x, pairwise comparison 16x.
     assert work[2000] / work[500] < 6, work
+
+
+def test_net010_reports_thousands_of_guests_on_one_mac_in_one_bounded_finding() -> None:
+    """2,000 guests sharing one MAC: one finding of bounded size naming how many, not 2,000
+    findings that each list the other 1,999 (a 600 MB report)."""
+    template = parse_domain(GUEST_DEF, active=True, persistent=True, origin="libvirt")
+    items = tuple(replace(template, name=f"kd-{d}") for d in range(2000))
+    results = list(duplicate_mac(Domains(items, "libvirt test"), None))
+    (finding,) = results
+    assert finding.subject == f"mac:{GUEST_MAC}" and finding.status == "fail"
+    assert finding.evidence["count"] == 2000 and finding.evidence["domains_count"] == 2000
+    assert len(finding.evidence["owners"]) == 50
+    assert finding.message.endswith("and 1995 more")
+    assert len(json.dumps(finding.as_dict())) < 10_000
 
 
 # --- NET011 libvirt-network-inactive ------------------------------------------------------------
