@@ -164,3 +164,22 @@ def test_devices_and_links_under_dev_are_never_replaced(tmp_path: Path) -> None:
     # through the link into this process's stdout
     assert out["stdout"]["rc"] == 0
     assert out["stdout"]["stdout"].lstrip().startswith("{")
+
+
+def test_concurrent_collects_to_one_archive_leave_a_whole_archive(tmp_path: Path) -> None:
+    """Each writer renames a complete archive into place: whichever lands last, the archive
+    is whole, never two writers' bytes mixed."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/os-release").write_text('ID=debian\nPRETTY_NAME="Debian"\n')
+    target = tmp_path / "host.tar.gz"
+    argv = [sys.executable, "-m", "doctor", "collect", "--root", str(tree), "-o", str(target)]
+    procs = [
+        subprocess.Popen([*argv, "--force"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert kvmdoctor("run", "--snapshot", str(target), "-f", "json").exit_code in (0, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.tar.gz", "tree"]
