@@ -17,7 +17,7 @@ from doctor.facts.daemons import (
     socket_prefix,
 )
 from doctor.facts.hostpaths import DiskPaths, Emulators, FirewallTools, PathState, stat_of
-from doctor.facts.libvirt import LibvirtUri, QemuConf
+from doctor.facts.libvirt import LibvirtConfFiles, LibvirtUri, QemuConf
 from doctor.model import Finding
 from doctor.registry import check
 
@@ -621,3 +621,49 @@ def _search(state: PathState, uid: int, gids: tuple[int, ...]) -> bool:
     if state.gid in gids:
         return bool(mode & 0o010)
     return bool(mode & 0o001)
+
+
+@check(
+    "LIB008",
+    "libvirt-conf-unparseable",
+    title="A libvirt configuration file does not parse",
+    tags=("libvirt", "ci"),
+)
+def libvirt_conf_unparseable(libvirt_conf_files: LibvirtConfFiles) -> Iterator[Finding]:
+    """What it checks: that each of libvirt's configuration files on the host
+    (libvirtd.conf, qemu.conf, virtqemud.conf and the other daemons', network.conf,
+    libvirt.conf) parses as libvirt's own parser (src/util/virconf.c) reads it: `name = value`
+    with quoted strings, integers and [lists].
+
+    Why it matters: libvirt does not skip a line it cannot parse; it refuses the whole file.
+    A daemon then does not start ("Can't load config file: configuration file syntax error:
+    /etc/libvirt/libvirtd.conf:2: expecting a value"), a driver does not load (qemu.conf), or
+    every client fails (libvirt.conf). Unquoted strings (`unix_sock_group = libvirt`) and
+    unterminated quotes are the usual causes, often from a hand edit or a configuration tool.
+
+    How to fix: correct the line the finding names (quote the string, close the list), then
+    restart the daemon that reads the file.
+
+    References: https://libvirt.org/daemons.html https://libvirt.org/remote.html
+    """
+    for conf in libvirt_conf_files.files:
+        subject = f"file:{conf.path}"
+        evidence = {"path": conf.path, "reader": conf.reader}
+        if conf.unreadable is not None:
+            yield Finding(
+                "skip", f"{conf.path}: cannot read it: {conf.unreadable}", subject, evidence
+            )
+        elif conf.error is not None:
+            yield Finding(
+                "fail",
+                f"{conf.path}: {conf.error}: libvirt refuses the whole file, so "
+                f"{conf.reader} does not start with it",
+                subject,
+                {**evidence, "error": conf.error},
+            )
+        else:
+            yield Finding("pass", f"{conf.path} parses as libvirt reads it", subject, evidence)
+    if not libvirt_conf_files.files:
+        yield Finding(
+            "skip", "no libvirt configuration file to read (none on the host, or none recorded)"
+        )

@@ -261,6 +261,13 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: internal error: Unable to open vhost-net. Opened so far 0, requested 1",
         "qemu-system-x86_64: -netdev tap,vhost=on: vhost-net support unavailable",
     ],
+    "libvirt-conf-syntax-error": [
+        # libvirtd 9.0 of the lab, started with `libvirtd -f FILE` on an unquoted string
+        # (tests/integration/test_libvirt_conf.py gets it from the real daemon)
+        "2026-12-04 06:28:31.653+0000: 14141: error : main:918 : Can't load config file: "
+        "configuration file syntax error: /etc/libvirt/libvirtd.conf:2: expecting a value: "
+        "/etc/libvirt/libvirtd.conf",
+    ],
     "virtlogd-not-running": [
         "error: Failed to connect socket to '/run/libvirt/virtlogd-sock': No such file or directory"
     ],

@@ -699,6 +699,18 @@ FINDING_CASES: dict[str, Sequence[Finding]] = {
             domain="web2",
         )
     ],
+    "libvirt-conf-syntax-error": [
+        shaped(
+            "LIB008",
+            "fail",
+            "/etc/libvirt/libvirtd.conf: line 2: expecting a value: libvirt refuses the whole "
+            "file, so libvirtd does not start with it",
+            "file:/etc/libvirt/libvirtd.conf",
+            path="/etc/libvirt/libvirtd.conf",
+            reader="libvirtd",
+            error="line 2: expecting a value",
+        )
+    ],
     "nat-masquerade-missing": [
         shaped(
             "NET012",

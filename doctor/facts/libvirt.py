@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
-from doctor.sources.base import NotFound, SourceError
+from doctor.sources.base import NotFound, SourceError, Unavailable
 
 ConfValue = Union[str, int, list]
 _BLANK = " \t"
@@ -172,6 +172,58 @@ class QemuConf:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The configuration files libvirt's daemons and clients parse at start, with who reads them.
+CONF_FILES = {
+    "/etc/libvirt/libvirtd.conf": "libvirtd",
+    "/etc/libvirt/qemu.conf": "the QEMU driver (libvirtd or virtqemud)",
+    "/etc/libvirt/virtqemud.conf": "virtqemud",
+    "/etc/libvirt/virtproxyd.conf": "virtproxyd",
+    "/etc/libvirt/virtnetworkd.conf": "virtnetworkd",
+    "/etc/libvirt/virtstoraged.conf": "virtstoraged",
+    "/etc/libvirt/virtlogd.conf": "virtlogd",
+    "/etc/libvirt/network.conf": "the network driver",
+    "/etc/libvirt/libvirt.conf": "every libvirt client (virsh, virt-manager)",
+}
+
+
+@dataclass(frozen=True)
+class ConfFile:
+    path: str
+    reader: str  # who refuses to start (or to connect) when it does not parse
+    error: Optional[str] = None  # where libvirt's parser stops, as it would say it
+    unreadable: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LibvirtConfFiles:
+    """libvirt's configuration files on the host, each parsed as libvirt parses it."""
+
+    files: tuple[ConfFile, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@fact("libvirt_conf_files")
+def libvirt_conf_files(ctx: FactContext) -> LibvirtConfFiles:
+    found = []
+    for path, reader in CONF_FILES.items():
+        try:
+            text = read_text(ctx.source, path)
+        except (NotFound, Unavailable):  # absent, or a snapshot that did not record it
+            continue
+        except SourceError as exc:
+            found.append(ConfFile(path, reader, unreadable=exc.reason))
+            continue
+        try:
+            parse_conf(text)
+        except ConfError as exc:
+            found.append(ConfFile(path, reader, error=str(exc)))
+        else:
+            found.append(ConfFile(path, reader))
+    return LibvirtConfFiles(tuple(found))
 
 
 @fact("qemu_conf")
