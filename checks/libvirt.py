@@ -298,6 +298,15 @@ def libvirt_connection_failed(libvirt_conn: Connection) -> Iterator[Finding]:
     kind = conn.error_kind or "unknown"
     code = conn.details.get("code_name")
     said = f"{conn.error}" + (f" [{code}]" if code else "")
+    if conn.opened and kind == "timeout":
+        yield Finding(
+            "fail",
+            f"connected to {conn.uri}, but a request on the connection hung: {said}; the "
+            "daemon accepted the connection and then stopped answering: it is hung or "
+            "overloaded (a stuck driver or domain job); look at its log and restart it",
+            evidence=evidence,
+        )
+        return
     yield Finding(
         "fail", f"cannot connect to {conn.uri}: {said}; {ADVICE.get(kind, '')}", evidence=evidence
     )

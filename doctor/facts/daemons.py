@@ -316,6 +316,8 @@ class Connection:
     error: Optional[str] = None
     error_kind: Optional[str] = None  # daemon-not-running, permission, auth, tls, timeout, ...
     details: dict[str, Any] = field(default_factory=dict)  # libvirt's code and domain
+    # Whether the connection itself opened before the failure (a request after it hung).
+    opened: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -357,6 +359,13 @@ def libvirt_conn(ctx: FactContext) -> Connection:
         raise FactUnavailable(exc.reason) from None
     except SourceError as exc:
         return Connection(
-            uri.effective, False, error=exc.reason, error_kind=classify(exc), details=exc.details
+            uri.effective,
+            False,
+            error=exc.reason,
+            error_kind=classify(exc),
+            details=exc.details,
+            # The source names the step that failed: "connect to URI" is the open itself;
+            # anything else ran on a connection that had opened.
+            opened=not exc.what.startswith("connect to") and exc.what != "connect",
         )
-    return Connection(uri.effective, True, info=info)
+    return Connection(uri.effective, True, info=info, opened=True)

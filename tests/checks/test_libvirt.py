@@ -140,6 +140,27 @@ def test_lib002_keeps_libvirts_code_and_classifies_the_failure(edit_snapshot: An
     assert "(see LIB001)" in finding.message
 
 
+@pytest.mark.parametrize(
+    ("what", "opened", "said"),
+    [
+        ("connect to qemu:///system", False, "cannot connect to qemu:///system"),
+        ("connect on qemu:///system", True, "connected to qemu:///system, but a request"),
+    ],
+)
+def test_lib002_tells_a_hung_open_from_a_request_that_hung_after_it(
+    edit_snapshot: Any, what: str, opened: bool, said: str
+) -> None:
+    """A daemon that never completes the connection, and one that opens it and then stops
+    answering (the source names the step: `connect to URI` is the open itself)."""
+    hang = {"type": "timeout", "what": what, "message": "libvirt did not answer within 10 s"}
+    snap = edit_snapshot().set_error("libvirt", hang, request="connect", **LIBVIRT)
+    finding = one(run_checks(snap.save()), "LIB002")
+    assert finding.status == "fail"
+    assert finding.message.startswith(said)
+    assert finding.evidence["opened"] is opened
+    assert finding.evidence["error_kind"] == "timeout"  # the libvirt-daemon-hung playbook
+
+
 def test_lib002_recognises_a_polkit_refusal(edit_snapshot: Any) -> None:
     # virsh as an unprivileged user without a polkit agent (libvirt's wording).
     refusal = {
