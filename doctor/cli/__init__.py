@@ -47,6 +47,8 @@ class _Group(TyperGroup):
                 **extra,
             )
             code = rv if isinstance(rv, int) else 0
+            if code == 130:  # typer's answer to Ctrl-C inside a command: Exit(130), returned
+                click.echo("kvmdoctor: interrupted", err=True)
         except UsageError as exc:
             click.echo(f"kvmdoctor: error: {exc}", err=True)
             code = EXIT_USAGE
