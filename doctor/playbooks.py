@@ -556,17 +556,14 @@ def _contradiction(required: Condition, absent: Condition) -> bool:
 
 
 def _when(data: Mapping[str, Any]) -> tuple[str, tuple[Condition, ...], tuple[Condition, ...]]:
-    """(mode, the conditions to be found, the conditions to be absent) of a `when`."""
+    """(mode, the conditions to be found, the conditions to be absent) of a `when`. The schema
+    admits `not` only in `all` and after the first condition, which anchors."""
     ((mode, raw_conditions),) = data.items()
     found: list[Condition] = []
     absent: list[Condition] = []
     for i, raw in enumerate(raw_conditions):
         where = f"when/{mode}/{i}"
         if "not" in raw:
-            if mode != "all" or i == 0:
-                raise PlaybookInvalid(
-                    f"{where}: `not` belongs in `when.all`, after the condition that anchors"
-                )
             absent.append(_condition(raw["not"], f"{where}/not"))
         else:
             found.append(_condition(raw, where))

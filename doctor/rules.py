@@ -232,13 +232,19 @@ def _candidates(
     ]
     if playbook.mode == "all" and not all(per_condition):
         return []
-    # The subjects of the findings that contradict the playbook's premises.
-    contradicting = {
-        findings[i].subject
-        for c in playbook.contradicted_by
-        for i in by_code.get(c.code, ())
-        if c.matches(findings[i])
-    }
+    # What contradicts the playbook's premises: a finding that matches a `not` condition with
+    # a subject test, about whatever subject (`anywhere`), or one without, about these subjects.
+    anywhere = False
+    contradicting: set[str] = set()
+    for c in playbook.contradicted_by:
+        for i in by_code.get(c.code, ()):
+            if c.matches(findings[i]):
+                if c.subject is not None:
+                    anywhere = True
+                else:
+                    contradicting.add(findings[i].subject)
+    if anywhere:
+        return []
     anchors = (
         per_condition[0]
         if playbook.mode == "all"
@@ -259,7 +265,7 @@ def _candidates(
         if contradicting and (
             subject == "host" or subject in contradicting or "host" in contradicting
         ):
-            continue  # a host-wide anchor by any subject's finding, else its own or the host's
+            continue  # a host-wide anchor by any subject's finding, else by its own or the host's
         matched = [anchor]
         if playbook.mode == "all":
             seen = {anchor}

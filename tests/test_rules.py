@@ -26,6 +26,7 @@ from kdhosts import (
     daemon_stopped,
     image_under,
     intel_bare_metal,
+    listens_for_tls_without_files,
     no_kvm_device,
     socket_left_behind,
     with_domains,
@@ -128,6 +129,10 @@ DERIVED_CASES: dict[str, Host] = {
     "vhost-net-unavailable": lambda s: (s, None),
     "tun-device-missing": lambda s: (s.missing("stat", path="/dev/net/tun"), None),
     "libvirtd-not-running": lambda s: (daemon_stopped(s), None),
+    "libvirtd-tls-blocks-start": lambda s: (
+        listens_for_tls_without_files(daemon_stopped(s)),
+        None,
+    ),
     "libvirt-daemon-not-installed": lambda s: (
         daemon_stopped(s).missing("stat", path="/usr/sbin/libvirtd"),
         None,

@@ -203,8 +203,9 @@ def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
 
 
 def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
-    """A diagnosis that its cause (shown just above) fully explains: indented under it, with
-    its own cause, and without fix steps: fixing the cause fixes it, and the plan leaves it out."""
+    """A diagnosis that its cause (shown just above) fully explains: one line indented under
+    it (its own cause and findings with -v), and no fix steps: fixing the cause fixes it, and
+    the plan leaves it out."""
     from rich.markup import escape
 
     status = diag["status"]
@@ -213,9 +214,9 @@ def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
         f"      consequence: [{STYLE[status]}]{LABEL[status]}[/] {escape(diag['title'])}"
         f"{escape(subject)} [dim]({escape(diag['playbook'])})[/]"
     )
-    for line in textwrap.wrap(diag["cause"], width=88):
-        console.print(f"        [dim]{escape(line)}[/]")
     if verbose:
+        for line in textwrap.wrap(diag["cause"], width=88):
+            console.print(f"        [dim]{escape(line)}[/]")
         for ref in diag["findings"]:
             where = "" if ref["subject"] == "host" else f" {ref['subject']}"
             console.print(
