@@ -411,17 +411,18 @@ def _fold(built: list[_Built]) -> list[Diagnosis]:
                 root_of[position] = root_of.get(other, other)
                 break
     roots = [p for p in range(len(ranked)) if p not in root_of]
-    folded = sorted(root_of, key=lambda p: (roots.index(root_of[p]), p))
-    order = [*roots, *folded]
+    under: dict[int, list[int]] = {p: [] for p in roots}
+    for position in sorted(root_of):
+        under[root_of[position]].append(position)
+    order = [*roots, *(p for root in roots for p in under[root])]
     rank = {position: number for number, position in enumerate(order, start=1)}
     out = []
     for position in order:
         diagnosis = ranked[position].diagnosis
         if position in root_of:
             diagnosis = replace(diagnosis, consequence_of=rank[root_of[position]])
-        else:
-            under = tuple(rank[p] for p in folded if root_of[p] == position)
-            diagnosis = replace(diagnosis, consequences=under)
+        elif under[position]:
+            diagnosis = replace(diagnosis, consequences=tuple(rank[p] for p in under[position]))
         out.append(diagnosis)
     return out
 
