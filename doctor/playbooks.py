@@ -2,7 +2,8 @@
 
 Each file is checked against playbooks/playbook.schema.json (the same file as
 docs/playbook.schema.json) and then for what a schema cannot say: the id is the file name, every
-regular expression compiles, every placeholder is well formed. A file that fails is reported
+regular expression compiles, every placeholder is well formed, a condition required absent
+(`not:`) contradicts none that `when` requires. A file that fails is reported
 with its name (`Playbooks.errors`) and the others still load. PyYAML and jsonschema are imported
 here, inside the loader, so that `kvmdoctor --help` needs neither.
 
@@ -105,7 +106,7 @@ class Playbook:
     id: str
     title: str
     mode: str  # "all" or "any"
-    conditions: tuple[Condition, ...]
+    conditions: tuple[Condition, ...]  # what must be found (the first anchors diagnoses)
     explains: tuple[str, ...]
     cause: str
     fix: tuple[Action, ...]
@@ -113,6 +114,9 @@ class Playbook:
     refs: tuple[str, ...]
     signatures: tuple[re.Pattern[str], ...]
     file: str
+    # What must not be found (`not:` in `when.all`): a finding that matches one contradicts
+    # the playbook's premise ("the CPU and the firmware allow KVM"), and it does not fire.
+    contradicted_by: tuple[Condition, ...] = ()
 
     @property
     def codes(self) -> tuple[str, ...]:
@@ -121,6 +125,10 @@ class Playbook:
 
     @property
     def specificity(self) -> int:
+        """How narrowly `when` selects the findings a diagnosis rests on: each condition counts
+        1 plus its evidence, subject and message tests; `all` sums them, `any` takes the least.
+        Premises (`not`) do not count: they rule a diagnosis out, they do not choose between
+        two readings of one finding."""
         weights = [c.weight for c in self.conditions]
         return sum(weights) if self.mode == "all" else min(weights)
 
@@ -534,6 +542,41 @@ def _texts(value: Any) -> Iterator[str]:
             yield from _texts(item)
 
 
+def _contradiction(required: Condition, absent: Condition) -> bool:
+    """Whether every finding that `required` accepts is one that `absent` forbids: the same
+    check, every status of `required` forbidden, and no evidence, subject or message test in
+    `absent` that could tell them apart. The playbook could then never fire."""
+    return (
+        required.code == absent.code
+        and set(required.statuses) <= set(absent.statuses)
+        and not absent.evidence
+        and absent.subject is None
+        and absent.message is None
+    )
+
+
+def _when(data: Mapping[str, Any]) -> tuple[str, tuple[Condition, ...], tuple[Condition, ...]]:
+    """(mode, the conditions to be found, the conditions to be absent) of a `when`. The schema
+    admits `not` only in `all` and after the first condition, which anchors."""
+    ((mode, raw_conditions),) = data.items()
+    found: list[Condition] = []
+    absent: list[Condition] = []
+    for i, raw in enumerate(raw_conditions):
+        where = f"when/{mode}/{i}"
+        if "not" in raw:
+            absent.append(_condition(raw["not"], f"{where}/not"))
+        else:
+            found.append(_condition(raw, where))
+    for condition in absent:
+        clash = next((c for c in found if _contradiction(c, condition)), None)
+        if clash is not None:
+            raise PlaybookInvalid(
+                f"when/{mode}: {condition.code} is required and required absent, "
+                "so the playbook could never fire"
+            )
+    return mode, tuple(found), tuple(absent)
+
+
 def parse(data: Any, file: str, validator: Any) -> Playbook:
     """A validated Playbook from the YAML data of `file`; PlaybookInvalid says what is wrong.
     `validator` None: the data comes from compiled.json, validated when it was compiled."""
@@ -544,8 +587,7 @@ def parse(data: Any, file: str, validator: Any) -> Playbook:
     stem = Path(file).name.rsplit(".", 1)[0]
     if data["id"] != stem:
         raise PlaybookInvalid(f"id {data['id']!r} differs from the file name {stem!r}")
-    ((mode, raw_conditions),) = data["when"].items()
-    conditions = tuple(_condition(c, f"when/{mode}/{i}") for i, c in enumerate(raw_conditions))
+    mode, conditions, contradicted_by = _when(data["when"])
     _check_placeholders(data["cause"], "cause")
     actions = []
     for index, raw in enumerate(data["fix"]):
@@ -568,6 +610,7 @@ def parse(data: Any, file: str, validator: Any) -> Playbook:
         refs=tuple(data.get("refs", ())),
         signatures=signatures,
         file=file,
+        contradicted_by=contradicted_by,
     )
 
 

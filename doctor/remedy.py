@@ -61,6 +61,8 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
     seen: set[str] = set()
     items = []
     for diag in report.get("diagnoses", []):
+        if diag.get("consequence_of") is not None:
+            continue  # a consequence of another diagnosis: fixing that cause fixes it
         steps = []
         for data in diag["fix"]:
             step = _vetted(FixStep.from_dict(data), book.items.get(str(diag["playbook"])))

@@ -1,13 +1,21 @@
 """The rule engine: playbooks matched against findings give ranked diagnoses.
 
 For each playbook, the findings of its first `when` condition anchor diagnoses (one per finding,
-about that finding's subject); with `all`, every other condition must match some finding too.
-Candidates are accepted most specific first (more conditions and evidence tests, then more
-symptoms explained): a candidate whose anchor a more specific diagnosis already accounts for is
-dropped, so "/dev/kvm is missing" does not stand beside "VT-x is disabled in the firmware",
-which explains it. Accepted diagnoses mark the findings they rest on and the symptoms they
-explain (`explained_by`); a finding whose evidence names a playbook (a LOG001 hit) is explained
-by that playbook's diagnosis when there is one. Diagnoses are shown most severe first.
+about that finding's subject); with `all`, every other condition must match some finding too,
+and no finding may match a condition under `not` (a premise the problem needs: "the CPU and the
+firmware allow KVM" does not hold beside a failing KVM003 or KVM004). Candidates are accepted
+most specific first (more conditions and evidence tests, then more symptoms explained): a
+candidate whose anchor a more specific diagnosis already accounts for is dropped, so "/dev/kvm
+is missing" does not stand beside "VT-x is disabled in the firmware", which explains it.
+Accepted diagnoses mark the findings they rest on and the symptoms they explain
+(`explained_by`); a finding whose evidence names a playbook (a LOG001 hit) is explained by that
+playbook's diagnosis when there is one.
+
+Diagnoses are ranked by causal depth (how many problem findings a diagnosis rests on or
+explains, then how many findings), then severity, then specificity. One whose problem findings
+another diagnosis all rests on or explains is a consequence of it: it is listed after every
+root cause with `consequence_of` (the rank of its cause), shown under that cause, and its fix
+is not part of the plan, since fixing the cause is what fixes it.
 """
 
 from __future__ import annotations
@@ -85,12 +93,16 @@ class Diagnosis:
     cause: str
     fix: tuple[FixStep, ...]
     missing: tuple[str, ...]  # placeholders of the cause left unfilled
+    # The rank of the diagnosis that rests on or explains every problem this one rests on or
+    # explains (its cause), and the ranks of those this one so explains.
+    consequence_of: Optional[int] = None
+    consequences: tuple[int, ...] = ()
 
     def as_dict(self, rank: int) -> dict[str, Any]:
         def ref(f: Finding) -> dict[str, Any]:
             return {"code": f.code, "subject": f.subject, "status": f.status, "message": f.message}
 
-        return {
+        out: dict[str, Any] = {
             "rank": rank,
             "playbook": self.playbook.id,
             "title": self.playbook.title,
@@ -105,6 +117,11 @@ class Diagnosis:
             "verify": list(self.playbook.verify),
             "refs": list(self.playbook.refs),
         }
+        if self.consequence_of is not None:
+            out["consequence_of"] = self.consequence_of
+        if self.consequences:
+            out["consequences"] = list(self.consequences)
+        return out
 
 
 def _is_problem(finding: Finding) -> bool:
@@ -215,6 +232,19 @@ def _candidates(
     ]
     if playbook.mode == "all" and not all(per_condition):
         return []
+    # What contradicts the playbook's premises: a finding that matches a `not` condition with
+    # a subject test, about whatever subject (`anywhere`), or one without, about these subjects.
+    anywhere = False
+    contradicting: set[str] = set()
+    for c in playbook.contradicted_by:
+        for i in by_code.get(c.code, ()):
+            if c.matches(findings[i]):
+                if c.subject is not None:
+                    anywhere = True
+                else:
+                    contradicting.add(findings[i].subject)
+    if anywhere:
+        return []
     anchors = (
         per_condition[0]
         if playbook.mode == "all"
@@ -231,6 +261,11 @@ def _candidates(
             by_subject.append(index)
     out = []
     for anchor in anchors:
+        subject = findings[anchor].subject
+        if contradicting and (
+            subject == "host" or subject in contradicting or "host" in contradicting
+        ):
+            continue  # a host-wide anchor by any subject's finding, else by its own or the host's
         matched = [anchor]
         if playbook.mode == "all":
             seen = {anchor}
@@ -247,7 +282,8 @@ def _candidates(
 
 
 def diagnose(findings: Sequence[Finding], book: Playbooks) -> tuple[list[Diagnosis], list[Finding]]:
-    """(diagnoses, most severe first; the findings with `explained_by` set)."""
+    """(diagnoses, root causes by rank and then their consequences; the findings with
+    `explained_by` set)."""
     by_code: dict[str, list[int]] = {}
     problems_by_code: dict[str, list[int]] = {}
     by_code_subject: dict[tuple[str, str], list[int]] = {}
@@ -307,27 +343,88 @@ def diagnose(findings: Sequence[Finding], book: Playbooks) -> tuple[list[Diagnos
         replace(f, explained_by=tuple(explained_by[i])) if i in explained_by else f
         for i, f in enumerate(findings)
     ]
-    diagnoses = []
+    built: list[_Built] = []
     for cand, symptoms in accepted:
         matched = [marked[i] for i in cand.matched]
         resolver = _Resolver(matched)
         cause, missing = fill(cand.playbook.cause, resolver)
-        diagnoses.append(
-            Diagnosis(
-                playbook=cand.playbook,
-                subject=matched[0].subject,
-                status=cand.status,
-                findings=tuple(matched),
-                explains=tuple(marked[i] for i in symptoms),
-                cause=cause,
-                fix=tuple(_step(cand.playbook.id, a, resolver) for a in cand.playbook.fix),
-                missing=tuple(dict.fromkeys(missing)),
-            )
+        diagnosis = Diagnosis(
+            playbook=cand.playbook,
+            subject=matched[0].subject,
+            status=cand.status,
+            findings=tuple(matched),
+            explains=tuple(marked[i] for i in symptoms),
+            cause=cause,
+            fix=tuple(_step(cand.playbook.id, a, resolver) for a in cand.playbook.fix),
+            missing=tuple(dict.fromkeys(missing)),
         )
-    diagnoses.sort(
-        key=lambda d: (-SEVERITY[d.status], -d.playbook.specificity, d.playbook.id, d.subject)
-    )
-    return diagnoses, marked
+        cover = frozenset((*cand.matched, *symptoms))
+        problems = frozenset(i for i in cover if _is_problem(findings[i]))
+        built.append(_Built(diagnosis, cover, problems or cover, len(problems)))
+    return _fold(built), marked
+
+
+@dataclass(frozen=True)
+class _Built:
+    """An accepted diagnosis with the findings it rests on or explains (`cover`, by index)
+    and those of them another diagnosis must cover to make it a consequence (`own`: its
+    problem findings, or all of them when it has none)."""
+
+    diagnosis: Diagnosis
+    cover: frozenset[int]
+    own: frozenset[int]
+    reach: int  # the problem findings in `cover`
+
+    @property
+    def rank_key(self) -> tuple[int, int, int, int, str, str]:
+        d = self.diagnosis
+        return (
+            -self.reach,
+            -len(self.cover),
+            -SEVERITY[d.status],
+            -d.playbook.specificity,
+            d.playbook.id,
+            d.subject,
+        )
+
+
+def _fold(built: list[_Built]) -> list[Diagnosis]:
+    """The diagnoses ranked by causal depth, then severity, then specificity; each one whose
+    problem findings a higher-ranked diagnosis all covers is folded under the first such root
+    cause and listed after every root.
+
+    A diagnosis that covers another's problems without being covered by it in turn explains
+    more, so it ranks higher: looking only at higher ranks finds every cause, and two that
+    cover each other fold the lower-ranked under the higher."""
+    ranked = sorted(built, key=lambda b: b.rank_key)
+    holders: dict[int, list[int]] = {}  # finding -> positions of the diagnoses covering it
+    for position, item in enumerate(ranked):
+        for i in item.cover:
+            holders.setdefault(i, []).append(position)
+    root_of: dict[int, int] = {}
+    for position, item in enumerate(ranked):
+        rarest = min(item.own, key=lambda i: len(holders[i]))
+        for other in holders[rarest]:
+            if other >= position:
+                break
+            if item.own <= ranked[other].cover:
+                root_of[position] = root_of.get(other, other)
+                break
+    roots = [p for p in range(len(ranked)) if p not in root_of]
+    under: dict[int, list[int]] = {p: [] for p in roots}
+    for position in sorted(root_of):
+        under[root_of[position]].append(position)
+    order = [*roots, *(p for root in roots for p in under[root])]
+    rank = {position: number for number, position in enumerate(order, start=1)}
+    out = []
+    for position in order:
+        diagnosis = ranked[position].diagnosis
+        if position in root_of:
+            diagnosis = replace(diagnosis, consequence_of=rank[root_of[position]])
+        elif under[position]:
+            diagnosis = replace(diagnosis, consequences=tuple(rank[p] for p in under[position]))
+        out.append(diagnosis)
+    return out
 
 
 def apply(result: RunResult, book: Playbooks) -> RunResult:

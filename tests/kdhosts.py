@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from kdsnap import EditableSnapshot, realdata
+from kdsnap import REALDATA_DMI, EditableSnapshot, realdata
 
 INTEL_VMX = "cpuinfo/insights__intel-xeon-e5-2670_baremetal_vmx__cpu0.txt"
+HYPERV_CPU = "cpuinfo/virt-what__hyperv-guest_xeon-5130_no-vmx_no-hypervisor-flag.txt"
 RHEL_DOMAIN = "domains/insights__etc-libvirt-qemu__i440fx_rhel7.4_virt-manager-persistent.xml"
 LIBVIRT = {"uri": None, "params": {}}  # the manifest keys of a default-URI libvirt answer
 # What libvirt-python raises when libvirtd's socket is gone (libvirt 9.0 wording).
@@ -71,6 +72,32 @@ def intel_bare_metal(snap: EditableSnapshot, log: str) -> EditableSnapshot:
     return snap
 
 
+def hyperv_guest_without_vtx(
+    snap: EditableSnapshot, dmi: str = "hyperv_guest_2008", hypervisor_flag: bool = False
+) -> EditableSnapshot:
+    """A Hyper-V guest whose host does not expose VT-x: a Hyper-V guest's real /proc/cpuinfo
+    (no vmx), Hyper-V's real DMI strings (tests/fixtures/realdata/dmi/vendors.json `dmi`), no
+    kvm module loaded, a kernel log without KVM lines, and no /dev/kvm. With `hypervisor_flag`
+    the cpuinfo carries the `hypervisor` flag, as kernels since 2.6.30 print it for Hyper-V's
+    CPUID bit (the recorded guest's kernel predates it)."""
+    text = realdata(HYPERV_CPU)
+    if hypervisor_flag:
+        text = text.replace(" lahf_lm\n", " lahf_lm hypervisor\n")
+        assert " hypervisor\n" in text
+    snap.set_file("/proc/cpuinfo", text)
+    values = json.loads(REALDATA_DMI.read_text())[dmi]
+    for name in ("sys_vendor", "product_name", "bios_vendor", "board_vendor"):
+        if values.get(name):
+            snap.set_file(f"/sys/class/dmi/id/{name}", values[name] + "\n")
+    snap.set_file("/proc/modules", "tun 61440 0 - Live 0x0000000000000000\n")
+    loaded = [m for m in snap.value("dir", path="/sys/module") if not m.startswith("kvm")]
+    snap.set_value("dir", loaded, path="/sys/module")
+    snap.drop("command", argv=["dmesg"]).set_file(
+        "/var/log/kern.log", "[    0.000000] Linux version 6.1.0\n"
+    )
+    return no_kvm_device(snap)
+
+
 def daemon_stopped(snap: EditableSnapshot) -> EditableSnapshot:
     """libvirtd installed but not running: no socket, no process, no connection."""
     for path in ("/run/libvirt/libvirt-sock", "/run/libvirt/libvirt-sock-ro"):
@@ -85,6 +112,24 @@ def socket_left_behind(snap: EditableSnapshot) -> EditableSnapshot:
     rows = json.loads((snap.path / "processes.json").read_text())
     snap.set_processes([r for r in rows if r["name"] != "libvirtd"])
     return snap.set_error("libvirt", REFUSED, request="connect", **LIBVIRT)
+
+
+# The TLS files of a libvirtd server, where libvirtd.conf leaves them at their defaults.
+SERVER_TLS_FILES = (
+    "/etc/pki/CA/cacert.pem",
+    "/etc/pki/libvirt/servercert.pem",
+    "/etc/pki/libvirt/private/serverkey.pem",
+)
+
+
+def listens_for_tls_without_files(snap: EditableSnapshot) -> EditableSnapshot:
+    """libvirtd set to start with --listen (Debian's /etc/default/libvirtd), listen_tls at its
+    default (on), and none of the server's TLS files in place: the state after enabling
+    --listen without setting TLS up, in which libvirtd exits at start-up."""
+    snap.set_file("/etc/default/libvirtd", 'LIBVIRTD_ARGS="--listen"\n')
+    for path in SERVER_TLS_FILES:
+        snap.missing("file", path=path).missing("stat", path=path)
+    return snap
 
 
 def image_under(snap: EditableSnapshot, directory_mode: int) -> EditableSnapshot:

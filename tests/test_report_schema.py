@@ -75,6 +75,8 @@ DIAGNOSIS_KEYS = {
     "verify",
     "refs",
 }
+# Present only when set: on a consequence, the rank of its cause; on a cause, its consequences.
+DIAGNOSIS_OPTIONAL_KEYS = {"consequence_of", "consequences"}
 FINDING_REF_KEYS = {"code", "subject", "status", "message"}
 FIX_STEP_KEYS = {"playbook", "action", "safety", "text", "params", "missing"}
 
@@ -258,7 +260,10 @@ def test_contract_pins_report_keys_and_schema_together(
     assert _keys(schema, defs["finding"]) == (FINDING_KEYS | FINDING_OPTIONAL_KEYS, FINDING_KEYS)
     assert _keys(schema, defs["finding"]["properties"]["ignored"]) == (IGNORED_KEYS, IGNORED_KEYS)
     assert _keys(schema, defs["load_error"]) == (LOAD_ERROR_KEYS, LOAD_ERROR_KEYS)
-    assert _keys(schema, defs["diagnosis"]) == (DIAGNOSIS_KEYS, DIAGNOSIS_KEYS)
+    assert _keys(schema, defs["diagnosis"]) == (
+        DIAGNOSIS_KEYS | DIAGNOSIS_OPTIONAL_KEYS,
+        DIAGNOSIS_KEYS,
+    )
     assert _keys(schema, defs["finding_ref"]) == (FINDING_REF_KEYS, FINDING_REF_KEYS)
     assert _keys(schema, defs["fix_step"]) == (FIX_STEP_KEYS, FIX_STEP_KEYS)
     for name in ("check", "finding", "load_error", "diagnosis", "finding_ref", "fix_step"):
@@ -266,7 +271,8 @@ def test_contract_pins_report_keys_and_schema_together(
 
     assert snapshot_report["diagnoses"], "the snapshot's vhost-net warning gives a diagnosis"
     for diagnosis in snapshot_report["diagnoses"]:
-        assert set(diagnosis) == DIAGNOSIS_KEYS
+        keys = set(diagnosis)
+        assert keys >= DIAGNOSIS_KEYS and keys - DIAGNOSIS_KEYS <= DIAGNOSIS_OPTIONAL_KEYS
         for ref in (*diagnosis["findings"], *diagnosis["explains"]):
             assert set(ref) == FINDING_REF_KEYS
         for step in diagnosis["fix"]:

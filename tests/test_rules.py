@@ -26,6 +26,7 @@ from kdhosts import (
     daemon_stopped,
     image_under,
     intel_bare_metal,
+    listens_for_tls_without_files,
     no_kvm_device,
     socket_left_behind,
     with_domains,
@@ -128,6 +129,10 @@ DERIVED_CASES: dict[str, Host] = {
     "vhost-net-unavailable": lambda s: (s, None),
     "tun-device-missing": lambda s: (s.missing("stat", path="/dev/net/tun"), None),
     "libvirtd-not-running": lambda s: (daemon_stopped(s), None),
+    "libvirtd-tls-blocks-start": lambda s: (
+        listens_for_tls_without_files(daemon_stopped(s)),
+        None,
+    ),
     "libvirt-daemon-not-installed": lambda s: (
         daemon_stopped(s).missing("stat", path="/usr/sbin/libvirtd"),
         None,
@@ -481,6 +486,44 @@ def test_the_playbook_diagnoses_its_derived_host(edit_snapshot: Any, playbook_id
     for finding in (*found.findings, *found.explains):
         if finding.status in ("warn", "fail"):
             assert playbook_id in finding.explained_by
+    assert_one_root_cause_per_problem(diagnoses, marked)
+
+
+def assert_one_root_cause_per_problem(
+    diagnoses: Sequence[rules.Diagnosis], findings: Sequence[Finding]
+) -> None:
+    """No diagnosis fired beside a finding that contradicts its premise, and no root cause
+    stands whose problem findings a higher-ranked diagnosis all rests on or explains."""
+    for d in diagnoses:
+        for premise in d.playbook.contradicted_by:
+            against = [
+                f
+                for f in findings
+                if f.ignored is None
+                and premise.matches(f)
+                and (premise.subject or d.subject == "host" or f.subject in (d.subject, "host"))
+            ]
+            assert against == [], (d.playbook.id, against)
+
+    def keys(d: rules.Diagnosis, problems_only: bool) -> set[tuple[str, str]]:
+        return {
+            (f.code, f.subject)
+            for f in (*d.findings, *d.explains)
+            if not problems_only or f.status in ("warn", "fail", "error")
+        }
+
+    roots = [d for d in diagnoses if d.consequence_of is None]
+    for position, d in enumerate(roots):
+        for higher in roots[:position]:
+            problems = keys(d, True)
+            assert not problems or not problems <= keys(higher, False), (
+                d.playbook.id,
+                higher.playbook.id,
+            )
+    for d in diagnoses:
+        if d.consequence_of is not None:
+            cause = diagnoses[d.consequence_of - 1]
+            assert cause.consequence_of is None and keys(d, True) <= keys(cause, False)
 
 
 # --- playbooks whose hosts this snapshot cannot hold: findings shaped as their checks make them
@@ -730,8 +773,9 @@ def test_every_playbook_has_a_matching_case() -> None:
 
 @pytest.mark.parametrize("playbook_id", sorted(FINDING_CASES))
 def test_the_playbook_diagnoses_findings_shaped_like_its_checks(playbook_id: str) -> None:
-    diagnoses, _ = rules.diagnose(list(FINDING_CASES[playbook_id]), playbooks.shipped())
+    diagnoses, marked = rules.diagnose(list(FINDING_CASES[playbook_id]), playbooks.shipped())
     assert playbook_id in [d.playbook.id for d in diagnoses]
+    assert_one_root_cause_per_problem(diagnoses, marked)
 
 
 # --- the engine's choices -------------------------------------------------------------------

@@ -101,8 +101,14 @@ def render(
     diagnoses = report.get("diagnoses") or []
     if diagnoses:
         print_("\nDiagnoses", style="bold underline")
+        ranks = {diag.get("rank") for diag in diagnoses}
         for diag in diagnoses:
+            if diag.get("consequence_of") in ranks:
+                continue  # shown under its cause
             _diagnosis(console, diag, verbose=verbose)
+            for other in diagnoses:
+                if other.get("consequence_of") == diag.get("rank"):
+                    _consequence(console, other, verbose=verbose)
 
     problems = []
     ignored = []
@@ -197,6 +203,29 @@ def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
         f"      [dim]then: kvmdoctor run --select {','.join(diag['verify'])}"
         " (kvmdoctor fix prints the plan)[/]"
     )
+
+
+def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
+    """A diagnosis that its cause (shown just above) fully explains: one line indented under
+    it (its own cause and findings with -v), and no fix steps: fixing the cause fixes it, and
+    the plan leaves it out."""
+    from rich.markup import escape
+
+    status = diag["status"]
+    subject = "" if diag["subject"] == "host" else f" — {diag['subject']}"
+    console.print(
+        f"      consequence: [{STYLE[status]}]{LABEL[status]}[/] {escape(diag['title'])}"
+        f"{escape(subject)} [dim]({escape(diag['playbook'])})[/]"
+    )
+    if verbose:
+        for line in textwrap.wrap(diag["cause"], width=88):
+            console.print(f"        [dim]{escape(line)}[/]")
+        for ref in diag["findings"]:
+            where = "" if ref["subject"] == "host" else f" {ref['subject']}"
+            console.print(
+                f"        [dim]found by: {LABEL[ref['status']]} {ref['code']}{escape(where)}: "
+                f"{escape(ref['message'])}[/]"
+            )
 
 
 def _headline(report: dict[str, Any]) -> Any:
