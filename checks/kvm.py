@@ -141,15 +141,17 @@ def _why_missing(
         lines = _firmware_lines(log)
         said = f' (kernel: "{lines[-1].strip()}")' if lines else f" ({msr.register if msr else ''})"
         return "KVM003", f"the firmware has {feature} switched off{said}"
-    if modules is not None and not modules.has("kvm"):
-        if not modules.modular:
-            return "KVM005", "this kernel was built without KVM and cannot load modules"
-        return "KVM005", "the kvm module is not loaded"
+    if modules is not None and not modules.has("kvm") and not modules.modular:
+        return "KVM005", "this kernel was built without KVM and cannot load modules"
+    # An outer hypervisor that hides vmx/svm comes before loading modules: with no vmx/svm the
+    # backend module cannot load, so "not loaded" is a consequence there, not the cause.
     if cpu is not None and cpu.virt_flag is None and virt is not None and virt.hypervisor:
         return "KVM004", (
             f"this machine runs under {virt.name} and its CPU shows no vmx/svm: "
             "the outer hypervisor does not pass virtualization through"
         )
+    if modules is not None and not modules.has("kvm"):
+        return "KVM005", "the kvm module is not loaded"
     if cpu is not None and cpu.virt_flag is not None and modules is not None:
         vendor = VENDOR_MODULES.get(cpu.vendor or "")
         if vendor and not modules.has(vendor):
@@ -434,6 +436,7 @@ def kvm_module_not_loaded(
     kvm: Optional[KvmState] = None,
     cpu: Optional[CpuInfo] = None,
     kernel_log: Optional[KernelLog] = None,
+    virt: Optional[Virtualization] = None,
 ) -> Iterator[Finding]:
     """What it checks: that the kvm module and a backend for this CPU (kvm_intel, kvm_amd, or
     another such as kvm_pvm) are loaded or built in, from /proc/modules and /sys/module. It
@@ -472,9 +475,19 @@ def kvm_module_not_loaded(
             "pass", f"kvm ({modules.state('kvm')}) with {names}{nested_text}", evidence=evidence
         )
         return
+    # Under an outer hypervisor that hides vmx/svm, modprobe cannot succeed: say so rather
+    # than advise it (KVM004 names the cause).
+    hidden = cpu is not None and cpu.virt_flag is None and virt is not None and virt.hypervisor
+    if hidden and virt is not None:
+        evidence["outer_hypervisor"] = virt.name
     if not modules.has("kvm"):
         if not modules.modular:
             msg = "the kernel has no KVM built in and cannot load modules: boot a kernel with KVM"
+        elif hidden and virt is not None:
+            msg = (
+                f"the kvm module is not loaded, and {expected or 'its backend'} would not load: "
+                f"{virt.name} shows this machine no vmx/svm (see KVM004)"
+            )
         else:
             msg = f"the kvm module is not loaded: modprobe {expected or 'kvm'}"
         yield Finding("fail", msg, evidence=evidence)
