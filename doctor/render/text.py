@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Iterator
 from typing import IO, Any
@@ -99,6 +100,11 @@ def render(
             print_(f"[{STYLE[status]}]{escape(message)}[/]")
 
     diagnoses = report.get("diagnoses") or []
+    # Known errors found in the logs, which no current check confirms: one table row each
+    # (time, problem, log) after the diagnoses; their full blocks with -v.
+    log_rows = [] if verbose else _log_rows(report)
+    if log_rows:
+        diagnoses = [d for d in diagnoses if d.get("playbook") != LOG_PLAYBOOK]
     if diagnoses:
         print_("\nDiagnoses", style="bold underline")
         ranks = {diag.get("rank") for diag in diagnoses}
@@ -109,6 +115,15 @@ def render(
             for other in diagnoses:
                 if other.get("consequence_of") == diag.get("rank"):
                     _consequence(console, other, verbose=verbose)
+
+    if log_rows:
+        print_(
+            "\nRecent errors in the logs (no current check confirms them)", style="bold underline"
+        )
+        width = max(len(row[1]) for row in log_rows)
+        for when, problem, times, log in log_rows:
+            print_(f"  {escape(when):20}  {escape(problem):{width}}  {times:>3}x  {escape(log)}")
+        print_("  [dim]kvmdoctor explain PROBLEM: its cause and fix; -v: the lines themselves[/]")
 
     problems = []
     ignored = []
@@ -146,11 +161,20 @@ def render(
         for chk, finding in others:
             _finding(console, chk, finding, verbose=verbose, evidence=True)
     elif others and not quiet:
-        skipped = [(c, f) for c, f in others if f["status"] == "skip"]
-        for chk, finding in skipped:
-            print_(
-                f"[dim]SKIP  {chk['code']} {escape(chk['name'])}: {escape(finding['message'])}[/]"
-            )
+        # Skips grouped by their reason: one line for the 21 checks a host without libvirt
+        # skips, naming them.
+        groups: dict[str, list[str]] = {}
+        for chk, finding in others:
+            if finding["status"] == "skip":
+                codes = groups.setdefault(_skip_reason(finding["message"]), [])
+                if chk["code"] not in codes:
+                    codes.append(chk["code"])
+        for reason, codes in groups.items():
+            if len(codes) == 1:
+                (only,) = [c for c in report["checks"] if c["code"] == codes[0]]
+                print_(f"[dim]SKIP  {codes[0]} {escape(only['name'])}: {escape(reason)}[/]")
+            else:
+                print_(f"[dim]SKIP  {len(codes)} checks: {escape(reason)} ({', '.join(codes)})[/]")
 
     summary = report["summary"]
     counts = []
@@ -172,6 +196,33 @@ def render(
         counts.append(f"{summary['ignored']} ignored")
     counts.append(f"exit {report['exit_code']}")
     print_("\n" + " · ".join(counts), style="bold")
+
+
+LOG_PLAYBOOK = "known-error-in-logs"
+_UNAVAILABLE = re.compile(r"^[a-z_]+ unavailable: ")
+
+
+def _log_rows(report: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+    """(time, problem, count, log) of each log hit that only the generic log diagnosis
+    explains, newest first."""
+    rows = []
+    for chk in report["checks"]:
+        if chk["code"] != "LOG001":
+            continue
+        for finding in chk["findings"]:
+            if LOG_PLAYBOOK not in finding.get("explained_by", ()):
+                continue
+            ev = finding.get("evidence") or {}
+            when = str(ev.get("time") or "unknown time").replace("T", " ").rstrip("Z")
+            log = finding["subject"].split(":", 1)[-1]
+            rows.append((when, str(ev.get("playbook", "?")), int(ev.get("count") or 1), log))
+    return sorted(rows, key=lambda row: row[0], reverse=True)
+
+
+def _skip_reason(message: str) -> str:
+    """What a skip says, without the name of the fact that carried it ("libvirt_conn
+    unavailable: ..."), so that one reason groups the checks it stopped."""
+    return _UNAVAILABLE.sub("", message)
 
 
 def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,49 @@ def test_compact_evidence_is_flat_and_bounded() -> None:
     ]
     assert lines[-1] == "... 15 more (-v or --format json)"
     assert json.loads("\n".join(evidence_lines(evidence, verbose=True))) == evidence
+
+
+# --- at a glance: log hits as a table, skips grouped by reason ---------------------------------
+
+GLANCE_LOG = """\
+2026-11-26 07:24:21.858+0000: 7722: error : virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory
+2026-11-26 07:26:21.858+0000: 7722: error : virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary /usr/libexec/qemu-kvm: No such file or directory
+2026-11-26 07:27:53.901+0000: 11006: error : virPortAllocatorSetUsed:274 : internal error: Failed to reserve port 5977
+"""  # noqa: E501 - real lines as libvirtd 9.0 wrote them (tests/checks/test_logs.py)
+
+
+def glance(tmp_path: Path, *args: str) -> Any:
+    from kdtest import kvmdoctor, write_tree
+
+    tree = write_tree(tmp_path / "tree", {"/var/log/libvirt/libvirtd.log": GLANCE_LOG})
+    return kvmdoctor("run", "--root", str(tree), "--at", "2026-11-26T08:00:00Z", *args)
+
+
+def test_log_hits_are_one_table_row_each_and_whole_under_verbose(tmp_path: Path) -> None:
+    text = glance(tmp_path).stdout
+    table = text.split("Recent errors in the logs", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    rows = [line.split() for line in table if line.startswith("  2026")]
+    assert [(r[2], r[3]) for r in rows] == [
+        ("graphics-port-conflict", "1x"),
+        ("rhel-emulator-path-on-other-distribution", "2x"),
+    ]
+    assert all(r[4] == "/var/log/libvirt/libvirtd.log" for r in rows)
+    assert "A known error appears" not in text  # no 8-line block per hit
+    verbose = glance(tmp_path, "-v").stdout
+    assert verbose.count("A known error appears in the libvirt or QEMU logs") == 2
+    assert "Failed to reserve port 5977" in verbose
+    report = json.loads(glance(tmp_path, "-f", "json").stdout)  # nothing lost in JSON
+    hits = [f for c in report["checks"] if c["code"] == "LOG001" for f in c["findings"]]
+    assert len(hits) == 2
+
+
+def test_skips_with_one_reason_are_one_line_naming_every_check(tmp_path: Path) -> None:
+    text = glance(tmp_path).stdout
+    report = json.loads(glance(tmp_path, "-f", "json").stdout)
+    skipped = {c["code"] for c in report["checks"] if c["status"] == "skip"}
+    skip_lines = [line for line in text.splitlines() if line.startswith("SKIP")]
+    assert len(skip_lines) < len(skipped)  # grouped
+    for code in skipped:  # none lost
+        assert [line for line in skip_lines if re.search(rf"\b{code}\b", line)], code
+    (netlink,) = [line for line in skip_lines if "neither netlink" in line]
+    assert netlink.startswith("SKIP  7 checks: ")
