@@ -1086,7 +1086,8 @@ def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[F
     as its own), and whether a MAC is multicast (lowest bit of the first octet set). A MAC
     that several interfaces carry is one finding about `mac:ADDRESS`, naming its domains (the
     first few in the message, up to 50 in the evidence, and how many in all), not one finding
-    per domain. One pass over a dictionary of MACs: the cost and the report grow with the
+    per domain. User-mode NICs (`type='user'`) are segments of their own and share with
+    nothing. One pass over a dictionary of MACs: the cost and the report grow with the
     number of interfaces, not its square.
 
     Why it matters: two running guests with one MAC steal each other's frames on the bridge
@@ -1126,9 +1127,12 @@ def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[F
     shared: list[Finding] = []
     sharing: set[str] = set()  # domains whose MAC another interface uses too
     for mac, users in owners.items():
-        if len(users) > 1:
-            shared.append(_shared_mac(mac, [(d, n) for _, d, n, _ in users]))
-            sharing.update(d.name for _, d, _, _ in users)
+        # A user-mode NIC (type='user') is a segment of its own inside QEMU: its MAC meets no
+        # other interface's, so it shares with nothing.
+        segment = [(d, n) for _, d, n, iface in users if iface.type != "user"]
+        if len(segment) > 1:
+            shared.append(_shared_mac(mac, segment))
+            sharing.update(d.name for d, _ in segment)
         if mac in host:
             for _, dom, number, _iface in users:
                 add(

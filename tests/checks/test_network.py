@@ -715,6 +715,29 @@ def test_net010_fails_two_running_guests_with_one_mac_and_warns_for_a_defined_cl
     assert {f.subject for f in found["NET010"]} == {"mac:52:54:00:8e:d6:ee"}
 
 
+def test_net010_does_not_pair_user_mode_nics_which_are_segments_of_their_own(
+    edit_snapshot: Any,
+) -> None:
+    """Two guests whose type='user' NICs carry one MAC (QEMU's slirp: a network of its own in
+    each guest) share nothing; a bridged NIC beside one of them does not either."""
+    user = f"<interface type='user'><mac address='{GUEST_MAC}'/><model type='virtio'/></interface>"
+    path = host(
+        edit_snapshot,
+        links=lab_rows("guest/links.json"),
+        domains=(
+            guest(name="kd-user-a", interface=user),
+            guest(name="kd-user-b", interface=user),
+            guest(name="kd-bridged"),  # its bridge NIC has the same MAC
+        ),
+    )
+    found = run_checks(path, ("NET010",))
+    assert {f.subject: f.status for f in found["NET010"]} == {
+        "domain:kd-user-a": "pass",
+        "domain:kd-user-b": "pass",
+        "domain:kd-bridged": "pass",
+    }
+
+
 def test_net010_warns_when_only_a_defined_clone_shares_the_mac(edit_snapshot: Any) -> None:
     path = host(
         edit_snapshot,
