@@ -4,6 +4,7 @@ function changes only the answers that make the host what its name says (tests/k
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from kdsnap import REALDATA_DMI, EditableSnapshot, realdata
 
@@ -151,3 +152,17 @@ def image_under(snap: EditableSnapshot, directory_mode: int) -> EditableSnapshot
         "stat", {"path": "/usr/bin/qemu-kvm", **FILE, "mode": 0o755}, path="/usr/bin/qemu-kvm"
     )
     return snap
+
+
+def kvm_probe_refused(errno: str) -> dict[str, Any]:
+    """A kvm_probe answer: /dev/kvm exists but opening it failed with `errno`."""
+    return {
+        "path": "/dev/kvm",
+        "opened": False,
+        "open_errno": errno,
+        "api_version": None,
+        "api_errno": None,
+        "vm_created": None,
+        "create_vm_errno": None,
+        "extensions": {},
+    }

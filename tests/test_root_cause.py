@@ -29,6 +29,7 @@ from kdhosts import (
     daemon_stopped,
     hyperv_guest_without_vtx,
     intel_bare_metal,
+    kvm_probe_refused,
     listens_for_tls_without_files,
     no_kvm_device,
 )
@@ -172,16 +173,7 @@ def hyperv_static_node_refused_module(snap: EditableSnapshot) -> EditableSnapsho
     snap.set_stat("/dev/kvm", type="char", mode=0o600, uid=0, gid=0, rdev="10:232")
     snap.set_value(
         "kvm_probe",
-        {
-            "path": "/dev/kvm",
-            "opened": False,
-            "open_errno": "ENODEV",
-            "api_version": None,
-            "api_errno": None,
-            "vm_created": None,
-            "create_vm_errno": None,
-            "extensions": {},
-        },
+        kvm_probe_refused("ENODEV"),
         path="/dev/kvm",
     )
     return snap.set_file("/var/log/kern.log", realdata(VMX_REFUSED))

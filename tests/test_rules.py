@@ -26,6 +26,7 @@ from kdhosts import (
     daemon_stopped,
     image_under,
     intel_bare_metal,
+    kvm_probe_refused,
     listens_for_tls_without_files,
     no_kvm_device,
     socket_left_behind,
@@ -112,16 +113,7 @@ DERIVED_CASES: dict[str, Host] = {
         .set_value("identity", {**ALICE_IDENTITY, "groups": [107, 1500]})
         .set_value(
             "kvm_probe",
-            {
-                "path": "/dev/kvm",
-                "opened": False,
-                "open_errno": "EACCES",
-                "api_version": None,
-                "api_errno": None,
-                "vm_created": None,
-                "create_vm_errno": None,
-                "extensions": {},
-            },
+            kvm_probe_refused("EACCES"),
             path="/dev/kvm",
         ),
         None,
