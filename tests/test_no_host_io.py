@@ -73,6 +73,7 @@ ALLOWED = {
 # instance) through doctor/probe/lab.py, observes it (trace, capture) and sends (inject).
 # test_only_the_probe_command_reaches_the_probe_host_modules holds that line.
 PROBE_IO = {
+    "doctor/probe/active.py",
     "doctor/probe/kernel.py",
     "doctor/probe/lab.py",
     "doctor/probe/trace.py",

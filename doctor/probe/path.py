@@ -459,8 +459,12 @@ def _host_side(
     route = route_get(target, src=guest.ip, iif=iif_index)
     forwarding = _forwarding(facts, host, guest, target, iif, route, problems, route_get)
     target_on_bridge = route.error is None and route.oif == iif and route.type == "unicast"
-    if route.oif and route.oif != iif and route.oif in host.links and route.type == "unicast":
-        hops.append(host.hop("uplink", route.oif))
+    out = route
+    if route.error is not None:
+        # Where the host itself would send it: the uplink the guest's packets should take.
+        out = route_get(target)
+    if out.oif and out.oif != iif and out.oif in host.links and out.type == "unicast":
+        hops.append(host.hop("uplink", out.oif))
     return Path(guest, target, tuple(hops), forwarding, target_on_bridge, tuple(problems))
 
 
