@@ -1,5 +1,9 @@
 """The one object through which the probe changes the host.
 
+Only the process that entered the Lab undoes anything: a child forked meanwhile (pyroute2
+forks one to open a socket in a namespace, and stops it with SIGTERM) inherits the signal
+handlers and must not run the clean-up; it exits at once instead.
+
 Every change (a tracefs mount, a trace instance; later the clsact qdisc and mirred filter of
 the libvirt-guest probe) is made by
 `Lab.change(what, do, undo)`, which records how to undo it; leaving the `with` block undoes all
@@ -39,10 +43,12 @@ class Lab:
         self.undo_errors: list[str] = []
         self._lock_fd: Optional[int] = None
         self._old: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> Lab:
+        self._pid = os.getpid()
         os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -63,6 +69,10 @@ class Lab:
         return self
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        if os.getpid() != self._pid:
+            # A child forked while the lab was active (pyroute2 forks one to open a socket in
+            # a namespace, and stops it with SIGTERM): it owns none of the changes.
+            os._exit(128 + signum)
         # Unwind: the `with` block's exit undoes every change. Further signals wait for it.
         for other in self._old:
             signal.signal(other, signal.SIG_IGN)
@@ -85,6 +95,8 @@ class Lab:
                 self._lock_fd = None
 
     def undo(self) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child: the changes are its parent's to undo
         while self.changes:
             what, undo = self.changes.pop()
             try:

@@ -90,6 +90,9 @@ def predict(path: Path) -> list[Prediction]:
         )
     for hop in path.hops:
         found.extend(_hop_predictions(path, hop))
+    blocked = {p.evidence["hop"].get("master") for p in found if p.cause == "port-not-forwarding"}
+    # A bridge has no carrier while none of its ports forwards: the port is the cause.
+    found = [p for p in found if not (p.cause == "link-down" and p.hop in blocked)]
     found.extend(_mtu(path))
     if path.forwarding is not None:
         found.extend(_forwarding(path))

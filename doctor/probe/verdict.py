@@ -213,8 +213,8 @@ def _explain(
             prediction, cause, confidence = matching[0], matching[0].cause, "high"
         elif REASON_CAUSES.get(drop.reason):
             cause = REASON_CAUSES[drop.reason][0]
-            if cause == "forward-drop" and path.target_on_bridge:
-                cause = "bridge-netfilter-drop"
+            if drop.reason == "NETFILTER_DROP":
+                cause = "bridge-netfilter-drop" if path.target_on_bridge else "forward-drop"
             confidence = "medium"
         else:
             cause = f"kernel: {drop.reason}"

@@ -1,0 +1,224 @@
+"""The fault matrix of shared/LAB.md in namespaces the test makes: kvmdoctor probe runs inside
+the host namespace, sends marked ICMP as the guest namespace, and must name the hop, the
+direction, the cause and (this kernel has them) the drop reason. Static predictions are
+asserted separately: they must name the same place without sending."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdnet import index, port_state
+from kdtest import ROOT, require
+from probelab import TARGET, ProbeLab
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lab() -> Any:
+    require(os.geteuid() == 0, "root (namespaces, nft, tracefs)")
+    with ProbeLab() as made:
+        yield made
+
+
+def findings(report: dict[str, Any], code: str) -> list[dict[str, Any]]:
+    return [f for c in report["checks"] if c["code"] == code for f in c["findings"]]
+
+
+def located(lab: ProbeLab, *extra: str, to: str = TARGET) -> dict[str, Any]:
+    code, report, err = lab.kvmdoctor(*lab.probe_args(*extra, to=to))
+    assert report is not None, err
+    assert code == 1, err
+    [drop] = [f for f in findings(report, "PRB002") if f["status"] == "fail"]
+    return drop["evidence"]
+
+
+def predicted(lab: ProbeLab, to: str = TARGET) -> list[tuple[str, str]]:
+    code, report, err = lab.kvmdoctor(*lab.probe_args("--static", to=to))
+    assert report is not None, err
+    return [
+        (f["evidence"]["hop"], f["evidence"]["cause"])
+        for f in findings(report, "PRB001")
+        if f["status"] in ("warn", "fail")
+    ]
+
+
+def warm_up(lab: ProbeLab) -> None:
+    """One healthy probe first: the guest knows its gateway's MAC, as a running guest does."""
+    code, _, err = lab.kvmdoctor(*lab.probe_args("--count", "1"))
+    assert code == 0, err
+
+
+def test_healthy_path_passes_both_directions_within_3_seconds(
+    lab: ProbeLab, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    code, report, err = lab.kvmdoctor(*lab.probe_args())
+    assert code == 0, err
+    assert report is not None
+    assert time.monotonic() - started < 6  # process start + path + both directions
+    [ok] = findings(report, "PRB002")
+    assert ok["status"] == "pass"
+    seen = ok["evidence"]["observations"]["seen"]
+    assert all(seen[h] == {"request": 3, "reply": 3} for h in ("kdg0", "kdv0", "kdbr0", "kdu0"))
+    [nat] = findings(report, "PRB003")
+    assert nat["status"] == "pass" and "203.0.113.1" in nat["message"]
+    import jsonschema
+
+    schema = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+
+
+def test_nft_forward_drop(lab: ProbeLab) -> None:
+    lab.nft('add rule ip kdfilter kdfwd oifname "kdu0" drop')
+    assert ("forward", "forward-drop") in predicted(lab)
+    e = located(lab)
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["cause"], e["reason"], e["location"]) == (
+        "forward-drop",
+        "NETFILTER_DROP",
+        "nft_do_chain",
+    )
+
+
+def test_ip_forward_off(lab: ProbeLab) -> None:
+    lab.host.sysctl("net.ipv4.ip_forward", "0")
+    assert predicted(lab) == [("forward", "ip-forward-off")]
+    e = located(lab)
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["cause"], e["reason"], e["playbook"]) == (
+        "ip-forward-off",
+        "IP_INADDRERRORS",
+        "ip-forward-disabled",
+    )
+
+
+def test_no_route(lab: ProbeLab) -> None:
+    # 192.0.2.0/24 exists only inside the test's namespaces; the host namespace has no route.
+    assert predicted(lab, to="192.0.2.99") == [("forward", "no-route")]
+    e = located(lab, to="192.0.2.99")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "forward")
+    assert (e["cause"], e["reason"]) == ("no-route", "IP_INNOROUTES")
+
+
+def test_stp_listening_port(lab: ProbeLab) -> None:
+    warm_up(lab)
+    with lab.host.ipr() as ipr:
+        port_state(ipr, "kdv0", "listening")
+    assert predicted(lab) == [("kdv0", "port-not-forwarding")]
+    e = located(lab)
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdv0", "kdbr0")
+    assert (e["cause"], e["reason"], e["playbook"]) == (
+        "port-not-forwarding",
+        "BRIDGE_INGRESS_STP_STATE",
+        "bridge-port-not-forwarding",
+    )
+
+
+def test_strict_rp_filter_with_an_asymmetric_route(lab: ProbeLab) -> None:
+    warm_up(lab)
+    lab.host.run(["ip", "route", "add", "198.51.100.2/32", "dev", "kdu0"])
+    lab.host.sysctl("net.ipv4.conf.all.rp_filter", "1")
+    lab.host.sysctl("net.ipv4.conf.kdbr0.rp_filter", "1")
+    assert predicted(lab) == [("forward", "rp-filter")]
+    e = located(lab)
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["cause"], e["reason"]) == ("rp-filter", "IP_RPFILTER")
+
+
+def test_nat_rule_removed(lab: ProbeLab) -> None:
+    lab.nft("delete table ip kdnat")
+    assert predicted(lab) == [("kdu0", "nat-missing")]
+    code, report, err = lab.kvmdoctor(*lab.probe_args())
+    assert code == 1 and report is not None, err
+    [drop] = findings(report, "PRB002")
+    e = drop["evidence"]
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("reply", None, "kdu0")
+    assert (e["cause"], e["reason"]) == ("nat-missing", None)
+    [nat] = findings(report, "PRB003")
+    assert nat["status"] == "fail" and nat["evidence"]["sources_on_uplink"] == ["198.51.100.2"]
+
+
+def test_uplink_peer_down(lab: ProbeLab) -> None:
+    with lab.world.ipr() as ipr:
+        ipr.link("set", index=index(ipr, "kdw0"), state="down")
+    assert ("kdu0", "link-down") in predicted(lab)
+    e = located(lab)
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert e["cause"] == "link-down"
+
+
+def _leftovers(lab: ProbeLab) -> list[str]:
+    found = []
+    done = lab.host.run(["tc", "qdisc", "show"], check=False)
+    found += [line for line in done.stdout.splitlines() if "clsact" in line]
+    done = lab.host.run(["sh", "-c", "ls /sys/kernel/tracing/instances 2>/dev/null"], check=False)
+    found += [n for n in done.stdout.split() if n.startswith("kd-probe")]
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_probe_killed_mid_run_leaves_nothing_behind(lab: ProbeLab, signum: int) -> None:
+    lab.host.sysctl("net.ipv4.ip_forward", "0")  # so that it waits out its timeout
+    # The probe and the look afterwards share one mount namespace (where tracefs is mounted).
+    script = (
+        f"{sys.executable} -m doctor probe --from-netns {lab.guest.name} --to {TARGET} "
+        "--count 5 --timeout 10 --format json & pid=$!; sleep 2.5; "
+        f"kill -{int(signum)} $pid; wait $pid; echo rc=$?; "
+        "mountpoint -q /sys/kernel/tracing && ls /sys/kernel/tracing/instances; "
+        "ls /sys/kernel/tracing/instances 2>/dev/null | grep kd-probe || echo no-instance"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.host.name, "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert "no-instance" in done.stdout, done.stdout + done.stderr
+    expected = 130 if signum == signal.SIGINT else 128 + signal.SIGTERM
+    assert f"rc={expected}" in done.stdout, done.stdout + done.stderr
+    assert "could not undo" not in done.stderr
+    assert _leftovers(lab) == []
+
+
+def test_without_root_the_message_is_clear_the_exit_code_2_and_nothing_is_sent(
+    lab: ProbeLab, test_ids: tuple[int, tuple[int, ...]]
+) -> None:
+    from typer.testing import CliRunner
+
+    # Everything the command imports is loaded before the child drops root: the test
+    # identity cannot read this Python's installation.
+    import doctor.engine
+    import doctor.playbooks
+    import doctor.probe.session
+    import doctor.report
+    import doctor.rules
+    import doctor.sources.live  # noqa: F401
+    from doctor.cli import app
+
+    from kdtest import as_user
+
+    uid, gids = test_ids
+    args = ["probe", "--from-netns", lab.guest.name, "--to", TARGET, "--count", "3"]
+
+    def probe() -> tuple[int, str]:
+        result = CliRunner().invoke(app, args)
+        return result.exit_code, result.output + getattr(result, "stderr", "")
+
+    before = lab.host.run(["cat", "/sys/class/net/kdv0/statistics/rx_packets"]).stdout
+    code, output = as_user(probe, uid, gids[0], gids)
+    assert code == 2, output
+    assert "needs root" in output and "nothing was sent" in output
+    after = lab.host.run(["cat", "/sys/class/net/kdv0/statistics/rx_packets"]).stdout
+    assert before == after
