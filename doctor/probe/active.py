@@ -71,12 +71,12 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
         note = None
         try:
             instance = lab.trace_instance(f"kd-probe-{os.getpid()}")
-            tracer = Tracer(instance, [h.name for h in path.hops])
+            tracer = Tracer(instance, [d for h in path.hops for d in h.devices])
             tracer.start()
         except OSError as exc:
             note = f"unavailable ({exc.strerror or exc})"
             tracer = None
-        capture = Capture([(h.name, h.netns) for h in path.hops], token)
+        capture = Capture([(h.name, d, h.netns) for h in path.hops for d in h.devices], token)
         sender = NetnsSender(path.guest.name, path.target, token)
         try:
             capture.open()  # every socket before the first packet

@@ -49,8 +49,8 @@ def classify(frame: bytes, token: bytes) -> Optional[dict[str, Any]]:
 
 
 class Capture:
-    def __init__(self, hops: Sequence[tuple[str, Optional[str]]], token: bytes) -> None:
-        self.hops = list(hops)  # (device, namespace or None)
+    def __init__(self, hops: Sequence[tuple[str, str, Optional[str]]], token: bytes) -> None:
+        self.hops = list(hops)  # (hop, device, namespace or None)
         self.token = token
         self.sockets: list[tuple[str, Any]] = []
         self.seen: dict[str, dict[str, set[int]]] = {}
@@ -63,25 +63,26 @@ class Capture:
         from pyroute2 import netns as namespaces
         from scapy.arch.linux import L2ListenSocket
 
-        for name, ns in self.hops:
+        for name, device, ns in self.hops:
             if ns is not None:
                 namespaces.pushns(ns)
             try:
-                sock = L2ListenSocket(iface=name, promisc=False, nofilter=1)
+                sock = L2ListenSocket(iface=device, promisc=False, nofilter=1)
             except OSError as exc:
-                self.problems.append(f"no capture on {name}: {exc}")
+                self.problems.append(f"no capture on {device}: {exc}")
                 continue
             finally:
                 if ns is not None:
                     namespaces.popns()
             sock.ins.setblocking(False)
             self.sockets.append((name, sock))
-            self.seen[name] = {REQUEST: set(), REPLY: set()}
+            self.seen.setdefault(name, {REQUEST: set(), REPLY: set()})
 
     def poll(self, seconds: float) -> None:
         """Read what arrives for `seconds`."""
         deadline = time.monotonic() + seconds
         by_fd = {sock.ins.fileno(): (name, sock) for name, sock in self.sockets}
+        # A hop watched on several devices (a bridge's ports) counts each packet once.
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not by_fd:

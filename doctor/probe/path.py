@@ -75,6 +75,14 @@ class Hop:
     fdb: Optional[dict[str, Any]] = None  # bridge: the entry for the guest's MAC
     addresses: tuple[str, ...] = ()
     counters: Counters = field(default_factory=Counters)
+    # role "ports": the bridge's other ports, watched together when the target's own port is
+    # not known (the host has no neighbour entry for it)
+    members: tuple[str, ...] = ()
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices a capture watches for this hop."""
+        return self.members or (self.name,)
 
     @property
     def label(self) -> str:
@@ -83,6 +91,8 @@ class Hop:
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v not in (None, (), {})}
         out["addresses"] = list(self.addresses)
+        if self.members:
+            out["members"] = list(self.members)
         return out
 
 
@@ -459,6 +469,8 @@ def _host_side(
     route = route_get(target, src=guest.ip, iif=iif_index)
     forwarding = _forwarding(facts, host, guest, target, iif, route, problems, route_get)
     target_on_bridge = route.error is None and route.oif == iif and route.type == "unicast"
+    if target_on_bridge and iif != port:
+        hops.append(_target_port(facts, host, target, iif, port, problems))
     out = route
     if route.error is not None:
         # Where the host itself would send it: the uplink the guest's packets should take.
@@ -466,6 +478,26 @@ def _host_side(
     if out.oif and out.oif != iif and out.oif in host.links and out.type == "unicast":
         hops.append(host.hop("uplink", out.oif))
     return Path(guest, target, tuple(hops), forwarding, target_on_bridge, tuple(problems))
+
+
+def _target_port(
+    facts: FactContext, host: _Side, target: str, bridge: str, port: str, problems: list[str]
+) -> Hop:
+    """The bridge port behind which the target sits (neighbour entry, then FDB), or all the
+    bridge's other ports when the host does not know it."""
+    neigh = neighbour(_dump(facts, "neighbours", problems), target, host.names)
+    mac = neigh.get("mac") if neigh else None
+    if isinstance(mac, str):
+        entry = fdb_entry(_dump(facts, "fdb", problems), mac, host.links[bridge].index, host.names)
+        found = entry.get("port") if entry else None
+        if isinstance(found, str) and found in host.links and found != port:
+            return host.hop("port", found, fdb=entry)
+    others = tuple(
+        sorted(
+            link.name for link in host.links.values() if link.master == bridge and link.name != port
+        )
+    )
+    return Hop(role="ports", name=f"{bridge}:ports", master=bridge, members=others)
 
 
 def _sysctl(facts: FactContext, name: str) -> Optional[str]:

@@ -64,7 +64,7 @@ def _counter_reader(source: Any, found: Any) -> Callable[[], dict[str, Any]]:
     from doctor.probe.path import counters
 
     namespaces = sorted({h.netns or "" for h in found.hops})
-    wanted = {(h.netns or "", h.name) for h in found.hops}
+    wanted = {(h.netns or "", d) for h in found.hops for d in h.devices}
 
     def read() -> dict[str, Any]:
         out = {}

@@ -142,6 +142,9 @@ def _hop_names(path: Path) -> list[str]:
 def order(path: Path, direction: str) -> list[Hop]:
     """The hops a packet crosses in this direction."""
     hops = list(path.hops)
+    if path.target_on_bridge:
+        # Frames the bridge forwards between two ports never pass its own device.
+        hops = [h for h in hops if h.role != "bridge"]
     return hops if direction == REQUEST else list(reversed(hops))
 
 
@@ -177,6 +180,8 @@ def _walk(path: Path, obs: Observations, direction: str) -> Optional[tuple[Optio
 def _between(path: Path, last: Optional[str], missing: Optional[str]) -> set[str]:
     names = {n for n in (last, missing) if n}
     bridge, uplink = path.bridge, path.uplink
+    if path.target_on_bridge and bridge is not None:
+        names.add(bridge.name)
     if path.forwarding is not None and (
         (bridge is not None and bridge.name in names)
         or (uplink is not None and uplink.name in names)
@@ -195,7 +200,8 @@ def _explain(
 ) -> Stop:
     spot = _between(path, last, missing)
     near = [p for p in predictions if p.hop in spot and p.direction in (direction, "both")]
-    hop_names = set(_hop_names(path))
+    hop_names = {d for h in path.hops for d in h.devices}
+    spot |= {d for h in path.hops if h.name in spot for d in h.devices}
     drops = [d for d in obs.drops if d.device in spot or d.device is None or d.device in hop_names]
     drops.sort(key=lambda d: (d.device not in spot, d.device is None, -d.count))
     drop = drops[0] if drops else None

@@ -18,7 +18,7 @@ import pytest
 
 from kdnet import index, port_state
 from kdtest import ROOT, require
-from probelab import TARGET, ProbeLab
+from probelab import GUEST2_IP, TARGET, ProbeLab
 
 pytestmark = pytest.mark.integration
 
@@ -222,3 +222,28 @@ def test_without_root_the_message_is_clear_the_exit_code_2_and_nothing_is_sent(
     assert "needs root" in output and "nothing was sent" in output
     after = lab.host.run(["cat", "/sys/class/net/kdv0/statistics/rx_packets"]).stdout
     assert before == after
+
+
+def test_br_netfilter_with_a_forward_drop_between_two_guests_on_one_bridge() -> None:
+    require(os.geteuid() == 0, "root (namespaces, nft, tracefs)")
+    with ProbeLab(second_guest=True) as lab:
+        to = GUEST2_IP
+        code, report, err = lab.kvmdoctor(*lab.probe_args(to=to))
+        assert code == 0, err  # healthy first: the bridge forwards between its ports
+        assert report is not None
+        [ok] = findings(report, "PRB002")
+        assert ok["status"] == "pass"
+        assert (
+            lab.host.run(["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"]).stdout.strip()
+            == "1"
+        )
+        lab.nft("add rule ip kdfilter kdfwd drop")
+        assert predicted(lab, to=to) == [("kdbr0", "bridge-netfilter-drop")]
+        e = located(lab, to=to)
+        assert (e["direction"], e["last_seen"]) == ("request", "kdv0")
+        assert e["first_missing"] in ("kdv1", "kdbr0:ports")
+        assert (e["cause"], e["reason"], e["playbook"]) == (
+            "bridge-netfilter-drop",
+            "NETFILTER_DROP",
+            "bridge-netfilter-drops-guests",
+        )
