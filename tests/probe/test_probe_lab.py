@@ -247,3 +247,12 @@ def test_br_netfilter_with_a_forward_drop_between_two_guests_on_one_bridge() -> 
             "NETFILTER_DROP",
             "bridge-netfilter-drops-guests",
         )
+
+
+def test_next_hop_does_not_answer_arp(lab: ProbeLab) -> None:
+    # 203.0.113.9 is on the uplink's subnet, inside the test's namespaces, and nobody has it.
+    e = located(lab, "--count", "2", "--timeout", "4", to="203.0.113.9")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["cause"], e["reason"]) == ("neighbour-failed", "NEIGH_FAILED")
+    # Now the host's neighbour entry is FAILED: the static view names the same place.
+    assert ("kdu0", "neighbour-failed") in predicted(lab, to="203.0.113.9")
