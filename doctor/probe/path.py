@@ -466,7 +466,12 @@ def _host_side(
     elif link.master:
         problems.append(f"{port} is enslaved to {link.master}, which is not a Linux bridge")
     iif_index = host.links[iif].index
-    route = route_get(target, src=guest.ip, iif=iif_index)
+    if guest.ip is not None:
+        route = route_get(target, src=guest.ip, iif=iif_index)
+    else:
+        # An input interface needs a source address (the kernel answers EINVAL without one):
+        # without the guest's address, the host's own route is the best guess.
+        route = route_get(target)
     forwarding = _forwarding(facts, host, guest, target, iif, route, problems, route_get)
     target_on_bridge = route.error is None and route.oif == iif and route.type == "unicast"
     if target_on_bridge and iif != port:
