@@ -256,3 +256,29 @@ def test_next_hop_does_not_answer_arp(lab: ProbeLab) -> None:
     assert (e["cause"], e["reason"]) == ("neighbour-failed", "NEIGH_FAILED")
     # Now the host's neighbour entry is FAILED: the static view names the same place.
     assert ("kdu0", "neighbour-failed") in predicted(lab, to="203.0.113.9")
+
+
+def test_a_second_probe_is_refused_while_one_runs(lab: ProbeLab) -> None:
+    from doctor.probe.lab import LOCK_PATH, Lab
+
+    with Lab(LOCK_PATH):  # as a running probe holds it
+        code, report, err = lab.kvmdoctor(*lab.probe_args())
+    assert code == 2 and report is None
+    assert "another kvmdoctor probe is running" in err
+
+
+def test_the_text_view_draws_the_path_and_where_it_stopped(lab: ProbeLab) -> None:
+    lab.host.sysctl("net.ipv4.ip_forward", "0")
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.host.name, sys.executable, "-m", "doctor", "probe",
+         *lab.probe_args("--count", "2", "--timeout", "1")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    hops = next(line for line in lines if "kdv0" in line and "kdbr0" in line and "kdu0" in line)
+    assert hops.split() == [f"kdg0@{lab.guest.name}", "kdv0", "kdbr0", "kdu0"]
+    request = next(line for line in lines if line.strip().startswith("request"))
+    assert request.split()[2:6] == ["2", "2", "2", "0"]
+    assert "stopped after kdbr0: ip-forward-off (IP_INADDRERRORS)" in request
+    assert "fix: kvmdoctor explain ip-forward-disabled" in done.stdout
