@@ -502,6 +502,8 @@ def _target_port(
             link.name for link in host.links.values() if link.master == bridge and link.name != port
         )
     )
+    if len(others) == 1:  # the only other port: the target can be nowhere else
+        return host.hop("port", others[0])
     return Hop(role="ports", name=f"{bridge}:ports", master=bridge, members=others)
 
 

@@ -103,11 +103,12 @@ def _hop_predictions(path: Path, hop: Hop) -> list[Prediction]:
     out = []
     down = _down(hop)
     if down is not None:
-        if hop.role == "tap":
+        if hop.kind == "tap":
+            # The guest's own tap drops what comes back to it; the target's, what goes there.
             out.append(
                 Prediction(
                     hop.name,
-                    "reply",
+                    "reply" if hop.role == "tap" else "request",
                     "no-carrier",
                     f"tap {hop.name} {down}: no process (QEMU) reads it, frames towards the "
                     "guest are dropped",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from doctor.probe.verdict import REPLY, REQUEST, ProbeRun, locate
+from doctor.probe.verdict import REPLY, REQUEST, ProbeRun, locate, order
 
 MARKS = {
     "pass": "ok",
@@ -33,14 +33,20 @@ def text(report: dict[str, Any], run: ProbeRun, *, color: bool = False) -> str:
     width = max([len(n) for n in names] + [8]) + 2
     row = "".join(n.ljust(width) for n in names)
     lines.append("           " + row)
+    if path.target_on_bridge and path.bridge is not None:
+        note = f"  ({path.bridge.name} forwards between its ports: its own device sees none of it)"
+        lines.append(note)
     obs = run.observations
     if obs is None:
         lines.append(f"  (nothing sent: {run.not_sent or '--static'})")
     else:
         stops = {s.direction: s for s in locate(path, run.predictions, obs)}
         for direction, hops in ((REQUEST, path.hops), (REPLY, tuple(reversed(path.hops)))):
+            watched = {h.name for h in order(path, direction)}
             counts = {h.name: obs.seen.get(h.name, {}).get(direction, 0) for h in hops}
-            cells = "".join(str(counts[h.name]).ljust(width) for h in path.hops)
+            cells = "".join(
+                (str(counts[h.name]) if h.name in watched else "-").ljust(width) for h in path.hops
+            )
             arrow = "->" if direction == REQUEST else "<-"
             note = ""
             stop = stops.get(direction)

@@ -19,6 +19,8 @@ from doctor.probe.path import Counters, Hop, Path
 from doctor.probe.predict import CAUSES, REASON_CAUSES, Prediction
 
 REQUEST, REPLY = "request", "reply"
+# Drops that happen on a device after a capture socket there has seen the frame: in its queue.
+AFTER_CAPTURE = {"FULL_RING", "QDISC_DROP", "TAP_TXFILTER", "DEV_READY", "TC_EGRESS"}
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,18 @@ def locate(path: Path, predictions: Sequence[Prediction], obs: Observations) -> 
         return []
     stops = []
     request = _walk(path, obs, REQUEST)
+    if request is None:
+        # Seen on every hop, yet dropped after the capture on the last one (a capture on a
+        # tap or veth sees frames before its queue).
+        final = order(path, REQUEST)[-1] if path.hops else None
+        late = [
+            d
+            for d in obs.drops
+            if final and d.device in final.devices and d.reason in AFTER_CAPTURE
+        ]
+        if final is not None and late:
+            stops.append(_explain(path, predictions, obs, REQUEST, final.name, None))
+            return stops
     if request is None and path.uplink is None and not path.target_on_bridge and path.hops:
         # Seen on every hop there is, and the host has no way on: it died in forwarding.
         request = (path.hops[-1].name, "forward")
@@ -263,6 +277,8 @@ def untranslated_source(path: Path, obs: Observations) -> Optional[str]:
 def _where(stop: Stop) -> str:
     if stop.last_seen is None:
         return f"never left {stop.first_missing}"
+    if stop.first_missing is None and stop.reason in AFTER_CAPTURE:
+        return f"seen on {stop.last_seen}, then dropped in its queue"
     if stop.first_missing is None:
         return f"crossed every hop up to {stop.last_seen}"
     return f"seen on {stop.last_seen}, not on {stop.first_missing}"

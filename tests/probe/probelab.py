@@ -28,6 +28,8 @@ UPLINK_IP = "203.0.113.1"
 TARGET = "203.0.113.2"
 GUEST_MAC = "02:6b:64:00:00:02"
 GUEST2_MAC = "02:6b:64:00:00:03"
+TAP_TARGET_IP = "198.51.100.4"
+TAP_TARGET_MAC = "02:6b:64:00:00:04"
 NAT_TABLE = "kdnat"
 FILTER_TABLE = "kdfilter"
 
@@ -95,6 +97,21 @@ class ProbeLab:
             ipr.link("set", index=idx, state="up")
             ipr.addr("add", index=idx, address=ip, prefixlen=24)
             ipr.route("add", dst="0.0.0.0/0", gateway=BRIDGE_IP)
+
+    def guest_behind_tap(self, tap_name: str = "kdt0") -> None:
+        """A tap on the bridge standing for a guest at TAP_TARGET_IP whose MAC the bridge and
+        the other guest know (as they do while QEMU runs; static here, so they last)."""
+        from kdnet import tap
+
+        with self.host.ipr() as ipr:
+            tap(ipr, tap_name, master="kdbr0", netns=self.host.name)
+        self.host.run(
+            ["bridge", "fdb", "replace", TAP_TARGET_MAC, "dev", tap_name, "master", "static"]
+        )
+        self.guest.run(
+            ["ip", "neigh", "replace", TAP_TARGET_IP, "lladdr", TAP_TARGET_MAC, "dev", "kdg0",
+             "nud", "permanent"]
+        )  # fmt: skip
 
     def nft(self, *commands: str) -> None:
         """nft commands in the host namespace (its own tables, prefixed kd)."""

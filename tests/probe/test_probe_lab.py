@@ -5,9 +5,12 @@ asserted separately: they must name the same place without sending."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -18,9 +21,12 @@ import pytest
 
 from kdnet import index, port_state
 from kdtest import ROOT, require
-from probelab import GUEST2_IP, TARGET, ProbeLab
+from probelab import GUEST2_IP, TAP_TARGET_IP, TARGET, ProbeLab
 
 pytestmark = pytest.mark.integration
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
 
 
 @pytest.fixture
@@ -282,3 +288,44 @@ def test_the_text_view_draws_the_path_and_where_it_stopped(lab: ProbeLab) -> Non
     assert request.split()[2:6] == ["2", "2", "2", "0"]
     assert "stopped after kdbr0: ip-forward-off (IP_INADDRERRORS)" in request
     assert "fix: kvmdoctor explain ip-forward-disabled" in done.stdout
+
+
+def test_tap_without_reader(lab: ProbeLab) -> None:
+    lab.guest_behind_tap()  # a persistent tap that no process holds: NO-CARRIER
+    assert predicted(lab, to=TAP_TARGET_IP) == [("kdt0", "no-carrier")]
+    e = located(lab, to=TAP_TARGET_IP)
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdv0", "kdt0")
+    assert e["cause"] == "no-carrier"
+    # This kernel frees the frame without a specific reason here (NOT_SPECIFIED is not
+    # reported): the cause comes from the tap's state, at medium confidence.
+    assert (e["reason"], e["confidence"]) == (None, "medium")
+
+
+def test_tap_whose_reader_stalls(lab: ProbeLab) -> None:
+    from pyroute2 import netns
+
+    lab.guest_behind_tap()
+    netns.pushns(lab.host.name)
+    try:  # a reader that attaches to the tap and never reads, like a hung QEMU
+        reader = os.open("/dev/net/tun", os.O_RDWR)
+        fcntl.ioctl(reader, TUNSETIFF, struct.pack("16sH", b"kdt0", IFF_TAP | IFF_NO_PI))
+        filler = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    finally:
+        netns.popns()
+    try:
+        filler.bind(("kdt0", 0))
+        frame = bytes.fromhex("ffffffffffff026b64000099") + b"\x88\xb5" + b"kd" * 25
+        for _ in range(1200):  # more than the tap's queue holds
+            filler.send(frame)
+        assert predicted(lab, to=TAP_TARGET_IP) == []  # carrier up: nothing to see statically
+        e = located(lab, to=TAP_TARGET_IP)
+        assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdt0", None)
+        assert (e["cause"], e["reason"], e["location"]) == (
+            "tap-stalled",
+            "FULL_RING",
+            "tun_net_xmit",
+        )
+        assert e["counters"]["kdt0"]["tx_dropped"] >= 1
+    finally:
+        filler.close()
+        os.close(reader)
