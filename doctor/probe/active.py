@@ -53,15 +53,20 @@ def _less(delta: Counters, baseline: Counters) -> Counters:
 
 def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observations:
     from doctor.probe.capture import Capture
-    from doctor.probe.inject import MAX_RATE, NetnsSender
+    from doctor.probe.inject import MAX_RATE, NetnsSender, TapSender
     from doctor.probe.lab import Lab
     from doctor.probe.trace import Tracer
 
-    if path.guest.kind != "netns":
+    domain = path.guest.kind == "domain"
+    if domain and not path.target_on_bridge:
         raise Unsupported(
-            "sending as a libvirt guest (mirred ingress on its tap) is not implemented yet: "
-            "run with --static, or probe from a namespace on the same bridge"
+            "as a libvirt guest, only an address on the guest's own bridge can be probed so far "
+            "(ARP through mirred on its tap); for a routed target run with --static, or probe "
+            "from a namespace on the same bridge"
         )
+    if domain and path.guest.mac is None:
+        raise Unsupported(f"the guest's interface {path.guest.iface} has no MAC in its XML")
+    proto = "arp" if domain else request.proto
     token = f"kvmdoctor-probe:{secrets.token_hex(8)}".encode()
     interval = 1.0 / MAX_RATE
     window = request.count * interval
@@ -76,8 +81,17 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
         except OSError as exc:
             note = f"unavailable ({exc.strerror or exc})"
             tracer = None
-        capture = Capture([(h.name, d, h.netns) for h in path.hops for d in h.devices], token)
-        sender = NetnsSender(path.guest.name, path.target, token)
+        hops = [(h.name, d, h.netns) for h in path.hops for d in h.devices]
+        sender: Any
+        if domain:
+            assert path.guest.mac is not None
+            mac = path.guest.mac.lower()
+            capture = Capture(hops, token, arp=(mac, path.target))
+            sender = TapSender(path.guest.iface, mac, path.guest.ip, path.target, token)
+            lab.mirred_ingress(path.guest.iface, mac)
+        else:
+            capture = Capture(hops, token)
+            sender = NetnsSender(path.guest.name, path.target, token)
         try:
             capture.open()  # every socket before the first packet
             sender.open()
@@ -114,7 +128,7 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
     if refused:
         errors.append({"error": "the guest's kernel refused to send", "detail": refused[0]})
     return Observations(
-        proto=request.proto,
+        proto=proto,
         sent=request.count - len(refused),
         seen=capture.counts(),
         sources=capture.sources,

@@ -10,6 +10,7 @@ queue: "seen on vnetX" does not prove delivery.
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import time
 from collections.abc import Sequence
@@ -21,12 +22,37 @@ ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 ICMP_ERRORS = {3: "destination unreachable", 11: "time exceeded", 12: "parameter problem"}
 
 
-def classify(frame: bytes, token: bytes) -> Optional[dict[str, Any]]:
-    """What a captured frame is to the probe: {direction, seq, src, dst} for its echo request
-    or reply, {error, ...} for an ICMP error quoting it, None for anything else."""
-    from scapy.layers.inet import ICMP, IP
-    from scapy.layers.l2 import Ether
+ETH_P_ARP = b"\x08\x06"
+_SEQ = re.compile(rb":(\d+)")
 
+
+def classify(
+    frame: bytes, token: bytes, arp: Optional[tuple[str, str]] = None
+) -> Optional[dict[str, Any]]:
+    """What a captured frame is to the probe: {direction, seq, src, dst} for its echo request
+    or reply, {error, ...} for an ICMP error quoting it, None for anything else. With `arp`
+    (the guest's MAC, the target): the guest's ARP requests for the target carrying the token
+    after the ARP payload, and the target's replies to the guest's MAC (seq None: a reply
+    carries no token)."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import ARP, Ether
+
+    if arp is not None and frame[12:14] == ETH_P_ARP:
+        guest_mac, target = arp
+        packet = Ether(frame)
+        answer = packet.getlayer(ARP)
+        if answer is None:
+            return None
+        if int(answer.op) == 1 and answer.hwsrc == guest_mac and answer.pdst == target:
+            at = frame.find(token)
+            if at < 0:
+                return None
+            found = _SEQ.match(frame, at + len(token))
+            seq = int(found.group(1)) if found else 0
+            return {"direction": REQUEST, "seq": seq, "src": answer.psrc, "dst": target}
+        if int(answer.op) == 2 and answer.psrc == target and answer.hwdst == guest_mac:
+            return {"direction": REPLY, "seq": None, "src": target, "dst": answer.pdst}
+        return None
     if token not in frame:
         return None
     packet = Ether(frame)
@@ -49,9 +75,15 @@ def classify(frame: bytes, token: bytes) -> Optional[dict[str, Any]]:
 
 
 class Capture:
-    def __init__(self, hops: Sequence[tuple[str, str, Optional[str]]], token: bytes) -> None:
+    def __init__(
+        self,
+        hops: Sequence[tuple[str, str, Optional[str]]],
+        token: bytes,
+        arp: Optional[tuple[str, str]] = None,
+    ) -> None:
         self.hops = list(hops)  # (hop, device, namespace or None)
         self.token = token
+        self.arp = arp  # (guest MAC, target) when the probe is ARP
         self.sockets: list[tuple[str, Any]] = []
         self.seen: dict[str, dict[str, set[int]]] = {}
         self.sources: dict[str, list[str]] = {}
@@ -98,14 +130,16 @@ class Capture:
                 frame = sock.ins.recv(65535)
             except (BlockingIOError, InterruptedError):
                 return
-            found = classify(frame, self.token)
+            found = classify(frame, self.token, self.arp)
             if found is None:
                 continue
             if "error" in found:
                 if found not in self.errors:
                     self.errors.append({**found, "hop": name})
                 continue
-            self.seen[name][found["direction"]].add(found["seq"])
+            seen = self.seen[name][found["direction"]]
+            # An ARP reply carries no token: each one the hop sees counts.
+            seen.add(found["seq"] if found["seq"] is not None else -len(seen) - 1)
             if found["direction"] == REQUEST and found["src"] not in self.sources.setdefault(
                 name, []
             ):

@@ -4,8 +4,8 @@ Only the process that entered the Lab undoes anything: a child forked meanwhile 
 forks one to open a socket in a namespace, and stops it with SIGTERM) inherits the signal
 handlers and must not run the clean-up; it exits at once instead.
 
-Every change (a tracefs mount, a trace instance; later the clsact qdisc and mirred filter of
-the libvirt-guest probe) is made by
+Every change (a tracefs mount, a trace instance, a clsact qdisc with a mirred filter on a
+guest's tap) is made by
 `Lab.change(what, do, undo)`, which records how to undo it; leaving the `with` block undoes all
 of them in reverse order: at the normal end, on an exception, on SIGINT and on SIGTERM (the
 Lab installs handlers for both while it is active and restores the previous ones afterwards).
@@ -137,6 +137,53 @@ class Lab:
 
         self.change(f"trace instance {path}", lambda: os.mkdir(path), remove)
         return path
+
+    def mirred_ingress(self, tap: str, guest_mac: str) -> None:
+        """A clsact qdisc on `tap` with an egress u32 filter that turns frames from the guest's
+        MAC around into the tap's ingress (`tc ... action mirred ingress redirect`): frames
+        the host writes on the tap enter the bridge as if the guest sent them. Deleting the
+        qdisc afterwards removes the filter with it."""
+        self.change(
+            f"clsact qdisc on {tap}",
+            lambda: _tc("qdisc", "add", "dev", tap, "clsact"),
+            lambda: _tc("qdisc", "del", "dev", tap, "clsact"),
+        )
+        self.change(
+            f"u32 mirred ingress filter on {tap} for {guest_mac}",
+            lambda: _tc(
+                "filter",
+                "add",
+                "dev",
+                tap,
+                "egress",
+                "prio",
+                "1",
+                "protocol",
+                "all",
+                "u32",
+                "match",
+                "ether",
+                "src",
+                guest_mac,
+                "action",
+                "mirred",
+                "ingress",
+                "redirect",
+                "dev",
+                tap,
+            ),  # fmt: skip
+            lambda: None,  # goes with the qdisc
+        )
+
+
+def _tc(*args: str) -> None:
+    """A change made with iproute2's tc (pyroute2's u32 cannot match link-layer offsets);
+    only its exit status is read."""
+    import subprocess
+
+    done = subprocess.run(["tc", *args], capture_output=True, text=True, timeout=10, check=False)
+    if done.returncode != 0:
+        raise OSError(errno.EIO, f"tc {' '.join(args)}: {done.stderr.strip()}")
 
 
 def _read_holder(path: str) -> str:

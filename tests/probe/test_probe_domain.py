@@ -1,8 +1,9 @@
 """A real KVM guest on a test bridge: its path is discovered from libvirt and netlink (the
 domain's live XML names the tap; the tap's master is the bridge). The guest runs under a
 second libvirtd inside a namespace the test makes (tests/kdnet.py NetLab): its network, its
-bridge and the guest's tap exist only there. Nothing is sent (--static): sending as a libvirt
-guest (mirred ingress on the tap) is not implemented yet, and the probe says so."""
+bridge and the guest's tap exist only there. As root, ARP requests written on the tap enter
+the bridge through a temporary mirred filter, as if the guest sent them, and the answer of a
+namespace on the same bridge comes back to the tap."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kdnet import SUFFIX, NetLab, Netns, guest_xml, nat_network, network_nic
+from kdnet import SUFFIX, NetLab, Netns, guest_xml, index, nat_network, network_nic
 from kdtest import ROOT, kvm_device, require
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,7 @@ NETWORK = f"kdpn{SUFFIX}"
 BRIDGE = "kdpbr0"
 DOMAIN = f"kdpd{SUFFIX}"
 MAC = "52:54:00:6b:64:01"
+NEIGHBOUR_IP = "198.51.100.60"
 
 
 class GuestLab(NetLab):
@@ -53,6 +55,25 @@ def guest(tmp_path: Path) -> Any:
             assert time.monotonic() < deadline, "the guest's port never forwarded"
             time.sleep(0.2)
         yield lab
+
+
+@pytest.fixture
+def neighbour(guest: NetLab) -> Any:
+    """A namespace on the guest's bridge that answers for NEIGHBOUR_IP."""
+    with Netns(f"kdpt{SUFFIX}") as ns:
+        with guest.ns.ipr() as ipr:
+            ipr.link(
+                "add", ifname="kdn0p", kind="veth", peer={"ifname": "kdn0", "net_ns_fd": ns.name}
+            )
+            ipr.link("set", index=index(ipr, "kdn0p"), master=index(ipr, BRIDGE), state="up")
+        with ns.ipr() as ipr:
+            ipr.link("set", index=index(ipr, "kdn0"), state="up")
+            ipr.addr("add", index=index(ipr, "kdn0"), address=NEIGHBOUR_IP, prefixlen=24)
+        deadline = time.monotonic() + 20
+        while "3" not in guest.run(["cat", "/sys/class/net/kdn0p/brport/state"]).stdout:
+            assert time.monotonic() < deadline, "the neighbour's port never forwarded"
+            time.sleep(0.2)
+        yield ns
 
 
 def probe(lab: NetLab, *args: str) -> tuple[int, Any, str]:
@@ -86,7 +107,26 @@ def test_the_path_of_a_running_guest_is_its_tap_and_the_bridge_libvirt_put_it_on
     assert code == 0
 
 
-def test_sending_as_a_libvirt_guest_is_refused_with_the_reason(guest: NetLab) -> None:
-    code, report, err = probe(guest, "--to", "198.51.100.50")
+def test_a_probe_injected_with_mirred_reaches_a_namespace_on_the_bridge_and_the_reply_the_tap(
+    guest: NetLab, neighbour: Netns
+) -> None:
+    code, report, err = probe(guest, "--to", NEIGHBOUR_IP, "--count", "3")
+    assert report is not None, err
+    assert code == 0, err
+    [ok] = [f for c in report["checks"] for f in c["findings"] if c["code"] == "PRB002"]
+    assert ok["status"] == "pass", ok["message"]
+    obs = ok["evidence"]["observations"]
+    assert obs["proto"] == "arp"
+    tap = ok["evidence"]["hops"][0]
+    assert tap.startswith("vnet")
+    assert obs["seen"][tap] == {"request": 3, "reply": 3}  # in from the guest's port, back to it
+    assert obs["seen"]["kdn0p"]["request"] == 3 and obs["seen"]["kdn0p"]["reply"] >= 3
+    # The qdisc and filter are gone again.
+    shown = guest.run(["tc", "qdisc", "show", "dev", tap]).stdout
+    assert "clsact" not in shown
+
+
+def test_a_routed_target_is_refused_as_a_libvirt_guest_with_the_reason(guest: NetLab) -> None:
+    code, report, err = probe(guest, "--to", "203.0.113.9")
     assert code == 2 and report is None
-    assert "not implemented yet" in err and "--static" in err
+    assert "only an address on the guest's own bridge" in err and "--static" in err
