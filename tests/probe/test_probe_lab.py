@@ -160,7 +160,13 @@ def test_uplink_peer_down(lab: ProbeLab) -> None:
     assert ("kdu0", "link-down") in predicted(lab)
     e = located(lab)
     assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
-    assert e["cause"] == "link-down"
+    # The requests wait for ARP; the ARP requests themselves die in the uplink's queue.
+    assert (e["cause"], e["reason"], e["location"]) == (
+        "link-down",
+        "QDISC_DROP",
+        "__dev_queue_xmit",
+    )
+    assert e["counters"]["kdu0"]["tx_dropped"] >= 1
 
 
 def _leftovers(lab: ProbeLab) -> list[str]:
