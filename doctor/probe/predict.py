@@ -8,6 +8,7 @@ and the playbook that fixes it when one exists.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -230,7 +231,7 @@ def _forwarding(path: Path) -> list[Prediction]:
                 evidence=evidence,
             )
         )
-    if fwd.nat_known and not fwd.nat_rules and path.guest.ip and _private(path, route.oif):
+    if fwd.nat_known and not fwd.nat_rules and path.guest.ip and needs_translation(path):
         out.append(
             Prediction(
                 route.oif,
@@ -257,10 +258,9 @@ def _forwarding(path: Path) -> list[Prediction]:
     return out
 
 
-def _private(path: Path, oif: str) -> bool:
-    """Whether the guest's subnet differs from the uplink's: a source that needs translating."""
-    import ipaddress
-
+def needs_translation(path: Path) -> bool:
+    """Whether the guest's address lies outside the uplink's subnets: a source that must be
+    translated on the way out."""
     uplink = path.uplink
     guest_ip = path.guest.ip
     if uplink is None or guest_ip is None:

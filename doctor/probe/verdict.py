@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from doctor.model import Finding
 from doctor.probe.path import Counters, Hop, Path
-from doctor.probe.predict import CAUSES, REASON_CAUSES, Prediction
+from doctor.probe.predict import CAUSES, REASON_CAUSES, Prediction, needs_translation
 
 REQUEST, REPLY = "request", "reply"
 # Drops that happen on a device after a capture socket there has seen the frame: in its queue.
@@ -360,8 +360,9 @@ def translation(path: Path, obs: Observations) -> list[Finding]:
                 evidence=evidence,
             )
         ]
-    private = any(p.cause == "nat-missing" for p in predict_path_nat(path))
-    status = "fail" if private else "info"
+    # A private source is a fault only when it is not the uplink's own subnet (a routed
+    # network's guests may keep their addresses).
+    status = "fail" if needs_translation(path) else "info"
     evidence["playbook"] = "nat-masquerade-missing"
     return [
         Finding(
@@ -372,12 +373,6 @@ def translation(path: Path, obs: Observations) -> list[Finding]:
             evidence=evidence,
         )
     ]
-
-
-def predict_path_nat(path: Path) -> list[Prediction]:
-    from doctor.probe.predict import predict
-
-    return [p for p in predict(path) if p.cause == "nat-missing"]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,14 @@ def lab() -> Any:
         yield made
 
 
+SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+
+
 def findings(report: dict[str, Any], code: str) -> list[dict[str, Any]]:
+    """The findings of `code`, once the report is checked against docs/report.schema.json."""
+    import jsonschema
+
+    jsonschema.validate(report, SCHEMA)
     return [f for c in report["checks"] if c["code"] == code for f in c["findings"]]
 
 
@@ -78,10 +85,11 @@ def test_healthy_path_passes_both_directions_within_3_seconds(
     assert all(seen[h] == {"request": 3, "reply": 3} for h in ("kdg0", "kdv0", "kdbr0", "kdu0"))
     [nat] = findings(report, "PRB003")
     assert nat["status"] == "pass" and "203.0.113.1" in nat["message"]
-    import jsonschema
-
-    schema = json.loads((ROOT / "docs" / "report.schema.json").read_text())
-    jsonschema.validate(report, schema)
+    # --output writes the same report to a file.
+    out = tmp_path / "probe.json"
+    code, _, err = lab.kvmdoctor(*lab.probe_args("--count", "1", "--output", str(out)))
+    assert code == 0, err
+    assert findings(json.loads(out.read_text()), "PRB002")[0]["status"] == "pass"
 
 
 def test_nft_forward_drop(lab: ProbeLab) -> None:
@@ -325,7 +333,9 @@ def test_tap_whose_reader_stalls(lab: ProbeLab) -> None:
             filler.send(frame)
         assert predicted(lab, to=TAP_TARGET_IP) == []  # carrier up: nothing to see statically
         e = located(lab, to=TAP_TARGET_IP)
-        assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdt0", None)
+        assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdt0", None), (
+            e["observations"]
+        )
         assert (e["cause"], e["reason"], e["location"]) == (
             "tap-stalled",
             "FULL_RING",
