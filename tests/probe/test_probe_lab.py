@@ -333,9 +333,8 @@ def test_tap_whose_reader_stalls(lab: ProbeLab) -> None:
             filler.send(frame)
         assert predicted(lab, to=TAP_TARGET_IP) == []  # carrier up: nothing to see statically
         e = located(lab, to=TAP_TARGET_IP)
-        assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdt0", None), (
-            e["observations"]
-        )
+        where = (e["direction"], e["last_seen"], e["first_missing"])
+        assert where == ("request", "kdt0", None), e["observations"]
         assert (e["cause"], e["reason"], e["location"]) == (
             "tap-stalled",
             "FULL_RING",
