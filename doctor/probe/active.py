@@ -100,6 +100,7 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
             idle_after = read_counters()
             guest_nic = path.hops[0].name
             refused = []
+            first_packet = time.monotonic()
             for seq in range(1, request.count + 1):
                 error = sender.send(seq)
                 if error:
@@ -118,6 +119,7 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
                 drops = tuple(tracer.stop())
             except OSError as exc:
                 note = f"the trace instance could not be read ({exc.strerror or exc})"
+    verdict_ready = time.monotonic() - first_packet
     baseline = {n: _delta(idle_after[n], idle_before[n]) for n in idle_after if n in idle_before}
     deltas = {
         n: _less(_delta(after[n], idle_after[n]), baseline.get(n, Counters()))
@@ -138,4 +140,6 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
         icmp_errors=tuple(errors),
         tracing=note,
         duration=time.monotonic() - started,
+        since_first_packet=verdict_ready,
+        problems=tuple(capture.problems),
     )

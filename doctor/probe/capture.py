@@ -94,12 +94,19 @@ class Capture:
         import scapy.layers.l2  # noqa: F401 - registers Ethernet, so sockets know their link type
         from pyroute2 import netns as namespaces
         from scapy.arch.linux import L2ListenSocket
+        from scapy.interfaces import InterfaceProvider, NetworkInterface
 
         for name, device, ns in self.hops:
             if ns is not None:
                 namespaces.pushns(ns)
+            # The interface is handed over resolved: scapy would look the name up in its own
+            # table of the machine's interfaces, and reload that global table when it is not
+            # there (as a name inside another namespace is not).
+            iface = NetworkInterface(
+                InterfaceProvider(), {"name": device, "network_name": device, "description": device}
+            )
             try:
-                sock = L2ListenSocket(iface=device, promisc=False, nofilter=1)
+                sock = L2ListenSocket(iface=iface, promisc=False, nofilter=1)
             except OSError as exc:
                 self.problems.append(f"no capture on {device}: {exc}")
                 continue
@@ -122,14 +129,22 @@ class Capture:
             ready, _, _ = select.select(list(by_fd), [], [], left)
             for fd in ready:
                 name, sock = by_fd[fd]
-                self._drain(name, sock)
+                if not self._drain(name, sock):  # its device went away: what it saw stands
+                    del by_fd[fd]
+                    self.sockets = [(n, x) for n, x in self.sockets if x is not sock]
+                    with contextlib.suppress(OSError):
+                        sock.close()
 
-    def _drain(self, name: str, sock: Any) -> None:
+    def _drain(self, name: str, sock: Any) -> bool:
+        """Read what is queued; False when the socket's device is gone (ENETDOWN)."""
         while True:
             try:
                 frame = sock.ins.recv(65535)
             except (BlockingIOError, InterruptedError):
-                return
+                return True
+            except OSError as exc:
+                self.problems.append(f"capture on {name} ended: {exc.strerror or exc}")
+                return False
             found = classify(frame, self.token, self.arp)
             if found is None:
                 continue

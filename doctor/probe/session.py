@@ -59,25 +59,6 @@ def discover(request: Request, facts: FactContext) -> Any:
         raise ProbeError(f"cannot follow the path: {exc}") from None
 
 
-def _counter_reader(source: Any, found: Any) -> Callable[[], dict[str, Any]]:
-    """Reads the hops' counters now, through the source's netlink dumps."""
-    from doctor.probe.path import counters
-
-    namespaces = sorted({h.netns or "" for h in found.hops})
-    wanted = {(h.netns or "", d) for h in found.hops for d in h.devices}
-
-    def read() -> dict[str, Any]:
-        out = {}
-        for ns in namespaces:
-            for row in source.netlink("links", ns or None):
-                name = row.get("attrs", {}).get("IFLA_IFNAME")
-                if (ns, name) in wanted:
-                    out[name] = counters(row)
-        return out
-
-    return read
-
-
 def _registry() -> Any:
     """The PRB checks: from the installed entry points, or from the source tree."""
     from doctor.registry import Plugin, entry_point_plugins, load_registry
@@ -117,9 +98,14 @@ def run(
         observations = None
         if request.send:
             from doctor.probe import active
+            from doctor.probe.kernel import LinkCounters
 
+            wanted: dict[Optional[str], set[str]] = {}
+            for hop in found.hops:
+                wanted.setdefault(hop.netns, set()).update(hop.devices)
             try:
-                observations = active.observe(found, request, _counter_reader(source, found))
+                with LinkCounters(wanted) as links:
+                    observations = active.observe(found, request, links.read)
             except (active.Busy, active.Unsupported) as exc:
                 raise ProbeError(str(exc)) from None
         probe_run = ProbeRun(found, predictions, observations, request.not_sent)

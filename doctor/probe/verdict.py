@@ -51,7 +51,9 @@ class Observations:
     drops: tuple[DropEvent, ...] = ()
     icmp_errors: tuple[dict[str, Any], ...] = ()  # ICMP errors the guest received
     tracing: Optional[str] = None  # why kernel drop reasons are missing, or None when read
-    duration: float = 0.0
+    duration: float = 0.0  # the whole observation, set-up and clean-up included
+    since_first_packet: float = 0.0  # from the first packet to everything collected
+    problems: tuple[str, ...] = ()  # captures that could not be opened or ended early
 
     def saw(self, hop: str, direction: str) -> bool:
         return self.seen.get(hop, {}).get(direction, 0) > 0
@@ -68,6 +70,8 @@ class Observations:
             "icmp_errors": list(self.icmp_errors),
             "tracing": self.tracing,
             "duration_s": round(self.duration, 3),
+            "since_first_packet_s": round(self.since_first_packet, 3),
+            "problems": list(self.problems),
         }
 
 
