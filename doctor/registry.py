@@ -21,11 +21,13 @@ from typing import Any, Callable, Optional
 from doctor.model import Finding
 
 ENTRY_POINT_GROUP = "kvmdoctor.checks"
-BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware", "network", "logs", "domain")
+BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware", "network", "logs", "domain", "probe")
 CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
-TAGS = frozenset({"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs"})
+TAGS = frozenset({"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs", "probe"})
+# Checks with this tag judge what only `kvmdoctor probe` provides: selected by name only.
+ON_REQUEST_TAG = "probe"
 DEFAULT_TIMEOUT = 10.0
 _ATTR = "__kvmdoctor_check__"
 

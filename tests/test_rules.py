@@ -757,6 +757,49 @@ FINDING_CASES: dict[str, Sequence[Finding]] = {
     ],
 }
 
+# PRB: findings as doctor/probe/verdict.py words them (tests/probe/test_verdict.py makes them
+# from real paths and observations).
+FINDING_CASES.update(
+    {
+        "probe-predicted-drop": [
+            shaped(
+                "PRB001",
+                "fail",
+                "forward (request): route get 203.0.113.2 from 198.51.100.2 iif kdbr0: "
+                "EHOSTUNREACH; forwarding is off (net.ipv4.ip_forward = 0)",
+                "iface:kdbr0",
+                hop="forward",
+                cause="ip-forward-off",
+                playbook="ip-forward-disabled",
+            )
+        ],
+        "probe-traffic-dropped": [
+            shaped(
+                "PRB002",
+                "fail",
+                "icmp request to 203.0.113.2 seen on kdbr0, not on kdu0: forwarding is off; "
+                "kernel: IP_INADDRERRORS at ip_error on kdbr0 (confidence high)",
+                "iface:kdbr0",
+                direction="request",
+                last_seen="kdbr0",
+                first_missing="kdu0",
+                hop="kdbr0",
+                cause="ip-forward-off",
+                reason="IP_INADDRERRORS",
+            )
+        ],
+        "probe-source-not-translated": [
+            shaped(
+                "PRB003",
+                "fail",
+                "requests left kdu0 with the guest's own source 198.51.100.2",
+                "iface:kdu0",
+                uplink="kdu0",
+            )
+        ],
+    }
+)
+
 
 def test_every_playbook_has_a_matching_case() -> None:
     ids = {p.id for p in playbooks.shipped()}

@@ -32,6 +32,9 @@ class RunOptions:
     # The time to judge the host at (certificate validity, the age of log lines), in seconds
     # since the epoch: `run --at`, or a test's fixed moment. None: the source's own clock.
     at: Optional[float] = None
+    # What `kvmdoctor probe` discovered and observed (doctor.probe.verdict.ProbeRun): the
+    # `probe` fact. None in every other command, where the PRB checks do not run.
+    probe: Optional[Any] = None
 
 
 Provider = Callable[["FactContext"], Any]
@@ -53,6 +56,7 @@ _MODULES = (
     "netfilter",
     "networks",
     "logs",
+    "probe",
 )
 _loaded = False
 

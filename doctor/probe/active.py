@@ -1,0 +1,145 @@
+"""The active probe: open the trace instance and a capture socket on every hop, take a counter
+baseline over an idle window as long as the sending, send the marked packets as the guest,
+wait for the replies (or the timeout), and collect what each hop saw, the counter deltas and
+the kernel's drop reasons. Every host change goes through the Lab and is undone on exit."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any, Callable
+
+from doctor.probe.lab import Busy
+from doctor.probe.path import Counters, Path
+from doctor.probe.verdict import DropEvent, Observations
+
+__all__ = ["Busy", "Unsupported", "observe"]
+
+ReadCounters = Callable[[], "dict[str, Counters]"]
+
+
+class Unsupported(Exception):
+    """This kind of path cannot be probed actively (yet)."""
+
+
+def _delta(after: Counters, before: Counters) -> Counters:
+    def sub(a: Any, b: Any) -> Any:
+        return a - b if isinstance(a, int) and isinstance(b, int) else None
+
+    return Counters(
+        sub(after.rx_packets, before.rx_packets),
+        sub(after.tx_packets, before.tx_packets),
+        sub(after.rx_dropped, before.rx_dropped),
+        sub(after.tx_dropped, before.tx_dropped),
+    )
+
+
+def _less(delta: Counters, baseline: Counters) -> Counters:
+    """The probe window's deltas beyond what the idle window saw (never below zero)."""
+
+    def sub(a: Any, b: Any) -> Any:
+        if not isinstance(a, int):
+            return None
+        return max(0, a - (b if isinstance(b, int) else 0))
+
+    return Counters(
+        sub(delta.rx_packets, baseline.rx_packets),
+        sub(delta.tx_packets, baseline.tx_packets),
+        sub(delta.rx_dropped, baseline.rx_dropped),
+        sub(delta.tx_dropped, baseline.tx_dropped),
+    )
+
+
+def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observations:
+    from doctor.probe.capture import Capture
+    from doctor.probe.inject import MAX_RATE, NetnsSender, TapSender
+    from doctor.probe.lab import Lab
+    from doctor.probe.trace import Tracer
+
+    domain = path.guest.kind == "domain"
+    if domain and not path.target_on_bridge:
+        raise Unsupported(
+            "as a libvirt guest, only an address on the guest's own bridge can be probed so far "
+            "(ARP through mirred on its tap); for a routed target run with --static, or probe "
+            "from a namespace on the same bridge"
+        )
+    if domain and path.guest.mac is None:
+        raise Unsupported(f"the guest's interface {path.guest.iface} has no MAC in its XML")
+    proto = "arp" if domain else request.proto
+    token = f"kvmdoctor-probe:{secrets.token_hex(8)}".encode()
+    interval = 1.0 / MAX_RATE
+    window = request.count * interval
+    started = time.monotonic()
+    with Lab() as lab:
+        tracer = None
+        note = None
+        try:
+            instance = lab.trace_instance(f"kd-probe-{os.getpid()}")
+            tracer = Tracer(instance, [d for h in path.hops for d in h.devices])
+            tracer.start()
+        except OSError as exc:
+            note = f"unavailable ({exc.strerror or exc})"
+            tracer = None
+        hops = [(h.name, d, h.netns) for h in path.hops for d in h.devices]
+        sender: Any
+        if domain:
+            assert path.guest.mac is not None
+            mac = path.guest.mac.lower()
+            capture = Capture(hops, token, arp=(mac, path.target))
+            sender = TapSender(path.guest.iface, mac, path.guest.ip, path.target, token)
+            lab.mirred_ingress(path.guest.iface, mac)
+        else:
+            capture = Capture(hops, token)
+            sender = NetnsSender(path.guest.name, path.target, token)
+        try:
+            capture.open()  # every socket before the first packet
+            sender.open()
+            idle_before = read_counters()
+            capture.poll(window)
+            idle_after = read_counters()
+            guest_nic = path.hops[0].name
+            refused = []
+            first_packet = time.monotonic()
+            for seq in range(1, request.count + 1):
+                error = sender.send(seq)
+                if error:
+                    refused.append(error)
+                capture.poll(interval)
+            deadline = time.monotonic() + request.timeout
+            while time.monotonic() < deadline and capture.replies(guest_nic) < request.count:
+                capture.poll(min(0.1, max(0.0, deadline - time.monotonic())))
+            after = read_counters()
+        finally:
+            sender.close()
+            capture.close()
+        drops: tuple[DropEvent, ...] = ()
+        if tracer is not None:
+            try:
+                drops = tuple(tracer.stop())
+            except OSError as exc:
+                note = f"the trace instance could not be read ({exc.strerror or exc})"
+    verdict_ready = time.monotonic() - first_packet
+    baseline = {n: _delta(idle_after[n], idle_before[n]) for n in idle_after if n in idle_before}
+    deltas = {
+        n: _less(_delta(after[n], idle_after[n]), baseline.get(n, Counters()))
+        for n in after
+        if n in idle_after
+    }
+    errors = list(capture.errors)
+    if refused:
+        errors.append({"error": "the guest's kernel refused to send", "detail": refused[0]})
+    return Observations(
+        proto=proto,
+        sent=request.count - len(refused),
+        seen=capture.counts(),
+        sources=capture.sources,
+        counters=deltas,
+        baseline=baseline,
+        drops=drops,
+        icmp_errors=tuple(errors),
+        tracing=note,
+        duration=time.monotonic() - started,
+        since_first_packet=verdict_ready,
+        problems=tuple(capture.problems),
+    )
