@@ -169,13 +169,21 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Authorization requires authentication but no agent is available. `",
         "error: End of file while reading data: nc: unix connect failed: Permission denied: "
         "Input/output error",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
     ],
     "libvirt-connection-failed": [
         "error: no connection driver available for qemu:///system",
         "unable to connect to server at '192.168.122.1:16509': Connection refused",
     ],
     "libvirt-daemon-not-installed": [
-        "Failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory"
+        "Failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
+        "The libvirtd service does not appear to be installed. Install and run the libvirtd "
+        "service to manage virtualization on this host.",
+        "Could not detect a default hypervisor. Make sure the appropriate QEMU/KVM "
+        "virtualization packages are installed to manage virtualization on this host.",
     ],
     "libvirt-network-inactive": [
         "error: Network not found: no network with matching name 'default'",
@@ -185,6 +193,10 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or "
         "directory",
         "error: Failed to connect socket to '/run/libvirt/libvirt-sock': Connection refused",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
+        "libvirtd is installed but not running. Start the libvirtd service to manage "
+        "virtualization on this host.",
     ],
     "macvtap-on-enslaved-device": [
         "error creating macvtap interface macvtap@eth0 (52:54:00:56:84:7a): Device or resource busy"
@@ -197,6 +209,8 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "directory",
         "level=error msg=Error: failed to dial libvirt: dial unix /var/run/libvirt/libvirt-sock: "
         "connect: no such file or directory",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
     ],
     "nested-virt-not-exposed": [
         *KVM_MISSING_EXAMPLES,
@@ -226,6 +240,8 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "libvirt: QEMU Driver error : internal error: Cannot find suitable emulator for x86_64",
         "Error: No hypervisor options were found for this connection. This usually means that "
         "QEMU or KVM is not installed on your machine, or the KVM kernel modules are not loaded.",
+        "Could not detect a default hypervisor. Make sure the appropriate QEMU/KVM "
+        "virtualization packages are installed to manage virtualization on this host.",
         KVM_MISSING_EXAMPLES[6],
     ],
     "rhel-emulator-path-on-other-distribution": [
