@@ -135,13 +135,18 @@ def judge(candidates: list[Playbook], source: Any, *, uri: Optional[str]) -> dic
     A candidate holds when its own conditions find their findings, whatever other playbooks
     would be ranked above it (`diagnosed` lists what `kvmdoctor run` would show). It does
     not hold when the check its diagnosis rests on ran and gave nothing it accepts, or when
-    every check it needs ran; it is undecided when a check it needs was skipped or failed."""
+    every check it needs ran; it is undecided when a check it needs was skipped or failed
+    (and the first did not already rule it out)."""
     from doctor import rules
     from doctor.cli.run import execute
     from doctor.model import Finding
     from doctor.playbooks import Playbooks
 
-    codes = sorted({c.code for p in candidates for c in p.conditions})
+    # The checks of what each candidate requires, and of what would contradict it (premises,
+    # `not:` in `when`, where playbooks state them): a premise left unchecked cannot rule out.
+    codes = sorted(
+        {c.code for p in candidates for c in (*p.conditions, *getattr(p, "contradicted_by", ()))}
+    )
     report = execute(source, selected=codes, ignores=[], fail_on="fail", uri=uri)
     checks = {check["code"]: check for check in report["checks"]}
     findings = [
@@ -171,12 +176,13 @@ def judge(candidates: list[Playbook], source: Any, *, uri: Optional[str]) -> dic
             continue
         anchor = playbook.conditions[0]
         anchor_ran = checks.get(anchor.code, {}).get("status") not in (None, "skip", "error")
+        anchored = any(anchor.matches(f) for f in findings)
         undecided = [
             code
             for code in playbook.codes
             if checks.get(code, {}).get("status") in (None, "skip", "error")
         ]
-        if undecided and not anchor_ran:
+        if undecided and (anchored or not anchor_ran):
             verdict, reason = "undecided", _why_not_run(undecided, checks)
         else:
             verdict = "does not hold"

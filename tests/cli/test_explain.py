@@ -334,3 +334,19 @@ def test_probable_causes_are_judged_on_a_host_too() -> None:
     assert result.exit_code == 1  # a verdict on a guess does not make it a match
     verdicts = json.loads(result.stdout)["host"]["verdicts"]
     assert {v["id"] for v in verdicts} >= {"graphics-port-conflict"}
+
+
+def test_on_a_tree_that_cannot_answer_every_cause_is_undecided(tmp_path: Path) -> None:
+    result = kvmdoctor(
+        "explain",
+        "Could not access KVM kernel module: Permission denied",
+        "--root",
+        str(tmp_path),
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0
+    host = json.loads(result.stdout)["host"]
+    assert host["source"]["root"] == str(tmp_path)
+    assert {v["verdict"] for v in host["verdicts"]} == {"undecided"}
+    assert all("KVM002 skip" in v["reason"] for v in host["verdicts"])
