@@ -33,6 +33,10 @@ KVM_MISSING_EXAMPLES = [
     "error: invalid argument: KVM is not supported by '/usr/bin/kvm' on this host",
     "libvirt: Capabilities Utils error : invalid argument: could not find capabilities for "
     "arch=x86_64 domaintype=kvm ",
+    "libvirtError: unsupported configuration: Emulator '/usr/bin/qemu-system-x86_64' does not "
+    "support virt type 'kvm'",
+    "Error launching details: Host does not support domain type kvm with machine 'pc-q35-9.1' "
+    "for virtualization type 'hvm' with architecture 'x86_64'",
 ]
 NO_VMX_EXAMPLE = (
     "QEMU: Checking for hardware virtualization : FAIL (Host not compatible with KVM; HW "
@@ -131,7 +135,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Could not access KVM kernel module: Permission denied",
         "qemu-system-x86_64: failed to initialize kvm: Permission denied",
         "Unable to open /dev/kvm: Permission denied",
-        *KVM_MISSING_EXAMPLES[4:7],
+        *KVM_MISSING_EXAMPLES[4:],
     ],
     "kvm-device-lsm-denies": [
         "Could not access KVM kernel module: Operation not permitted",
@@ -243,6 +247,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Could not detect a default hypervisor. Make sure the appropriate QEMU/KVM "
         "virtualization packages are installed to manage virtualization on this host.",
         KVM_MISSING_EXAMPLES[6],
+        KVM_MISSING_EXAMPLES[8],
     ],
     "rhel-emulator-path-on-other-distribution": [
         "error : virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary "
