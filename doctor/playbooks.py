@@ -461,8 +461,10 @@ _TOOL_PREFIX = re.compile(
     r"^(?:\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\s+"  # elapsed time (CI logs)
     r"|\w{3} \w{3} +\d+ \d{2}:\d{2}:\d{2} \d{4} (?:\[\w+\])+:\s*"  # OpenNebula
     r"|level=\w+(?: \w+=(?:\"[^\"]*\"|\S+))*? msg=\"?"  # logrus
-    r"|\d+ (?:ERROR|TRACE|WARNING|INFO|DEBUG|CRITICAL) [\w.]+(?: \[[^\]]*\])* ?"  # oslo.log
-    r"|[EWIF]\d{4} \d{2}:\d{2}:\d{2}\.\d+ +\d+ [\w.]+:\d+\] )"  # klog
+    r"|(?:\d+ )?(?:ERROR|TRACE|WARNING|INFO|DEBUG|CRITICAL) [a-z_]\w*(?:\.\w+)+"  # oslo.log
+    r"(?: \[[^\]]*\])* ?"
+    r"|[EWIF]\d{4} \d{2}:\d{2}:\d{2}\.\d+ +\d+ [\w.]+:\d+\] "  # klog
+    r"|(?:ERROR|WARNING|INFO|DEBUG) {2,})"  # virt-install's padded level
 )
 _GO_DIAL = re.compile(r"\bdial unix (?P<path>/\S+?): connect: ", re.IGNORECASE)
 _BARE_SOCKET = re.compile(r"(?P<lead>\bsocket to )(?P<path>/[^\s']+?)(?=:\s)")
@@ -471,13 +473,13 @@ _BARE_SOCKET = re.compile(r"(?P<lead>\bsocket to )(?P<path>/[^\s']+?)(?=:\s)")
 def _paste_line(raw: str) -> str:
     """One pasted line, normalised, then canonical in the ways signatures expect."""
     text = raw
-    for _ in range(3):
+    for _ in range(4):  # prefixes come stacked: a time, then a tool's, then libvirt's
         before = text
         text = _MARKERS.sub("", text, count=1)
-        text = _TOOL_PREFIX.sub("", text, count=1)
+        text = normalise(_TOOL_PREFIX.sub("", text, count=1))
         if text == before:
             break
-    text = normalise(text).replace('"', "'")
+    text = text.replace('"', "'")
     text = _GO_DIAL.sub(lambda m: f"Failed to connect socket to '{m['path']}': ", text)
     return _BARE_SOCKET.sub(lambda m: f"{m['lead']}'{m['path']}'", text)
 

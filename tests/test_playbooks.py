@@ -712,6 +712,87 @@ def test_normalise_drops_what_differs_between_tools(raw: str, expected: str) -> 
     assert normalise(raw) == expected
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (  # logrus, and Go's net.Dial in libvirt's words
+            "level=error msg=Error: failed to dial libvirt: dial unix "
+            "/var/run/libvirt/libvirt-sock: connect: no such file or directory",
+            "failed to dial libvirt: Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
+            "no such file or directory",
+        ),
+        (  # oslo.log (nova), after its own time stamp
+            "2014-02-27 02:16:42.505 7854 TRACE nova.virt.libvirt.driver libvirtError: Failed to "
+            "connect socket to '/run/libvirt/libvirt-sock': No such file or directory",
+            "Failed to connect socket to '/run/libvirt/libvirt-sock': No such file or directory",
+        ),
+        (  # ... and in the journal, without its process id
+            "Jul 13 02:16:32 fv-az1276-702 nova-compute[80768]: ERROR nova.compute.manager "
+            "[instance: deb01d2a-6729-4a7b-822d-606e63f47563] Instance failed to spawn",
+            "Instance failed to spawn",
+        ),
+        (  # OpenNebula
+            "Wed Dec  4 18:07:39 2024 [Z0][VMM][I]: error: Cannot check QEMU binary "
+            "/usr/bin/qemu-kvm-one: No such file or directory",
+            "Cannot check QEMU binary /usr/bin/qemu-kvm-one: No such file or directory",
+        ),
+        (  # klog (minikube, KubeVirt)
+            "E1214 07:34:09.398740    9185 start.go:493] Error starting the VM",
+            "Error starting the VM",
+        ),
+        (  # elapsed time of a CI log
+            "00:03:38.739  Could not access KVM kernel module: No such file or directory",
+            "Could not access KVM kernel module: No such file or directory",
+        ),
+        (  # virt-install's padded level
+            "ERROR    authentication unavailable: no polkit agent available",
+            "authentication unavailable: no polkit agent available",
+        ),
+        (  # Terraform's error box
+            "│ Error: Requested operation is not valid: network is not running",
+            "Requested operation is not valid: network is not running",
+        ),
+        (  # Markdown quote and emphasis, a nix build's prefix
+            "> **Error starting domain: Cannot access storage file '/x' (as uid:107, gid:107)",
+            "Cannot access storage file '/x' (as uid:107, gid:107)",
+        ),
+        (
+            "mac_hdd_ng.qcow2> qemu-system-x86_64: failed to initialize kvm: Permission denied",
+            "failed to initialize kvm: Permission denied",
+        ),
+        (  # a Python repr of JSON: escaped quotes, double quotes as single ones
+            '{"msg": "Failed to connect socket to \\\'/run/libvirt/libvirt-sock\\\': Permission '
+            'denied"}',
+            "{'msg': 'Failed to connect socket to '/run/libvirt/libvirt-sock': Permission denied'}",
+        ),
+        (  # Markdown's escaped brackets
+            "Is another process using the image \\[/var/snap/root.qcow2\\]?",
+            "Is another process using the image [/var/snap/root.qcow2]?",
+        ),
+        (  # QEMU's backtick, and a socket path left unquoted
+            "failed to get mtu of bridge `br0': No such device",
+            "failed to get mtu of bridge 'br0': No such device",
+        ),
+        (
+            "error: Failed to connect socket to /run/user/1000/libvirt/virtqemud-sock: No such "
+            "file or directory",
+            "Failed to connect socket to '/run/user/1000/libvirt/virtqemud-sock': No such file or "
+            "directory",
+        ),
+    ],
+)
+def test_pasted_lines_undo_what_pasting_and_tools_add(raw: str, expected: str) -> None:
+    assert pasted_lines(raw) == [expected]
+
+
+def test_escaped_line_breaks_separate_pasted_lines() -> None:
+    assert pasted_lines("a first line\\r\\nand a second\\\\nand a third") == [
+        "a first line",
+        "and a second",
+        "and a third",
+    ]
+
+
 def test_a_literal_backslash_n_separates_lines() -> None:
     text = "qemu unexpectedly closed the monitor: x\\nqemu-system-x86_64: failed to initialize KVM"
     assert message_lines(text) == [
