@@ -305,15 +305,11 @@ def _explain_text(given: str, book: Playbooks, format: str, host: _Host) -> None
         hint = (
             ""
             if judged is not None
-            else " `--here` (or `--snapshot PATH`, `--root DIR`) tells which holds on a host."
+            else " (`--here`, `--snapshot PATH` or `--root DIR` tells which holds on a host)"
         )
-        parts.append(
-            f"{len(matches)} possible causes: "
-            + ", ".join(m.playbook.id for m in matches)
-            + "."
-            + hint
-            + "\n"
-        )
+        listing = [f"{len(matches)} possible causes{hint}:"]
+        listing += [f"  {m.playbook.id}: {m.playbook.title}" for m in matches]
+        parts.append("\n".join(listing) + "\n")
     for match in matches:
         parts.append(
             f'matched: "{match.matched}"\n' + _playbook_text(match.playbook, _values(match))

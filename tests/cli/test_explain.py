@@ -226,8 +226,15 @@ def test_missing_kvm_capabilities_list_every_cause_the_outer_hypervisor_among_th
         "qemu-emulator-missing",
     ):
         assert cause in ids
-    assert result.stdout.startswith(f"{len(ids)} possible causes: ")
-    assert "`--here` (or `--snapshot PATH`, `--root DIR`) tells which holds" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"{len(ids)} possible causes (`--here`, `--snapshot PATH` or `--root DIR` tells which "
+        "holds on a host):"
+    )
+    assert (
+        "  nested-virt-not-exposed: The outer hypervisor does not pass VT-x/AMD-V through"
+        in (lines[1 : len(ids) + 1])
+    )
 
 
 def test_on_a_recorded_host_explain_says_which_cause_holds() -> None:
