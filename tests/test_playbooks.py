@@ -43,6 +43,12 @@ NO_VMX_EXAMPLE = (
     "virtualization CPU features not found. Only emulated CPUs are available; performance "
     "will be significantly limited)"
 )
+# docker-machine-driver-kvm (minikube's kvm driver) on any failed connection
+KVM_DRIVER_EXAMPLE = (
+    "E1107 12:30:30.581841   13820 start.go:150] Error starting host: Error creating host: Error "
+    'with pre-create check: "Unable to connect to kvm driver, did you add yourself to the '
+    "libvirtd group?"
+)
 # Firmware auto-selection that finds nothing, in libvirt's older and newer wording.
 EFI_EXAMPLES = [
     "error: operation failed: Unable to find any firmware to satisfy 'efi'",
@@ -175,6 +181,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Input/output error",
         "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
         "running.",
+        KVM_DRIVER_EXAMPLE,
     ],
     "libvirt-connection-failed": [
         "error: no connection driver available for qemu:///system",
@@ -184,6 +191,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory",
         "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
         "running.",
+        KVM_DRIVER_EXAMPLE,
         "The libvirtd service does not appear to be installed. Install and run the libvirtd "
         "service to manage virtualization on this host.",
         "Could not detect a default hypervisor. Make sure the appropriate QEMU/KVM "
@@ -199,6 +207,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: Failed to connect socket to '/run/libvirt/libvirt-sock': Connection refused",
         "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
         "running.",
+        KVM_DRIVER_EXAMPLE,
         "libvirtd is installed but not running. Start the libvirtd service to manage "
         "virtualization on this host.",
     ],
@@ -215,6 +224,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "connect: no such file or directory",
         "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
         "running.",
+        KVM_DRIVER_EXAMPLE,
     ],
     "nested-virt-not-exposed": [
         *KVM_MISSING_EXAMPLES,
