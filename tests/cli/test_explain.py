@@ -357,3 +357,20 @@ def test_on_a_tree_that_cannot_answer_every_cause_is_undecided(tmp_path: Path) -
     assert host["source"]["root"] == str(tmp_path)
     assert {v["verdict"] for v in host["verdicts"]} == {"undecided"}
     assert all("KVM002 skip" in v["reason"] for v in host["verdicts"])
+
+
+def test_a_killed_daemon_refusing_connections_holds_on_its_recording() -> None:
+    result = kvmdoctor(
+        "explain",
+        "dial unix /run/libvirt/libvirt-sock: connect: connection refused",
+        "--snapshot",
+        str(SNAPSHOTS / "libvirtd-killed"),
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [m["id"] for m in data["matches"]] == ["libvirtd-not-running"]
+    (verdict,) = data["host"]["verdicts"]
+    assert verdict["verdict"] == "holds"
+    assert "nothing listens on it" in verdict["reason"]
