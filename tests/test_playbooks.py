@@ -296,6 +296,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Cannot read certificate '/etc/pki/libvirt/servercert.pem': No such file or directory",
         "Cannot read private key '/etc/pki/libvirt/private/serverkey.pem': No such file or "
         "directory",
+        "Certificate check failed Unable to verify TLS peer: No certificate was found.",
     ],
     "tls-key-does-not-match": [
         "Unable to set x509 key and certificate: /etc/pki/libvirt/private/serverkey.pem, "
