@@ -13,7 +13,9 @@ This module reads its own package data (the shipped playbooks) and nothing of th
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -197,12 +199,75 @@ class Playbooks:
 
     def match_text(self, text: str) -> list[TextMatch]:
         """Every playbook whose signature occurs in `text` (pasted or logged), once each, in
-        the order of the lines they were first found on."""
-        found: dict[str, TextMatch] = {}
-        for line in message_lines(text):
+        the order of the lines they were first found on. The text is read as people paste it
+        (`pasted_lines`), and lines a terminal or a mail client wrapped are tried joined
+        again: each run of two or three lines, joined with and without a space (a wrap in
+        the middle of a word or a path leaves no space; one between words loses it)."""
+        lines = pasted_lines(text)
+        found: dict[str, tuple[int, int, TextMatch]] = {}
+
+        def add(index: int, line: str) -> None:
             for match in self.match_line(line):
-                found.setdefault(match.playbook.id, match)
-        return list(found.values())
+                if match.playbook.id not in found:
+                    found[match.playbook.id] = (index, len(found), match)
+
+        for index, line in enumerate(lines):
+            add(index, line)
+        if len(lines) <= MAX_JOINED_LINES:
+            for index in range(len(lines) - 1):
+                for joined in _rejoined(lines[index : index + 3]):
+                    add(index, joined)
+        return [m for _, _, m in sorted(found.values(), key=lambda f: (f[0], f[1]))]
+
+    def nearest(self, text: str, limit: int = 3) -> list[Nearness]:
+        """The playbooks whose words come closest to `text`, for when no signature matches:
+        cosine similarity of TF-IDF weighted words between the text and each playbook's
+        signatures (their literal words, counted twice), title and cause. Scores run from 0
+        to 1; only those of at least NEAR_SCORE are given, best first."""
+        query = Counter(words(" ".join(pasted_lines(text))))
+        if not query:
+            return []
+        vectors, idf = self._word_vectors()
+        weights = {w: n * idf.get(w, 0.0) for w, n in query.items()}
+        norm = math.sqrt(sum(v * v for v in weights.values()))
+        if not norm:
+            return []
+        out = []
+        for book, (vector, length) in vectors.items():
+            dot = sum(weights[w] * vector[w] for w in weights if w in vector)
+            if not dot:
+                continue
+            score = dot / (norm * length)
+            if score >= NEAR_SCORE:
+                shared = sorted(
+                    (w for w in weights if w in vector), key=lambda w: -weights[w] * vector[w]
+                )
+                out.append(Nearness(self.items[book], round(score, 2), tuple(shared[:5])))
+        out.sort(key=lambda n: (-n.score, n.playbook.id))
+        return out[:limit]
+
+    def _word_vectors(self) -> tuple[dict[str, tuple[dict[str, float], float]], dict[str, float]]:
+        """Each playbook's TF-IDF word vector with its length, and the IDF of every word."""
+        cached = self.__dict__.get("_vectors_cache")
+        if cached is None:
+            counts = {}
+            for book in self:
+                bag = Counter(words(book.title) + words(PLACEHOLDER.sub(" ", book.cause)))
+                for signature in book.signatures:
+                    for word in words(pattern_text(signature.pattern)):
+                        bag[word] += 2
+                counts[book.id] = bag
+            documents = len(counts) or 1
+            frequency: Counter[str] = Counter(w for bag in counts.values() for w in bag)
+            idf = {w: math.log((documents + 1) / (n + 1)) + 1.0 for w, n in frequency.items()}
+            vectors = {}
+            for book_id, bag in counts.items():
+                vector = {w: n * idf[w] for w, n in bag.items()}
+                length = math.sqrt(sum(v * v for v in vector.values())) or 1.0
+                vectors[book_id] = (vector, length)
+            cached = (vectors, idf)
+            self.__dict__["_vectors_cache"] = cached
+        return cached
 
     def match_line(self, line: str) -> list[TextMatch]:
         """The playbooks whose signature occurs in one normalised line, best first: the one
@@ -387,6 +452,161 @@ def message_lines(text: str) -> list[str]:
         if line:
             lines.append(line)
     return lines
+
+
+# What pasting does to a message, undone before signatures are tried (`pasted_lines`):
+# escapes from JSON, YAML and Python reprs (\\n, \\', \\"), Markdown's escaped brackets,
+# quote and emphasis markers in front of a line, the bars of Terraform's error boxes, log
+# prefixes of tools that wrap libvirt (logrus `level=error msg=`, nova's `12345 ERROR
+# nova.compute.manager [req-...]`, OpenNebula's `[Z0][VMM][I]:`, elapsed-time stamps), double
+# quotes or backticks where libvirt prints single quotes, a socket path left unquoted, and
+# Go's "dial unix PATH: connect: ERRNO" for libvirt's own "Failed to connect socket to".
+MAX_JOINED_LINES = 2000
+_NEWLINE_ESCAPE = re.compile(r"(?:\\+r)?\\+n")
+_ESCAPED = re.compile(r"\\+(['\"\[\]])")
+_MARKERS = re.compile(r"^(?:\s*(?:>+|\*\*|[│|┃]|\$|#|\w[\w.-]*>(?=\s)))+\s*")
+_TOOL_PREFIX = re.compile(
+    r"^(?:\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\s+"  # elapsed time (CI logs)
+    r"|\w{3} \w{3} +\d+ \d{2}:\d{2}:\d{2} \d{4} (?:\[\w+\])+:\s*"  # OpenNebula
+    r"|level=\w+(?: \w+=(?:\"[^\"]*\"|\S+))*? msg=\"?"  # logrus
+    r"|(?:\d+ )?(?:ERROR|TRACE|WARNING|INFO|DEBUG|CRITICAL) [a-z_]\w*(?:\.\w+)+"  # oslo.log
+    r"(?: \[[^\]]*\])* ?"
+    r"|[EWIF]\d{4} \d{2}:\d{2}:\d{2}\.\d+ +\d+ [\w.]+:\d+\] "  # klog
+    r"|(?:ERROR|WARNING|INFO|DEBUG) {2,})"  # virt-install's padded level
+)
+_GO_DIAL = re.compile(r"\bdial unix (?P<path>/\S+?): connect: ", re.IGNORECASE)
+_BARE_SOCKET = re.compile(r"(?P<lead>\bsocket to )(?P<path>/[^\s']+?)(?=:\s)")
+
+
+def _paste_line(raw: str) -> str:
+    """One pasted line, normalised, then canonical in the ways signatures expect."""
+    text = raw
+    for _ in range(4):  # prefixes come stacked: a time, then a tool's, then libvirt's
+        before = text
+        text = _MARKERS.sub("", text, count=1)
+        text = normalise(_TOOL_PREFIX.sub("", text, count=1))
+        if text == before:
+            break
+    text = text.replace('"', "'")
+    text = _GO_DIAL.sub(lambda m: f"Failed to connect socket to '{m['path']}': ", text)
+    return _BARE_SOCKET.sub(lambda m: f"{m['lead']}'{m['path']}'", text)
+
+
+def pasted_lines(text: str) -> list[str]:
+    """The lines of a message as someone pasted it, each normalised (`normalise`) and made
+    canonical: escapes undone, markers and tools' log prefixes removed, double quotes and
+    backticks as single quotes, socket paths quoted, Go's dial errors in libvirt's words.
+    Empty lines are dropped. Logs read by LOG001 go through `normalise` alone."""
+    text = _ESCAPED.sub(r"\1", _NEWLINE_ESCAPE.sub("\n", text))
+    lines = []
+    for raw in text.splitlines():
+        line = _paste_line(raw)
+        if line:
+            lines.append(line)
+    return lines
+
+
+def _rejoined(window: list[str]) -> list[str]:
+    """The ways a run of wrapped lines may have read before the wrap."""
+    joined = [window[0]]
+    for line in window[1:]:
+        joined = [j + sep + line for j in joined for sep in ("", " ")]
+    return joined
+
+
+# --- similarity, for text no signature matches -------------------------------------------
+
+NEAR_SCORE = 0.25
+_WORD = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+_STOP = frozenset(
+    [
+        "the",
+        "and",
+        "for",
+        "not",
+        "with",
+        "this",
+        "that",
+        "from",
+        "was",
+        "are",
+        "but",
+        "has",
+        "have",
+        "had",
+        "into",
+        "its",
+        "can",
+        "cannot",
+        "could",
+        "error",
+        "failed",
+        "internal",
+        "any",
+        "all",
+        "one",
+        "use",
+        "used",
+        "when",
+        "which",
+        "while",
+        "what",
+        "there",
+        "their",
+        "than",
+        "then",
+        "been",
+        "being",
+        "such",
+        "file",
+        "directory",
+        "usr",
+        "lib",
+        "lib64",
+        "bin",
+        "sbin",
+        "share",
+        "local",
+        "var",
+        "etc",
+        "opt",
+        "site",
+        "packages",
+        "python",
+        "line",
+        "self",
+        "traceback",
+        "most",
+        "recent",
+        "call",
+    ]
+)
+_REGEX_SYNTAX = re.compile(r"\(\?P<\w+>|\(\?[:!=<]+|\\[dDsSwWbB]|\[[^\]]*\]|[?*+]")
+
+
+@dataclass(frozen=True)
+class Nearness:
+    """A playbook close to a text no signature matched: a guess, never a diagnosis."""
+
+    playbook: Playbook
+    score: float  # cosine similarity, 0..1
+    shared: tuple[str, ...]  # the words that weigh most in the score
+
+
+def words(text: str) -> list[str]:
+    """The words that carry meaning: lower case, three letters or more, no stop words, no
+    numbers or hexadecimal runs."""
+    out = []
+    for word in _WORD.findall(text.lower()):
+        if len(word) < 3 or word in _STOP or re.fullmatch(r"[0-9a-f]{6,}", word):
+            continue
+        out.append(word)
+    return out
+
+
+def pattern_text(pattern: str) -> str:
+    """The literal words of a signature, without its regular expression syntax."""
+    return _REGEX_SYNTAX.sub(" ", pattern).replace("\\", "")
 
 
 # --- evidence lookup and placeholders -------------------------------------------------------

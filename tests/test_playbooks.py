@@ -12,12 +12,49 @@ from pathlib import Path
 import pytest
 
 from doctor import playbooks
-from doctor.playbooks import fill, lookup, message_lines, normalise
+from doctor.playbooks import fill, lookup, message_lines, normalise, pasted_lines
 from doctor.registry import load_registry
 
 from kdtest import ROOT, require
 
 REFERENCE = ROOT.parent / "shared" / "reference"
+
+# Messages of a missing /dev/kvm, in the order of the signatures every playbook about one
+# shares (tests/fixtures/messages/ holds the threads they come from).
+KVM_MISSING_EXAMPLES = [
+    "Could not access KVM kernel module: No such file or directory",
+    "qemu-system-x86_64: failed to initialize KVM: No such file or directory",
+    "Unable to open /dev/kvm: No such file or directory",
+    "TASK ERROR: KVM virtualisation configured, but not available. Either disable in VM "
+    "configuration or enable in BIOS.",
+    "libvirt: QEMU Driver error : unsupported configuration: Domain requires KVM, but it is not "
+    "available. Check that virtualization is enabled in the host BIOS, and host configuration "
+    "is setup to load the kvm modules.",
+    "error: invalid argument: KVM is not supported by '/usr/bin/kvm' on this host",
+    "libvirt: Capabilities Utils error : invalid argument: could not find capabilities for "
+    "arch=x86_64 domaintype=kvm ",
+    "libvirtError: unsupported configuration: Emulator '/usr/bin/qemu-system-x86_64' does not "
+    "support virt type 'kvm'",
+    "Error launching details: Host does not support domain type kvm with machine 'pc-q35-9.1' "
+    "for virtualization type 'hvm' with architecture 'x86_64'",
+]
+NO_VMX_EXAMPLE = (
+    "QEMU: Checking for hardware virtualization : FAIL (Host not compatible with KVM; HW "
+    "virtualization CPU features not found. Only emulated CPUs are available; performance "
+    "will be significantly limited)"
+)
+# docker-machine-driver-kvm (minikube's kvm driver) on any failed connection
+KVM_DRIVER_EXAMPLE = (
+    "E1107 12:30:30.581841   13820 start.go:150] Error starting host: Error creating host: Error "
+    'with pre-create check: "Unable to connect to kvm driver, did you add yourself to the '
+    "libvirtd group?"
+)
+# Firmware auto-selection that finds nothing, in libvirt's older and newer wording.
+EFI_EXAMPLES = [
+    "error: operation failed: Unable to find any firmware to satisfy 'efi'",
+    "libvirt.libvirtError: operation failed: Unable to find \u2019efi\u2019 firmware that is "
+    "compatible with the current configuration",
+]
 
 # One real message per signature, in the playbook's signature order. Sources: the lab's own
 # libvirtd.log and QEMU logs (libvirt 9.0, QEMU 7.2), the field notes, and the wording in
@@ -31,13 +68,16 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: Unable to add bridge eth0 port vnet0: Operation not supported",
         "error: Cannot get interface MTU on 'br1': No such device",
         "Unable to add bridge kdbr9 port vnet3: No such device",
+        "> failed to get mtu of bridge `br0': No such device",
     ],
     "cdrom-on-virtio-bus": [
         "unsupported configuration: disk type 'virtio' of 'vdb' does not support ejectable media"
     ],
     "disk-image-missing": [
         "error: Cannot access storage file '/var/lib/libvirt/images/web1.qcow2': No such file or "
-        "directory"
+        "directory",
+        "error: internal error: Process exited prior to exec: libvirt: QEMU Driver error : Unable "
+        "to stat RDPWindows.qcow2: No such file or directory",
     ],
     "disk-used-twice": [
         'qemu-system-x86_64: -blockdev {"node-name":"libvirt-1-format","read-only":false,'
@@ -50,7 +90,9 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "'/usr/share/OVMF/OVMF_CODE.fd' is not accessible: No such file or directory",
         "Failed to create file '/var/lib/libvirt/qemu/nvram/web1_VARS.fd.new': No such file or "
         "directory",
+        *EFI_EXAMPLES,
     ],
+    "firmware-descriptor-unreadable": EFI_EXAMPLES,
     "firewall-tools-missing-iptables": [
         "internal error: Failed to apply firewall rules /sbin/ebtables is not available",
         "direct firewall backed requested, but /sbin/ebtables is not avaliable: No such file or "
@@ -62,7 +104,14 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: Cannot find 'nft' in path: No such file or directory",
         "internal error: Failed to initialize a valid firewall backend",
     ],
-    "graphics-port-conflict": ["error: internal error: Failed to reserve port 5900"],
+    "graphics-port-conflict": [
+        "error: internal error: Failed to reserve port 5900",
+        "Failed to start VNC server: Failed to bind socket: Address already in use",
+        "`qemu-system-x86_64: -vnc 0.0.0.0:4,websocket=5704: Failed to find an available port: "
+        "Address already in use`",
+        "(process:27803): Spice-WARNING **: 22:21:01.291: reds.c:2645:reds_init_socket: binding "
+        "socket to 0.0.0.0:41212 failed",
+    ],
     "ide-controller-limit": [
         "unsupported configuration: Only a single IDE controller is supported for this machine "
         "type",
@@ -87,15 +136,16 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: internal error: qemu unexpectedly closed the monitor: Could not access KVM kernel "
         "module: Permission denied",
     ],
-    "kvm-device-missing": [
-        "Could not access KVM kernel module: No such file or directory",
-        "qemu-system-x86_64: failed to initialize kvm: No such file or directory",
-        "Unable to open /dev/kvm: No such file or directory",
-    ],
+    "kvm-device-missing": KVM_MISSING_EXAMPLES,
     "kvm-device-not-accessible": [
         "Could not access KVM kernel module: Permission denied",
         "qemu-system-x86_64: failed to initialize kvm: Permission denied",
         "Unable to open /dev/kvm: Permission denied",
+        *KVM_MISSING_EXAMPLES[4:],
+    ],
+    "kvm-device-lsm-denies": [
+        "Could not access KVM kernel module: Operation not permitted",
+        "2020-09-11T21:12:26.475521Z qemu-kvm: failed to initialize KVM: Operation not permitted",
     ],
     "kvm-device-root-only": ["Could not access KVM kernel module: Permission denied"],
     "kvm-firmware-disabled": [
@@ -107,21 +157,10 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "VT-x is disabled in the BIOS for all CPU modes (VERR_VMX_MSR_ALL_VMX_DISABLED).",
         "AMD-V is disabled in the BIOS (or by the host OS) (VERR_SVM_DISABLED).",
     ],
-    "kvm-missing-firmware-disabled": [
-        "Could not access KVM kernel module: No such file or directory",
-        "Unable to open /dev/kvm: No such file or directory",
-        "error: invalid argument: could not find capabilities for domaintype=kvm",
-    ],
-    "kvm-missing-module-not-loaded": [
-        "Could not access KVM kernel module: No such file or directory",
-        "error: invalid argument: could not find capabilities for domaintype=kvm",
-    ],
-    "kvm-missing-nested-not-exposed": [
-        "Unable to open /dev/kvm: No such file or directory",
-        "QEMU: Checking for hardware virtualization : FAIL (Host not compatible with KVM; HW "
-        "virtualization CPU features not found. Only emulated CPUs are available; performance "
-        "will be significantly limited)",
-    ],
+    "kvm-missing-firmware-disabled": KVM_MISSING_EXAMPLES,
+    "kvm-missing-module-not-loaded": KVM_MISSING_EXAMPLES,
+    "kvm-missing-nested-not-exposed": [*KVM_MISSING_EXAMPLES, NO_VMX_EXAMPLE],
+    "kvm-missing-no-cpu-support": [*KVM_MISSING_EXAMPLES, NO_VMX_EXAMPLE],
     "kvm-module-not-loaded": [
         "modprobe: FATAL: Module kvm_intel not found in directory /lib/modules/6.1.0-18-amd64"
     ],
@@ -136,10 +175,27 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': Permission denied",
         "error: Failed to initialize libvirt",
         "error: authentication failed: access denied by policy",
+        "`authentication failed: polkit: polkit\\56retains_authorization_after_challenge=1 "
+        "Authorization requires authentication but no agent is available. `",
+        "error: End of file while reading data: nc: unix connect failed: Permission denied: "
+        "Input/output error",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
+        KVM_DRIVER_EXAMPLE,
     ],
-    "libvirt-connection-failed": ["error: no connection driver available for qemu:///system"],
+    "libvirt-connection-failed": [
+        "error: no connection driver available for qemu:///system",
+        "unable to connect to server at '192.168.122.1:16509': Connection refused",
+    ],
     "libvirt-daemon-not-installed": [
-        "Failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory"
+        "Failed to connect socket to '/var/run/libvirt/virtqemud-sock': No such file or directory",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
+        KVM_DRIVER_EXAMPLE,
+        "The libvirtd service does not appear to be installed. Install and run the libvirtd "
+        "service to manage virtualization on this host.",
+        "Could not detect a default hypervisor. Make sure the appropriate QEMU/KVM "
+        "virtualization packages are installed to manage virtualization on this host.",
     ],
     "libvirt-network-inactive": [
         "error: Network not found: no network with matching name 'default'",
@@ -149,6 +205,11 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or "
         "directory",
         "error: Failed to connect socket to '/run/libvirt/libvirt-sock': Connection refused",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
+        KVM_DRIVER_EXAMPLE,
+        "libvirtd is installed but not running. Start the libvirtd service to manage "
+        "virtualization on this host.",
     ],
     "macvtap-on-enslaved-device": [
         "error creating macvtap interface macvtap@eth0 (52:54:00:56:84:7a): Device or resource busy"
@@ -158,12 +219,22 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
     ],
     "modular-daemon-not-running": [
         "Failed to connect socket to '/var/run/libvirt/virtnetworkd-sock': No such file or "
-        "directory"
+        "directory",
+        "level=error msg=Error: failed to dial libvirt: dial unix /var/run/libvirt/libvirt-sock: "
+        "connect: no such file or directory",
+        "Unable to connect to libvirt qemu:///system.\n\nVerify that the 'libvirtd' daemon is "
+        "running.",
+        KVM_DRIVER_EXAMPLE,
     ],
     "nested-virt-not-exposed": [
-        "QEMU: Checking for hardware virtualization : FAIL (Host not compatible with KVM; HW "
-        "virtualization CPU features not found.",
+        *KVM_MISSING_EXAMPLES,
+        NO_VMX_EXAMPLE,
         "ERROR    This host does not support virtualization",
+    ],
+    "kvm-not-in-kernel": [
+        *KVM_MISSING_EXAMPLES,
+        "modprobe: FATAL: Module kvm-intel not found in directory "
+        "/lib/modules/4.19.84-microsoft-standard",
     ],
     "pci-hotplug-needs-acpi": [
         "error : qemuMonitorJSONCheckErrorFull:366 : internal error: unable to execute QEMU "
@@ -180,6 +251,13 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
     "qemu-emulator-missing": [
         "error: Cannot check QEMU binary /usr/bin/qemu-system-x86_64: No such file or directory",
         "error: Cannot find QEMU binary /usr/bin/qemu-system-aarch64: No such file or directory",
+        "libvirt: QEMU Driver error : internal error: Cannot find suitable emulator for x86_64",
+        "Error: No hypervisor options were found for this connection. This usually means that "
+        "QEMU or KVM is not installed on your machine, or the KVM kernel modules are not loaded.",
+        "Could not detect a default hypervisor. Make sure the appropriate QEMU/KVM "
+        "virtualization packages are installed to manage virtualization on this host.",
+        KVM_MISSING_EXAMPLES[6],
+        KVM_MISSING_EXAMPLES[8],
     ],
     "rhel-emulator-path-on-other-distribution": [
         "error : virQEMUCapsNewForBinaryInternal:5859 : Cannot check QEMU binary "
@@ -190,6 +268,9 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "unsupported configuration: Secure boot requires SMM feature enabled",
         "operation failed: domain has SMM turned off but chosen firmware requires it",
         "unsupported configuration: Secure boot is supported for x86_64 architecture only",
+        "spec.template.spec.domain has EFI SecureBoot enabled. SecureBoot requires SMM, which is "
+        "currently disabled.",
+        *EFI_EXAMPLES,
     ],
     "tls-ca-missing": [
         "error: Cannot read CA certificate '/etc/pki/CA/cacert.pem': No such file or directory"
@@ -215,6 +296,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Cannot read certificate '/etc/pki/libvirt/servercert.pem': No such file or directory",
         "Cannot read private key '/etc/pki/libvirt/private/serverkey.pem': No such file or "
         "directory",
+        "Certificate check failed Unable to verify TLS peer: No certificate was found.",
     ],
     "tls-key-does-not-match": [
         "Unable to set x509 key and certificate: /etc/pki/libvirt/private/serverkey.pem, "
@@ -238,6 +320,7 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "Failed to setup UEFI: Did not find any UEFI binary path for arch 'x86_64'",
         "Falied to setup UEFI: 不能为架构'x86_64'找到任何UEFI二进制路径",
         "ERROR    UEFI is not supported with this QEMU binary",
+        EFI_EXAMPLES[1],
     ],
     "uefi-firmware-missing-aarch64": [
         "unsupported configuration: ACPI requires UEFI on this architecture",
@@ -476,7 +559,7 @@ def test_each_signature_recognises_its_real_message(
     assert len(SIGNATURE_EXAMPLES[playbook_id]) == len(playbook.signatures)
     message = SIGNATURE_EXAMPLES[playbook_id][index]
     signature = playbook.signatures[index]
-    assert any(signature.search(line) for line in message_lines(message)), signature.pattern
+    assert any(signature.search(line) for line in pasted_lines(message)), signature.pattern
     assert playbook_id in [m.playbook.id for m in book.match_text(message)]
 
 
@@ -538,19 +621,36 @@ def _every_signature(book: playbooks.Playbooks, line: str) -> set[str]:
 
 def test_the_required_text_never_hides_a_match(book: playbooks.Playbooks) -> None:
     """match_line tries a signature only on lines holding its required text: over every real
-    message here, the field notes and the kernel and libvirt logs among the real data, it finds
-    what searching every signature finds."""
+    message here, the field notes, the message corpus (as pasted, and its wrapped lines joined
+    again) and the kernel and libvirt logs among the real data, it finds what searching every
+    signature finds."""
+    from doctor.playbooks import _rejoined
+
     texts = [m for examples in SIGNATURE_EXAMPLES.values() for m in examples]
     texts += [m for m, _ in FIELD_NOTES]
     realdata = ROOT / "tests" / "fixtures" / "realdata"
     texts += [p.read_text(errors="replace") for p in sorted(realdata.rglob("*")) if p.is_file()]
     lines = {line for text in texts for line in message_lines(text)}
+    for entry in corpus():
+        pasted = pasted_lines(entry["message"])
+        lines.update(pasted)
+        for i in range(len(pasted) - 1):
+            lines.update(_rejoined(pasted[i : i + 3]))
     matched = 0
     for line in sorted(lines):
         found = {m.playbook.id for m in book.match_line(line)}
         assert found == _every_signature(book, line), line
         matched += bool(found)
     assert matched >= len(SIGNATURE_EXAMPLES)
+
+
+def corpus() -> list[dict[str, object]]:
+    import yaml
+
+    entries = []
+    for path in sorted((ROOT / "tests" / "fixtures" / "messages").glob("*.yaml")):
+        entries += yaml.safe_load(path.read_text(encoding="utf-8"))
+    return entries
 
 
 @pytest.mark.parametrize(
@@ -628,6 +728,87 @@ def test_a_message_unlike_any_signature_matches_nothing(book: playbooks.Playbook
 )
 def test_normalise_drops_what_differs_between_tools(raw: str, expected: str) -> None:
     assert normalise(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (  # logrus, and Go's net.Dial in libvirt's words
+            "level=error msg=Error: failed to dial libvirt: dial unix "
+            "/var/run/libvirt/libvirt-sock: connect: no such file or directory",
+            "failed to dial libvirt: Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
+            "no such file or directory",
+        ),
+        (  # oslo.log (nova), after its own time stamp
+            "2014-02-27 02:16:42.505 7854 TRACE nova.virt.libvirt.driver libvirtError: Failed to "
+            "connect socket to '/run/libvirt/libvirt-sock': No such file or directory",
+            "Failed to connect socket to '/run/libvirt/libvirt-sock': No such file or directory",
+        ),
+        (  # ... and in the journal, without its process id
+            "Jul 13 02:16:32 fv-az1276-702 nova-compute[80768]: ERROR nova.compute.manager "
+            "[instance: deb01d2a-6729-4a7b-822d-606e63f47563] Instance failed to spawn",
+            "Instance failed to spawn",
+        ),
+        (  # OpenNebula
+            "Wed Dec  4 18:07:39 2024 [Z0][VMM][I]: error: Cannot check QEMU binary "
+            "/usr/bin/qemu-kvm-one: No such file or directory",
+            "Cannot check QEMU binary /usr/bin/qemu-kvm-one: No such file or directory",
+        ),
+        (  # klog (minikube, KubeVirt)
+            "E1214 07:34:09.398740    9185 start.go:493] Error starting the VM",
+            "Error starting the VM",
+        ),
+        (  # elapsed time of a CI log
+            "00:03:38.739  Could not access KVM kernel module: No such file or directory",
+            "Could not access KVM kernel module: No such file or directory",
+        ),
+        (  # virt-install's padded level
+            "ERROR    authentication unavailable: no polkit agent available",
+            "authentication unavailable: no polkit agent available",
+        ),
+        (  # Terraform's error box
+            "│ Error: Requested operation is not valid: network is not running",
+            "Requested operation is not valid: network is not running",
+        ),
+        (  # Markdown quote and emphasis, a nix build's prefix
+            "> **Error starting domain: Cannot access storage file '/x' (as uid:107, gid:107)",
+            "Cannot access storage file '/x' (as uid:107, gid:107)",
+        ),
+        (
+            "mac_hdd_ng.qcow2> qemu-system-x86_64: failed to initialize kvm: Permission denied",
+            "failed to initialize kvm: Permission denied",
+        ),
+        (  # a Python repr of JSON: escaped quotes, double quotes as single ones
+            '{"msg": "Failed to connect socket to \\\'/run/libvirt/libvirt-sock\\\': Permission '
+            'denied"}',
+            "{'msg': 'Failed to connect socket to '/run/libvirt/libvirt-sock': Permission denied'}",
+        ),
+        (  # Markdown's escaped brackets
+            "Is another process using the image \\[/var/snap/root.qcow2\\]?",
+            "Is another process using the image [/var/snap/root.qcow2]?",
+        ),
+        (  # QEMU's backtick, and a socket path left unquoted
+            "failed to get mtu of bridge `br0': No such device",
+            "failed to get mtu of bridge 'br0': No such device",
+        ),
+        (
+            "error: Failed to connect socket to /run/user/1000/libvirt/virtqemud-sock: No such "
+            "file or directory",
+            "Failed to connect socket to '/run/user/1000/libvirt/virtqemud-sock': No such file or "
+            "directory",
+        ),
+    ],
+)
+def test_pasted_lines_undo_what_pasting_and_tools_add(raw: str, expected: str) -> None:
+    assert pasted_lines(raw) == [expected]
+
+
+def test_escaped_line_breaks_separate_pasted_lines() -> None:
+    assert pasted_lines("a first line\\r\\nand a second\\\\nand a third") == [
+        "a first line",
+        "and a second",
+        "and a third",
+    ]
 
 
 def test_a_literal_backslash_n_separates_lines() -> None:

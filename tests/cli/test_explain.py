@@ -1,14 +1,22 @@
-"""`kvmdoctor explain`: pasted messages (with the prefixes tools add), check codes, playbook ids,
-standard input, JSON, and a plain "no match" with exit code 1."""
+"""`kvmdoctor explain`: pasted messages (with the prefixes tools add, wrapped lines, other
+quoting and socket paths), check codes, playbook ids, standard input, JSON, every candidate cause
+of a message and which of them holds on a recorded host, the "probably" of a message no
+signature matches, and exit code 1 for anything short of a match."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from doctor.cli import app
+
+from kdtest import ROOT
+
+SNAPSHOTS = ROOT / "tests" / "fixtures" / "snapshots"
 
 
 def runner() -> CliRunner:
@@ -123,10 +131,246 @@ def test_no_match_is_said_plainly_with_exit_1() -> None:
     assert result.stdout.startswith("No known problem matches this text.")
     as_json = kvmdoctor("explain", "Domain web1 started", "-f", "json")
     assert as_json.exit_code == 1
-    assert json.loads(as_json.stdout) == {"lines": 1, "matches": []}
+    assert json.loads(as_json.stdout) == {"lines": 1, "matches": [], "probably": []}
 
 
 def test_empty_input_is_a_usage_error() -> None:
     result = kvmdoctor("explain", "-", input="\n")
     assert result.exit_code == 2
     assert "nothing to explain" in result.stderr
+
+
+# --- what pasting does --------------------------------------------------------------------
+
+# A terminal wrapped this one in the middle of the message (from
+# https://github.com/bilelmsekni/OpenStack-Grizzly-Install-Guide/issues/71).
+WRAPPED = (
+    "root@dahlia:~# virsh net-destroy default\n"
+    "error: failed to connect to the hypervisor\n"
+    "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such\n"
+    "file or directory"
+)
+
+
+def ids_of(*args: str, **kw: Any) -> list[str]:
+    result = kvmdoctor("explain", *args, "-f", "json", **kw)
+    return [m["id"] for m in json.loads(result.stdout)["matches"]]
+
+
+def test_a_message_the_terminal_wrapped_is_joined_again() -> None:
+    assert ids_of(WRAPPED)[0] == "libvirtd-not-running"
+    # ... also inside a path, where the wrap leaves no space (Ansible's output, kubeinit #142)
+    path_wrapped = (
+        '"msg": "Failed to connect socket to \'/var/run/libvirt/lib\n'
+        "virt-sock': No such file or directory\"}"
+    )
+    assert "libvirtd-not-running" in ids_of(path_wrapped)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # Go's net.Dial wording, under logrus (openshift-metal3/dev-scripts #1635)
+        "level=error msg=Error: failed to dial libvirt: dial unix /var/run/libvirt/libvirt-sock: "
+        "connect: no such file or directory",
+        # other prefixes and a read-only socket (vagrant-libvirt #1193, Homebrew on macOS)
+        "Call to virConnectOpenReadOnly failed: Failed to connect socket to "
+        "'/usr/local/var/run/libvirt/libvirt-sock-ro': No such file or directory",
+        # double quotes, as a CI tool printed it (openshift-metal3/dev-scripts #514)
+        '02_configure_host.sh fails with "Failed to connect socket to '
+        "'/var/run/libvirt/libvirt-sock': No such file or directory\"",
+        # an escaped repr, as Ansible returns it (sonic-net/sonic-mgmt #10404)
+        "(1, '\\n{\"msg\": \"Failed to connect socket to \\'/var/run/libvirt/libvirt-sock\\': "
+        'No such file or directory", ',
+        # a nova traceback line
+        "2014-02-27 02:16:42.505 7854 TRACE nova.virt.libvirt.driver libvirtError: Failed to "
+        "connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory",
+    ],
+)
+def test_a_missing_daemon_socket_is_recognised_however_it_was_pasted(message: str) -> None:
+    ids = ids_of(message)
+    assert "libvirtd-not-running" in ids, ids
+    assert "modular-daemon-not-running" in ids, ids
+
+
+def test_a_libvirt_sock_on_a_modular_host_names_virtproxyd() -> None:
+    data = json.loads(
+        kvmdoctor(
+            "explain",
+            "Error: failed to dial libvirt: dial unix /var/run/libvirt/libvirt-sock: connect: no "
+            "such file or directory",
+            "-f",
+            "json",
+        ).stdout
+    )
+    modular = next(m for m in data["matches"] if m["id"] == "modular-daemon-not-running")
+    assert modular["fix"][0]["params"]["name"] == "virtproxyd.socket"
+    assert modular["line"].startswith("failed to dial libvirt: Failed to connect socket to '/")
+
+
+# --- one message, several causes ------------------------------------------------------------
+
+CAPABILITIES = "error: invalid argument: could not find capabilities for domaintype=kvm"
+
+
+def test_missing_kvm_capabilities_list_every_cause_the_outer_hypervisor_among_them() -> None:
+    result = kvmdoctor("explain", CAPABILITIES)
+    assert result.exit_code == 0
+    ids = ids_of(CAPABILITIES)
+    for cause in (
+        "kvm-missing-module-not-loaded",
+        "kvm-missing-firmware-disabled",
+        "kvm-missing-nested-not-exposed",
+        "nested-virt-not-exposed",
+        "kvm-device-not-accessible",
+        "qemu-emulator-missing",
+    ):
+        assert cause in ids
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"{len(ids)} possible causes (`--here`, `--snapshot PATH` or `--root DIR` tells which "
+        "holds on a host):"
+    )
+    assert (
+        "  nested-virt-not-exposed: The outer hypervisor does not pass VT-x/AMD-V through"
+        in (lines[1 : len(ids) + 1])
+    )
+
+
+def test_on_a_recorded_host_explain_says_which_cause_holds() -> None:
+    result = kvmdoctor(
+        "explain",
+        "Could not access KVM kernel module: Permission denied",
+        "--snapshot",
+        str(SNAPSHOTS / "kvm-root-only"),
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0
+    host = json.loads(result.stdout)["host"]
+    verdicts = {v["id"]: v["verdict"] for v in host["verdicts"]}
+    assert verdicts["kvm-device-root-only"] == "holds"
+    assert verdicts["kvm-device-not-accessible"] == "holds"
+    assert verdicts["kvm-device-acl-denies"] == "does not hold"
+    assert verdicts["kvm-access-denied-stale-group"] == "does not hold"
+    assert host["verdicts"][0]["verdict"] == "holds"
+    assert host["checks"] == ["KVM002", "KVM007"]
+    assert host["diagnosed"] == ["kvm-device-root-only"]
+
+
+def test_a_stopped_daemon_holds_and_the_modular_one_does_not() -> None:
+    result = kvmdoctor(
+        "explain",
+        "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or "
+        "directory",
+        "--snapshot",
+        str(SNAPSHOTS / "libvirtd-stopped"),
+    )
+    assert result.exit_code == 0
+    out = result.stdout
+    assert out.startswith("On snapshot ")
+    assert "  holds         libvirtd-not-running [socket:/run/libvirt/libvirt-sock]" in out
+    assert "  does not hold modular-daemon-not-running: its checks found LIB001 fail" in out
+
+
+def test_on_a_guest_without_vt_x_the_outer_hypervisor_is_the_cause(
+    edit_snapshot: Any, tmp_path: Path
+) -> None:
+    """A VMware guest whose CPU shows no vmx and has no /dev/kvm (real cpuinfo and DMI)."""
+    from kdhosts import no_kvm_device
+    from kdsnap import REALDATA_DMI, realdata
+
+    snap = no_kvm_device(edit_snapshot())
+    snap.set_file(
+        "/proc/cpuinfo",
+        realdata(
+            "cpuinfo/virt-what__vmware-esx4.1-guest_core2-e8400_no-vmx_no-hypervisor-flag.txt"
+        ),
+    )
+    values = json.loads(REALDATA_DMI.read_text())["vmware_esx4.1_guest"]
+    for name in ("sys_vendor", "product_name", "bios_vendor", "board_vendor"):
+        if values.get(name):
+            snap.set_file(f"/sys/class/dmi/id/{name}", values[name] + "\n")
+    path = snap.save()
+    result = kvmdoctor("explain", CAPABILITIES, "--snapshot", str(path), "-f", "json")
+    verdicts = {v["id"]: v["verdict"] for v in json.loads(result.stdout)["host"]["verdicts"]}
+    assert verdicts["kvm-missing-nested-not-exposed"] == "holds"
+    assert verdicts["nested-virt-not-exposed"] == "holds"
+    assert verdicts["kvm-device-missing"] == "holds"  # the symptom: true, and not the cause
+    assert verdicts["kvm-missing-module-not-loaded"] == "does not hold"
+    assert verdicts["kvm-missing-firmware-disabled"] == "does not hold"
+    assert verdicts["kvm-device-not-accessible"] != "holds"
+
+
+def test_host_options_exclude_each_other() -> None:
+    both = kvmdoctor(
+        "explain", CAPABILITIES, "--here", "--snapshot", str(SNAPSHOTS / "kvm-root-only")
+    )
+    assert both.exit_code == 2
+    assert "exclude each other" in both.stderr
+    uri_alone = kvmdoctor("explain", CAPABILITIES, "--uri", "qemu:///system")
+    assert uri_alone.exit_code == 2
+
+
+# --- no signature: probably -----------------------------------------------------------------
+
+UNMATCHED = (
+    "qemu-system-x86_64: Failed to start VNC server on `127.0.0.1:5': Failed to bind socket: "
+    "Cannot assign requested address"
+)
+
+
+def test_an_unmatched_message_gets_probable_causes_with_scores_and_exit_1() -> None:
+    result = kvmdoctor("explain", UNMATCHED)
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == "No known problem matches this text."
+    assert lines[1].startswith("Probably (nearest by their words, score 0-1")
+    assert "graphics-port-conflict: A fixed VNC/SPICE port is taken" in lines[2]
+    as_json = json.loads(kvmdoctor("explain", UNMATCHED, "-f", "json").stdout)
+    assert as_json["matches"] == []
+    best = as_json["probably"][0]
+    assert best["id"] == "graphics-port-conflict" and 0 < best["score"] <= 1
+    assert "vnc" in best["shared_words"]
+
+
+def test_probable_causes_are_judged_on_a_host_too() -> None:
+    result = kvmdoctor(
+        "explain", UNMATCHED, "--snapshot", str(SNAPSHOTS / "host-kvm-pvm"), "-f", "json"
+    )
+    assert result.exit_code == 1  # a verdict on a guess does not make it a match
+    verdicts = json.loads(result.stdout)["host"]["verdicts"]
+    assert {v["id"] for v in verdicts} >= {"graphics-port-conflict"}
+
+
+def test_on_a_tree_that_cannot_answer_every_cause_is_undecided(tmp_path: Path) -> None:
+    result = kvmdoctor(
+        "explain",
+        "Could not access KVM kernel module: Permission denied",
+        "--root",
+        str(tmp_path),
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0
+    host = json.loads(result.stdout)["host"]
+    assert host["source"]["root"] == str(tmp_path)
+    assert {v["verdict"] for v in host["verdicts"]} == {"undecided"}
+    assert all("KVM002 skip" in v["reason"] for v in host["verdicts"])
+
+
+def test_a_killed_daemon_refusing_connections_holds_on_its_recording() -> None:
+    result = kvmdoctor(
+        "explain",
+        "dial unix /run/libvirt/libvirt-sock: connect: connection refused",
+        "--snapshot",
+        str(SNAPSHOTS / "libvirtd-killed"),
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [m["id"] for m in data["matches"]] == ["libvirtd-not-running"]
+    (verdict,) = data["host"]["verdicts"]
+    assert verdict["verdict"] == "holds"
+    assert "nothing listens on it" in verdict["reason"]
