@@ -424,6 +424,18 @@ class Issued:
         return str(self.cert.subject.rfc4514_string())
 
 
+# x509.KeyUsage's arguments, but for encipher_only and decipher_only (which need key_agreement).
+KEY_USAGE_BITS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+)
+
+
 class Pki:
     """Certificates made the way a libvirt administrator makes them (libvirt.org/kbase/
     tlscerts.html): a CA with basicConstraints CA:TRUE and keyCertSign; server certificates
@@ -491,36 +503,48 @@ class Pki:
         purpose: str = "server",
         valid: tuple[float, float] = (-1, 365),
         key: Any = None,
+        is_ca: Optional[bool] = False,
+        usage: Optional[Iterable[str]] = ("digital_signature", "key_encipherment"),
+        usage_critical: bool = True,
+        purposes: Optional[Iterable[str]] = None,
+        purposes_critical: bool = False,
+        subject: Optional[Sequence[tuple[str, str]]] = None,
     ) -> Issued:
-        """A server (`purpose="server"`) or client certificate issued by `issuer`."""
+        """A server (`purpose="server"`) or client certificate issued by `issuer`.
+
+        What libvirt checks can be varied: `is_ca` (basicConstraints CA flag; None leaves
+        the extension out), `usage` (keyUsage bits by cryptography's names; None leaves the
+        extension out) and whether it is critical, `purposes` (extended key usage: "server",
+        "client", "any", or a dotted OID; None: the one `purpose` names; () leaves the
+        extension out) and whether it is critical, and `subject` ((attribute, value) pairs
+        such as ("O", "kd lab"), ("CN", name); default: CN=`name`)."""
         from cryptography import x509
-        from cryptography.x509.oid import ExtendedKeyUsageOID
+        from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
         key = key or self.new_key()
-        builder = self._builder(name, key, valid, issuer.cert.subject)
-        builder = builder.add_extension(
-            x509.BasicConstraints(ca=False, path_length=None), critical=True
-        )
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        oid = (
-            ExtendedKeyUsageOID.SERVER_AUTH
-            if purpose == "server"
-            else (ExtendedKeyUsageOID.CLIENT_AUTH)
-        )
-        builder = builder.add_extension(x509.ExtendedKeyUsage([oid]), critical=False)
+        builder = self._builder(name, key, valid, issuer.cert.subject, subject)
+        if is_ca is not None:
+            builder = builder.add_extension(
+                x509.BasicConstraints(ca=is_ca, path_length=None), critical=True
+            )
+        if usage is not None:
+            bits = set(usage)
+            flags = {n: n in bits for n in KEY_USAGE_BITS}
+            builder = builder.add_extension(
+                x509.KeyUsage(**flags, encipher_only=False, decipher_only=False),
+                critical=usage_critical,
+            )
+        wanted = (purpose,) if purposes is None else tuple(purposes)
+        oids = {
+            "server": ExtendedKeyUsageOID.SERVER_AUTH,
+            "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+            "any": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+        }
+        if wanted:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([oids.get(p) or ObjectIdentifier(p) for p in wanted]),
+                critical=purposes_critical,
+            )
         names: list[Any] = [x509.DNSName(d) for d in dns]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         if names:
@@ -549,11 +573,26 @@ class Pki:
             builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
         )
 
-    def _builder(self, name: str, key: Any, valid: tuple[float, float], issuer: Any) -> Any:
+    def _builder(
+        self,
+        name: str,
+        key: Any,
+        valid: tuple[float, float],
+        issuer: Any,
+        attributes: Optional[Sequence[tuple[str, str]]] = None,
+    ) -> Any:
         from cryptography import x509
         from cryptography.x509.oid import NameOID
 
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        oids = {
+            "C": NameOID.COUNTRY_NAME,
+            "O": NameOID.ORGANIZATION_NAME,
+            "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+            "L": NameOID.LOCALITY_NAME,
+            "CN": NameOID.COMMON_NAME,
+        }
+        pairs = attributes or (("CN", name),)
+        subject = x509.Name([x509.NameAttribute(oids[a], v) for a, v in pairs])
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
