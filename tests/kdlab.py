@@ -251,10 +251,14 @@ class LibvirtLab:
         cwd: Optional[Union[str, Path]] = None,
         env: Optional[dict[str, str]] = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the lab's mount namespace (same network, same processes)."""
+        """Run a command inside the lab's mount namespace (same network, same processes).
+        `cwd` is the working directory inside: nsenter itself starts in "/" after entering,
+        so without --wd a `python -m doctor` run would import the installed kvmdoctor
+        instead of the tree under test."""
         assert self.holder is not None, "the lab is not open"
+        wd = [f"--wd={cwd}"] if cwd is not None else []
         return subprocess.run(
-            ["nsenter", f"--target={self.holder.pid}", "--mount", "--", *argv],
+            ["nsenter", f"--target={self.holder.pid}", "--mount", *wd, "--", *argv],
             capture_output=True,
             text=True,
             timeout=timeout,
