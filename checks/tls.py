@@ -1151,8 +1151,10 @@ def tls_client_dn_not_allowed(
         return
     for ep in servers:
         allowed = ep.settings.get("tls_allowed_dn_list")
+        conf = next((d.conf_path for d in tls.daemons if d.daemon == ep.users[0]), None)
         evidence: dict[str, Any] = {
             "tls_allowed_dn_list": allowed,
+            "daemon_conf": conf or "/etc/libvirt/libvirtd.conf",
             "client_cert_file": client.cert.path if client is not None else None,
             "client_dn": client_leaf.dn if client_leaf else None,
             "client_uri_to_this_host": to_here,
