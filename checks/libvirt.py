@@ -88,17 +88,25 @@ def libvirt_socket_missing(
     none at all) and exactly what to start; on a modular host it also checks the network and
     storage daemons' sockets that virsh and virt-manager use. A socket file that exists
     while the connection to it is refused is a socket left behind by a daemon that is gone
-    (killed, crashed, or a /run that outlived it), and fails too.
+    (killed, crashed, or a /run that outlived it), and fails too. A virtqemud socket file
+    that no virtqemud serves on a host run by the monolithic libvirtd is told apart: the
+    client prefers that file whenever it exists, so it hides the healthy libvirtd from every
+    client that names a URI (qemu:///system), while a connection without a URI still works.
 
     Why it matters: every client fails before doing anything: "Failed to connect socket to
     '/var/run/libvirt/libvirt-sock': No such file or directory", or "...: Connection refused"
-    where the file outlived its daemon (and looks fine to `ls`).
+    where the file outlived its daemon (and looks fine to `ls`): "Failed to connect socket to
+    '/var/run/libvirt/virtqemud-sock': Connection refused" on a host that runs libvirtd.
 
     How to fix: start the daemon the finding names (with systemd, enable its sockets:
     `systemctl enable --now libvirtd.socket`, or on a modular host
     `systemctl enable --now virtqemud.socket`); without systemd run it (`libvirtd -d`). When
     no daemon is installed, install the package the finding names. A session URI
-    (qemu:///session) starts its own daemon on first use.
+    (qemu:///session) starts its own daemon on first use. For a virtqemud socket left on a
+    libvirtd host, do not start virtqemud: remove the stale file (`rm -f
+    /run/libvirt/virtqemud-sock`), pin clients to libvirtd with `remote_mode = "legacy"`
+    in /etc/libvirt/libvirt.conf if it may come back, or move the host to the modular
+    daemons altogether.
 
     References: https://libvirt.org/daemons.html
     https://libvirt.org/uri.html

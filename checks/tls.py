@@ -1002,7 +1002,10 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
     not permit key encipherment"), then "Unable to initialize network sockets"; a client
     fails the same way. With a non-critical extension the daemon starts but every handshake
     fails ("TLS handshake failed No supported cipher suites have been found." in the
-    daemon's log, "The TLS connection was non-properly terminated." for the client).
+    daemon's log, "The TLS connection was non-properly terminated." for the client); a
+    client certificate without digitalSignature is not even sent ("Unable to verify TLS
+    peer: No certificate was found." in the daemon's log, "Unable to read TLS confirmation:
+    Input/output error" for the client).
 
     How to fix: issue the certificate again with both usages: certtool's `signing_key` and
     `encryption_key` lines, or openssl's `keyUsage = critical, digitalSignature,
@@ -1050,12 +1053,17 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
             if refused:
                 problems.append(("fail", f"{text} (key usage: {usage}): {_refusal(ep)}"))
             else:
+                seen = (
+                    'the daemon logs "No supported cipher suites have been found."'
+                    if ep.role == "server"
+                    else 'the client sends no certificate, and the daemon logs "Unable to '
+                    'verify TLS peer: No certificate was found."'
+                )
                 problems.append(
                     (
                         "fail",
-                        f"{text} (key usage: {usage}): the TLS handshake cannot be signed, so "
-                        'every connection fails (GnuTLS: "No supported cipher suites have '
-                        'been found.")',
+                        f"{text} (key usage: {usage}): the TLS handshake cannot be signed with "
+                        f"it, so every connection fails ({seen})",
                     )
                 )
         if "key_encipherment" not in leaf.key_usage:

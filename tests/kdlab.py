@@ -105,6 +105,14 @@ class DaemonStart:
         ]
 
 
+def _copy_if_there(src: str, dst: str) -> None:
+    """shutil.copy2, but a file that vanished since the directory was listed is skipped: the
+    machine's libvirtd (or another test session) may remove a domain's XML or a cache file
+    while a lab copies /etc/libvirt or /var/cache/libvirt."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copy2(src, dst)
+
+
 def _is_gone(pid: int) -> bool:
     """Exited, or a zombie nobody reaped yet (this machine's PID 1 reaps late)."""
     try:
@@ -158,7 +166,11 @@ class LibvirtLab:
             target = self.tree / path.lstrip("/")
             if path in COPIED and self.copy_config and os.path.isdir(path):
                 shutil.copytree(
-                    path, target, symlinks=True, ignore=shutil.ignore_patterns(*NOT_COPIED)
+                    path,
+                    target,
+                    symlinks=True,
+                    ignore=shutil.ignore_patterns(*NOT_COPIED),
+                    copy_function=_copy_if_there,
                 )
             else:
                 target.mkdir(parents=True, exist_ok=True)

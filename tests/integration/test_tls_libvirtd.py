@@ -506,6 +506,37 @@ def test_virsh_refuses_its_own_client_certificate_where_a_new_tls_check_fails(
     assert message.startswith(virsh_says)
 
 
+def test_a_client_certificate_without_digital_signature_is_never_sent_and_tls009_fails(
+    tls_lab: TlsLab, pki: Pki, ca: Issued, good_server: Issued
+) -> None:
+    """Key usage not critical: virsh only warns about its own certificate, GnuTLS will not
+    sign with it, so the daemon sees no client certificate and drops the connection."""
+    client = pki.issue(
+        ca,
+        "kd lab client",
+        purpose="client",
+        usage=("key_encipherment",),
+        usage_critical=False,
+    )
+    tls_lab.install(ca, good_server)
+    uri = _install_client(tls_lab, ca, client)
+    started = tls_lab.start()
+    assert started.ok, started.errors()
+    refused = _virsh(tls_lab, uri)
+    assert refused.returncode != 0
+    assert f"{CLIENT_PKI}/clientcert.pem usage does not permit digital signature" in (
+        refused.stderr
+    )
+    assert "Unable to read TLS confirmation: Input/output error" in refused.stderr
+    assert "Unable to verify TLS peer: No certificate was found." in tls_lab.lab.log()
+
+    found = failing(tls_lab.kvmdoctor(uri=uri))
+    assert set(found) == {"TLS009"}, found
+    (message,) = found["TLS009"]
+    assert "usage does not permit digital signature" in message
+    assert "No certificate was found." in message
+
+
 def _lab_client(pki: Pki, ca: Issued) -> Issued:
     return pki.issue(
         ca,
