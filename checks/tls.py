@@ -974,8 +974,8 @@ def tls_cert_wrong_purpose(tls: TlsState) -> Iterator[Finding]:
         )
 
 
-# Public key types that libvirt 9.0 and older also require keyEncipherment for, and that
-# newer releases exempt (RFC 8813: an EC key cannot encipher): ECDSA, X25519, X448.
+# Public key types that libvirt 9.0 (Debian 12, seen in the lab) also requires keyEncipherment
+# for, and that libvirt's current source exempts (RFC 8813: an EC key cannot encipher): ECDSA, X25519, X448.
 EC_KEYS = ("EC", "X25519", "X448")
 
 
@@ -992,8 +992,8 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
     (when it is critical libvirt refuses the certificate before that). It should allow
     keyEncipherment: libvirt refuses a certificate without it when the extension is critical
     (fail); when it is not critical libvirt only logs a warning (warn). For an EC key
-    libvirt 9.0 and older demand keyEncipherment too, while newer releases follow RFC 8813,
-    which forbids it for EC keys: that case warns. A certificate without the extension
+    libvirt releases such as 9.0 demand keyEncipherment too, while libvirt's current source
+    follows RFC 8813, which forbids it for EC keys: that case warns. A certificate without the extension
     passes. When TLS is not in use, it passes once, saying so (it skips when that cannot be
     told).
 
@@ -1009,7 +1009,7 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
 
     How to fix: issue the certificate again with both usages: certtool's `signing_key` and
     `encryption_key` lines, or openssl's `keyUsage = critical, digitalSignature,
-    keyEncipherment`. For an EC key on libvirt 9.0 or older, add keyEncipherment or make the
+    keyEncipherment`. For an EC key on a libvirt that demands it (9.0 does), add keyEncipherment or make the
     extension non-critical. Install it and restart the daemon.
 
     References: https://libvirt.org/kbase/tlscerts.html
@@ -1075,9 +1075,9 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
                 problems.append(
                     (
                         "warn",
-                        f"{text} (key usage: {usage}, {leaf.public_key} key): libvirt 9.0 and "
-                        "older refuse it (newer releases accept an EC key without "
-                        "keyEncipherment, as RFC 8813 asks)",
+                        f"{text} (key usage: {usage}, {leaf.public_key} key): libvirt releases "
+                        "such as 9.0 refuse it; releases that follow RFC 8813 accept an EC key "
+                        "without keyEncipherment",
                     )
                 )
             else:
