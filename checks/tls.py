@@ -975,7 +975,7 @@ def tls_cert_wrong_purpose(tls: TlsState) -> Iterator[Finding]:
 
 
 # Public key types that libvirt 9.0 (Debian 12, seen in the lab) also requires keyEncipherment
-# for, and that libvirt's current source exempts (RFC 8813: an EC key cannot encipher): ECDSA, X25519, X448.
+# for, and that libvirt's current source exempts (RFC 8813: an EC key cannot encipher).
 EC_KEYS = ("EC", "X25519", "X448")
 
 
@@ -993,9 +993,9 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
     keyEncipherment: libvirt refuses a certificate without it when the extension is critical
     (fail); when it is not critical libvirt only logs a warning (warn). For an EC key
     libvirt releases such as 9.0 demand keyEncipherment too, while libvirt's current source
-    follows RFC 8813, which forbids it for EC keys: that case warns. A certificate without the extension
-    passes. When TLS is not in use, it passes once, saying so (it skips when that cannot be
-    told).
+    follows RFC 8813, which forbids it for EC keys: that case warns. A certificate without
+    the extension passes. When TLS is not in use, it passes once, saying so (it skips when
+    that cannot be told).
 
     Why it matters: libvirtd does not start its TLS listener: "Certificate
     /etc/pki/libvirt/servercert.pem usage does not permit digital signature" (or "... does
@@ -1009,8 +1009,8 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
 
     How to fix: issue the certificate again with both usages: certtool's `signing_key` and
     `encryption_key` lines, or openssl's `keyUsage = critical, digitalSignature,
-    keyEncipherment`. For an EC key on a libvirt that demands it (9.0 does), add keyEncipherment or make the
-    extension non-critical. Install it and restart the daemon.
+    keyEncipherment`. For an EC key on a libvirt that demands it (9.0 does), add
+    keyEncipherment or make the extension non-critical. Install it and restart the daemon.
 
     References: https://libvirt.org/kbase/tlscerts.html
     https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.3
