@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 from doctor.facts.accounts import Accounts, Principals, access
@@ -87,17 +88,25 @@ def libvirt_socket_missing(
     none at all) and exactly what to start; on a modular host it also checks the network and
     storage daemons' sockets that virsh and virt-manager use. A socket file that exists
     while the connection to it is refused is a socket left behind by a daemon that is gone
-    (killed, crashed, or a /run that outlived it), and fails too.
+    (killed, crashed, or a /run that outlived it), and fails too. A virtqemud socket file
+    that no virtqemud serves on a host run by the monolithic libvirtd is told apart: the
+    client prefers that file whenever it exists, so it hides the healthy libvirtd from every
+    client that names a URI (qemu:///system), while a connection without a URI still works.
 
     Why it matters: every client fails before doing anything: "Failed to connect socket to
     '/var/run/libvirt/libvirt-sock': No such file or directory", or "...: Connection refused"
-    where the file outlived its daemon (and looks fine to `ls`).
+    where the file outlived its daemon (and looks fine to `ls`): "Failed to connect socket to
+    '/var/run/libvirt/virtqemud-sock': Connection refused" on a host that runs libvirtd.
 
     How to fix: start the daemon the finding names (with systemd, enable its sockets:
     `systemctl enable --now libvirtd.socket`, or on a modular host
     `systemctl enable --now virtqemud.socket`); without systemd run it (`libvirtd -d`). When
     no daemon is installed, install the package the finding names. A session URI
-    (qemu:///session) starts its own daemon on first use.
+    (qemu:///session) starts its own daemon on first use. For a virtqemud socket left on a
+    libvirtd host, do not start virtqemud: remove the stale file (`rm -f
+    /run/libvirt/virtqemud-sock`), pin clients to libvirtd with `remote_mode = "legacy"`
+    in /etc/libvirt/libvirt.conf if it may come back, or move the host to the modular
+    daemons altogether.
 
     References: https://libvirt.org/daemons.html
     https://libvirt.org/uri.html
@@ -147,6 +156,18 @@ def libvirt_socket_missing(
         and _refused_at(libvirt_conn, choice.path)
         else None
     )
+    stale = _stale_modular_socket(choice, state, uri, refused is not None)
+    if stale is not None:
+        evidence["stale_modular_socket"] = stale.as_dict()
+        if refused is not None:
+            evidence["connection"] = refused.as_dict()
+        yield Finding(
+            "fail",
+            _stale_message(stale, state),
+            subject=f"socket:{choice.path}",
+            evidence=evidence,
+        )
+        return
     if refused is not None:
         evidence["connection"] = refused.as_dict()
         yield Finding(
@@ -241,6 +262,85 @@ def _left_behind_message(
         f"{choice.path} exists but nothing listens on it (connection refused): "
         f"{choice.daemon} is not running and left its socket behind (it was killed or "
         f"crashed, or /run outlived it); start it (it replaces the socket): {start}"
+    )
+
+
+@dataclass(frozen=True)
+class StaleSocket:
+    """A modular daemon's socket file that nothing serves, on a monolithic host."""
+
+    path: str
+    daemon: str  # whose socket it is: virtqemud
+    files: tuple[str, ...]  # every socket file of that daemon that exists
+    daemon_installed: bool
+    served_by_pids: tuple[int, ...]  # the monolithic libvirtd's
+    legacy_socket: str
+    legacy_socket_exists: bool
+    refused: bool  # kvmdoctor's own connection to it was refused
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["served_by"] = MONOLITHIC
+        out["confirmed_by"] = (
+            "the connection to it was refused"
+            if self.refused
+            else f"no {self.daemon} process and no active {self.daemon}.socket unit"
+        )
+        return out
+
+
+def _stale_modular_socket(
+    choice: SocketChoice, state: LibvirtDaemons, uri: LibvirtUri, refused: bool
+) -> Optional[StaleSocket]:
+    """The modular daemon's socket the client picked, when it is a file left behind on a
+    host served by the monolithic libvirtd; else None. libvirt's client takes the modular
+    socket whenever that file exists (remote_mode auto), so a stale one hides a healthy
+    libvirtd from every client that names a URI."""
+    if uri.session or choice.mode != "direct" or not choice.exists:
+        return None
+    if choice.why != f"{choice.path} exists":  # direct mode asked for: modular is meant
+        return None
+    modular = state.daemons.get(choice.daemon)
+    mono = state.daemons[MONOLITHIC]
+    if modular is None or not mono.installed or not state.processes_known:
+        return None
+    if modular.running or any(
+        u.name.endswith(".socket") and u.active == "active" for u in modular.units
+    ):
+        return None  # the modular daemon (or systemd for it) is there: not this problem
+    if not mono.pids and modular.installed:
+        return None  # neither runs and both are installed: which one is meant is unknown
+    legacy = f"{state.socket_dir}/libvirt-sock"
+    return StaleSocket(
+        path=choice.path,
+        daemon=choice.daemon,
+        files=tuple(p for p, there in modular.sockets.items() if there),
+        daemon_installed=modular.installed,
+        served_by_pids=mono.pids,
+        legacy_socket=legacy,
+        legacy_socket_exists=mono.sockets.get(legacy, False),
+        refused=refused,
+    )
+
+
+def _stale_message(stale: StaleSocket, state: LibvirtDaemons) -> str:
+    who, path = stale.daemon, stale.path
+    seen = "the connection to it is refused" if stale.refused else f"no {who} process exists"
+    if stale.served_by_pids:
+        host = (
+            f"this host is served by the monolithic libvirtd (pid "
+            f"{', '.join(map(str, stale.served_by_pids))}, on {stale.legacy_socket})"
+        )
+        then = "; libvirtd then answers them"
+    else:
+        host = f"only the monolithic libvirtd is installed here ({who} is not)"
+        then = f" and start libvirtd: {_start_hint(state, MONOLITHIC)}"
+    return (
+        f"{path} is a socket file left behind by {who} ({seen}), but {host}: libvirt's "
+        f"client prefers {path} whenever the file exists, so every client that names a URI "
+        f'(virsh -c qemu:///system, virt-manager, virt-install) fails with "Failed to '
+        f"connect socket to '{path}': Connection refused\". Remove the stale file "
+        f"(rm -f {' '.join(stale.files)}){then}; or switch this host to the modular daemons"
     )
 
 

@@ -26,6 +26,7 @@ from doctor.facts.tls import (
     HostNames,
     Reader,
     TlsState,
+    dn_pattern_matches,
     iso_time,
 )
 from doctor.model import Finding, Status
@@ -752,6 +753,495 @@ def tls_key_permissions(tls: TlsState, accounts: Optional[Accounts] = None) -> I
             "pass",
             f"the private key {key.path} is {described}, readable by {ep.reader.name} "
             f"({detail}) and not by others",
+            ep.subject,
+            evidence,
+        )
+
+
+# --- what libvirt's own sanity check holds against a certificate (TLS007-TLS009) -------------
+
+
+def _sanity_off(ep: Endpoint) -> Optional[str]:
+    """Where libvirt's own certificate sanity check is switched off for `ep`, if it is: it
+    then starts (or connects) with a certificate these checks would fail."""
+    if ep.role == "server":
+        value = ep.settings.get("tls_no_sanity_certificate")
+        if isinstance(value, int) and not isinstance(value, bool) and value != 0:
+            return "tls_no_sanity_certificate = 1 in the daemon's configuration"
+        return None
+    if str(ep.settings.get("no_sanity", "0")) not in ("", "0"):
+        return "no_sanity=1 in the URI"
+    return None
+
+
+def _leaf_or_skip(ep: Endpoint, evidence: dict[str, Any]) -> Optional[Finding]:
+    if ep.cert.leaf is None:
+        return Finding(
+            "skip",
+            f"the {ep.role} certificate {ep.cert.path or '(unset)'} could not be read (see TLS002)",
+            ep.subject,
+            evidence,
+        )
+    return None
+
+
+def _refusal(ep: Endpoint) -> str:
+    """What happens when libvirt's sanity check refuses the certificate of `ep`."""
+    if ep.role == "server":
+        return 'libvirtd does not start its TLS listener ("Unable to initialize network sockets")'
+    return "the client refuses to connect before any TLS handshake"
+
+
+@check(
+    "TLS007",
+    "tls-cert-marked-as-ca",
+    title="The server or client certificate is marked as a CA",
+    tags=("tls",),
+)
+def tls_cert_marked_as_ca(tls: TlsState) -> Iterator[Finding]:
+    """What it checks: that the server's (or the client's) own certificate is not a CA
+    certificate: its basicConstraints extension must not say CA:TRUE. libvirt checks this
+    for its own certificate before it uses it (the daemon when it starts, the client when it
+    connects); a certificate without the extension is accepted. Intermediate CAs that follow
+    the certificate in its file are not concerned. When TLS is not in use, it passes once,
+    saying so (it skips when that cannot be told).
+
+    Why it matters: libvirtd does not start its TLS listener: "The certificate
+    /etc/pki/libvirt/servercert.pem basic constraints show a CA, but we need one for a
+    server", then "Unable to initialize network sockets"; a client fails with "... basic
+    constraints show a CA, but we need one for a client". It happens when the CA's own
+    certificate (or a copy of the CA template) is installed as the server certificate, or
+    when a certificate was signed with the CA's extensions (`openssl x509 -req -extfile`
+    naming the CA section, certtool's `ca` line left in the template).
+
+    How to fix: issue a new certificate from the CA with `cA` false: with certtool, a
+    template without the `ca` line and with `tls_www_server` (or `tls_www_client`),
+    `encryption_key` and `signing_key`; with openssl, `basicConstraints = critical,CA:FALSE`
+    in the extensions used to sign it. Install it and restart the daemon.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.9
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    for ep in tls.endpoints:
+        leaf = ep.cert.leaf
+        evidence: dict[str, Any] = {
+            "cert_file": ep.cert.path,
+            "subject": leaf.subject if leaf else None,
+            "basic_constraints_ca": leaf.is_ca if leaf else None,
+            "sanity_check_off": _sanity_off(ep),
+            **_base(ep, tls),
+        }
+        skipped = _leaf_or_skip(ep, evidence)
+        if skipped is not None or leaf is None:
+            yield skipped or Finding("skip", "no certificate", ep.subject, evidence)
+            continue
+        if not leaf.is_ca:
+            said = "CA:FALSE" if leaf.is_ca is False else "no basicConstraints"
+            yield Finding(
+                "pass",
+                f"the {ep.role} certificate {ep.cert.path} is not a CA ({said})",
+                ep.subject,
+                evidence,
+            )
+            continue
+        text = (
+            f"The certificate {ep.cert.path} basic constraints show a CA, but we need one for "
+            f"a {ep.role}"
+        )
+        off = _sanity_off(ep)
+        if off:
+            yield Finding(
+                "warn",
+                f"{text}: libvirt accepts it only because {off} switches its sanity check off",
+                ep.subject,
+                evidence,
+            )
+            continue
+        yield Finding(
+            _severity(ep),
+            f"{text} ({leaf.subject} says CA:TRUE): {_refusal(ep)}",
+            ep.subject,
+            evidence,
+        )
+
+
+def purposes_allow(purposes: Optional[tuple[str, ...]], role: str) -> bool:
+    """Whether the extended key usage lets a certificate serve `role` as libvirt decides it
+    (virNetTLSContextCheckCertKeyPurpose): no extension allows both roles; serverAuth allows
+    a server, clientAuth a client; any other purpose allows both, except
+    anyExtendedKeyUsage, which libvirt does not count for either."""
+    if purposes is None:
+        return True
+    wanted = "serverAuth" if role == "server" else "clientAuth"
+    return any(p == wanted or p not in PURPOSES_FOR_ONE_ROLE for p in purposes)
+
+
+PURPOSES_FOR_ONE_ROLE = ("serverAuth", "clientAuth", "anyExtendedKeyUsage")
+
+
+@check(
+    "TLS008",
+    "tls-cert-wrong-purpose",
+    title="The certificate's purpose does not allow a TLS server (or client)",
+    tags=("tls",),
+)
+def tls_cert_wrong_purpose(tls: TlsState) -> Iterator[Finding]:
+    """What it checks: the extended key usage (purpose) of the server's and the client's own
+    certificate, as libvirt reads it: a server certificate must list TLS WWW server
+    (serverAuth, 1.3.6.1.5.5.7.3.1), a client certificate TLS WWW client (clientAuth,
+    1.3.6.1.5.5.7.3.2). A certificate without the extension passes; libvirt also counts any
+    other purpose as allowing both, but not anyExtendedKeyUsage alone. When the extension is
+    critical libvirt refuses the certificate (fail); when it is not, libvirt only logs a
+    warning and goes on (warn: other TLS software may still refuse it). When TLS is not in
+    use, it passes once, saying so (it skips when that cannot be told).
+
+    Why it matters: libvirtd does not start its TLS listener: "Certificate
+    /etc/pki/libvirt/servercert.pem purpose does not allow use for with a TLS server", then
+    "Unable to initialize network sockets"; a client fails with "... purpose does not allow
+    use for with a TLS client". The usual cause is a client certificate installed as the
+    server's (or the reverse), or a template with only `tls_www_client`.
+
+    How to fix: issue the certificate with the purpose of its role: certtool's
+    `tls_www_server` (server) or `tls_www_client` (client) line, or openssl's
+    `extendedKeyUsage = serverAuth` (`clientAuth`); a host that is both server and client
+    (migration) needs both certificates, or one certificate with both purposes. Install it
+    and restart the daemon.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.12
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    for ep in tls.endpoints:
+        leaf = ep.cert.leaf
+        evidence: dict[str, Any] = {
+            "cert_file": ep.cert.path,
+            "subject": leaf.subject if leaf else None,
+            "purposes": list(leaf.purposes) if leaf and leaf.purposes is not None else None,
+            "purposes_critical": leaf.purposes_critical if leaf else None,
+            "sanity_check_off": _sanity_off(ep),
+            **_base(ep, tls),
+        }
+        skipped = _leaf_or_skip(ep, evidence)
+        if skipped is not None or leaf is None:
+            yield skipped or Finding("skip", "no certificate", ep.subject, evidence)
+            continue
+        listed = ", ".join(leaf.purposes or ()) or "none"
+        if leaf.purposes is None:
+            yield Finding(
+                "pass",
+                f"the {ep.role} certificate {ep.cert.path} has no extended key usage, which "
+                f"allows any purpose",
+                ep.subject,
+                evidence,
+            )
+            continue
+        if purposes_allow(leaf.purposes, ep.role):
+            yield Finding(
+                "pass",
+                f"the {ep.role} certificate {ep.cert.path} allows a TLS {ep.role} "
+                f"(purposes: {listed})",
+                ep.subject,
+                evidence,
+            )
+            continue
+        text = f"Certificate {ep.cert.path} purpose does not allow use for with a TLS {ep.role}"
+        wanted = "serverAuth" if ep.role == "server" else "clientAuth"
+        held = f"its purposes are {listed}, without {wanted}"
+        off = _sanity_off(ep)
+        if not leaf.purposes_critical or off:
+            why = (
+                f"{off} switches libvirt's sanity check off"
+                if off
+                else "the extension is not critical, so libvirt only logs this as a warning"
+            )
+            yield Finding(
+                "warn",
+                f"{text} ({held}): {why}; other TLS software may refuse it",
+                ep.subject,
+                evidence,
+            )
+            continue
+        yield Finding(
+            _severity(ep),
+            f"{text} ({held}; the extension is critical): " + _refusal(ep),
+            ep.subject,
+            evidence,
+        )
+
+
+# Public key types that libvirt 9.0 (Debian 12, seen in the lab) also requires keyEncipherment
+# for, and that libvirt's current source exempts (RFC 8813: an EC key cannot encipher).
+EC_KEYS = ("EC", "X25519", "X448")
+
+
+@check(
+    "TLS009",
+    "tls-cert-key-usage-insufficient",
+    title="The certificate's key usage lacks digitalSignature or keyEncipherment",
+    tags=("tls",),
+)
+def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
+    """What it checks: the key usage extension of the server's and the client's own
+    certificate, as libvirt and GnuTLS use it. It must allow digitalSignature: without it
+    the TLS handshake cannot be signed, so it fails whether or not the extension is critical
+    (when it is critical libvirt refuses the certificate before that). It should allow
+    keyEncipherment: libvirt refuses a certificate without it when the extension is critical
+    (fail); when it is not critical libvirt only logs a warning (warn). For an EC key
+    libvirt releases such as 9.0 demand keyEncipherment too, while libvirt's current source
+    follows RFC 8813, which forbids it for EC keys: that case warns. A certificate without
+    the extension passes. When TLS is not in use, it passes once, saying so (it skips when
+    that cannot be told).
+
+    Why it matters: libvirtd does not start its TLS listener: "Certificate
+    /etc/pki/libvirt/servercert.pem usage does not permit digital signature" (or "... does
+    not permit key encipherment"), then "Unable to initialize network sockets"; a client
+    fails the same way. With a non-critical extension the daemon starts but every handshake
+    fails ("TLS handshake failed No supported cipher suites have been found." in the
+    daemon's log, "The TLS connection was non-properly terminated." for the client); a
+    client certificate without digitalSignature is not even sent ("Unable to verify TLS
+    peer: No certificate was found." in the daemon's log, "Unable to read TLS confirmation:
+    Input/output error" for the client).
+
+    How to fix: issue the certificate again with both usages: certtool's `signing_key` and
+    `encryption_key` lines, or openssl's `keyUsage = critical, digitalSignature,
+    keyEncipherment`. For an EC key on a libvirt that demands it (9.0 does), add
+    keyEncipherment or make the extension non-critical. Install it and restart the daemon.
+
+    References: https://libvirt.org/kbase/tlscerts.html
+    https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.3
+    https://www.rfc-editor.org/rfc/rfc8813
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    for ep in tls.endpoints:
+        leaf = ep.cert.leaf
+        evidence: dict[str, Any] = {
+            "cert_file": ep.cert.path,
+            "subject": leaf.subject if leaf else None,
+            "key_usage": list(leaf.key_usage) if leaf and leaf.key_usage is not None else None,
+            "key_usage_critical": leaf.key_usage_critical if leaf else None,
+            "public_key": leaf.public_key if leaf else None,
+            "sanity_check_off": _sanity_off(ep),
+            **_base(ep, tls),
+        }
+        skipped = _leaf_or_skip(ep, evidence)
+        if skipped is not None or leaf is None:
+            yield skipped or Finding("skip", "no certificate", ep.subject, evidence)
+            continue
+        if leaf.key_usage is None:
+            yield Finding(
+                "pass",
+                f"the {ep.role} certificate {ep.cert.path} has no key usage extension, which "
+                "allows every usage",
+                ep.subject,
+                evidence,
+            )
+            continue
+        usage = ", ".join(leaf.key_usage) or "none"
+        critical = leaf.key_usage_critical
+        off = _sanity_off(ep)
+        refused = critical and not off
+        problems: list[tuple[Status, str]] = []
+        if "digital_signature" not in leaf.key_usage:
+            text = f"Certificate {ep.cert.path} usage does not permit digital signature"
+            if refused:
+                problems.append(("fail", f"{text} (key usage: {usage}): {_refusal(ep)}"))
+            else:
+                seen = (
+                    'the daemon logs "No supported cipher suites have been found."'
+                    if ep.role == "server"
+                    else 'the client sends no certificate, and the daemon logs "Unable to '
+                    'verify TLS peer: No certificate was found."'
+                )
+                problems.append(
+                    (
+                        "fail",
+                        f"{text} (key usage: {usage}): the TLS handshake cannot be signed with "
+                        f"it, so every connection fails ({seen})",
+                    )
+                )
+        if "key_encipherment" not in leaf.key_usage:
+            text = f"Certificate {ep.cert.path} usage does not permit key encipherment"
+            ec = leaf.public_key.split()[0] in EC_KEYS
+            if refused and not ec:
+                problems.append(("fail", f"{text} (key usage: {usage}): {_refusal(ep)}"))
+            elif refused:
+                problems.append(
+                    (
+                        "warn",
+                        f"{text} (key usage: {usage}, {leaf.public_key} key): libvirt releases "
+                        "such as 9.0 refuse it; releases that follow RFC 8813 accept an EC key "
+                        "without keyEncipherment",
+                    )
+                )
+            else:
+                why = f"{off} switches libvirt's sanity check off" if off else "not critical"
+                problems.append(
+                    ("warn", f"{text} (key usage: {usage}; {why}): libvirt logs a warning")
+                )
+        if not problems:
+            yield Finding(
+                "pass",
+                f"the {ep.role} certificate {ep.cert.path} allows digital signature and key "
+                f"encipherment (key usage: {usage})",
+                ep.subject,
+                evidence,
+            )
+            continue
+        worst: Status = "fail" if any(s == "fail" for s, _ in problems) else "warn"
+        if worst == "fail":
+            worst = _severity(ep)
+        yield Finding(worst, "; ".join(t for _, t in problems), ep.subject, evidence)
+
+
+# --- TLS010 ---------------------------------------------------------------------------------
+
+
+@check(
+    "TLS010",
+    "tls-client-dn-not-allowed",
+    title="tls_allowed_dn_list refuses the client certificate",
+    tags=("tls",),
+)
+def tls_client_dn_not_allowed(
+    tls: TlsState, host_names: Optional[HostNames] = None, uri: Optional[LibvirtUri] = None
+) -> Iterator[Finding]:
+    """What it checks: a daemon's `tls_allowed_dn_list` (libvirtd.conf, virtproxyd.conf)
+    against the client certificate on this host: libvirt matches the certificate's
+    Distinguished Name, as GnuTLS prints it (the attributes in the order the certificate
+    holds them: `C=GB,O=Example,CN=client`, what `virt-pki-query-dn` shows), against each
+    entry, where `*` stands for any run of characters and `?` for one. It fails when a TLS
+    URI of this host connects to this host with a certificate no entry matches, and warns
+    when the client certificate here is not used by such a URI. An empty list refuses every
+    client (fail); a list that `tls_no_verify_certificate = 1` keeps from being enforced
+    warns. An entry written in RFC 4514 order (`CN=...,O=...,C=...`), which never matches,
+    is named. When TLS is not in use, it passes once, saying so (it skips when that cannot
+    be told).
+
+    Why it matters: the daemon accepts the TLS connection and then drops it; the client
+    only says "Unable to read TLS confirmation: Input/output error", and the daemon logs
+    "Client's Distinguished Name is not on the list of allowed clients
+    (tls_allowed_dn_list)" followed by "authentication failed: Failed to verify peer's
+    certificate".
+
+    How to fix: add the client's DN, exactly as `virt-pki-query-dn clientcert.pem` prints
+    it (or a pattern such as `C=GB,O=Example,CN=*`), to `tls_allowed_dn_list` in the
+    daemon's configuration and restart the daemon; or issue the client a certificate whose
+    DN an entry matches.
+
+    References: https://libvirt.org/remote.html#libvirtd-configuration-file
+    https://libvirt.org/kbase/tlscerts.html
+    """
+    if not tls.in_use:
+        yield _not_in_use(tls)
+        return
+    servers = [ep for ep in tls.endpoints if ep.role == "server"]
+    client = next((ep for ep in tls.endpoints if ep.role == "client"), None)
+    client_leaf = client.cert.leaf if client is not None else None
+    names = host_names or HostNames(None, "unknown", None, "unknown")
+    to_here = _uri_host(uri, names) is not None or (
+        uri is not None
+        and uri.parts.implied_transport == "tls"
+        and (uri.parts.host or "").lower() in LOCAL_NAMES
+    )
+    if not servers:
+        yield Finding(
+            "pass",
+            "no daemon here uses TLS, so no tls_allowed_dn_list applies",
+            evidence=tls.evidence(),
+        )
+        return
+    for ep in servers:
+        allowed = ep.settings.get("tls_allowed_dn_list")
+        conf = next((d.conf_path for d in tls.daemons if d.daemon == ep.users[0]), None)
+        evidence: dict[str, Any] = {
+            "tls_allowed_dn_list": allowed,
+            "daemon_conf": conf or "/etc/libvirt/libvirtd.conf",
+            "client_cert_file": client.cert.path if client is not None else None,
+            "client_dn": client_leaf.dn if client_leaf else None,
+            "client_uri_to_this_host": to_here,
+            **_base(ep, tls),
+        }
+        if allowed is None:
+            yield Finding(
+                "pass",
+                f"{', '.join(ep.users)}: tls_allowed_dn_list is not set, so every client "
+                "certificate the CA issued is accepted",
+                ep.subject,
+                evidence,
+            )
+            continue
+        entries = [str(e) for e in allowed] if isinstance(allowed, list) else [str(allowed)]
+        no_verify = ep.settings.get("tls_no_verify_certificate")
+        if isinstance(no_verify, int) and not isinstance(no_verify, bool) and no_verify != 0:
+            yield Finding(
+                "warn",
+                f"{', '.join(ep.users)}: tls_allowed_dn_list is set but "
+                "tls_no_verify_certificate = 1 keeps it from being enforced: every client is "
+                'accepted whatever its DN (libvirt logs "Ignoring bad certificate at user '
+                'request")',
+                ep.subject,
+                evidence,
+            )
+            continue
+        if not entries:
+            yield Finding(
+                "fail",
+                f"{', '.join(ep.users)}: tls_allowed_dn_list is empty, so every client is "
+                "refused (\"Client's Distinguished Name is not on the list of allowed "
+                'clients (tls_allowed_dn_list)")',
+                ep.subject,
+                evidence,
+            )
+            continue
+        if client_leaf is None or client is None:
+            yield Finding(
+                "pass",
+                f"{', '.join(ep.users)}: tls_allowed_dn_list allows {'; '.join(entries)}; "
+                "there is no client certificate on this host to compare with it",
+                ep.subject,
+                evidence,
+            )
+            continue
+        dn = client_leaf.dn
+        match = next((e for e in entries if dn_pattern_matches(e, dn)), None)
+        if match is not None:
+            evidence["matched_by"] = match
+            yield Finding(
+                "pass",
+                f"{', '.join(ep.users)}: the client certificate {client.cert.path} "
+                f"({dn}) is allowed by tls_allowed_dn_list entry {match!r}",
+                ep.subject,
+                evidence,
+            )
+            continue
+        reversed_dn = ",".join(reversed(dn.split(",")))
+        hint = next(
+            (
+                f"; the entry {e!r} is written in RFC 4514 order, which libvirt never matches:"
+                " write it in the certificate's order"
+                for e in entries
+                if dn_pattern_matches(e, reversed_dn)
+            ),
+            "",
+        )
+        status: Status = "fail" if to_here and client.required else "warn"
+        used = (
+            f"the URI {tls.uri} connects to this host with it"
+            if status == "fail"
+            else "clients connecting to this host with it are refused"
+        )
+        yield Finding(
+            status,
+            f"Client's Distinguished Name is not on the list of allowed clients "
+            f"(tls_allowed_dn_list): {', '.join(ep.users)} refuses the client certificate "
+            f"{client.cert.path}, whose DN {dn} matches none of {entries}; {used}{hint}",
             ep.subject,
             evidence,
         )

@@ -133,6 +133,23 @@ def listens_for_tls_without_files(snap: EditableSnapshot) -> EditableSnapshot:
     return snap
 
 
+QEMUD_SOCK = "/run/libvirt/virtqemud-sock"
+QEMUD_REFUSED = {
+    **REFUSED,
+    "message": REFUSED["message"].replace("libvirt-sock", "virtqemud-sock"),
+}
+
+
+def stale_virtqemud_socket(snap: EditableSnapshot, *, named_uri: bool = True) -> EditableSnapshot:
+    """libvirtd runs; a socket file virtqemud left in /run/libvirt (virtqemud is not even
+    installed), which libvirt's client prefers: a connection to qemu:///system is refused
+    (libvirt 9.0's words, as the lab shows), one without a URI goes to libvirt-sock."""
+    snap.set_stat(QEMUD_SOCK, type="socket", mode=0o755)
+    if named_uri:
+        snap.set_error("libvirt", QEMUD_REFUSED, request="connect", uri="qemu:///system", params={})
+    return snap
+
+
 def image_under(snap: EditableSnapshot, directory_mode: int) -> EditableSnapshot:
     """The RHEL 7 domain with its image at /root/images/rhel.qcow2 (0600), /root in
     `directory_mode`, and the domain's emulator present."""

@@ -105,6 +105,14 @@ class DaemonStart:
         ]
 
 
+def _copy_if_there(src: str, dst: str) -> None:
+    """shutil.copy2, but a file that vanished since the directory was listed is skipped: the
+    machine's libvirtd (or another test session) may remove a domain's XML or a cache file
+    while a lab copies /etc/libvirt or /var/cache/libvirt."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copy2(src, dst)
+
+
 def _is_gone(pid: int) -> bool:
     """Exited, or a zombie nobody reaped yet (this machine's PID 1 reaps late)."""
     try:
@@ -158,7 +166,11 @@ class LibvirtLab:
             target = self.tree / path.lstrip("/")
             if path in COPIED and self.copy_config and os.path.isdir(path):
                 shutil.copytree(
-                    path, target, symlinks=True, ignore=shutil.ignore_patterns(*NOT_COPIED)
+                    path,
+                    target,
+                    symlinks=True,
+                    ignore=shutil.ignore_patterns(*NOT_COPIED),
+                    copy_function=_copy_if_there,
                 )
             else:
                 target.mkdir(parents=True, exist_ok=True)
@@ -251,10 +263,14 @@ class LibvirtLab:
         cwd: Optional[Union[str, Path]] = None,
         env: Optional[dict[str, str]] = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the lab's mount namespace (same network, same processes)."""
+        """Run a command inside the lab's mount namespace (same network, same processes).
+        `cwd` is the working directory inside: nsenter itself starts in "/" after entering,
+        so without --wd a `python -m doctor` run would import the installed kvmdoctor
+        instead of the tree under test."""
         assert self.holder is not None, "the lab is not open"
+        wd = [f"--wd={cwd}"] if cwd is not None else []
         return subprocess.run(
-            ["nsenter", f"--target={self.holder.pid}", "--mount", "--", *argv],
+            ["nsenter", f"--target={self.holder.pid}", "--mount", *wd, "--", *argv],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -424,6 +440,18 @@ class Issued:
         return str(self.cert.subject.rfc4514_string())
 
 
+# x509.KeyUsage's arguments, but for encipher_only and decipher_only (which need key_agreement).
+KEY_USAGE_BITS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+)
+
+
 class Pki:
     """Certificates made the way a libvirt administrator makes them (libvirt.org/kbase/
     tlscerts.html): a CA with basicConstraints CA:TRUE and keyCertSign; server certificates
@@ -491,36 +519,48 @@ class Pki:
         purpose: str = "server",
         valid: tuple[float, float] = (-1, 365),
         key: Any = None,
+        is_ca: Optional[bool] = False,
+        usage: Optional[Iterable[str]] = ("digital_signature", "key_encipherment"),
+        usage_critical: bool = True,
+        purposes: Optional[Iterable[str]] = None,
+        purposes_critical: bool = False,
+        subject: Optional[Sequence[tuple[str, str]]] = None,
     ) -> Issued:
-        """A server (`purpose="server"`) or client certificate issued by `issuer`."""
+        """A server (`purpose="server"`) or client certificate issued by `issuer`.
+
+        What libvirt checks can be varied: `is_ca` (basicConstraints CA flag; None leaves
+        the extension out), `usage` (keyUsage bits by cryptography's names; None leaves the
+        extension out) and whether it is critical, `purposes` (extended key usage: "server",
+        "client", "any", or a dotted OID; None: the one `purpose` names; () leaves the
+        extension out) and whether it is critical, and `subject` ((attribute, value) pairs
+        such as ("O", "kd lab"), ("CN", name); default: CN=`name`)."""
         from cryptography import x509
-        from cryptography.x509.oid import ExtendedKeyUsageOID
+        from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
         key = key or self.new_key()
-        builder = self._builder(name, key, valid, issuer.cert.subject)
-        builder = builder.add_extension(
-            x509.BasicConstraints(ca=False, path_length=None), critical=True
-        )
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        oid = (
-            ExtendedKeyUsageOID.SERVER_AUTH
-            if purpose == "server"
-            else (ExtendedKeyUsageOID.CLIENT_AUTH)
-        )
-        builder = builder.add_extension(x509.ExtendedKeyUsage([oid]), critical=False)
+        builder = self._builder(name, key, valid, issuer.cert.subject, subject)
+        if is_ca is not None:
+            builder = builder.add_extension(
+                x509.BasicConstraints(ca=is_ca, path_length=None), critical=True
+            )
+        if usage is not None:
+            bits = set(usage)
+            flags = {n: n in bits for n in KEY_USAGE_BITS}
+            builder = builder.add_extension(
+                x509.KeyUsage(**flags, encipher_only=False, decipher_only=False),
+                critical=usage_critical,
+            )
+        wanted = (purpose,) if purposes is None else tuple(purposes)
+        oids = {
+            "server": ExtendedKeyUsageOID.SERVER_AUTH,
+            "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+            "any": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+        }
+        if wanted:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([oids.get(p) or ObjectIdentifier(p) for p in wanted]),
+                critical=purposes_critical,
+            )
         names: list[Any] = [x509.DNSName(d) for d in dns]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         if names:
@@ -549,11 +589,26 @@ class Pki:
             builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
         )
 
-    def _builder(self, name: str, key: Any, valid: tuple[float, float], issuer: Any) -> Any:
+    def _builder(
+        self,
+        name: str,
+        key: Any,
+        valid: tuple[float, float],
+        issuer: Any,
+        attributes: Optional[Sequence[tuple[str, str]]] = None,
+    ) -> Any:
         from cryptography import x509
         from cryptography.x509.oid import NameOID
 
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        oids = {
+            "C": NameOID.COUNTRY_NAME,
+            "O": NameOID.ORGANIZATION_NAME,
+            "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+            "L": NameOID.LOCALITY_NAME,
+            "CN": NameOID.COMMON_NAME,
+        }
+        pairs = attributes or (("CN", name),)
+        subject = x509.Name([x509.NameAttribute(oids[a], v) for a, v in pairs])
         return (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -272,6 +272,33 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "currently disabled.",
         *EFI_EXAMPLES,
     ],
+    # Observed in the lab (tests/integration/test_libvirt_live.py, test_tls_libvirtd.py),
+    # libvirt 9.0: virsh's stderr and the lab daemon's log lines, verbatim.
+    "libvirt-stale-modular-socket": [
+        "error: Failed to connect socket to '/var/run/libvirt/virtqemud-sock': Connection refused"
+    ],
+    "tls-cert-marked-as-ca": [
+        "2026-12-04 06:24:16.589+0000: 618: error : virNetTLSContextCheckCertBasicConstraints:"
+        "172 : The certificate /etc/libvirt/pki/servercert.pem basic constraints show a CA, but "
+        "we need one for a server"
+    ],
+    "tls-cert-wrong-purpose": [
+        "2026-12-04 06:24:17.468+0000: 926: error : virNetTLSContextCheckCertKeyPurpose:326 : "
+        "Certificate /etc/libvirt/pki/servercert.pem purpose does not allow use for with a TLS "
+        "server"
+    ],
+    "tls-cert-key-usage-insufficient": [
+        "2026-12-04 06:24:20.311+0000: 1184: error : virNetTLSContextCheckCertKeyUsage:241 : "
+        "Certificate /etc/libvirt/pki/servercert.pem usage does not permit digital signature"
+    ],
+    "tls-client-dn-not-allowed": [
+        "2026-12-04 06:24:47.779+0000: 6444: error : virNetTLSContextCheckCertDNACL:368 : "
+        "Client's Distinguished Name is not on the list of allowed clients "
+        "(tls_allowed_dn_list).  Use 'virt-pki-query-dn clientcert.pem' to view the "
+        "Distinguished Name field in the client certificate, or run this daemon with "
+        "--verbose option.",
+        "error: Unable to read TLS confirmation: Input/output error",
+    ],
     "tls-ca-missing": [
         "error: Cannot read CA certificate '/etc/pki/CA/cacert.pem': No such file or directory"
     ],

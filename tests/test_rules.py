@@ -30,6 +30,7 @@ from kdhosts import (
     listens_for_tls_without_files,
     no_kvm_device,
     socket_left_behind,
+    stale_virtqemud_socket,
     with_domains,
 )
 from kdsnap import ALICE_IDENTITY, REALDATA_DMI, EditableSnapshot, realdata, run_checks
@@ -125,6 +126,7 @@ DERIVED_CASES: dict[str, Host] = {
         listens_for_tls_without_files(daemon_stopped(s)),
         None,
     ),
+    "libvirt-stale-modular-socket": lambda s: (stale_virtqemud_socket(s), "qemu:///system"),
     "libvirt-daemon-not-installed": lambda s: (
         daemon_stopped(s).missing("stat", path="/usr/sbin/libvirtd"),
         None,
@@ -631,6 +633,49 @@ FINDING_CASES: dict[str, Sequence[Finding]] = {
             SERVER,
             cert_file=CERT,
             ca_file="/etc/pki/CA/cacert.pem",
+        )
+    ],
+    "tls-cert-marked-as-ca": [
+        shaped(
+            "TLS007",
+            "fail",
+            f"The certificate {CERT} basic constraints show a CA, but we need one for a server "
+            "(CN=kvm1 says CA:TRUE): libvirtd does not start its TLS listener",
+            SERVER,
+            cert_file=CERT,
+        )
+    ],
+    "tls-cert-wrong-purpose": [
+        shaped(
+            "TLS008",
+            "fail",
+            f"Certificate {CERT} purpose does not allow use for with a TLS server (its purposes "
+            "are clientAuth, without serverAuth; the extension is critical)",
+            SERVER,
+            cert_file=CERT,
+        )
+    ],
+    "tls-cert-key-usage-insufficient": [
+        shaped(
+            "TLS009",
+            "fail",
+            f"Certificate {CERT} usage does not permit digital signature (key usage: "
+            "key_encipherment)",
+            SERVER,
+            cert_file=CERT,
+        )
+    ],
+    "tls-client-dn-not-allowed": [
+        shaped(
+            "TLS010",
+            "fail",
+            "Client's Distinguished Name is not on the list of allowed clients "
+            "(tls_allowed_dn_list): libvirtd refuses the client certificate "
+            "/etc/pki/libvirt/clientcert.pem, whose DN C=GB,O=kd lab,CN=kd client matches none "
+            "of ['C=GB,O=kd ops,CN=*']",
+            SERVER,
+            client_dn="C=GB,O=kd lab,CN=kd client",
+            daemon_conf="/etc/libvirt/libvirtd.conf",
         )
     ],
     "tls-key-readable-by-others": [

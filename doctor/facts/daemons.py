@@ -77,6 +77,7 @@ class LibvirtDaemons:
     systemd: bool
     distribution: Optional[str]  # os-release ID
     distribution_name: Optional[str]
+    processes_known: bool = True  # False when the process list could not be read
 
     @property
     def installed(self) -> bool:
@@ -87,9 +88,14 @@ class LibvirtDaemons:
         """How this host serves libvirt: modular, monolithic, both installed, or none."""
         mono = self.daemons[MONOLITHIC]
         qemud = self.daemons["virtqemud"]
-        if qemud.running or qemud.listening:
+        # A running daemon decides before a socket file, which may outlive its daemon.
+        if qemud.running:
             return "modular"
-        if mono.running or mono.listening:
+        if mono.running:
+            return "monolithic"
+        if qemud.listening:
+            return "modular"
+        if mono.listening:
             return "monolithic"
         if mono.installed and qemud.installed:
             return "both installed"
@@ -105,6 +111,7 @@ class LibvirtDaemons:
             "model": self.model,
             "systemd": self.systemd,
             "distribution": self.distribution,
+            "processes_known": self.processes_known,
             "daemons": {
                 n: {
                     "binary": d.binary,
@@ -184,10 +191,11 @@ def libvirt_daemons(ctx: FactContext) -> LibvirtDaemons:
     uri = ctx.get("uri")
     session = uri.session
     socket_dir = daemon_socket_dir(ctx, session)
+    processes_known = True
     try:
         procs = ctx.source.processes()
     except SourceError:
-        procs = []
+        procs, processes_known = [], False
     try:
         systemd = ctx.source.stat("/run/systemd/system").type == "dir"
     except SourceError:
@@ -226,7 +234,12 @@ def libvirt_daemons(ctx: FactContext) -> LibvirtDaemons:
         None,
     )
     return LibvirtDaemons(
-        socket_dir, daemons, systemd, ident, os_release_name(release) if release else None
+        socket_dir,
+        daemons,
+        systemd,
+        ident,
+        os_release_name(release) if release else None,
+        processes_known,
     )
 
 

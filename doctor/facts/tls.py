@@ -99,6 +99,15 @@ class CertInfo:
     is_ca: Optional[bool]  # basicConstraints CA flag; None when the extension is absent
     key_usage: Optional[tuple[str, ...]]  # None when the extension is absent
     signature_algorithm: str
+    key_usage_critical: bool = False
+    # Extended key usage (purposes): "serverAuth", "clientAuth", "anyExtendedKeyUsage" or a
+    # dotted OID; None when the extension is absent.
+    purposes: Optional[tuple[str, ...]] = None
+    purposes_critical: bool = False
+    # The subject as GnuTLS's gnutls_x509_crt_get_dn() prints it, which is what libvirt
+    # matches tls_allowed_dn_list against (and virt-pki-query-dn shows): the attributes in
+    # the order the certificate holds them ("C=GB,O=Example,CN=client"), unlike RFC 4514.
+    dn: str = ""
 
     @property
     def not_before_ts(self) -> float:
@@ -136,16 +145,19 @@ def _validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
 
 
 def _public_key_text(key: Any) -> str:
-    name = type(key).__name__.lower()
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
+
     size = getattr(key, "key_size", None)
-    for marker, label in (
-        ("rsa", "RSA"),
-        ("ellipticcurve", "EC"),
-        ("ed25519", "Ed25519"),
-        ("ed448", "Ed448"),
-        ("dsa", "DSA"),
+    for kind, label in (
+        (rsa.RSAPublicKey, "RSA"),
+        (ec.EllipticCurvePublicKey, "EC"),
+        (ed25519.Ed25519PublicKey, "Ed25519"),
+        (ed448.Ed448PublicKey, "Ed448"),
+        (x25519.X25519PublicKey, "X25519"),
+        (x448.X448PublicKey, "X448"),
+        (dsa.DSAPublicKey, "DSA"),
     ):
-        if marker in name:
+        if isinstance(key, kind):
             return f"{label} {size}" if size else label
     return type(key).__name__
 
@@ -168,8 +180,10 @@ def describe_certificate(cert: x509.Certificate) -> CertInfo:
     with contextlib.suppress(x509.ExtensionNotFound):
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     usage: Optional[tuple[str, ...]] = None
+    usage_critical = False
     try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        ku_ext = cert.extensions.get_extension_for_class(x509.KeyUsage)
+        ku, usage_critical = ku_ext.value, ku_ext.critical
         names = (
             "digital_signature",
             "content_commitment",
@@ -180,6 +194,14 @@ def describe_certificate(cert: x509.Certificate) -> CertInfo:
             "crl_sign",
         )
         usage = tuple(n for n in names if getattr(ku, n))
+    except x509.ExtensionNotFound:
+        pass
+    purposes: Optional[tuple[str, ...]] = None
+    purposes_critical = False
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+        purposes = tuple(PURPOSE_NAMES.get(o.dotted_string, o.dotted_string) for o in eku.value)
+        purposes_critical = eku.critical
     except x509.ExtensionNotFound:
         pass
     before, after = _validity(cert)
@@ -205,7 +227,69 @@ def describe_certificate(cert: x509.Certificate) -> CertInfo:
         is_ca=is_ca,
         key_usage=usage,
         signature_algorithm=algorithm,
+        key_usage_critical=usage_critical,
+        purposes=purposes,
+        purposes_critical=purposes_critical,
+        dn=gnutls_dn(cert.subject),
     )
+
+
+# Extended key usage OIDs by the names RFC 5280 gives them.
+PURPOSE_NAMES = {
+    "1.3.6.1.5.5.7.3.1": "serverAuth",
+    "1.3.6.1.5.5.7.3.2": "clientAuth",
+    "2.5.29.37.0": "anyExtendedKeyUsage",
+}
+# The short names GnuTLS prints in a DN (lib/x509/common.c, _oid2str); other attributes
+# are printed by their dotted OID.
+DN_NAMES = {
+    "2.5.4.6": "C",
+    "2.5.4.10": "O",
+    "2.5.4.11": "OU",
+    "2.5.4.3": "CN",
+    "2.5.4.7": "L",
+    "2.5.4.8": "ST",
+    "2.5.4.9": "street",
+    "2.5.4.5": "serialNumber",
+    "2.5.4.12": "title",
+    "2.5.4.4": "surName",
+    "2.5.4.42": "givenName",
+    "2.5.4.43": "initials",
+    "2.5.4.44": "generationQualifier",
+    "2.5.4.46": "dnQualifier",
+    "2.5.4.65": "pseudonym",
+    "2.5.4.17": "postalCode",
+    "2.5.4.41": "name",
+    "0.9.2342.19200300.100.1.25": "DC",
+    "0.9.2342.19200300.100.1.1": "UID",
+    "1.2.840.113549.1.9.1": "EMAIL",
+}
+_DN_SPECIAL = ',+"\\<>;'
+
+
+def gnutls_dn(name: x509.Name) -> str:
+    """`name` as GnuTLS's gnutls_x509_crt_get_dn() prints it: relative names in the order
+    the certificate holds them, joined by ",", several values of one joined by "+", the
+    characters ,+"\\<>; escaped with a backslash."""
+    parts = []
+    for rdn in name.rdns:
+        values = []
+        for attribute in rdn:
+            oid = attribute.oid.dotted_string
+            value = attribute.value
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            escaped = "".join(f"\\{c}" if c in _DN_SPECIAL else c for c in text)
+            values.append(f"{DN_NAMES.get(oid, oid)}={escaped}")
+        parts.append("+".join(values))
+    return ",".join(parts)
+
+
+def dn_pattern_matches(pattern: str, dn: str) -> bool:
+    """Whether `dn` matches one tls_allowed_dn_list entry as libvirt matches it
+    (g_pattern_match_simple): `*` is any run of characters, `?` any one character, every
+    other character itself; the whole DN must match."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, dn, re.DOTALL) is not None
 
 
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
@@ -906,7 +990,12 @@ def _server_endpoint(
 ) -> Endpoint:
     settings: dict[str, Any] = {
         k: d.settings[k]
-        for k in ("listen_addr", "tls_no_verify_certificate", "tls_no_sanity_certificate")
+        for k in (
+            "listen_addr",
+            "tls_no_verify_certificate",
+            "tls_no_sanity_certificate",
+            "tls_allowed_dn_list",
+        )
         if k in d.settings
     }
     settings.update(listen_tls=d.listen_tls, tls_port=d.tls_port)

@@ -4,6 +4,7 @@ from tests/fixtures/realdata/domains)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ import pytest
 
 from kdhosts import (
     LIBVIRT,
+    QEMUD_SOCK,
     REFUSED,
     RHEL_DOMAIN,
     daemon_stopped,
     image_under,
     socket_left_behind,
+    stale_virtqemud_socket,
     with_domains,
 )
 from kdsnap import one, realdata, run_checks
@@ -92,6 +95,75 @@ def test_lib001_leaves_a_refused_session_socket_to_lib002(edit_snapshot: Any) ->
     assert lib001.evidence["socket"]["exists"] is True
     assert lib001.status == "pass", lib001.message
     assert one(findings, "LIB002").status == "fail"
+
+
+def test_lib001_advises_removing_a_virtqemud_socket_left_on_a_libvirtd_host(
+    edit_snapshot: Any,
+) -> None:
+    """Not "start virtqemud": this host runs libvirtd; the stale file makes the client pick
+    virtqemud-sock for qemu:///system, so only its removal (or a switch) helps."""
+    from doctor import playbooks, rules
+
+    findings = run_checks(stale_virtqemud_socket(edit_snapshot()).save(), uri="qemu:///system")
+    finding = one(findings, "LIB001")
+    assert finding.status == "fail"
+    assert finding.subject == f"socket:{QEMUD_SOCK}"
+    assert finding.message.startswith(
+        f"{QEMUD_SOCK} is a socket file left behind by virtqemud (the connection to it is "
+        "refused), but this host is served by the monolithic libvirtd (pid"
+    )
+    assert f"rm -f {QEMUD_SOCK}" in finding.message
+    assert "virtqemud -d" not in finding.message
+    stale = finding.evidence["stale_modular_socket"]
+    assert stale["served_by"] == "libvirtd"
+    assert stale["confirmed_by"] == "the connection to it was refused"
+    assert finding.evidence["daemons"]["model"] == "monolithic"  # the running daemon decides
+
+    flat = [f for fs in findings.values() for f in fs]
+    diagnoses, marked = rules.diagnose(flat, playbooks.shipped())
+    first = diagnoses[0]
+    assert first.playbook.id == "libvirt-stale-modular-socket"
+    assert "modular-daemon-not-running" not in [d.playbook.id for d in diagnoses]
+    step = first.fix[0]
+    assert (step.action, step.safety, step.params["argv"]) == (
+        "command",
+        "safe",
+        ["rm", "-f", "--", QEMUD_SOCK],
+    )
+    assert [s.safety for s in first.fix] == ["safe", "safe", "disruptive"]
+    lib002 = next(f for f in marked if f.code == "LIB002")
+    assert lib002.explained_by == ("libvirt-stale-modular-socket",)
+
+
+def test_lib001_sees_the_stale_socket_also_without_a_uri(edit_snapshot: Any) -> None:
+    """Without a URI libvirt's probe uses libvirt-sock and connects, but virt-manager and
+    `virsh -c qemu:///system` are refused: no virtqemud process serves the file."""
+    findings = run_checks(stale_virtqemud_socket(edit_snapshot(), named_uri=False).save())
+    finding = one(findings, "LIB001")
+    assert finding.status == "fail"
+    assert "(no virtqemud process exists)" in finding.message
+    assert one(findings, "LIB002").status == "pass"
+
+
+def test_lib001_passes_the_virtqemud_socket_while_virtqemud_runs(edit_snapshot: Any) -> None:
+    snap = stale_virtqemud_socket(edit_snapshot(), named_uri=False)
+    rows = json.loads((snap.path / "processes.json").read_text())
+    daemon = next(r for r in rows if r["name"] == "libvirtd")
+    snap.set_processes([*rows, {**daemon, "pid": 4242, "name": "virtqemud"}])
+    finding = one(run_checks(snap.save()), "LIB001")
+    assert finding.status == "pass"
+    assert finding.message.startswith(f"{QEMUD_SOCK} exists (virtqemud, modular daemons")
+    assert "stale_modular_socket" not in finding.evidence
+
+
+def test_lib001_says_to_start_libvirtd_too_when_it_is_stopped_as_well(
+    edit_snapshot: Any,
+) -> None:
+    snap = stale_virtqemud_socket(daemon_stopped(edit_snapshot()))
+    finding = one(run_checks(snap.save(), uri="qemu:///system"), "LIB001")
+    assert finding.status == "fail"
+    assert "only the monolithic libvirtd is installed here (virtqemud is not)" in finding.message
+    assert "and start libvirtd: libvirtd -d" in finding.message
 
 
 def test_lib001_says_when_no_daemon_is_installed_at_all(edit_snapshot: Any) -> None:

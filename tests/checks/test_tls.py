@@ -26,6 +26,7 @@ from doctor.facts.tls import (
     canonical_from_hosts,
     daemon_arguments,
     describe_certificate,
+    dn_pattern_matches,
     verify_signature,
 )
 
@@ -59,7 +60,7 @@ Service=libvirtd.service
 [Install]
 WantedBy=sockets.target
 """
-TLS_CODES = ("TLS001", "TLS002", "TLS003", "TLS004", "TLS005", "TLS006")
+TLS_CODES = tuple(f"TLS{n:03d}" for n in range(1, 11))
 
 
 class Host:
@@ -720,3 +721,281 @@ def test_a_snapshot_of_a_tls_host_holds_no_key_even_one_inside_the_certificate_f
     replayed = run_checks(snap, select=("TLS",))
     assert one(replayed, "TLS002").status == "pass"
     assert one(replayed, "TLS005").status == "pass"
+
+
+# --- TLS007-TLS009: what libvirt's own sanity check refuses --------------------------------------
+
+
+def _client_host(host: Callable[..., Host], ca: Issued, client: Issued) -> Host:
+    """A host whose TLS URI reads its client files from /srv/kdpki (pkipath)."""
+    made = host()
+    made.put("/srv/kdpki/cacert.pem", ca.cert_pem)
+    made.put("/srv/kdpki/clientcert.pem", client.cert_pem)
+    made.put("/srv/kdpki/clientkey.pem", client.key_pem(), 0o600)
+    return made
+
+
+CLIENT_URI = "qemu+tls://kdremote.example.org/system?pkipath=/srv/kdpki"
+TO_HERE_URI = f"qemu+tls://{HOST}/system?pkipath=/srv/kdpki"
+
+
+def test_tls007_passes_for_a_server_certificate_with_ca_false(host: Callable[..., Host]) -> None:
+    finding = one(host().checks(), "TLS007")
+    assert finding.status == "pass"
+    assert finding.message.endswith("is not a CA (CA:FALSE)")
+
+
+def test_tls007_fails_for_a_server_certificate_marked_as_ca_in_libvirts_words(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    marked = pki.issue(ca, FQDN, dns=(FQDN, HOST), is_ca=True)
+    found = host(server_cert=marked).checks()
+    finding = one(found, "TLS007")
+    assert finding.status == "fail"
+    assert finding.message.startswith(
+        f"The certificate {DEFAULT_SERVER_CERT} basic constraints show a CA, but we need one "
+        "for a server"
+    )
+    assert "Unable to initialize network sockets" in finding.message
+    assert finding.evidence["basic_constraints_ca"] is True
+    assert one(found, "TLS005").status == "pass"  # the CA did sign it: only TLS007 fails
+
+
+def test_tls007_only_warns_when_the_sanity_check_is_off(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    marked = pki.issue(ca, FQDN, dns=(FQDN, HOST), is_ca=True)
+    made = host(server_cert=marked).conf(listen_tls=1, tls_no_sanity_certificate=1)
+    finding = one(made.checks(), "TLS007")
+    assert finding.status == "warn"
+    assert "tls_no_sanity_certificate = 1" in finding.message
+
+
+def test_tls007_fails_for_a_client_certificate_marked_as_ca(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    client = pki.issue(ca, "kd client", purpose="client", is_ca=True)
+    found = _client_host(host, ca, client).checks(uri=CLIENT_URI)
+    finding = one(found, "TLS007", "tls:client")
+    assert finding.status == "fail"
+    assert finding.message.startswith(
+        "The certificate /srv/kdpki/clientcert.pem basic constraints show a CA, but we need "
+        "one for a client"
+    )
+    assert one(found, "TLS007", "tls:server").status == "pass"
+
+
+def test_tls008_passes_for_a_server_certificate_with_server_auth(
+    host: Callable[..., Host],
+) -> None:
+    finding = one(host().checks(), "TLS008")
+    assert finding.status == "pass"
+    assert "(purposes: serverAuth)" in finding.message
+
+
+def test_tls008_fails_for_a_client_certificate_installed_as_the_servers(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    wrong = pki.issue(ca, FQDN, dns=(FQDN, HOST), purposes=("client",), purposes_critical=True)
+    finding = one(host(server_cert=wrong).checks(), "TLS008")
+    assert finding.status == "fail"
+    assert finding.message.startswith(
+        f"Certificate {DEFAULT_SERVER_CERT} purpose does not allow use for with a TLS server"
+    )
+    assert "without serverAuth" in finding.message
+    assert finding.evidence["purposes"] == ["clientAuth"]
+
+
+def test_tls008_warns_when_the_purpose_extension_is_not_critical(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    wrong = pki.issue(ca, FQDN, dns=(FQDN, HOST), purposes=("client",))
+    finding = one(host(server_cert=wrong).checks(), "TLS008")
+    assert finding.status == "warn"
+    assert "libvirt only logs this as a warning" in finding.message
+
+
+@pytest.mark.parametrize(
+    ("purposes", "status"),
+    [
+        pytest.param(("any",), "fail", id="anyExtendedKeyUsage-alone-counts-for-neither"),
+        pytest.param(("1.3.6.1.5.5.7.3.3",), "pass", id="another-purpose-counts-for-both"),
+        pytest.param(("client", "server"), "pass", id="both"),
+        pytest.param((), "pass", id="no-extension"),
+    ],
+)
+def test_tls008_reads_purposes_as_libvirt_does(
+    host: Callable[..., Host], pki: Pki, ca: Issued, purposes: tuple[str, ...], status: str
+) -> None:
+    cert = pki.issue(ca, FQDN, dns=(FQDN, HOST), purposes=purposes, purposes_critical=True)
+    assert one(host(server_cert=cert).checks(), "TLS008").status == status
+
+
+def test_tls008_fails_for_a_server_certificate_used_as_the_client_certificate(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    wrong = pki.issue(ca, "kd client", purposes=("server",), purposes_critical=True)
+    finding = one(_client_host(host, ca, wrong).checks(uri=CLIENT_URI), "TLS008", "tls:client")
+    assert finding.status == "fail"
+    assert "purpose does not allow use for with a TLS client" in finding.message
+
+
+def test_tls009_passes_with_digital_signature_and_key_encipherment(
+    host: Callable[..., Host],
+) -> None:
+    finding = one(host().checks(), "TLS009")
+    assert finding.status == "pass"
+    assert finding.evidence["key_usage"] == ["digital_signature", "key_encipherment"]
+
+
+@pytest.mark.parametrize("critical", [True, False], ids=["critical", "not-critical"])
+def test_tls009_fails_without_digital_signature_critical_or_not(
+    host: Callable[..., Host], pki: Pki, ca: Issued, critical: bool
+) -> None:
+    """Critical: libvirt refuses it at start; not critical: libvirtd starts, and every
+    handshake fails (seen in the lab: "No supported cipher suites have been found.")."""
+    cert = pki.issue(
+        ca, FQDN, dns=(FQDN, HOST), usage=("key_encipherment",), usage_critical=critical
+    )
+    finding = one(host(server_cert=cert).checks(), "TLS009")
+    assert finding.status == "fail"
+    assert finding.message.startswith(
+        f"Certificate {DEFAULT_SERVER_CERT} usage does not permit digital signature"
+    )
+    said = "Unable to initialize network sockets" if critical else "No supported cipher suites"
+    assert said in finding.message
+
+
+def test_tls009_fails_for_an_rsa_key_without_key_encipherment(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    cert = pki.issue(
+        ca, FQDN, dns=(FQDN, HOST), usage=("digital_signature",), key=pki.new_key("rsa")
+    )
+    finding = one(host(server_cert=cert).checks(), "TLS009")
+    assert finding.status == "fail"
+    assert finding.message.startswith(
+        f"Certificate {DEFAULT_SERVER_CERT} usage does not permit key encipherment"
+    )
+
+
+def test_tls009_warns_for_an_ec_key_without_key_encipherment_or_a_non_critical_extension(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    ec = pki.issue(ca, FQDN, dns=(FQDN, HOST), usage=("digital_signature",))
+    finding = one(host(server_cert=ec).checks(), "TLS009")
+    assert finding.status == "warn"
+    assert "libvirt releases such as 9.0 refuse it" in finding.message
+    assert "RFC 8813" in finding.message
+    rsa = pki.issue(
+        ca,
+        FQDN,
+        dns=(FQDN, HOST),
+        usage=("digital_signature",),
+        usage_critical=False,
+        key=pki.new_key("rsa"),
+    )
+    finding = one(host(server_cert=rsa).checks(), "TLS009")
+    assert finding.status == "warn"
+    assert "not critical" in finding.message
+
+
+def test_tls009_passes_a_certificate_without_key_usage(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    cert = pki.issue(ca, FQDN, dns=(FQDN, HOST), usage=None)
+    finding = one(host(server_cert=cert).checks(), "TLS009")
+    assert finding.status == "pass"
+    assert "no key usage extension" in finding.message
+
+
+# --- TLS010 tls-client-dn-not-allowed -----------------------------------------------------------
+
+CLIENT_NAME = (("C", "GB"), ("O", "kd lab"), ("CN", "kd client"))
+CLIENT_DN = "C=GB,O=kd lab,CN=kd client"
+
+
+def test_the_dn_is_the_subject_in_certificate_order_as_gnutls_prints_it(
+    pki: Pki, ca: Issued
+) -> None:
+    client = pki.issue(ca, "kd client", purpose="client", subject=CLIENT_NAME)
+    assert describe_certificate(client.cert).dn == CLIENT_DN
+    odd = pki.issue(ca, "x", subject=(("O", 'kd, "lab" <1>; a+b'), ("CN", "x")))
+    assert describe_certificate(odd.cert).dn == 'O=kd\\, \\"lab\\" \\<1\\>\\; a\\+b,CN=x'
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches"),
+    [
+        (CLIENT_DN, True),
+        ("C=GB,O=kd lab,CN=*", True),
+        ("C=GB,O=kd la?,CN=kd client", True),
+        ("*", True),
+        ("C=GB,O=kd lab,CN=kd", False),  # the whole DN must match
+        ("CN=kd client,O=kd lab,C=GB", False),  # RFC 4514 order
+        ("C=GB,O=kd [l]ab,CN=kd client", False),  # no character classes
+    ],
+)
+def test_dn_patterns_match_as_g_pattern_match_simple(pattern: str, matches: bool) -> None:
+    assert dn_pattern_matches(pattern, CLIENT_DN) is matches
+
+
+def test_tls010_passes_when_no_list_is_set(host: Callable[..., Host]) -> None:
+    finding = one(host().checks(), "TLS010")
+    assert finding.status == "pass"
+    assert "tls_allowed_dn_list is not set" in finding.message
+
+
+def test_tls010_passes_when_an_entry_matches_the_client_certificate(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    client = pki.issue(ca, "kd client", purpose="client", subject=CLIENT_NAME)
+    made = _client_host(host, ca, client)
+    made.conf(listen_tls=1, tls_allowed_dn_list=["C=GB,O=other,CN=*", "C=GB,O=kd lab,CN=*"])
+    finding = one(made.checks(uri=TO_HERE_URI), "TLS010")
+    assert finding.status == "pass"
+    assert finding.evidence["matched_by"] == "C=GB,O=kd lab,CN=*"
+    assert finding.evidence["client_dn"] == CLIENT_DN
+
+
+def test_tls010_fails_in_libvirts_words_when_the_list_refuses_the_client_of_this_host(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    client = pki.issue(ca, "kd client", purpose="client", subject=CLIENT_NAME)
+    made = _client_host(host, ca, client)
+    made.conf(listen_tls=1, tls_allowed_dn_list=["C=GB,O=kd ops,CN=*"])
+    finding = one(made.checks(uri=TO_HERE_URI), "TLS010")
+    assert finding.status == "fail"
+    assert finding.message.startswith(
+        "Client's Distinguished Name is not on the list of allowed clients (tls_allowed_dn_list)"
+    )
+    assert CLIENT_DN in finding.message
+    assert finding.evidence["client_uri_to_this_host"] is True
+    # The same certificate, used for another host: this host's list only warns.
+    assert one(made.checks(uri=CLIENT_URI), "TLS010").status == "warn"
+
+
+def test_tls010_names_an_entry_written_in_rfc4514_order(
+    host: Callable[..., Host], pki: Pki, ca: Issued
+) -> None:
+    client = pki.issue(ca, "kd client", purpose="client", subject=CLIENT_NAME)
+    made = _client_host(host, ca, client)
+    made.conf(listen_tls=1, tls_allowed_dn_list=["CN=kd client,O=kd lab,C=GB"])
+    finding = one(made.checks(uri=TO_HERE_URI), "TLS010")
+    assert finding.status == "fail"
+    assert "is written in RFC 4514 order" in finding.message
+
+
+def test_tls010_fails_for_an_empty_list_and_warns_when_verification_is_off(
+    host: Callable[..., Host],
+) -> None:
+    empty = host().conf(listen_tls=1, tls_allowed_dn_list=[])
+    finding = one(empty.checks(), "TLS010")
+    assert finding.status == "fail"
+    assert "tls_allowed_dn_list is empty, so every client is refused" in finding.message
+    unenforced = host().conf(
+        listen_tls=1, tls_allowed_dn_list=["C=GB,*"], tls_no_verify_certificate=1
+    )
+    finding = one(unenforced.checks(), "TLS010")
+    assert finding.status == "warn"
+    assert "keeps it from being enforced" in finding.message

@@ -328,3 +328,77 @@ def test_lib007_passes_where_libvirt_starts_the_domain(
     finally:
         virsh("destroy", "kd-lib007-ok")
         image.unlink(missing_ok=True)
+
+
+LEFT_BEHIND = textwrap.dedent("""
+    import socket
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind("/run/libvirt/virtqemud-sock")   # a socket file, and nothing listening on it
+    sock.close()
+""")
+QEMUD_REFUSED = "Failed to connect socket to '/var/run/libvirt/virtqemud-sock': Connection refused"
+
+
+def test_a_virtqemud_socket_left_on_a_libvirtd_host_is_removed_not_started(
+    lab: None, tmp_path: Path
+) -> None:
+    """A monolithic libvirtd in a private namespace, and a virtqemud-sock file that nothing
+    listens on (bound, then closed: connect gets ECONNREFUSED). libvirt's client prefers that
+    file, so `virsh -c qemu:///system` is refused while libvirtd runs; kvmdoctor fails LIB001
+    with the advice to remove the file (not to start virtqemud), `kvmdoctor fix --apply` runs
+    that safe step, and virsh connects again."""
+    with LibvirtLab(tmp_path) as libvirt_lab:
+        started = libvirt_lab.start_libvirtd()
+        assert started.ok, started.errors()
+        made = libvirt_lab.run([sys.executable, "-c", LEFT_BEHIND])
+        assert made.returncode == 0, made.stderr
+        assert libvirt_lab.run(["test", "-S", "/run/libvirt/virtqemud-sock"]).returncode == 0
+        refused = libvirt_lab.run(["virsh", "-c", "qemu:///system", "version"])
+        assert refused.returncode != 0
+        assert QEMUD_REFUSED in refused.stderr
+        # Without a URI libvirt's probe takes libvirt-sock: libvirtd itself is fine.
+        probed = libvirt_lab.run(["virsh", "version"])
+        assert probed.returncode == 0, probed.stderr
+
+        argv = [sys.executable, "-m", "doctor", "run", "--format", "json"]
+        argv += ["--uri", "qemu:///system", "--select", "LIB001,LIB002"]
+        done = libvirt_lab.run(argv, cwd=ROOT)
+        assert done.returncode == 1, done.stderr
+        report = json.loads(done.stdout)
+        (lib001,) = by_code(report, "LIB001")
+        assert lib001["status"] == "fail"
+        assert lib001["subject"] == "socket:/run/libvirt/virtqemud-sock"
+        assert "left behind by virtqemud (the connection to it is refused)" in lib001["message"]
+        assert "served by the monolithic libvirtd" in lib001["message"]
+        assert "rm -f /run/libvirt/virtqemud-sock" in lib001["message"]
+        assert "virtqemud -d" not in lib001["message"]
+        first = report["diagnoses"][0]
+        assert first["playbook"] == "libvirt-stale-modular-socket"
+        assert [(s["action"], s["safety"]) for s in first["fix"]] == [
+            ("command", "safe"),
+            ("manual", "safe"),
+            ("manual", "disruptive"),
+        ]
+        (lib002,) = by_code(report, "LIB002")
+        assert lib002["explained_by"] == ["libvirt-stale-modular-socket"]
+        # virsh's own words lead to the same playbook:
+        line = next(x for x in refused.stderr.splitlines() if "Connection refused" in x)
+        explained = libvirt_lab.run([sys.executable, "-m", "doctor", "explain", line], cwd=ROOT)
+        assert "libvirt-stale-modular-socket" in explained.stdout, explained.stderr
+
+        record = tmp_path / "kd-changes.json"
+        fixed = libvirt_lab.run(
+            [
+                sys.executable, "-m", "doctor", "fix", "--apply", "--yes",
+                "--uri", "qemu:///system", "--select", "LIB001,LIB002",
+                "--record", str(record),
+            ],
+            cwd=ROOT,
+        )  # fmt: skip
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert libvirt_lab.run(["test", "-e", "/run/libvirt/virtqemud-sock"]).returncode == 1
+        again = libvirt_lab.run(["virsh", "-c", "qemu:///system", "version"])
+        assert again.returncode == 0, again.stderr
+        assert "Running hypervisor: QEMU" in again.stdout
+        # The daemon that served the host all along was never restarted.
+        assert libvirt_lab.run(["kill", "-0", str(started.pid)]).returncode == 0

@@ -25,7 +25,7 @@ from kdlab import DaemonStart, Issued, LibvirtLab, Pki, free_port, leftover_daem
 from kdtest import ROOT, require
 
 pytestmark = pytest.mark.integration
-TLS_CODES = ("TLS001", "TLS002", "TLS003", "TLS004", "TLS005", "TLS006")
+TLS_CODES = tuple(f"TLS{n:03d}" for n in range(1, 11))
 PKI = "/etc/libvirt/pki"  # inside the lab's private /etc/libvirt, so the tree holds it too
 CA_FILE, CERT_FILE, KEY_FILE = f"{PKI}/cacert.pem", f"{PKI}/servercert.pem", f"{PKI}/serverkey.pem"
 REFUSED_BY_NAME = "authentication failed: Failed to verify peer's certificate"
@@ -120,9 +120,13 @@ class TlsLab:
     def virsh(self) -> subprocess.CompletedProcess[str]:
         return self.lab.run(["virsh", "-c", self.uri, "version"], timeout=60)
 
-    def kvmdoctor(self, *, live: bool = False) -> dict[str, list[dict[str, Any]]]:
+    def kvmdoctor(
+        self, *, live: bool = False, uri: Optional[str] = None
+    ) -> dict[str, list[dict[str, Any]]]:
         """kvmdoctor's TLS findings by code: on the lab's tree, or live inside the lab."""
         argv = [sys.executable, "-m", "doctor", "run", "--select", "TLS", "--format", "json"]
+        if uri is not None:
+            argv += ["--uri", uri]
         if live:
             done = self.lab.run(argv, timeout=120, cwd=ROOT)
         else:
@@ -319,3 +323,290 @@ def test_the_lab_leaves_the_machines_own_libvirtd_alone(
     assert main.returncode == 0, main.stderr
     assert not home.exists()
     assert pid not in leftover_daemons()
+
+
+# --- what libvirt's own sanity check refuses (TLS007-TLS009), and tls_allowed_dn_list (TLS010) --
+
+# Inside the lab's private /etc/libvirt, so the lab's virsh and `kvmdoctor --root lab.tree`
+# read the same client files through the same pkipath.
+CLIENT_PKI = "/etc/libvirt/kdclient"
+LAB_CLIENT_DN = "C=GB,O=kd lab,CN=kd lab client"
+
+
+def _install_client(tls_lab: TlsLab, ca: Issued, client: Issued) -> str:
+    """The client's files at CLIENT_PKI; returns the TLS URI that uses them."""
+    lab = tls_lab.lab
+    write_file(lab.path(f"{CLIENT_PKI}/cacert.pem"), ca.cert_pem)
+    write_file(lab.path(f"{CLIENT_PKI}/clientcert.pem"), client.cert_pem)
+    write_file(lab.path(f"{CLIENT_PKI}/clientkey.pem"), client.key_pem(), 0o600)
+    return f"qemu+tls://localhost:{tls_lab.port}/system?pkipath={CLIENT_PKI}"
+
+
+def _virsh(tls_lab: TlsLab, uri: str) -> subprocess.CompletedProcess[str]:
+    return tls_lab.lab.run(["virsh", "-c", uri, "version"], timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("case", "libvirt_says", "code"),
+    [
+        pytest.param(
+            "marked as CA",
+            f"The certificate {CERT_FILE} basic constraints show a CA, but we need one for a "
+            "server",
+            "TLS007",
+            id="ca-true",
+        ),
+        pytest.param(
+            "client purpose only",
+            f"Certificate {CERT_FILE} purpose does not allow use for with a TLS server",
+            "TLS008",
+            id="client-purpose",
+        ),
+        pytest.param(
+            "no digitalSignature",
+            f"Certificate {CERT_FILE} usage does not permit digital signature",
+            "TLS009",
+            id="no-digital-signature",
+        ),
+        pytest.param(
+            "RSA without keyEncipherment",
+            f"Certificate {CERT_FILE} usage does not permit key encipherment",
+            "TLS009",
+            id="rsa-no-key-encipherment",
+        ),
+    ],
+)
+def test_libvirtd_refuses_the_server_certificate_where_a_new_tls_check_fails(
+    tls_lab: TlsLab, pki: Pki, ca: Issued, case: str, libvirt_says: str, code: str
+) -> None:
+    names = {"dns": ("localhost", *machine_names()), "ips": ("127.0.0.1",)}
+    if case == "marked as CA":
+        server = pki.issue(ca, "localhost", **names, is_ca=True)
+    elif case == "client purpose only":
+        server = pki.issue(ca, "localhost", **names, purposes=("client",), purposes_critical=True)
+    elif case == "no digitalSignature":
+        server = pki.issue(ca, "localhost", **names, usage=("key_encipherment",))
+    else:
+        server = pki.issue(
+            ca, "localhost", **names, usage=("digital_signature",), key=pki.new_key("rsa")
+        )
+    tls_lab.install(ca, server)
+    started = tls_lab.start()
+    assert not started.ok, f"libvirtd started with: {case}"
+    assert "Unable to initialize network sockets" in started.stderr
+    assert any(libvirt_says in line for line in started.errors()), started.log
+    refused = tls_lab.virsh()
+    assert f"unable to connect to server at 'localhost:{tls_lab.port}': Connection refused" in (
+        refused.stderr
+    )
+
+    found = failing(tls_lab.kvmdoctor())
+    assert set(found) == {code}, found
+    (message,) = found[code]
+    assert message.startswith(libvirt_says)
+
+
+def test_an_ec_server_key_without_key_encipherment_stops_libvirt_9_and_tls009_warns(
+    tls_lab: TlsLab, pki: Pki, ca: Issued
+) -> None:
+    """libvirt 9.0 (Debian 12) refuses an EC certificate whose critical key usage lacks
+    keyEncipherment; newer releases accept it (RFC 8813), so kvmdoctor warns and says so."""
+    server = pki.issue(
+        ca, "localhost", dns=("localhost", *machine_names()), usage=("digital_signature",)
+    )
+    tls_lab.install(ca, server)
+    started = tls_lab.start()
+    said = f"Certificate {CERT_FILE} usage does not permit key encipherment"
+    version = subprocess.run(["libvirtd", "--version"], capture_output=True, text=True).stdout
+    if " 9." in version or " 8." in version:
+        assert not started.ok
+        assert any(said in line for line in started.errors()), started.log
+    found = tls_lab.kvmdoctor()
+    assert failing(found) == {}
+    (tls009,) = found["TLS009"]
+    assert tls009["status"] == "warn"
+    assert tls009["message"].startswith(said)
+    assert "libvirt releases such as 9.0 refuse it" in tls009["message"]
+
+
+def test_a_server_key_usage_that_is_not_critical_lets_libvirtd_start_but_no_handshake_succeeds(
+    tls_lab: TlsLab, pki: Pki, ca: Issued
+) -> None:
+    server = pki.issue(
+        ca,
+        "localhost",
+        dns=("localhost", *machine_names()),
+        usage=("key_encipherment",),
+        usage_critical=False,
+    )
+    tls_lab.install(ca, server)
+    started = tls_lab.start()
+    assert started.ok, started.errors()
+    refused = tls_lab.virsh()
+    assert refused.returncode != 0
+    assert "TLS handshake failed" in refused.stderr
+    assert "No supported cipher suites have been found." in tls_lab.lab.log()
+
+    found = failing(tls_lab.kvmdoctor())
+    assert set(found) == {"TLS009"}, found
+    assert "No supported cipher suites" in found["TLS009"][0]
+
+
+@pytest.mark.parametrize(
+    ("case", "virsh_says", "code"),
+    [
+        pytest.param(
+            "marked as CA",
+            f"The certificate {CLIENT_PKI}/clientcert.pem basic constraints show a CA, but we "
+            "need one for a client",
+            "TLS007",
+            id="ca-true",
+        ),
+        pytest.param(
+            "server purpose only",
+            f"Certificate {CLIENT_PKI}/clientcert.pem purpose does not allow use for with a "
+            "TLS client",
+            "TLS008",
+            id="server-purpose",
+        ),
+        pytest.param(
+            "no digitalSignature",
+            f"Certificate {CLIENT_PKI}/clientcert.pem usage does not permit digital signature",
+            "TLS009",
+            id="no-digital-signature",
+        ),
+    ],
+)
+def test_virsh_refuses_its_own_client_certificate_where_a_new_tls_check_fails(
+    tls_lab: TlsLab,
+    pki: Pki,
+    ca: Issued,
+    good_server: Issued,
+    case: str,
+    virsh_says: str,
+    code: str,
+) -> None:
+    if case == "marked as CA":
+        client = pki.issue(ca, "kd lab client", purpose="client", is_ca=True)
+    elif case == "server purpose only":
+        client = pki.issue(ca, "kd lab client", purposes=("server",), purposes_critical=True)
+    else:
+        client = pki.issue(ca, "kd lab client", purpose="client", usage=("key_encipherment",))
+    tls_lab.install(ca, good_server)
+    uri = _install_client(tls_lab, ca, client)
+    started = tls_lab.start()
+    assert started.ok, started.errors()
+    refused = _virsh(tls_lab, uri)
+    assert refused.returncode != 0
+    assert f"error: {virsh_says}" in refused.stderr
+
+    found = failing(tls_lab.kvmdoctor(uri=uri))
+    assert set(found) == {code}, found
+    (message,) = found[code]
+    assert message.startswith(virsh_says)
+
+
+def test_a_client_certificate_without_digital_signature_is_never_sent_and_tls009_fails(
+    tls_lab: TlsLab, pki: Pki, ca: Issued, good_server: Issued
+) -> None:
+    """Key usage not critical: virsh only warns about its own certificate, GnuTLS will not
+    sign with it, so the daemon sees no client certificate and drops the connection."""
+    client = pki.issue(
+        ca,
+        "kd lab client",
+        purpose="client",
+        usage=("key_encipherment",),
+        usage_critical=False,
+    )
+    tls_lab.install(ca, good_server)
+    uri = _install_client(tls_lab, ca, client)
+    started = tls_lab.start()
+    assert started.ok, started.errors()
+    refused = _virsh(tls_lab, uri)
+    assert refused.returncode != 0
+    assert f"{CLIENT_PKI}/clientcert.pem usage does not permit digital signature" in (
+        refused.stderr
+    )
+    assert "Unable to read TLS confirmation: Input/output error" in refused.stderr
+    assert "Unable to verify TLS peer: No certificate was found." in tls_lab.lab.log()
+
+    found = failing(tls_lab.kvmdoctor(uri=uri))
+    assert set(found) == {"TLS009"}, found
+    (message,) = found["TLS009"]
+    assert "usage does not permit digital signature" in message
+    assert "No certificate was found." in message
+
+
+def _lab_client(pki: Pki, ca: Issued) -> Issued:
+    return pki.issue(
+        ca,
+        "kd lab client",
+        purpose="client",
+        subject=(("C", "GB"), ("O", "kd lab"), ("CN", "kd lab client")),
+    )
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        pytest.param(["C=GB,O=kd ops,CN=*"], id="another-organisation"),
+        pytest.param(["CN=kd lab client,O=kd lab,C=GB"], id="rfc4514-order"),
+        pytest.param([], id="empty"),
+    ],
+)
+def test_tls_allowed_dn_list_refuses_the_client_and_tls010_fails(
+    tls_lab: TlsLab, pki: Pki, ca: Issued, good_server: Issued, entries: list[str]
+) -> None:
+    tls_lab.install(ca, good_server)
+    tls_lab.lab.configure("libvirtd.conf", tls_allowed_dn_list=entries)
+    client = _lab_client(pki, ca)
+    uri = _install_client(tls_lab, ca, client)
+    started = tls_lab.start()
+    assert started.ok, started.errors()
+    refused = _virsh(tls_lab, uri)
+    assert refused.returncode != 0
+    assert "Unable to read TLS confirmation: Input/output error" in refused.stderr
+    log = tls_lab.lab.log()
+    assert (
+        "Client's Distinguished Name is not on the list of allowed clients "
+        "(tls_allowed_dn_list)" in log
+    )
+    assert "authentication failed: Failed to verify peer's certificate" in log
+
+    found = tls_lab.kvmdoctor(uri=uri)
+    assert set(failing(found)) == {"TLS010"}, failing(found)
+    (finding,) = found["TLS010"]
+    assert (
+        "Client's Distinguished Name is not on the list of allowed clients (tls_allowed_dn_list)"
+        in finding["message"]
+    )
+    if not entries:
+        assert "tls_allowed_dn_list is empty, so every client is refused" in finding["message"]
+    # The DN kvmdoctor compared is the one libvirt's own tool prints for the certificate.
+    query = subprocess.run(
+        ["virt-pki-query-dn", str(tls_lab.lab.path(f"{CLIENT_PKI}/clientcert.pem"))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert finding["evidence"]["client_dn"] == query.stdout.strip() == LAB_CLIENT_DN
+    if entries and entries[0].startswith("CN="):
+        assert "is written in RFC 4514 order" in finding["message"]
+
+
+def test_a_matching_tls_allowed_dn_list_lets_virsh_in_and_tls010_passes(
+    tls_lab: TlsLab, pki: Pki, ca: Issued, good_server: Issued
+) -> None:
+    tls_lab.install(ca, good_server)
+    tls_lab.lab.configure("libvirtd.conf", tls_allowed_dn_list=["C=GB,O=kd lab,CN=*"])
+    uri = _install_client(tls_lab, ca, _lab_client(pki, ca))
+    started = tls_lab.start()
+    assert started.ok, started.errors()
+    connected = _virsh(tls_lab, uri)
+    assert connected.returncode == 0, connected.stderr
+
+    found = tls_lab.kvmdoctor(uri=uri)
+    assert failing(found) == {}
+    (finding,) = found["TLS010"]
+    assert finding["status"] == "pass"
+    assert finding["evidence"]["matched_by"] == "C=GB,O=kd lab,CN=*"
