@@ -144,11 +144,7 @@ def free_slots(dom: Domain) -> Optional[FreeSlots]:
     """The free hot-plug slots of a domain, from its PCI controllers and the addresses its
     devices occupy; None for machines other than x86 i440fx and PCIe (q35, virt) ones."""
     family = machine_family(dom)
-    buses: dict[int, dict[str, Any]] = {}
-    for ctrl in dom.controllers:
-        index = _int(ctrl.get("index", "0"))
-        if ctrl.get("type") == "pci" and index is not None:
-            buses[index] = ctrl
+    buses = _pci_buses(dom)
     default_root = {"q35": "pcie-root", "i440fx": "pci-root"}.get(family)
     root = buses.get(0, {}).get("model") or default_root
     if root not in ("pci-root", "pcie-root"):
@@ -197,6 +193,29 @@ def free_slots(dom: Domain) -> Optional[FreeSlots]:
         ports,
         frozenset(hotplug_buses),
     )
+
+
+def _pci_buses(dom: Domain) -> dict[int, dict[str, Any]]:
+    """The domain's PCI controllers by index. A controller written without `index=` (as
+    hand-written XML often has them) gets one as libvirt gives it: the root bus is 0, the
+    others take the lowest free index from 1 up, in document order."""
+    pci = [c for c in dom.controllers if c.get("type") == "pci"]
+    buses: dict[int, dict[str, Any]] = {}
+    for ctrl in pci:
+        index = _int(ctrl["index"]) if "index" in ctrl else None
+        if index is not None:
+            buses[index] = ctrl
+    taken = set(buses) | {0}  # the root's, written or implicit
+    for ctrl in pci:
+        if "index" in ctrl:
+            continue
+        if ctrl.get("model") in ("pci-root", "pcie-root"):
+            buses.setdefault(0, ctrl)
+            continue
+        index = next(i for i in range(1, len(pci) + 2) if i not in taken)
+        taken.add(index)
+        buses[index] = {**ctrl, "index": str(index)}
+    return buses
 
 
 def _controller_text(ctrl: dict[str, Any]) -> str:

@@ -127,6 +127,26 @@ def test_dom001_counts_the_empty_root_ports_of_the_real_q35_guest(tmp_path: Path
     assert "14 pcie-root-port at 00:03.5" in finding.evidence["pci_controllers"]
 
 
+def test_dom001_numbers_controllers_written_without_index_as_libvirt_does(
+    tmp_path: Path,
+) -> None:
+    """Hand-written XML, as DOM001's own fix text says to write it: root ports without
+    `index=`. libvirt numbers them from 1 in document order (the test driver below shows its
+    own numbering gives the same count); they never replace pcie-root."""
+    ports = "<controller type='pci' model='pcie-root'/>" + (
+        "<controller type='pci' model='pcie-root-port'/>" * 3
+    )
+    nic = "<interface type='user'><model type='virtio'/></interface>"
+    xml = guest("kd-hand-ports", ports + nic)
+    written = one(run_checks(tree(tmp_path, **{"kd-hand-ports": xml}), ("DOM001",)), "DOM001")
+    assert written.status == "pass", written.message
+    # three empty ports, one of which the NIC without an address will take
+    assert written.message.startswith("2 free hot-plug slots: pcie-root-ports 1-3")
+    assert "estimated: 1 device without a PCI address" in written.message
+    by_libvirt = one(on_node(tmp_path, "DOM001", xml), "DOM001")  # libvirt assigned it all
+    assert by_libvirt.evidence["free_count"] == written.evidence["free_count"] == 2
+
+
 def test_dom001_fails_for_the_real_q35_guest_once_its_spare_ports_are_gone(tmp_path: Path) -> None:
     """Ports 7-14 removed: every remaining root port carries a device."""
     trimmed = re.sub(
