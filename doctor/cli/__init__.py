@@ -20,6 +20,7 @@ from doctor.cli import collect as collect_cmd
 from doctor.cli import common
 from doctor.cli import explain as explain_cmd
 from doctor.cli import fix as fix_cmd
+from doctor.cli import report as report_cmd
 from doctor.cli import run as run_cmd
 from doctor.cli import version as version_cmd
 from doctor.cli.common import EXIT_INTERNAL, EXIT_USAGE, UsageError
@@ -121,6 +122,7 @@ app = typer.Typer(
 )
 for module in (run_cmd, checks_cmd, explain_cmd, fix_cmd, collect_cmd, version_cmd):
     module.register(app)
+report_cmd.register(app)
 
 
 def main() -> None:

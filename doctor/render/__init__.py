@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping
 from typing import Any, Optional
 
-FORMATS = ("text", "json", "junit", "sarif", "prometheus", "markdown", "html")
+FORMATS = ("text", "json", "junit", "sarif", "prometheus", "markdown")
 
 
 def render_as(
@@ -50,10 +50,6 @@ def render_as(
         from doctor.render.markdown import render as render_markdown
 
         return render_markdown(report)
-    if fmt == "html":
-        from doctor.render.html import render as render_html
-
-        return render_html(report)
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -63,6 +59,5 @@ def check_docs() -> dict[str, dict[str, str]]:
     from doctor.registry import load_registry
 
     return {
-        spec.code: {**spec.doc, "name": spec.name, "title": spec.title}
-        for spec in load_registry()
+        spec.code: {**spec.doc, "name": spec.name, "title": spec.title} for spec in load_registry()
     }

@@ -47,7 +47,9 @@ def _rule(code: str, chk: dict[str, Any], doc: Optional[Mapping[str, str]]) -> d
         if refs and refs[0].startswith(("https://", "http://")):
             rule["helpUri"] = refs[0]
     else:
-        rule["help"] = {"text": _clean(f"{chk.get('title') or code}: see `kvmdoctor checks {code}`")}
+        rule["help"] = {
+            "text": _clean(f"{chk.get('title') or code}: see `kvmdoctor checks {code}`")
+        }
     return rule
 
 
@@ -63,7 +65,9 @@ def _message(report: dict[str, Any], chk: dict[str, Any], finding: dict[str, Any
             f"({n}) [{s['safety']}] {s['text']}"
             for n, s in enumerate(fix_steps(report, diag), start=1)
         )
-        parts.append(f"Diagnosis: {diag['title']}. {diag['cause']}" + (f" Fix: {steps}" if steps else ""))
+        parts.append(
+            f"Diagnosis: {diag['title']}. {diag['cause']}" + (f" Fix: {steps}" if steps else "")
+        )
     text = " ".join(parts)
     return text if text.endswith((".", "!", "?")) else text + "."
 
