@@ -58,6 +58,25 @@ fi
 
 [ "$LAB" = 1 ] || exit 0
 
+# Microsoft's SARIF Multitool, which tests/render/test_formats.py runs on kvmdoctor's SARIF: an
+# npm package (its Linux binary comes inside @microsoft/sarif-multitool-linux, from the registry).
+sarif_tool=.sarif-tools/node_modules/.bin/sarif-multitool
+if [ ! -x "$sarif_tool" ]; then
+  # Debian's npm only where no npm is on the PATH (NodeSource's nodejs brings its own and
+  # conflicts with Debian's).
+  if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing npm"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    say "installing @microsoft/sarif-multitool into .sarif-tools"
+    npm install --prefix .sarif-tools --no-audit --no-fund --silent @microsoft/sarif-multitool@5.7.0 >&2
+  else
+    say "npm is missing: not installing the SARIF Multitool; the SARIF validation test will say so"
+  fi
+fi
+
 # The lab daemons. Machines without systemd (containers, this CI) start them by hand.
 if [ "$(id -u)" != 0 ]; then
   say "not root: not starting libvirtd/virtlogd; integration tests that need them will say so"

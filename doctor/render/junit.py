@@ -17,8 +17,9 @@ from typing import Any
 from doctor.render.views import area, diagnoses_for, findings, fix_steps, gates
 
 # What XML 1.0 cannot hold even escaped (C0 controls but tab and line ends, surrogates, U+FFFE/F),
-# and the C1 controls, which it can hold but no reader wants: shown as \xNN.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# and CR and the C1 controls, which it can hold but a reader changes or does not want: shown
+# as \xNN.
+_NOT_XML = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
 def _text(value: Any) -> str:

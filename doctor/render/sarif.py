@@ -11,6 +11,7 @@ evidence names one); every result names its subject as a logical location.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any, Optional
 from urllib.parse import quote
@@ -20,12 +21,14 @@ from doctor.textsafe import escape_controls
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 LEVEL = {"fail": "error", "error": "error", "warn": "warning", "info": "note"}
+# Line ends other than \n, which escape_controls leaves alone.
+_BREAKS = re.compile("[\r\x0b\x0c]")
 _SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
 
 
 def _clean(text: Any) -> str:
     """Host text for SARIF's plain `text` properties: control characters shown as \\xNN."""
-    return escape_controls(str(text)).replace("\r", "\\x0d").replace("\x0b", "\\x0b")
+    return _BREAKS.sub(lambda m: f"\\x{ord(m.group()):02x}", escape_controls(str(text)))
 
 
 def _rule(code: str, chk: dict[str, Any], doc: Optional[Mapping[str, str]]) -> dict[str, Any]:
@@ -115,6 +118,7 @@ def render(report: dict[str, Any], docs: Mapping[str, Mapping[str, str]]) -> str
             ]
         results.append(result)
 
+    host = report.get("host", {})
     run: dict[str, Any] = {
         "tool": {
             "driver": {
@@ -133,7 +137,7 @@ def render(report: dict[str, Any], docs: Mapping[str, Mapping[str, str]]) -> str
         "invocations": [_invocation(report)],
         "columnKind": "unicodeCodePoints",
         "properties": {
-            "host": report.get("host", {}),
+            "host": {k: _clean(v) if isinstance(v, str) else v for k, v in host.items()},
             "summary": report.get("summary", {}),
             "exitCode": report.get("exit_code"),
         },
