@@ -25,7 +25,9 @@ SARIF_SCHEMA = (
     ROOT / ".sarif-tools" / "node_modules" / "@microsoft" / "sarif-multitool-linux"
 ) / "sarif-2.1.0.json"
 # What host text can hold: terminal escapes, markup of every format, a line break.
-HOSTILE = '\x1b]0;pwned\x07\x0c\r<script>alert(1)</script> [x](http://evil) @admin #1 | "q" \\ &amp;\n=='
+HOSTILE = (
+    '\x1b]0;pwned\x07\x0c\r<script>alert(1)</script> [x](http://evil) @admin #1 | "q" \\ &amp;\n=='
+)
 BROKEN_CONF = "listen_tls = 0\nunix_sock_group = libvirt\n"
 
 
