@@ -9,11 +9,11 @@ import typer
 
 from doctor.cli.common import Output, UsageError, read_report, use_color
 
-CONVERT_FORMATS = ("junit", "sarif", "prometheus", "markdown", "json", "text")
+CONVERT_FORMATS = ("junit", "sarif", "prometheus", "markdown", "html", "json", "text")
 
 report_app = typer.Typer(
     name="report",
-    help="Show a saved report, or convert it to JUnit, SARIF, Prometheus or Markdown.",
+    help="Show a saved report, or convert it to JUnit, SARIF, Prometheus, Markdown or HTML.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -50,7 +50,7 @@ def convert(
         ...,
         "--to",
         "-t",
-        help="junit, sarif, prometheus, markdown, json or text.",
+        help="junit, sarif, prometheus, markdown, html, json or text.",
         metavar="FORMAT",
     ),
     output: Optional[str] = typer.Option(

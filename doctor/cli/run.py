@@ -53,7 +53,7 @@ def run(
         "text",
         "--format",
         "-f",
-        help="text, json, junit, sarif, prometheus or markdown.",
+        help="text, json, junit, sarif, prometheus, markdown or html.",
         metavar="FORMAT",
     ),
     output: Optional[str] = typer.Option(

@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping
 from typing import Any, Optional
 
-FORMATS = ("text", "json", "junit", "sarif", "prometheus", "markdown")
+FORMATS = ("text", "json", "junit", "sarif", "prometheus", "markdown", "html")
 
 
 def render_as(
@@ -50,6 +50,10 @@ def render_as(
         from doctor.render.markdown import render as render_markdown
 
         return render_markdown(report)
+    if fmt == "html":
+        from doctor.render.html import render as render_html
+
+        return render_html(report)
     raise ValueError(f"unknown format {fmt!r}")
 
 

@@ -364,10 +364,86 @@ def test_markdown_shows_host_text_as_text(gated_report: dict[str, Any]) -> None:
     assert "<h1>" not in page and "<h2>==" not in page
 
 
+# --- HTML -------------------------------------------------------------------------------------
+
+
+class Page:
+    """What an HTML parser makes of a page: its elements with their attributes, its text."""
+
+    def __init__(self, text: str) -> None:
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+        self.pre: list[str] = []
+        page = self
+
+        class Parser(HTMLParser):
+            in_pre = False
+
+            def handle_starttag(self, tag: str, attrs: list[tuple[str, Any]]) -> None:
+                page.tags.append((tag, {k: v or "" for k, v in attrs}))
+                self.in_pre = self.in_pre or tag == "pre"
+
+            def handle_endtag(self, tag: str) -> None:
+                self.in_pre = self.in_pre and tag != "pre"
+
+            def handle_data(self, data: str) -> None:
+                page.text.append(data)
+                if self.in_pre:
+                    page.pre.append(data)
+
+        parser = Parser(convert_charrefs=True)
+        parser.feed(text)
+        parser.close()
+
+    def all_text(self) -> str:
+        return "".join(self.text)
+
+
+def test_html_is_one_page_that_needs_nothing_from_elsewhere(gated_report: dict[str, Any]) -> None:
+    for report in reports(gated_report):
+        text = render_as("html", report)
+        page = Page(text)
+        tags = {t for t, _ in page.tags}
+        assert not tags & {"script", "link", "img", "iframe", "object", "embed", "base"}
+        for tag, attrs in page.tags:
+            assert "src" not in attrs and not any(k.startswith("on") for k in attrs), (tag, attrs)
+            if "href" in attrs:
+                assert tag == "a" and attrs["href"].startswith("https://"), attrs
+        assert "url(" not in text and "@import" not in text
+        assert text.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in text
+
+
+def test_html_shows_the_summary_diagnoses_fixes_and_evidence(gated_report: dict[str, Any]) -> None:
+    page = Page(render_as("html", gated_report))
+    words = page.all_text()
+    for diag in gated_report["diagnoses"]:
+        assert diag["title"] in words and diag["cause"] in words
+        for step in diag["fix"]:
+            assert step["text"] in words
+    pre = "".join(page.pre)
+    for _, finding in findings_of(gated_report):
+        if finding["status"] in ("fail", "warn", "error") and not finding.get("ignored"):
+            assert json.dumps(finding["evidence"], indent=2, ensure_ascii=False) in pre
+    assert "CI runners use user-mode networking" in words
+
+
+def test_html_shows_host_text_as_text(gated_report: dict[str, Any]) -> None:
+    text = render_as("html", hostile(gated_report))
+    assert "\x1b" not in text and "\x07" not in text
+    page = Page(text)
+    assert "script" not in {t for t, _ in page.tags}
+    assert not [a for t, a in page.tags if a.get("href", "").startswith("http://evil")]
+    assert "host\\x1b]0;pwned\\x07\\x0c\\x0d<script>alert(1)</script>" in page.all_text()
+
+
 # --- one report, every format: the command line ------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["junit", "sarif", "prometheus", "markdown", "json", "text"])
+@pytest.mark.parametrize(
+    "fmt", ["junit", "sarif", "prometheus", "markdown", "html", "json", "text"]
+)
 def test_run_format_and_report_convert_give_the_same_document(
     fmt: str, host_snapshot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
