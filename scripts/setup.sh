@@ -18,6 +18,9 @@ lab_pkgs="libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf 
           nftables iptables ebtables tcpdump libpcap0.8 faketime"
 pkgs=$base_pkgs
 [ "$LAB" = 1 ] && pkgs="$pkgs $lab_pkgs"
+# Headless Chromium opens the HTML report in tests/render/test_formats.py: Debian's package
+# (Ubuntu's chromium is a snap, which containers do not run).
+[ "$LAB" = 1 ] && grep -qx 'ID=debian' /etc/os-release 2>/dev/null && pkgs="$pkgs chromium"
 
 missing=""
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -17,6 +17,7 @@ LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip":
          "error": "ERROR"}  # fmt: skip
 _ORDER = ("error", "fail", "warn", "info")
 _BREAKS = re.compile("[\r\x0b\x0c\x85\u2028\u2029]")
+CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:62em;padding:0 1em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bottom:.2em}
@@ -51,9 +52,14 @@ def render(report: dict[str, Any]) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # The page may load nothing, run nothing: a reader's browser enforces it.
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         f"<title>kvmdoctor report: {esc(name)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>kvmdoctor report: {esc(name)}</h1>",
+        '<nav><a href="#summary">Summary</a> · <a href="#diagnoses">Diagnoses</a> · '
+        '<a href="#findings">Findings</a> · <a href="#ignored">Ignored</a> · '
+        '<a href="#passed">Passed and skipped</a></nav>',
         '<table class="facts">',
     ]
     facts = [
@@ -103,8 +109,9 @@ def render(report: dict[str, Any]) -> str:
             f"<p>{badge('error')} plugin {esc(error['origin'])}: {esc(error['message'])}</p>"
         )
     ignored = [(c, f) for c, f in rows if f.get("ignored")]
+    out.append('<h2 id="ignored">Ignored</h2>')
+    out.append("<ul>" if ignored else "<p>Nothing was ignored.</p>")
     if ignored:
-        out.append('<h2 id="ignored">Ignored</h2><ul>')
         out += [
             f"<li>{badge(f['status'])} <code>{esc(c['code'])}</code> {esc(f['subject'])}: "
             f"{esc(f['ignored']['reason'])} ({esc(f['ignored']['by'])})</li>"
@@ -112,11 +119,10 @@ def render(report: dict[str, Any]) -> str:
         ]
         out.append("</ul>")
     others = [(c, f) for c, f in rows if f["status"] not in _ORDER and not f.get("ignored")]
-    if others:
-        out.append(f'<details id="passed"><summary>Passed and skipped ({len(others)})</summary>')
-        for chk, finding in others:
-            out += _finding(chk, finding, open_evidence=False)
-        out.append("</details>")
+    out.append(f'<details id="passed"><summary>Passed and skipped ({len(others)})</summary>')
+    for chk, finding in others:
+        out += _finding(chk, finding, open_evidence=False)
+    out.append("</details>")
     out.append(
         f"<p><small>kvmdoctor {esc(tool.get('version', ''))}; the JSON report holds all of "
         "this (<code>kvmdoctor report show</code> prints it).</small></p>"

@@ -211,6 +211,7 @@ def multitool_findings(paths: list[Path], out: Path) -> list[dict[str, Any]]:
     return [r for run in log["runs"] for r in run.get("results", [])]
 
 
+@pytest.mark.integration
 def test_sarif_is_valid_for_the_sarif_multitool(
     gated_report: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -230,6 +231,7 @@ def test_sarif_is_valid_for_the_sarif_multitool(
     assert {r["ruleId"] for r in results} <= {"SARIF2005", "SARIF2017"}, results
 
 
+@pytest.mark.integration
 def test_the_sarif_multitool_does_report_an_invalid_file(tmp_path: Path) -> None:
     """The validation above proves something: the same tool fails a broken log."""
     path = tmp_path / "broken.sarif"
@@ -410,7 +412,11 @@ def test_html_is_one_page_that_needs_nothing_from_elsewhere(gated_report: dict[s
         for tag, attrs in page.tags:
             assert "src" not in attrs and not any(k.startswith("on") for k in attrs), (tag, attrs)
             if "href" in attrs:
-                assert tag == "a" and attrs["href"].startswith("https://"), attrs
+                assert tag == "a" and attrs["href"].startswith(("https://", "#")), attrs
+        # every link within the page leads somewhere
+        ids = {a["id"] for _, a in page.tags if "id" in a}
+        inner = {a["href"][1:] for t, a in page.tags if a.get("href", "").startswith("#")}
+        assert inner and inner <= ids, inner - ids
         assert "url(" not in text and "@import" not in text
         assert text.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in text
 
@@ -436,6 +442,75 @@ def test_html_shows_host_text_as_text(gated_report: dict[str, Any]) -> None:
     assert "script" not in {t for t, _ in page.tags}
     assert not [a for t, a in page.tags if a.get("href", "").startswith("http://evil")]
     assert "host\\x1b]0;pwned\\x07\\x0c\\x0d<script>alert(1)</script>" in page.all_text()
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-logging=stderr",
+    "--v=0",
+)
+
+
+def chromium_dom(page: Path, tmp_path: Path) -> tuple[str, list[str]]:
+    """The DOM headless Chromium builds from the page, and what the page wrote to its console
+    (script errors, blocked loads, Content-Security-Policy violations)."""
+    import shutil
+    import tempfile
+
+    binary = shutil.which("chromium")
+    require(binary is not None, "chromium (Debian's package: scripts/setup.sh --lab)")
+    assert binary is not None
+    with tempfile.TemporaryDirectory(dir=tmp_path) as profile:
+        proc = subprocess.run(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.integration
+def test_html_opens_in_chromium_with_no_console_message(
+    gated_report: dict[str, Any], tmp_path: Path
+) -> None:
+    for n, report in enumerate([gated_report, hostile(gated_report)]):
+        page = tmp_path / f"report-{n}.html"
+        page.write_text(render_as("html", report), encoding="utf-8")
+        dom, console = chromium_dom(page, tmp_path)
+        assert console == [], console
+        parsed = Page(dom)
+        assert "script" not in {t for t, _ in parsed.tags}
+        ids = {a["id"] for _, a in parsed.tags if "id" in a}
+        inner = {a["href"][1:] for _, a in parsed.tags if a.get("href", "").startswith("#")}
+        assert inner and inner <= ids
+        words = parsed.all_text()
+        for diag in report["diagnoses"]:
+            assert diag["title"] in words
+            assert diag["fix"][0]["text"].split(HOSTILE)[0] in words
+    assert "<script>alert(1)</script>" in words  # the hostile page's text, shown as text
+
+
+@pytest.mark.integration
+def test_chromium_does_report_what_a_bad_page_does(tmp_path: Path) -> None:
+    """The check above proves something: a page that loads from elsewhere and runs a script
+    under kvmdoctor's policy gets console messages."""
+    from doctor.render.html import CSP
+
+    page = tmp_path / "bad.html"
+    page.write_text(
+        f'<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '</head><body><img src="https://example.invalid/x.png"><script>1</script></body></html>'
+    )
+    _, console = chromium_dom(page, tmp_path)
+    assert len(console) == 2, console
 
 
 # --- one report, every format: the command line ------------------------------------------------
