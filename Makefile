@@ -47,4 +47,4 @@ bench: setup-lab
 	$(PY) bench/bench_cli.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .sarif-tools

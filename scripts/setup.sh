@@ -18,6 +18,9 @@ lab_pkgs="libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils ovmf 
           nftables iptables ebtables tcpdump libpcap0.8 faketime"
 pkgs=$base_pkgs
 [ "$LAB" = 1 ] && pkgs="$pkgs $lab_pkgs"
+# Headless Chromium opens the HTML report in tests/render/test_formats.py: Debian's package
+# (Ubuntu's chromium is a snap, which containers do not run).
+[ "$LAB" = 1 ] && grep -qx 'ID=debian' /etc/os-release 2>/dev/null && pkgs="$pkgs chromium"
 
 missing=""
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -57,6 +60,25 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 [ "$LAB" = 1 ] || exit 0
+
+# Microsoft's SARIF Multitool, which tests/render/test_formats.py runs on kvmdoctor's SARIF: an
+# npm package (its Linux binary comes inside @microsoft/sarif-multitool-linux, from the registry).
+sarif_tool=.sarif-tools/node_modules/.bin/sarif-multitool
+if [ ! -x "$sarif_tool" ]; then
+  # Debian's npm only where no npm is on the PATH (NodeSource's nodejs brings its own and
+  # conflicts with Debian's).
+  if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing npm"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    say "installing @microsoft/sarif-multitool into .sarif-tools"
+    npm install --prefix .sarif-tools --no-audit --no-fund --silent @microsoft/sarif-multitool@5.7.0 >&2
+  else
+    say "npm is missing: not installing the SARIF Multitool; the SARIF validation test will say so"
+  fi
+fi
 
 # The lab daemons. Machines without systemd (containers, this CI) start them by hand.
 if [ "$(id -u)" != 0 ]; then

@@ -21,6 +21,7 @@ from doctor.cli import common
 from doctor.cli import explain as explain_cmd
 from doctor.cli import fix as fix_cmd
 from doctor.cli import probe as probe_cmd
+from doctor.cli import report as report_cmd
 from doctor.cli import run as run_cmd
 from doctor.cli import version as version_cmd
 from doctor.cli.common import EXIT_INTERNAL, EXIT_USAGE, UsageError
@@ -122,6 +123,7 @@ app = typer.Typer(
 )
 for module in (run_cmd, checks_cmd, explain_cmd, fix_cmd, probe_cmd, collect_cmd, version_cmd):
     module.register(app)
+report_cmd.register(app)
 
 
 def main() -> None:

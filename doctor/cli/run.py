@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
@@ -29,12 +28,13 @@ from doctor.cli.common import (
     split_tokens,
     use_color,
 )
+from doctor.render import FORMATS as RENDER_FORMATS
 
 if TYPE_CHECKING:
     from doctor.engine import IgnoreRule
     from doctor.sources.base import Source
 
-FORMATS = ("text", "json")
+FORMATS = RENDER_FORMATS
 FAIL_ON = ("info", "warn", "fail")
 
 
@@ -49,7 +49,13 @@ def run(
     select: Optional[list[str]] = SelectOpt,
     ignore: Optional[list[str]] = IgnoreOpt,
     config: Optional[str] = ConfigOpt,
-    format: str = typer.Option("text", "--format", "-f", help="text or json.", metavar="FORMAT"),
+    format: str = typer.Option(
+        "text",
+        "--format",
+        "-f",
+        help="text, json, junit, sarif, prometheus, markdown or html.",
+        metavar="FORMAT",
+    ),
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="Write the report to FILE instead of stdout.", metavar="FILE"
     ),
@@ -105,17 +111,11 @@ def run(
         timeout=check_timeout,
         at=moment,
     )
+    from doctor.render import render_as
+
     out = Output(output)
-    if format == "json":
-        from doctor.render.json import render as render_json
-
-        out.write(render_json(report))
-    else:
-        from doctor.render.text import render as render_text
-
-        buffer = io.StringIO()
-        render_text(report, buffer, verbose=verbose, quiet=quiet, color=use_color(out, no_color))
-        out.write(buffer.getvalue())
+    color = use_color(out, no_color)
+    out.write(render_as(format, report, verbose=verbose, quiet=quiet, color=color))
     raise typer.Exit(report["exit_code"])
 
 

@@ -116,7 +116,7 @@ def test_a_config_with_an_unknown_setting_is_a_usage_error(snap: str, tmp_path: 
     ("args", "needle"),
     [
         (["run", "--bogus"], "No such option"),
-        (["run", "--format", "xml"], "--format must be one of text, json"),
+        (["run", "--format", "xml"], "--format must be one of text, json, junit"),
         (["run", "--fail-on", "sometimes"], "--fail-on must be one of info, warn, fail"),
         (["run", "--select", "KVM999"], "no check matches 'KVM999'"),
         (["run", "--root", "/", "--snapshot", "/"], "exclude each other"),

@@ -1,0 +1,108 @@
+"""`kvmdoctor report show|convert`: a saved JSON report shown as `run` prints it, or written
+in another format (every format is a view of the one report)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+from doctor.cli.common import Output, UsageError, read_report, use_color
+
+CONVERT_FORMATS = ("junit", "sarif", "prometheus", "markdown", "html", "json", "text")
+
+report_app = typer.Typer(
+    name="report",
+    help="Show a saved report, or convert it to JUnit, SARIF, Prometheus, Markdown or HTML.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(report_app, name="report")
+
+
+ReportArg = typer.Argument(
+    ..., help="A report written by `kvmdoctor run -f json`.", metavar="REPORT"
+)
+
+
+@report_app.command("show")
+def show(
+    report: str = ReportArg,
+    no_color: bool = typer.Option(False, "--no-color", help="No colour even on a terminal."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show passes and full evidence."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only problems and the summary."),
+) -> None:
+    """Print a saved report as `kvmdoctor run` printed it on the host."""
+    from doctor.render import render_as
+
+    data = _load(report)
+    out = Output(None)
+    out.write(render_as("text", data, verbose=verbose, quiet=quiet, color=use_color(out, no_color)))
+
+
+@report_app.command("convert")
+def convert(
+    report: str = ReportArg,
+    to: str = typer.Option(
+        ...,
+        "--to",
+        "-t",
+        help="junit, sarif, prometheus, markdown, html, json or text.",
+        metavar="FORMAT",
+    ),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="Write to FILE instead of stdout.", metavar="FILE"
+    ),
+) -> None:
+    """Write a saved report in another format."""
+    from doctor.render import render_as
+
+    if to not in CONVERT_FORMATS:
+        raise UsageError(f"--to must be one of {', '.join(CONVERT_FORMATS)}, not {to!r}")
+    data = _load(report)
+    Output(output).write(render_as(to, data))
+
+
+_FINDING_KEYS = ("code", "status", "subject", "message")
+_DIAGNOSIS_KEYS = ("rank", "playbook", "title", "status", "subject", "cause")
+
+
+def _load(path: str) -> dict[str, Any]:
+    """The report, or a usage error saying what in the file is not what a report holds (a
+    renderer reads every one of these)."""
+    from doctor.model import STATUSES
+
+    data = read_report(path)
+
+    def refuse(what: str) -> UsageError:
+        return UsageError(f"{path} is not a kvmdoctor report: {what}")
+
+    for key, kind in (("checks", list), ("diagnoses", list), ("summary", dict), ("run", dict)):
+        if not isinstance(data.get(key), kind):
+            raise refuse(f"no {key}")
+    for key in ("host", "tool"):
+        if not isinstance(data.get(key, {}), dict):
+            raise refuse(f"{key} is not an object")
+    for n, chk in enumerate(data["checks"], start=1):
+        if not (
+            isinstance(chk, dict)
+            and all(isinstance(chk.get(k), str) for k in ("code", "name"))
+            and isinstance(chk.get("findings"), list)
+        ):
+            raise refuse(f"check #{n} lacks a code, name or findings")
+        for finding in chk["findings"]:
+            if not isinstance(finding, dict) or not all(
+                isinstance(finding.get(k), str) for k in _FINDING_KEYS
+            ):
+                raise refuse(f"a finding of {chk['code']} lacks one of {', '.join(_FINDING_KEYS)}")
+            if finding["status"] not in STATUSES:
+                raise refuse(f"a finding of {chk['code']} has status {finding['status']!r}")
+    for n, diag in enumerate(data["diagnoses"], start=1):
+        if not isinstance(diag, dict) or not all(k in diag for k in _DIAGNOSIS_KEYS):
+            raise refuse(f"diagnosis #{n} lacks one of {', '.join(_DIAGNOSIS_KEYS)}")
+        if diag["status"] not in STATUSES:
+            raise refuse(f"diagnosis #{n} has status {diag['status']!r}")
+    return data

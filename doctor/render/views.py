@@ -1,0 +1,90 @@
+"""What several renderers read off a report the same way: the findings with their checks, the
+diagnoses that explain a finding, whether a finding gates, times as numbers."""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+from doctor.model import SEVERITY
+
+_FAIL_ON = {"info": SEVERITY["info"], "warn": SEVERITY["warn"], "fail": SEVERITY["fail"]}
+# Subjects that name a file on the host: "file:/etc/libvirt/qemu.conf", "cert:/etc/pki/x.pem#2",
+# "log:/var/log/libvirt/libvirtd.log".
+_FILE_SUBJECT = re.compile(r"^(?:file|cert|log):(/[^#]*)(?:#\d+)?$")
+_LINE_IN_ERROR = re.compile(r"\bline (\d+)\b")
+
+
+def findings(report: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(check, finding) for every finding of the report, in the report's order."""
+    for chk in report.get("checks", []):
+        for finding in chk.get("findings", []):
+            yield chk, finding
+
+
+def gates(report: dict[str, Any], finding: dict[str, Any]) -> bool:
+    """Whether the finding fails the run at the report's own --fail-on level (as its exit code
+    says): ignored findings never do, errors always do."""
+    if finding.get("ignored"):
+        return False
+    level = _FAIL_ON.get(report.get("run", {}).get("fail_on", "fail"), SEVERITY["fail"])
+    return SEVERITY.get(finding["status"], 0) >= level
+
+
+def diagnoses_for(report: dict[str, Any], code: str, subject: str) -> list[dict[str, Any]]:
+    """The diagnoses that rest on or explain the finding of `code` about `subject`."""
+    out = []
+    for diag in report.get("diagnoses", []):
+        refs = [*diag.get("findings", []), *diag.get("explains", [])]
+        if any(r.get("code") == code and r.get("subject") == subject for r in refs):
+            out.append(diag)
+    return out
+
+
+def fix_steps(report: dict[str, Any], diag: dict[str, Any]) -> list[dict[str, Any]]:
+    """A diagnosis's fix steps; for a consequence, its cause's (fixing the cause fixes it)."""
+    if diag.get("fix"):
+        return list(diag["fix"])
+    cause = diag.get("consequence_of")
+    for other in report.get("diagnoses", []):
+        if cause is not None and other.get("rank") == cause:
+            return list(other.get("fix", []))
+    return []
+
+
+def file_location(subject: str, evidence: Any) -> Optional[tuple[str, Optional[int]]]:
+    """(absolute path, line or None) when the subject is a file on the host; the line from the
+    evidence (`line` as a number, or "line N" in its `error`)."""
+    match = _FILE_SUBJECT.match(subject)
+    if not match:
+        return None
+    line: Optional[int] = None
+    if isinstance(evidence, dict):
+        raw = evidence.get("line")
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+            line = raw
+        elif isinstance(evidence.get("error"), str):
+            found = _LINE_IN_ERROR.search(evidence["error"])
+            if found and int(found.group(1)) > 0:
+                line = int(found.group(1))
+    return match.group(1), line
+
+
+def epoch(stamp: Optional[str]) -> Optional[float]:
+    """A report time ("2026-11-26T08:00:00.123Z") as seconds since the epoch."""
+    if not stamp:
+        return None
+    try:
+        whole, _, frac = stamp.rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)
+
+
+def area(code: str) -> str:
+    """The area of a check code: its letters (KVM002 -> KVM)."""
+    return code.rstrip("0123456789") or code
