@@ -344,3 +344,29 @@ def test_tap_whose_reader_stalls(lab: ProbeLab) -> None:
     finally:
         filler.close()
         os.close(reader)
+
+
+@pytest.mark.parametrize(
+    ("proto", "to"), [("udp:9", TARGET), ("tcp:9", TARGET), ("arp", "198.51.100.1")]
+)
+def test_udp_tcp_and_arp_probes_cross_the_healthy_path(lab: ProbeLab, proto: str, to: str) -> None:
+    # A closed port answers too: ICMP port unreachable for UDP, RST for TCP.
+    code, report, err = lab.kvmdoctor(*lab.probe_args("--proto", proto, to=to))
+    assert code == 0 and report is not None, err
+    [ok] = findings(report, "PRB002")
+    assert ok["status"] == "pass", ok["message"]
+    assert ok["evidence"]["observations"]["proto"] == proto.split(":")[0]
+    assert ok["evidence"]["observations"]["seen"]["kdg0"] == {"request": 3, "reply": 3}
+
+
+def test_a_udp_port_dropped_in_forward_is_located(lab: ProbeLab) -> None:
+    lab.nft("add rule ip kdfilter kdfwd udp dport 5353 drop")
+    # The rule matches on the port: the static view, which follows interfaces, cannot tell.
+    assert predicted(lab) == []
+    e = located(lab, "--proto", "udp:5353")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["cause"], e["reason"], e["confidence"]) == (
+        "forward-drop",
+        "NETFILTER_DROP",
+        "medium",
+    )
