@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from doctor.probe.lab import Busy
 from doctor.probe.path import Counters, Path
-from doctor.probe.verdict import DropEvent, Observations
+from doctor.probe.verdict import REQUEST, DropEvent, Observations, order
 
 __all__ = ["Busy", "Unsupported", "observe"]
 
@@ -94,7 +94,8 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
         except OSError as exc:
             note = f"unavailable ({exc.strerror or exc})"
             tracer = None
-        hops = [(h.name, d, h.netns) for h in path.hops for d in h.devices]
+        watched = order(path, REQUEST)  # the hops the verdict walks
+        hops = [(h.name, d, h.netns) for h in watched for d in h.devices]
         sender: Any
         capture = Capture(hops, marker)
         if domain:

@@ -148,7 +148,9 @@ def _hop_names(path: Path) -> list[str]:
 
 def order(path: Path, direction: str) -> list[Hop]:
     """The hops a packet crosses in this direction."""
-    hops = list(path.hops)
+    # Lower devices (a VLAN's bond, a macvtap's NIC) are judged statically only: captures
+    # there would see tagged or foreign traffic, and no test lab here has them.
+    hops = [h for h in path.hops if h.role != "lower"]
     if path.target_on_bridge:
         # Frames the bridge forwards between two ports never pass its own device.
         hops = [h for h in hops if h.role != "bridge"]
