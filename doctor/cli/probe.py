@@ -50,7 +50,9 @@ def probe(
     from_iface: Optional[str] = typer.Option(
         None, "--from-iface", help="The interface inside --from-netns.", metavar="IF"
     ),
-    to: str = typer.Option(..., "--to", help="The address to reach (the only one sent to)."),
+    to: str = typer.Option(
+        ..., "--to", help="The address to reach (the only one sent to).", metavar="ADDRESS"
+    ),
     proto: Optional[str] = typer.Option(
         None,
         "--proto",
