@@ -50,9 +50,15 @@ def probe(
     from_iface: Optional[str] = typer.Option(
         None, "--from-iface", help="The interface inside --from-netns.", metavar="IF"
     ),
-    to: str = typer.Option(..., "--to", help="The address to reach (the only one sent to)."),
+    to: str = typer.Option(
+        ..., "--to", help="The address to reach (the only one sent to).", metavar="ADDRESS"
+    ),
     proto: Optional[str] = typer.Option(
-        None, "--proto", help="icmp (default), arp, udp:PORT or tcp:PORT.", metavar="PROTO"
+        None,
+        "--proto",
+        help="icmp (default), arp, udp:PORT or tcp:PORT (a libvirt guest: arp, which icmp "
+        "becomes).",
+        metavar="PROTO",
     ),
     count: Optional[int] = typer.Option(
         None, "--count", "-n", help="Packets to send (default 3, at most 10 a second)."
@@ -94,8 +100,6 @@ def probe(
     if target.version != 4:
         raise UsageError("--to: only IPv4 is probed so far")
     proto_name, port = parse_proto(proto or "icmp")
-    if proto_name != "icmp":
-        raise UsageError(f"--proto {proto_name}: only icmp is sent so far")
     if count is not None and not 1 <= count <= MAX_COUNT:
         raise UsageError(f"--count must be between 1 and {MAX_COUNT}")
     if timeout is not None and not 0 < timeout <= 60:

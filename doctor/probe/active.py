@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from doctor.probe.lab import Busy
 from doctor.probe.path import Counters, Path
-from doctor.probe.verdict import DropEvent, Observations
+from doctor.probe.verdict import REQUEST, DropEvent, Observations, order
 
 __all__ = ["Busy", "Unsupported", "observe"]
 
@@ -52,7 +52,7 @@ def _less(delta: Counters, baseline: Counters) -> Counters:
 
 
 def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observations:
-    from doctor.probe.capture import Capture
+    from doctor.probe.capture import Capture, Marker
     from doctor.probe.inject import MAX_RATE, NetnsSender, TapSender
     from doctor.probe.lab import Lab
     from doctor.probe.trace import Tracer
@@ -66,8 +66,21 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
         )
     if domain and path.guest.mac is None:
         raise Unsupported(f"the guest's interface {path.guest.iface} has no MAC in its XML")
+    if domain and request.proto not in ("icmp", "arp"):
+        raise Unsupported(f"as a libvirt guest only ARP is sent so far, not {request.proto}")
     proto = "arp" if domain else request.proto
+    source = path.guest.ip or (path.guest.route.prefsrc if path.guest.route else None)
+    if proto == "tcp" and source is None:
+        raise Unsupported("a TCP probe needs the guest's address, and it has none")
     token = f"kvmdoctor-probe:{secrets.token_hex(8)}".encode()
+    marker = Marker(
+        proto,
+        token,
+        path.target,
+        port=request.port,
+        guest_mac=path.guest.mac.lower() if path.guest.mac else None,
+        tcp_base=secrets.randbelow(2**31) << 1,
+    )
     interval = 1.0 / MAX_RATE
     window = request.count * interval
     started = time.monotonic()
@@ -81,17 +94,16 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
         except OSError as exc:
             note = f"unavailable ({exc.strerror or exc})"
             tracer = None
-        hops = [(h.name, d, h.netns) for h in path.hops for d in h.devices]
+        watched = order(path, REQUEST)  # the hops the verdict walks
+        hops = [(h.name, d, h.netns) for h in watched for d in h.devices]
         sender: Any
+        capture = Capture(hops, marker)
         if domain:
-            assert path.guest.mac is not None
-            mac = path.guest.mac.lower()
-            capture = Capture(hops, token, arp=(mac, path.target))
-            sender = TapSender(path.guest.iface, mac, path.guest.ip, path.target, token)
-            lab.mirred_ingress(path.guest.iface, mac)
+            assert marker.guest_mac is not None
+            sender = TapSender(path.guest.iface, marker, path.guest.ip)
+            lab.mirred_ingress(path.guest.iface, marker.guest_mac)
         else:
-            capture = Capture(hops, token)
-            sender = NetnsSender(path.guest.name, path.target, token)
+            sender = NetnsSender(path.guest.name, marker, iface=path.guest.iface, source=source)
         try:
             capture.open()  # every socket before the first packet
             sender.open()

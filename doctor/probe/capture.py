@@ -2,9 +2,12 @@
 namespace (pyroute2 pushns/popns; the socket stays bound there), never promiscuous, all open
 before the first packet is sent. Observation only: they change nothing on the host.
 
-Only the probe's own packets count: ICMP echo with the run's payload token (the ICMP id may
-be rewritten by NAT, the payload is not). A capture on a tap or veth sees frames before its
-queue: "seen on vnetX" does not prove delivery.
+Only the probe's own packets count (`Marker`): ICMP echo and UDP with the run's payload token
+(NAT may rewrite an ICMP id or a port, not the payload), TCP SYNs from the probe's port with
+the run's sequence numbers and the answers that acknowledge them, ARP requests from the
+guest's MAC with the token after the ARP payload and the target's answers to that MAC. A
+capture on a tap or veth sees frames before its queue: "seen on vnetX" does not prove
+delivery.
 """
 
 from __future__ import annotations
@@ -14,63 +17,124 @@ import re
 import select
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from doctor.probe.verdict import REPLY, REQUEST
 
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
+ICMP_UNREACH, ICMP_PORT_UNREACH = 3, 3
 ICMP_ERRORS = {3: "destination unreachable", 11: "time exceeded", 12: "parameter problem"}
-
-
-ETH_P_ARP = b"\x08\x06"
+ETH_P_ARP, ETH_P_IP = b"\x08\x06", b"\x08\x00"
+PROBE_PORT = 0x6B64  # the source port of UDP and TCP probes (27492)
+TCP_SPAN = 1000  # sequence numbers base .. base + TCP_SPAN belong to the run
 _SEQ = re.compile(rb":(\d+)")
 
 
-def classify(
-    frame: bytes, token: bytes, arp: Optional[tuple[str, str]] = None
-) -> Optional[dict[str, Any]]:
-    """What a captured frame is to the probe: {direction, seq, src, dst} for its echo request
-    or reply, {error, ...} for an ICMP error quoting it, None for anything else. With `arp`
-    (the guest's MAC, the target): the guest's ARP requests for the target carrying the token
-    after the ARP payload, and the target's replies to the guest's MAC (seq None: a reply
-    carries no token)."""
-    from scapy.layers.inet import ICMP, IP
-    from scapy.layers.l2 import ARP, Ether
+@dataclass(frozen=True)
+class Marker:
+    """What makes a packet the probe's: the run's token (ICMP and UDP payload, after an ARP
+    payload), the fixed ICMP id or source port, a TCP sequence base drawn per run."""
 
-    if arp is not None and frame[12:14] == ETH_P_ARP:
-        guest_mac, target = arp
-        packet = Ether(frame)
-        answer = packet.getlayer(ARP)
-        if answer is None:
-            return None
-        if int(answer.op) == 1 and answer.hwsrc == guest_mac and answer.pdst == target:
-            at = frame.find(token)
-            if at < 0:
-                return None
-            found = _SEQ.match(frame, at + len(token))
-            seq = int(found.group(1)) if found else 0
-            return {"direction": REQUEST, "seq": seq, "src": answer.psrc, "dst": target}
-        if int(answer.op) == 2 and answer.psrc == target and answer.hwdst == guest_mac:
-            return {"direction": REPLY, "seq": None, "src": target, "dst": answer.pdst}
+    proto: str  # icmp, udp, tcp, arp
+    token: bytes
+    target: str
+    port: Optional[int] = None
+    guest_mac: Optional[str] = None
+    tcp_base: int = 0
+
+
+def _token_seq(frame: bytes, token: bytes) -> Optional[int]:
+    at = frame.find(token)
+    if at < 0:
         return None
-    if token not in frame:
+    found = _SEQ.match(frame, at + len(token))
+    return int(found.group(1)) if found else 0
+
+
+def classify(frame: bytes, marker: Marker) -> Optional[dict[str, Any]]:
+    """What a captured frame is to the probe: {direction, seq, src, dst} for one of its
+    requests or the answers to them (seq None when an answer cannot say which request it
+    answers: ARP and UDP replies), {error, ...} for an ICMP error about a request, None for
+    anything else. The target's ICMP port unreachable answers a UDP request: the target
+    replied."""
+    if marker.proto == "arp":
+        return _arp(frame, marker) if frame[12:14] == ETH_P_ARP else None
+    if frame[12:14] != ETH_P_IP:
         return None
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+    from scapy.layers.l2 import Ether
+
     packet = Ether(frame)
     ip = packet.getlayer(IP)
-    icmp = packet.getlayer(ICMP)
-    if ip is None or icmp is None:
+    if ip is None:
         return None
-    kind = int(icmp.type)
-    if kind in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY) and ip.payload is icmp:
+    icmp = ip.payload if isinstance(ip.payload, ICMP) else None
+    if icmp is not None and int(icmp.type) in ICMP_ERRORS:
+        quoted = icmp.getlayer(IPerror)
+        if quoted is None or quoted.dst != marker.target:
+            return None
+        inner = quoted.payload
+        ours = (
+            (marker.proto == "tcp" and isinstance(inner, TCPerror) and inner.sport == PROBE_PORT)
+            or (marker.proto == "udp" and isinstance(inner, UDPerror) and inner.sport == PROBE_PORT)
+            or (marker.proto == "icmp" and marker.token in frame)
+        )
+        if not ours:
+            return None
+        kind, code = int(icmp.type), int(icmp.code)
+        port_closed = (kind, code) == (ICMP_UNREACH, ICMP_PORT_UNREACH)
+        if marker.proto == "udp" and port_closed and ip.src == marker.target:
+            return {"direction": REPLY, "seq": None, "src": ip.src, "dst": ip.dst}
+        return {"error": ICMP_ERRORS[kind], "type": kind, "code": code, "from": ip.src}
+    if marker.proto == "icmp":
+        if icmp is None or marker.token not in frame:
+            return None
+        kind = int(icmp.type)
+        if kind not in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
+            return None
         direction = REQUEST if kind == ICMP_ECHO_REQUEST else REPLY
         return {"direction": direction, "seq": int(icmp.seq), "src": ip.src, "dst": ip.dst}
-    if kind in ICMP_ERRORS:
-        return {
-            "error": ICMP_ERRORS[kind],
-            "type": kind,
-            "code": int(icmp.code),
-            "from": ip.src,
-        }
+    if marker.proto == "udp" and isinstance(ip.payload, UDP):
+        udp = ip.payload
+        if udp.sport == PROBE_PORT and udp.dport == marker.port:
+            seq = _token_seq(frame, marker.token)
+            if seq is not None:
+                return {"direction": REQUEST, "seq": seq, "src": ip.src, "dst": ip.dst}
+        if udp.sport == marker.port and udp.dport == PROBE_PORT and ip.src == marker.target:
+            return {"direction": REPLY, "seq": None, "src": ip.src, "dst": ip.dst}
+        return None
+    if marker.proto == "tcp" and isinstance(ip.payload, TCP):
+        tcp = ip.payload
+        flags = int(tcp.flags)
+        syn, ack = bool(flags & 0x02), bool(flags & 0x10)
+        first = marker.tcp_base
+        outgoing = tcp.sport == PROBE_PORT and tcp.dport == marker.port and syn and not ack
+        if outgoing and first <= tcp.seq < first + TCP_SPAN:
+            return {"direction": REQUEST, "seq": tcp.seq - first, "src": ip.src, "dst": ip.dst}
+        answer = tcp.sport == marker.port and tcp.dport == PROBE_PORT and ack
+        # A SYN-ACK or an RST from the target, acknowledging one of the run's SYNs.
+        if answer and ip.src == marker.target and first < tcp.ack <= first + TCP_SPAN:
+            return {"direction": REPLY, "seq": tcp.ack - 1 - first, "src": ip.src, "dst": ip.dst}
+    return None
+
+
+def _arp(frame: bytes, marker: Marker) -> Optional[dict[str, Any]]:
+    """The guest's ARP requests for the target carrying the token after the ARP payload, and
+    the target's replies to the guest's MAC."""
+    from scapy.layers.l2 import ARP, Ether
+
+    answer = Ether(frame).getlayer(ARP)
+    if answer is None or marker.guest_mac is None:
+        return None
+    op = int(answer.op)
+    if op == 1 and answer.hwsrc == marker.guest_mac and answer.pdst == marker.target:
+        seq = _token_seq(frame, marker.token)
+        if seq is None:
+            return None
+        return {"direction": REQUEST, "seq": seq, "src": answer.psrc, "dst": marker.target}
+    if op == 2 and answer.psrc == marker.target and answer.hwdst == marker.guest_mac:
+        return {"direction": REPLY, "seq": None, "src": marker.target, "dst": answer.pdst}
     return None
 
 
@@ -78,12 +142,10 @@ class Capture:
     def __init__(
         self,
         hops: Sequence[tuple[str, str, Optional[str]]],
-        token: bytes,
-        arp: Optional[tuple[str, str]] = None,
+        marker: Marker,
     ) -> None:
         self.hops = list(hops)  # (hop, device, namespace or None)
-        self.token = token
-        self.arp = arp  # (guest MAC, target) when the probe is ARP
+        self.marker = marker
         self.sockets: list[tuple[str, Any]] = []
         self.seen: dict[str, dict[str, set[int]]] = {}
         self.sources: dict[str, list[str]] = {}
@@ -145,7 +207,7 @@ class Capture:
             except OSError as exc:
                 self.problems.append(f"capture on {name} ended: {exc.strerror or exc}")
                 return False
-            found = classify(frame, self.token, self.arp)
+            found = classify(frame, self.marker)
             if found is None:
                 continue
             if "error" in found:

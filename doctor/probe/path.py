@@ -78,6 +78,8 @@ class Hop:
     # role "ports": the bridge's other ports, watched together when the target's own port is
     # not known (the host has no neighbour entry for it)
     members: tuple[str, ...] = ()
+    bond_mode: Optional[str] = None  # a bond: its mode
+    macvlan_mode: Optional[str] = None  # a macvtap: bridge, vepa, private, passthru
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -295,6 +297,8 @@ def hop_from(
         nf_call_iptables=link.bridge.nf_call_iptables if link.bridge else None,
         addresses=tuple(link.addresses or ()),
         counters=counters(row),
+        bond_mode=link.bond.mode if link.bond else None,
+        macvlan_mode=link.macvlan_mode,
         **extra,
     )
 
@@ -439,7 +443,8 @@ def from_domain(
             "judged without a source address"
         )
     kind = host.links[nic.target].kind
-    hops = [host.hop("tap" if kind in ("tap", "tun") else "veth-peer", nic.target)]
+    role = "tap" if kind in ("tap", "tun", "macvtap", "macvlan") else "veth-peer"
+    hops = [host.hop(role, nic.target)]
     return _host_side(facts, host, guest, target, hops, nic.target, problems, route_get)
 
 
@@ -455,6 +460,11 @@ def _host_side(
 ) -> Path:
     link = host.links[port]
     iif = port
+    if link.kind in ("macvtap", "macvlan"):
+        # The guest's frames leave through the lower device directly: no bridge, no routing
+        # on this host. The lower device (and what it sits on) is the rest of the path.
+        _lower_hops(host, link, hops)
+        return Path(guest, target, tuple(hops), problems=tuple(problems))
     if link.master and link.slave_kind == "bridge" and link.master in host.links:
         bridge = link.master
         fdb = None
@@ -482,7 +492,22 @@ def _host_side(
         out = route_get(target)
     if out.oif and out.oif != iif and out.oif in host.links and out.type == "unicast":
         hops.append(host.hop("uplink", out.oif))
+        _lower_hops(host, host.links[out.oif], hops)
     return Path(guest, target, tuple(hops), forwarding, target_on_bridge, tuple(problems))
+
+
+def _lower_hops(host: _Side, link: Link, hops: list[Hop]) -> None:
+    """The devices under `link`: a VLAN's or macvtap's lower device, then (a bond) its slaves
+    are not hops but its state; at most a few levels."""
+    seen = {h.name for h in hops}
+    current = link
+    for _ in range(4):
+        lower = current.lower
+        if not lower or lower not in host.links or lower in seen:
+            return
+        hops.append(host.hop("lower", lower))
+        seen.add(lower)
+        current = host.links[lower]
 
 
 def _target_port(

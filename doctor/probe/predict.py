@@ -30,7 +30,11 @@ CAUSES: dict[str, tuple[Optional[str], Optional[str]]] = {
     "neighbour-failed": ("NEIGH_FAILED", None),
     "mtu-mismatch": ("PKT_TOO_BIG", None),
     "tap-stalled": ("FULL_RING", None),
+    "bond-mode": (None, "bond-mode-unsuited-for-bridge"),
+    "macvtap-host": (None, "macvtap-host-isolation"),
 }
+# Bond modes that confuse a bridge's learning and the switch (checks/network.py NET008).
+UNSUITED_BOND_MODES = ("balance-rr", "balance-tlb", "balance-alb")
 # The kernel's reasons, and the causes each may stand for.
 REASON_CAUSES: dict[str, tuple[str, ...]] = {}
 for _cause, (_reason, _playbook) in CAUSES.items():
@@ -124,6 +128,33 @@ def _hop_predictions(path: Path, hop: Hop) -> list[Prediction]:
                     direction,
                     "link-down",
                     f"{hop.role} {hop.name} {down}",
+                    evidence={"hop": hop.as_dict()},
+                )
+            )
+    if hop.bond_mode in UNSUITED_BOND_MODES and (path.bridge is not None or hop.master):
+        out.append(
+            Prediction(
+                hop.name,
+                "both",
+                "bond-mode",
+                f"bond {hop.name} runs {hop.bond_mode} under a bridge's traffic: the switch and "
+                "the bridge see the guests' MACs move between links and drop or flood frames",
+                status="warn",
+                evidence={"hop": hop.as_dict()},
+            )
+        )
+    if hop.macvlan_mode is not None and hop.role == "tap":
+        lower = next((h for h in path.hops if h.role == "lower"), None)
+        own = {a.split("/")[0] for a in lower.addresses} if lower else set()
+        if path.target in own and hop.macvlan_mode != "passthru":
+            out.append(
+                Prediction(
+                    hop.name,
+                    "request",
+                    "macvtap-host",
+                    f"{path.target} is the host's own address on {lower.name if lower else '?'}, "
+                    f"the lower device of the guest's macvtap {hop.name} ({hop.macvlan_mode}): "
+                    "a macvtap guest cannot reach its host through that device",
                     evidence={"hop": hop.as_dict()},
                 )
             )

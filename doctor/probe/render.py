@@ -32,7 +32,7 @@ def text(report: dict[str, Any], run: ProbeRun, *, color: bool = False) -> str:
     names = [h.label for h in path.hops]
     width = max([len(n) for n in names] + [8]) + 2
     row = "".join(n.ljust(width) for n in names)
-    lines.append("           " + row)
+    lines.append(("           " + row).rstrip())
     if path.target_on_bridge and path.bridge is not None:
         note = f"  ({path.bridge.name} forwards between its ports: its own device sees none of it)"
         lines.append(note)

@@ -20,6 +20,7 @@ from doctor.probe.predict import CAUSES, REASON_CAUSES, Prediction, needs_transl
 
 REQUEST, REPLY = "request", "reply"
 # Drops that happen on a device after a capture socket there has seen the frame: in its queue.
+PROBE_PROTOCOLS = {"0x0800", "0x0806", None}  # IPv4, ARP; None: not recorded
 AFTER_CAPTURE = {"FULL_RING", "QDISC_DROP", "TAP_TXFILTER", "DEV_READY", "TC_EGRESS"}
 
 
@@ -147,7 +148,9 @@ def _hop_names(path: Path) -> list[str]:
 
 def order(path: Path, direction: str) -> list[Hop]:
     """The hops a packet crosses in this direction."""
-    hops = list(path.hops)
+    # Lower devices (a VLAN's bond, a macvtap's NIC) are judged statically only: captures
+    # there would see tagged or foreign traffic, and no test lab here has them.
+    hops = [h for h in path.hops if h.role != "lower"]
     if path.target_on_bridge:
         # Frames the bridge forwards between two ports never pass its own device.
         hops = [h for h in hops if h.role != "bridge"]
@@ -168,7 +171,10 @@ def locate(path: Path, predictions: Sequence[Prediction], obs: Observations) -> 
         late = [
             d
             for d in obs.drops
-            if final and d.device in final.devices and d.reason in AFTER_CAPTURE
+            if final
+            and d.device in final.devices
+            and d.reason in AFTER_CAPTURE
+            and d.protocol in PROBE_PROTOCOLS
         ]
         if final is not None and late:
             stops.append(_explain(path, predictions, obs, REQUEST, final.name, None))
@@ -218,10 +224,12 @@ def _explain(
 ) -> Stop:
     spot = _between(path, last, missing)
     near = [p for p in predictions if p.hop in spot and p.direction in (direction, "both")]
-    hop_names = {d for h in path.hops for d in h.devices}
     spot |= {d for h in path.hops if h.name in spot for d in h.devices}
-    drops = [d for d in obs.drops if d.device in spot or d.device is None or d.device in hop_names]
-    drops.sort(key=lambda d: (d.device not in spot, d.device is None, -d.count))
+    # Only drops where it stopped count, and only of IPv4 and ARP (what the probe sends, and
+    # what resolving its next hop sends): links carry IPv6 router solicitations, 802.2 frames
+    # and the like of their own.
+    drops = [d for d in obs.drops if d.device in spot and d.protocol in PROBE_PROTOCOLS]
+    drops.sort(key=lambda d: -d.count)
     drop = drops[0] if drops else None
     counters = {
         name: delta.as_dict()

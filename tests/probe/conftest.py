@@ -20,7 +20,8 @@ _LIST_INSTANCES = (
 
 
 def trace_instances() -> list[str]:
-    """kd-probe-* trace instances, looked at through a private mount of tracefs."""
+    """kd-probe-PID trace instances whose probe is gone, looked at through a private mount of
+    tracefs."""
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", _LIST_INSTANCES],
         capture_output=True,
@@ -28,7 +29,9 @@ def trace_instances() -> list[str]:
         timeout=30,
         check=False,
     )
-    return [name for name in done.stdout.split() if name.startswith("kd-probe-")]
+    found = [name for name in done.stdout.split() if name.startswith("kd-probe-")]
+    # A probe that still runs (another session's, on this machine) owns its instance.
+    return [n for n in found if not os.path.exists(f"/proc/{n.rsplit('-', 1)[-1]}")]
 
 
 @pytest.fixture(autouse=True)

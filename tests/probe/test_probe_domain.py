@@ -22,7 +22,10 @@ from kdtest import ROOT, kvm_device, require
 pytestmark = pytest.mark.integration
 
 NETWORK = f"kdpn{SUFFIX}"
-BRIDGE = "kdpbr0"
+BRIDGE = f"kdpb{SUFFIX}"
+TAP = f"kdtv{SUFFIX}"  # libvirt would pick vnetN, the same in every lab
+PORT = f"kdn{SUFFIX}"
+NEIGHBOUR_NIC = f"kdm{SUFFIX}"
 DOMAIN = f"kdpd{SUFFIX}"
 MAC = "52:54:00:6b:64:01"
 NEIGHBOUR_IP = "198.51.100.60"
@@ -44,14 +47,15 @@ def guest(tmp_path: Path) -> Any:
     with Netns(f"kdpl{SUFFIX}") as ns, GuestLab(ns, tmp_path) as lab:
         lab.define_network(NETWORK, nat_network(NETWORK, BRIDGE, "198.51.100.1"))
         nic = network_nic(NETWORK).replace(
-            "<interface type='network'>", f"<interface type='network'><mac address='{MAC}'/>"
+            "<interface type='network'>",
+            f"<interface type='network'><mac address='{MAC}'/><target dev='{TAP}'/>",
         )
         lab.define_domain(DOMAIN, guest_xml(DOMAIN, nic))
         done = lab.virsh("start", DOMAIN)
         assert done.returncode == 0, done.stderr
         # The network's bridge runs STP (delay 0): the new port listens, then forwards.
         deadline = time.monotonic() + 20
-        while "3" not in lab.run(["sh", "-c", "cat /sys/class/net/vnet*/brport/state"]).stdout:
+        while "3" not in lab.run(["cat", f"/sys/class/net/{TAP}/brport/state"]).stdout:
             assert time.monotonic() < deadline, "the guest's port never forwarded"
             time.sleep(0.2)
         yield lab
@@ -63,14 +67,17 @@ def neighbour(guest: NetLab) -> Any:
     with Netns(f"kdpt{SUFFIX}") as ns:
         with guest.ns.ipr() as ipr:
             ipr.link(
-                "add", ifname="kdn0p", kind="veth", peer={"ifname": "kdn0", "net_ns_fd": ns.name}
+                "add",
+                ifname=PORT,
+                kind="veth",
+                peer={"ifname": NEIGHBOUR_NIC, "net_ns_fd": ns.name},
             )
-            ipr.link("set", index=index(ipr, "kdn0p"), master=index(ipr, BRIDGE), state="up")
+            ipr.link("set", index=index(ipr, PORT), master=index(ipr, BRIDGE), state="up")
         with ns.ipr() as ipr:
-            ipr.link("set", index=index(ipr, "kdn0"), state="up")
-            ipr.addr("add", index=index(ipr, "kdn0"), address=NEIGHBOUR_IP, prefixlen=24)
+            ipr.link("set", index=index(ipr, NEIGHBOUR_NIC), state="up")
+            ipr.addr("add", index=index(ipr, NEIGHBOUR_NIC), address=NEIGHBOUR_IP, prefixlen=24)
         deadline = time.monotonic() + 20
-        while "3" not in guest.run(["cat", "/sys/class/net/kdn0p/brport/state"]).stdout:
+        while "3" not in guest.run(["cat", f"/sys/class/net/{PORT}/brport/state"]).stdout:
             assert time.monotonic() < deadline, "the neighbour's port never forwarded"
             time.sleep(0.2)
         yield ns
@@ -100,7 +107,7 @@ def test_the_path_of_a_running_guest_is_its_tap_and_the_bridge_libvirt_put_it_on
     path = finding["evidence"]["path"]
     assert path["guest"]["kind"] == "domain" and path["guest"]["mac"] == MAC
     roles = [(h["role"], h["name"]) for h in path["hops"]]
-    assert roles[0][0] == "tap" and roles[0][1].startswith("vnet")
+    assert roles[0] == ("tap", TAP)
     assert roles[1] == ("bridge", BRIDGE)
     tap = path["hops"][0]
     assert tap["master"] == BRIDGE and tap["port_state"] == "forwarding" and tap["carrier"] is True
@@ -118,9 +125,9 @@ def test_a_probe_injected_with_mirred_reaches_a_namespace_on_the_bridge_and_the_
     obs = ok["evidence"]["observations"]
     assert obs["proto"] == "arp"
     tap = ok["evidence"]["hops"][0]
-    assert tap.startswith("vnet")
+    assert tap == TAP
     assert obs["seen"][tap] == {"request": 3, "reply": 3}  # in from the guest's port, back to it
-    assert obs["seen"]["kdn0p"]["request"] == 3 and obs["seen"]["kdn0p"]["reply"] >= 3
+    assert obs["seen"][PORT]["request"] == 3 and obs["seen"][PORT]["reply"] >= 3
     # The qdisc and filter are gone again.
     shown = guest.run(["tc", "qdisc", "show", "dev", tap]).stdout
     assert "clsact" not in shown

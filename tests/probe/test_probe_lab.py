@@ -21,7 +21,19 @@ import pytest
 
 from kdnet import index, port_state
 from kdtest import ROOT, require
-from probelab import GUEST2_IP, TAP_TARGET_IP, TARGET, ProbeLab
+from probelab import (
+    BRIDGE,
+    GATEWAY_NIC,
+    GUEST2_IP,
+    GUEST_NIC,
+    PEER,
+    PEER2,
+    TAP,
+    TAP_TARGET_IP,
+    TARGET,
+    UPLINK,
+    ProbeLab,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +94,7 @@ def test_healthy_path_passes_both_directions_within_3_seconds(
     [ok] = findings(report, "PRB002")
     assert ok["status"] == "pass"
     seen = ok["evidence"]["observations"]["seen"]
-    assert all(seen[h] == {"request": 3, "reply": 3} for h in ("kdg0", "kdv0", "kdbr0", "kdu0"))
+    assert all(seen[h] == {"request": 3, "reply": 3} for h in (GUEST_NIC, PEER, BRIDGE, UPLINK))
     [nat] = findings(report, "PRB003")
     assert nat["status"] == "pass" and "203.0.113.1" in nat["message"]
     # --output writes the same report to a file.
@@ -93,10 +105,10 @@ def test_healthy_path_passes_both_directions_within_3_seconds(
 
 
 def test_nft_forward_drop(lab: ProbeLab) -> None:
-    lab.nft('add rule ip kdfilter kdfwd oifname "kdu0" drop')
+    lab.nft(f'add rule ip kdfilter kdfwd oifname "{UPLINK}" drop')
     assert ("forward", "forward-drop") in predicted(lab)
     e = located(lab)
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, UPLINK)
     assert (e["cause"], e["reason"], e["location"]) == (
         "forward-drop",
         "NETFILTER_DROP",
@@ -108,7 +120,7 @@ def test_ip_forward_off(lab: ProbeLab) -> None:
     lab.host.sysctl("net.ipv4.ip_forward", "0")
     assert predicted(lab) == [("forward", "ip-forward-off")]
     e = located(lab)
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, UPLINK)
     assert (e["cause"], e["reason"], e["playbook"]) == (
         "ip-forward-off",
         "IP_INADDRERRORS",
@@ -120,17 +132,17 @@ def test_no_route(lab: ProbeLab) -> None:
     # 192.0.2.0/24 exists only inside the test's namespaces; the host namespace has no route.
     assert predicted(lab, to="192.0.2.99") == [("forward", "no-route")]
     e = located(lab, to="192.0.2.99")
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "forward")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, "forward")
     assert (e["cause"], e["reason"]) == ("no-route", "IP_INNOROUTES")
 
 
 def test_stp_listening_port(lab: ProbeLab) -> None:
     warm_up(lab)
     with lab.host.ipr() as ipr:
-        port_state(ipr, "kdv0", "listening")
-    assert predicted(lab) == [("kdv0", "port-not-forwarding")]
+        port_state(ipr, PEER, "listening")
+    assert predicted(lab) == [(PEER, "port-not-forwarding")]
     e = located(lab)
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdv0", "kdbr0")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", PEER, BRIDGE)
     assert (e["cause"], e["reason"], e["playbook"]) == (
         "port-not-forwarding",
         "BRIDGE_INGRESS_STP_STATE",
@@ -140,23 +152,23 @@ def test_stp_listening_port(lab: ProbeLab) -> None:
 
 def test_strict_rp_filter_with_an_asymmetric_route(lab: ProbeLab) -> None:
     warm_up(lab)
-    lab.host.run(["ip", "route", "add", "198.51.100.2/32", "dev", "kdu0"])
+    lab.host.run(["ip", "route", "add", "198.51.100.2/32", "dev", UPLINK])
     lab.host.sysctl("net.ipv4.conf.all.rp_filter", "1")
-    lab.host.sysctl("net.ipv4.conf.kdbr0.rp_filter", "1")
+    lab.host.sysctl(f"net.ipv4.conf.{BRIDGE}.rp_filter", "1")
     assert predicted(lab) == [("forward", "rp-filter")]
     e = located(lab)
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, UPLINK)
     assert (e["cause"], e["reason"]) == ("rp-filter", "IP_RPFILTER")
 
 
 def test_nat_rule_removed(lab: ProbeLab) -> None:
     lab.nft("delete table ip kdnat")
-    assert predicted(lab) == [("kdu0", "nat-missing")]
+    assert predicted(lab) == [(UPLINK, "nat-missing")]
     code, report, err = lab.kvmdoctor(*lab.probe_args())
     assert code == 1 and report is not None, err
     [drop] = findings(report, "PRB002")
     e = drop["evidence"]
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("reply", None, "kdu0")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("reply", None, UPLINK)
     assert (e["cause"], e["reason"]) == ("nat-missing", None)
     [nat] = findings(report, "PRB003")
     assert nat["status"] == "fail" and nat["evidence"]["sources_on_uplink"] == ["198.51.100.2"]
@@ -164,17 +176,17 @@ def test_nat_rule_removed(lab: ProbeLab) -> None:
 
 def test_uplink_peer_down(lab: ProbeLab) -> None:
     with lab.world.ipr() as ipr:
-        ipr.link("set", index=index(ipr, "kdw0"), state="down")
-    assert ("kdu0", "link-down") in predicted(lab)
+        ipr.link("set", index=index(ipr, GATEWAY_NIC), state="down")
+    assert (UPLINK, "link-down") in predicted(lab)
     e = located(lab)
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, UPLINK)
     # The requests wait for ARP; the ARP requests themselves die in the uplink's queue.
     assert (e["cause"], e["reason"], e["location"]) == (
         "link-down",
         "QDISC_DROP",
         "__dev_queue_xmit",
     )
-    assert e["counters"]["kdu0"]["tx_dropped"] >= 1
+    assert e["counters"][UPLINK]["tx_dropped"] >= 1
 
 
 def _leftovers(lab: ProbeLab) -> list[str]:
@@ -236,11 +248,14 @@ def test_without_root_the_message_is_clear_the_exit_code_2_and_nothing_is_sent(
         result = CliRunner().invoke(app, args)
         return result.exit_code, result.output + getattr(result, "stderr", "")
 
-    before = lab.host.run(["cat", "/sys/class/net/kdv0/statistics/rx_packets"]).stdout
+    # The guest sends nothing of its own (no IPv6 autoconfiguration) while the count is taken.
+    lab.guest.sysctl(f"net.ipv6.conf.{GUEST_NIC}.disable_ipv6", "1")
+    time.sleep(0.5)
+    before = lab.host.run(["cat", f"/sys/class/net/{PEER}/statistics/rx_packets"]).stdout
     code, output = as_user(probe, uid, gids[0], gids)
     assert code == 2, output
     assert "needs root" in output and "nothing was sent" in output
-    after = lab.host.run(["cat", "/sys/class/net/kdv0/statistics/rx_packets"]).stdout
+    after = lab.host.run(["cat", f"/sys/class/net/{PEER}/statistics/rx_packets"]).stdout
     assert before == after
 
 
@@ -258,10 +273,10 @@ def test_br_netfilter_with_a_forward_drop_between_two_guests_on_one_bridge() -> 
             == "1"
         )
         lab.nft("add rule ip kdfilter kdfwd drop")
-        assert predicted(lab, to=to) == [("kdbr0", "bridge-netfilter-drop")]
+        assert predicted(lab, to=to) == [(BRIDGE, "bridge-netfilter-drop")]
         e = located(lab, to=to)
-        assert (e["direction"], e["last_seen"]) == ("request", "kdv0")
-        assert e["first_missing"] in ("kdv1", "kdbr0:ports")
+        assert (e["direction"], e["last_seen"]) == ("request", PEER)
+        assert e["first_missing"] in (PEER2, f"{BRIDGE}:ports")
         assert (e["cause"], e["reason"], e["playbook"]) == (
             "bridge-netfilter-drop",
             "NETFILTER_DROP",
@@ -272,17 +287,17 @@ def test_br_netfilter_with_a_forward_drop_between_two_guests_on_one_bridge() -> 
 def test_next_hop_does_not_answer_arp(lab: ProbeLab) -> None:
     # 203.0.113.9 is on the uplink's subnet, inside the test's namespaces, and nobody has it.
     e = located(lab, "--count", "2", "--timeout", "4", to="203.0.113.9")
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdbr0", "kdu0")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, UPLINK)
     assert (e["cause"], e["reason"]) == ("neighbour-failed", "NEIGH_FAILED")
     # Now the host's neighbour entry is FAILED: the static view names the same place.
-    assert ("kdu0", "neighbour-failed") in predicted(lab, to="203.0.113.9")
+    assert (UPLINK, "neighbour-failed") in predicted(lab, to="203.0.113.9")
 
 
 def test_a_second_probe_is_refused_while_one_runs(lab: ProbeLab) -> None:
     from doctor.probe.lab import LOCK_PATH, Lab
 
     with Lab(LOCK_PATH):  # as a running probe holds it
-        code, report, err = lab.kvmdoctor(*lab.probe_args())
+        code, report, err = lab.kvmdoctor(*lab.probe_args(), wait_turn=False)
     assert code == 2 and report is None
     assert "another kvmdoctor probe is running" in err
 
@@ -296,20 +311,24 @@ def test_the_text_view_draws_the_path_and_where_it_stopped(lab: ProbeLab) -> Non
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
-    hops = next(line for line in lines if "kdv0" in line and "kdbr0" in line and "kdu0" in line)
-    assert hops.split() == [f"kdg0@{lab.guest.name}", "kdv0", "kdbr0", "kdu0"]
+    hops = next(line for line in lines if PEER in line and BRIDGE in line and UPLINK in line)
+    assert hops.split() == [f"{GUEST_NIC}@{lab.guest.name}", PEER, BRIDGE, UPLINK]
     request = next(line for line in lines if line.strip().startswith("request"))
     assert request.split()[2:6] == ["2", "2", "2", "0"]
-    assert "stopped after kdbr0: ip-forward-off (IP_INADDRERRORS)" in request
+    assert f"stopped after {BRIDGE}: ip-forward-off (IP_INADDRERRORS)" in request
     assert "fix: kvmdoctor explain ip-forward-disabled" in done.stdout
 
 
 def test_tap_without_reader(lab: ProbeLab) -> None:
     lab.guest_behind_tap()  # a persistent tap that no process holds: NO-CARRIER
-    assert predicted(lab, to=TAP_TARGET_IP) == [("kdt0", "no-carrier")]
+    assert predicted(lab, to=TAP_TARGET_IP) == [(TAP, "no-carrier")]
     e = located(lab, to=TAP_TARGET_IP)
-    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", "kdv0", "kdt0")
-    assert e["cause"] == "no-carrier"
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", PEER, TAP)
+    assert e["cause"] == "no-carrier", (
+        e["observations"]["drops"],
+        e["observations"]["seen"],
+        e["reason"],
+    )
     # This kernel frees the frame without a specific reason here (NOT_SPECIFIED is not
     # reported): the cause comes from the tap's state, at medium confidence.
     assert (e["reason"], e["confidence"]) == (None, "medium")
@@ -322,25 +341,63 @@ def test_tap_whose_reader_stalls(lab: ProbeLab) -> None:
     netns.pushns(lab.host.name)
     try:  # a reader that attaches to the tap and never reads, like a hung QEMU
         reader = os.open("/dev/net/tun", os.O_RDWR)
-        fcntl.ioctl(reader, TUNSETIFF, struct.pack("16sH", b"kdt0", IFF_TAP | IFF_NO_PI))
+        fcntl.ioctl(reader, TUNSETIFF, struct.pack("16sH", TAP.encode(), IFF_TAP | IFF_NO_PI))
         filler = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     finally:
         netns.popns()
     try:
-        filler.bind(("kdt0", 0))
+        filler.bind((TAP, 0))
+
+        def tap(what: str) -> str:
+            return lab.host.run(["cat", f"/sys/class/net/{TAP}/{what}"]).stdout.strip()
+
+        # The carrier comes up with the reader, and the tap's queue only once the kernel
+        # has noticed it (linkwatch, up to a second later): fill it after that.
+        deadline = time.monotonic() + 5
+        while tap("operstate") != "up":
+            assert time.monotonic() < deadline, "the tap did not come up with its reader"
+            time.sleep(0.05)
+        time.sleep(0.2)
         frame = bytes.fromhex("ffffffffffff026b64000099") + b"\x88\xb5" + b"kd" * 25
         for _ in range(1200):  # more than the tap's queue holds
             filler.send(frame)
+        assert int(tap("statistics/tx_dropped")) > 0, "the tap's queue is not full"
         assert predicted(lab, to=TAP_TARGET_IP) == []  # carrier up: nothing to see statically
         e = located(lab, to=TAP_TARGET_IP)
         where = (e["direction"], e["last_seen"], e["first_missing"])
-        assert where == ("request", "kdt0", None), e["observations"]
+        assert where == ("request", TAP, None), e["observations"]
         assert (e["cause"], e["reason"], e["location"]) == (
             "tap-stalled",
             "FULL_RING",
             "tun_net_xmit",
         )
-        assert e["counters"]["kdt0"]["tx_dropped"] >= 1
+        assert e["counters"][TAP]["tx_dropped"] >= 1
     finally:
         filler.close()
         os.close(reader)
+
+
+@pytest.mark.parametrize(
+    ("proto", "to"), [("udp:9", TARGET), ("tcp:9", TARGET), ("arp", "198.51.100.1")]
+)
+def test_udp_tcp_and_arp_probes_cross_the_healthy_path(lab: ProbeLab, proto: str, to: str) -> None:
+    # A closed port answers too: ICMP port unreachable for UDP, RST for TCP.
+    code, report, err = lab.kvmdoctor(*lab.probe_args("--proto", proto, to=to))
+    assert code == 0 and report is not None, err
+    [ok] = findings(report, "PRB002")
+    assert ok["status"] == "pass", ok["message"]
+    assert ok["evidence"]["observations"]["proto"] == proto.split(":")[0]
+    assert ok["evidence"]["observations"]["seen"][GUEST_NIC] == {"request": 3, "reply": 3}
+
+
+def test_a_udp_port_dropped_in_forward_is_located(lab: ProbeLab) -> None:
+    lab.nft("add rule ip kdfilter kdfwd udp dport 5353 drop")
+    # The rule matches on the port: the static view, which follows interfaces, cannot tell.
+    assert predicted(lab) == []
+    e = located(lab, "--proto", "udp:5353")
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, UPLINK)
+    assert (e["cause"], e["reason"], e["confidence"]) == (
+        "forward-drop",
+        "NETFILTER_DROP",
+        "medium",
+    )

@@ -193,3 +193,63 @@ def test_drops_are_joined_with_the_device_the_packet_was_last_seen_on() -> None:
     assert drops(lines, ["kdv0", "kdbr0"]) == [
         DropEvent("NETFILTER_DROP", "nft_do_chain", "kdbr0", "0x0800", 1)
     ]
+
+
+def test_the_marker_recognises_the_runs_packets_and_their_answers() -> None:
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+    from scapy.layers.l2 import ARP, Ether
+
+    from doctor.probe.capture import PROBE_PORT, Marker, classify
+    from doctor.probe.inject import arp_request, echo_request, tcp_syn
+
+    token = b"kvmdoctor-probe:0011223344556677"
+    eth = Ether(src="02:6b:64:00:00:02", dst="02:6b:64:00:00:01")
+    icmp = Marker("icmp", token, "203.0.113.2")
+    request = bytes(
+        eth / IP(src="198.51.100.2", dst="203.0.113.2", proto=1) / echo_request(2, token)
+    )
+    assert classify(request, icmp) == {
+        "direction": "request",
+        "seq": 2,
+        "src": "198.51.100.2",
+        "dst": "203.0.113.2",
+    }
+    other = Marker("icmp", b"kvmdoctor-probe:ffffffffffffffff", "203.0.113.2")
+    assert classify(request, other) is None  # another run's packet
+
+    udp = Marker("udp", token, "203.0.113.2", port=9)
+    sent = bytes(
+        eth
+        / IP(src="198.51.100.2", dst="203.0.113.2")
+        / UDP(sport=PROBE_PORT, dport=9)
+        / (token + b":1")
+    )
+    assert classify(sent, udp)["direction"] == "request"  # type: ignore[index]
+    closed = bytes(
+        eth / IP(src="203.0.113.2", dst="198.51.100.2") / ICMP(type=3, code=3)
+        / IPerror(src="198.51.100.2", dst="203.0.113.2") / UDPerror(sport=PROBE_PORT, dport=9)
+    )  # fmt: skip
+    assert classify(closed, udp)["direction"] == "reply"  # type: ignore[index]
+
+    tcp = Marker("tcp", token, "203.0.113.2", port=9, tcp_base=1000)
+    syn = bytes(eth / IP(tcp_syn(tcp, "198.51.100.2", 3)))
+    assert classify(syn, tcp)["seq"] == 3  # type: ignore[index]
+    rst = bytes(
+        eth
+        / IP(src="203.0.113.2", dst="198.51.100.2")
+        / TCP(sport=9, dport=PROBE_PORT, flags="RA", ack=1004)
+    )
+    assert classify(rst, tcp) == {
+        "direction": "reply",
+        "seq": 3,
+        "src": "203.0.113.2",
+        "dst": "198.51.100.2",
+    }
+
+    arp = Marker("arp", token, "198.51.100.1", guest_mac="02:6b:64:00:00:02")
+    who_has = arp_request("02:6b:64:00:00:02", None, "198.51.100.1", token, 1)
+    assert classify(who_has, arp)["seq"] == 1  # type: ignore[index]
+    is_at = bytes(
+        Ether(dst="02:6b:64:00:00:02") / ARP(op=2, psrc="198.51.100.1", hwdst="02:6b:64:00:00:02")
+    )
+    assert classify(is_at, arp)["direction"] == "reply"  # type: ignore[index]
