@@ -279,10 +279,14 @@ class LiveSource:
         import psutil
 
         found = []
-        attrs = ["pid", "ppid", "name", "exe", "cmdline", "uids", "gids"]
+        attrs = ["pid", "ppid", "name", "exe", "cmdline", "uids", "gids", "status"]
         for proc in psutil.process_iter(attrs):
             info = proc.info
             if info.get("uids") is None:  # gone while we looked
+                continue
+            if info.get("status") in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                # Exited, waiting for its parent (or a PID 1 that reaps late): a daemon that
+                # is a zombie does not run and holds no socket.
                 continue
             found.append(
                 ProcessInfo(
@@ -308,6 +312,8 @@ class LiveSource:
             except SourceError:
                 continue
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if fields.get("State", "").strip()[:1] in ("Z", "X"):
+                continue  # exited, not yet reaped: not running
             try:
                 cmdline = self.read_file(f"/proc/{entry}/cmdline").split(b"\0")
             except SourceError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -475,3 +476,33 @@ def test_a_fifo_in_a_tree_is_refused_instead_of_blocking_the_run(tmp_path: Path)
     os.mkfifo(tree / "etc/libvirt/qemu.conf")
     with pytest.raises(Unavailable, match="not a regular file"):
         LiveSource(str(tree)).read_file("/etc/libvirt/qemu.conf")
+
+
+def _wait_for_zombie(pid: int) -> None:
+    """Block until `pid` (a child of this test) has exited and is left unreaped."""
+    # waitid with WNOWAIT waits for the exit but leaves the child a zombie.
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state == "Z"
+
+
+def test_a_zombie_is_not_a_running_process() -> None:
+    # A daemon that exited and is not yet reaped (its parent, or a PID 1 that reaps late)
+    # keeps its name in /proc; it runs nothing and holds no socket.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        _wait_for_zombie(child.pid)
+        pids = {p.pid for p in LiveSource().processes()}
+        assert child.pid not in pids
+        assert os.getpid() in pids
+    finally:
+        child.wait()
+
+
+def test_a_zombie_in_a_tree_is_not_a_running_process(tree: Path) -> None:
+    for pid, state in (("100", "Z (zombie)"), ("7719", "S (sleeping)")):
+        (tree / "proc" / pid).mkdir(parents=True)
+        (tree / "proc" / pid / "status").write_bytes(
+            f"Name:\tlibvirtd\nState:\t{state}\nPPid:\t1\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n".encode()
+        )
+    assert [p.pid for p in LiveSource(str(tree)).processes()] == [7719]
