@@ -98,7 +98,10 @@ _MAC = rf"{_HEX}{{2}}(?P<sep>[:-]){_HEX}{{2}}(?:(?P=sep){_HEX}{{2}}){{4}}"
 _V4 = r"(?:\d{1,3}\.){3}\d{1,3}"
 _V6 = rf"(?:{_HEX}{{0,4}}:){{2,7}}(?:{_V4}|{_HEX}{{0,4}})"
 _SCAN = re.compile(
-    rf"(?<![0-9A-Za-z:.-])(?:(?P<mac>{_MAC})(?![0-9A-Za-z:-])"
+    # after a word and a colon (`mac:52:54:...`, `ip:10.0.0.1`), never inside a longer run
+    # of hex digits and colons
+    rf"(?:(?<=mac:)|(?<=[G-Zg-z_]:)|(?<![0-9A-Za-z:.-]))"
+    rf"(?:(?P<mac>{_MAC})(?![0-9A-Za-z:-])"
     rf"|(?P<v6>{_V6})(?![0-9A-Za-z:])"
     rf"|(?P<v4>{_V4})(?![0-9A-Za-z]|\.\d))"
 )
@@ -615,19 +618,179 @@ def redact_recording(
     whose facts ask with the tokens, finds them."""
     from doctor.sources.snapshot import _entry_key
 
+    certs = CertificateReissuer(redactor)
+    certs.learn(blobs.values())
+    done = {key: certs.blob(data) for key, data in blobs.items()}
     new_entries: dict[str, dict[str, Any]] = {}
     new_blobs: dict[str, bytes] = {}
     for key, entry in entries.items():
         redacted = dict(redactor.value(entry))
         redacted["kind"], redacted["how"] = entry["kind"], entry.get("how")
+        value = redacted.get("value")
+        if entry["kind"] == "key_info" and isinstance(value, dict):
+            old = value.get("public_sha256")
+            if isinstance(old, str):  # the key's public half is now the re-issued one's
+                redacted["value"] = {**value, "public_sha256": certs.spki_sha256.get(old, old)}
         new_key = _entry_key(redacted)
         new_entries[new_key] = redacted
         for suffix in ("", ":stderr"):
-            if key + suffix in blobs:
-                new_blobs[new_key + suffix] = redact_blob(redactor, blobs[key + suffix])
+            if key + suffix in done:
+                new_blobs[new_key + suffix] = done[key + suffix]
     return new_entries, new_blobs
 
 
-def redact_blob(redactor: Redactor, data: bytes) -> bytes:
-    """A stored file or output with its identifying values replaced."""
-    return redactor.bytes_(data)
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+?-----END CERTIFICATE-----"
+)
+
+
+class CertificateReissuer:
+    """Certificates carry host names and addresses inside their DER, where no text
+    replacement reaches: a redacted snapshot holds each one issued again, with the same
+    serial, validity, key type and size, extensions and signature hash, its names replaced
+    by their tokens, and signed by the re-issued key of its issuer, so a chain still
+    verifies and a key still matches its certificate (key_info answers are mapped to the
+    new public keys)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        self.keys: dict[bytes, Any] = {}  # original SubjectPublicKeyInfo DER -> new key
+        self.by_name: dict[bytes, bytes] = {}  # subject DER -> its SPKI DER
+        self.issuer_keys: dict[bytes, Any] = {}  # issuer DER with no certificate -> key
+        self.spki_sha256: dict[str, str] = {}  # original public_sha256 -> new one
+
+    def learn(self, blobs: Iterable[bytes]) -> None:
+        """Every certificate's subject and key first, so an issuer found later signs."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        for data in blobs:
+            for match in _PEM_CERT.finditer(data):
+                try:
+                    cert = x509.load_pem_x509_certificate(match.group(0))
+                except ValueError:
+                    continue
+                spki = cert.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                self.by_name.setdefault(cert.subject.public_bytes(), spki)
+
+    def _new_key(self, public: Any) -> Any:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+        spki = public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        key = self.keys.get(spki)
+        if key is not None:
+            return key
+        if isinstance(public, rsa.RSAPublicKey):
+            key = rsa.generate_private_key(public_exponent=65537, key_size=public.key_size)
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            key = ec.generate_private_key(type(public.curve)())
+        elif isinstance(public, ed25519.Ed25519PublicKey):
+            key = ed25519.Ed25519PrivateKey.generate()
+        elif isinstance(public, ed448.Ed448PublicKey):
+            key = ed448.Ed448PrivateKey.generate()
+        elif isinstance(public, dsa.DSAPublicKey):
+            key = dsa.generate_private_key(key_size=public.key_size)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        self.keys[spki] = key
+        new_spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        old_hash, new_hash = hashes.Hash(hashes.SHA256()), hashes.Hash(hashes.SHA256())
+        old_hash.update(spki)
+        new_hash.update(new_spki)
+        self.spki_sha256[old_hash.finalize().hex()] = new_hash.finalize().hex()
+        return key
+
+    def _issuer_key(self, cert: Any) -> Any:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        issuer = cert.issuer.public_bytes()
+        if issuer == cert.subject.public_bytes():
+            return self._new_key(cert.public_key())
+        spki = self.by_name.get(issuer)
+        if spki is not None:
+            return self._new_key(serialization.load_der_public_key(spki))
+        if issuer not in self.issuer_keys:
+            self.issuer_keys[issuer] = ec.generate_private_key(ec.SECP256R1())
+        return self.issuer_keys[issuer]
+
+    def _name(self, name: Any) -> Any:
+        from cryptography import x509
+
+        rdns = []
+        for rdn in name.rdns:
+            attrs = [
+                x509.NameAttribute(a.oid, self.redactor.text(a.value))
+                if isinstance(a.value, str)
+                else a
+                for a in rdn
+            ]
+            rdns.append(x509.RelativeDistinguishedName(attrs))
+        return x509.Name(rdns)
+
+    def reissue(self, pem: bytes) -> bytes:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            return self.redactor.bytes_(pem)
+        key = self._new_key(cert.public_key())
+        signer = self._issuer_key(cert)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(self._name(cert.subject))
+            .issuer_name(self._name(cert.issuer))
+            .public_key(key.public_key())
+            .serial_number(cert.serial_number)
+            .not_valid_before(_utc(cert, "not_valid_before"))
+            .not_valid_after(_utc(cert, "not_valid_after"))
+        )
+        for ext in cert.extensions:
+            value = ext.value
+            if isinstance(value, x509.SubjectAlternativeName):
+                names: list[Any] = []
+                for general in value:
+                    if isinstance(general, x509.DNSName):
+                        names.append(x509.DNSName(self.redactor.text(general.value)))
+                    elif isinstance(general, x509.IPAddress):
+                        names.append(x509.IPAddress(self.redactor.address(general.value)))  # type: ignore[arg-type]
+                    else:
+                        names.append(general)
+                value = x509.SubjectAlternativeName(names)
+            elif isinstance(value, x509.SubjectKeyIdentifier):
+                value = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+            elif isinstance(value, x509.AuthorityKeyIdentifier):
+                value = x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key())
+            elif isinstance(value, x509.UnrecognizedExtension):
+                continue  # an extension cryptography cannot rebuild may hold anything
+            builder = builder.add_extension(value, critical=ext.critical)
+        algorithm = cert.signature_hash_algorithm
+        new = builder.sign(signer, algorithm)  # type: ignore[arg-type]
+        return new.public_bytes(serialization.Encoding.PEM).rstrip(b"\n")
+
+    def blob(self, data: bytes) -> bytes:
+        """A file with every PEM certificate in it re-issued, and the rest redacted."""
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            return self.redactor.bytes_(data)
+        pieces, last = [], 0
+        for match in _PEM_CERT.finditer(data):
+            pieces.append(self.redactor.bytes_(data[last : match.start()]))
+            pieces.append(self.reissue(match.group(0)))
+            last = match.end()
+        pieces.append(self.redactor.bytes_(data[last:]))
+        return b"".join(pieces)
+
+
+def _utc(cert: Any, field: str) -> Any:
+    """A certificate's validity bound (cryptography 42 added the `_utc` forms)."""
+    value = getattr(cert, f"{field}_utc", None)
+    return value if value is not None else getattr(cert, field)
