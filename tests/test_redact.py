@@ -233,6 +233,10 @@ def test_a_redacted_report_gives_the_same_diagnoses_and_keeps_the_shared_mac_sha
     result = kvmdoctor("run", "--root", lab["tree"], "--redact", "-f", "json", *AT)
     report = json.loads(result.stdout)
     assert report["run"]["redacted"] is True
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((Path(__file__).parent.parent / "docs/report.schema.json").read_text())
+    assert not list(Draft202012Validator(schema).iter_errors(report))
     assert diagnoses(report) == diagnoses(lab["plain"])
     assert statuses(report) == statuses(lab["plain"])
     (net010,) = [f for c in report["checks"] if c["code"] == "NET010" for f in c["findings"]]

@@ -356,6 +356,7 @@ class RecordingSource:
             "answers": answers,
         }
         if redactor is not None:
+            manifest["redacted"] = True
             manifest["source"] = {**redactor.value(manifest["source"]), "redacted": True}
         _write(target, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         if report is not None:
