@@ -195,3 +195,43 @@ def read_report(path: str) -> dict[str, Any]:
     if not isinstance(data, dict) or "diagnoses" not in data:
         raise UsageError(f"{path} is not a kvmdoctor report (no diagnoses)")
     return data
+
+
+RedactOpt = typer.Option(
+    False,
+    "--redact",
+    help="Replace host names, addresses, MACs, user and domain names by stable tokens "
+    "(docs/redaction.md).",
+)
+RedactMapOpt = typer.Option(
+    None,
+    "--redact-map",
+    help="With --redact: read the tokens' key from FILE when it exists, and write the key and "
+    "every value -> token pair to it (mode 0600). Implies --redact.",
+    metavar="FILE",
+)
+
+
+def open_redactor(redact: bool, redact_map: Optional[str]) -> Any:
+    """The Redactor for --redact / --redact-map, or None without them."""
+    if not redact and redact_map is None:
+        return None
+    from doctor.redaction import RedactMapError, Redactor
+
+    try:
+        redactor, warning = Redactor.open(redact_map)
+    except RedactMapError as exc:
+        raise UsageError(str(exc)) from None
+    if warning:
+        sys.stderr.write(f"kvmdoctor: {warning}\n")
+    return redactor
+
+
+def save_redaction_map(redactor: Any, redact_map: Optional[str]) -> None:
+    """Write the map file (only ever to the file the user named)."""
+    if redactor is None or redact_map is None:
+        return
+    try:
+        redactor.save(redact_map)
+    except OSError as exc:
+        raise UsageError(f"cannot write {redact_map}: {exc.strerror or exc}") from None

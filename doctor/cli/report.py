@@ -7,7 +7,16 @@ from typing import Any, Optional
 
 import typer
 
-from doctor.cli.common import Output, UsageError, read_report, use_color
+from doctor.cli.common import (
+    Output,
+    RedactMapOpt,
+    RedactOpt,
+    UsageError,
+    open_redactor,
+    read_report,
+    save_redaction_map,
+    use_color,
+)
 
 CONVERT_FORMATS = ("junit", "sarif", "prometheus", "markdown", "html", "json", "text")
 
@@ -34,13 +43,17 @@ def show(
     no_color: bool = typer.Option(False, "--no-color", help="No colour even on a terminal."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show passes and full evidence."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only problems and the summary."),
+    redact: bool = RedactOpt,
+    redact_map: Optional[str] = RedactMapOpt,
 ) -> None:
     """Print a saved report as `kvmdoctor run` printed it on the host."""
     from doctor.render import render_as
 
-    data = _load(report)
+    redactor = open_redactor(redact, redact_map)
+    data = _redacted(_load(report), redactor)
     out = Output(None)
     out.write(render_as("text", data, verbose=verbose, quiet=quiet, color=use_color(out, no_color)))
+    save_redaction_map(redactor, redact_map)
 
 
 @report_app.command("convert")
@@ -56,14 +69,28 @@ def convert(
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="Write to FILE instead of stdout.", metavar="FILE"
     ),
+    redact: bool = RedactOpt,
+    redact_map: Optional[str] = RedactMapOpt,
 ) -> None:
     """Write a saved report in another format."""
     from doctor.render import render_as
 
     if to not in CONVERT_FORMATS:
         raise UsageError(f"--to must be one of {', '.join(CONVERT_FORMATS)}, not {to!r}")
-    data = _load(report)
+    redactor = open_redactor(redact, redact_map)
+    data = _redacted(_load(report), redactor)
     Output(output).write(render_as(to, data))
+    save_redaction_map(redactor, redact_map)
+
+
+def _redacted(data: dict[str, Any], redactor: Any) -> dict[str, Any]:
+    """The report with its identifying values replaced (--redact), else as it is. The names
+    come from the report itself (and from the map file): there are no facts to ask."""
+    if redactor is None:
+        return data
+    redactor.learn_report(data)
+    redacted: dict[str, Any] = redactor.report(data)
+    return redacted
 
 
 _FINDING_KEYS = ("code", "status", "subject", "message")

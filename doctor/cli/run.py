@@ -15,6 +15,8 @@ from doctor.cli.common import (
     ConnectTimeoutOpt,
     IgnoreOpt,
     Output,
+    RedactMapOpt,
+    RedactOpt,
     RootOpt,
     SelectOpt,
     SnapshotOpt,
@@ -23,8 +25,10 @@ from doctor.cli.common import (
     cli_ignores,
     finite_seconds,
     load_config,
+    open_redactor,
     open_source,
     parse_time,
+    save_redaction_map,
     split_tokens,
     use_color,
 )
@@ -86,6 +90,8 @@ def run(
         "(a snapshot's: when it was recorded).",
         metavar="TIME",
     ),
+    redact: bool = RedactOpt,
+    redact_map: Optional[str] = RedactMapOpt,
 ) -> None:
     """Run the checks on this host (or a tree, or a snapshot) and report.
 
@@ -101,6 +107,7 @@ def run(
     selected = split_tokens(select) or list(cfg.select)
     ignores = [*cfg.ignores, *cli_ignores(split_tokens(ignore))]
     moment = parse_time(at, "--at") if at is not None else None
+    redactor = open_redactor(redact, redact_map)
     source = open_source(uri=uri, root=root, snapshot=snapshot, connect_timeout=connect_timeout)
     report = execute(
         source,
@@ -110,12 +117,14 @@ def run(
         uri=uri,
         timeout=check_timeout,
         at=moment,
+        redactor=redactor,
     )
     from doctor.render import render_as
 
     out = Output(output)
     color = use_color(out, no_color)
     out.write(render_as(format, report, verbose=verbose, quiet=quiet, color=color))
+    save_redaction_map(redactor, redact_map)
     raise typer.Exit(report["exit_code"])
 
 
@@ -128,8 +137,10 @@ def execute(
     uri: Optional[str],
     timeout: Optional[float] = None,
     at: Optional[float] = None,
+    redactor: Any = None,
 ) -> dict[str, Any]:
-    """Load the checks, run them against `source`, and build the report."""
+    """Load the checks, run them against `source`, and build the report (with identifying
+    values replaced by tokens when given a doctor.redaction.Redactor)."""
     from doctor import engine, playbooks, rules
     from doctor.facts import RunOptions
     from doctor.registry import load_registry
@@ -150,15 +161,21 @@ def execute(
             options=RunOptions(uri=uri, at=at),
             timeout=timeout,
         )
+        if redactor is not None:  # the names the facts know, while the source is open
+            redactor.learn_facts(result.facts)
     except engine.SelectionError as exc:
         raise UsageError(str(exc)) from None
     finally:
         source.close()
     result = rules.apply(result, book)
-    return build(
+    report = build(
         result,
         source,
         argv=list(INVOCATION) or ["kvmdoctor"],
         fail_on=fail_on,  # type: ignore[arg-type]
         selected=selected,
     )
+    if redactor is not None:
+        redactor.learn_report(report)
+        report = redactor.report(report)
+    return report

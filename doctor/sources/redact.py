@@ -22,7 +22,9 @@ from doctor.sources.base import (
     Uname,
 )
 
-REDACTED = "<redacted by kvmdoctor>"
+# No `<`, `>`, `&`, quotes or spaces: the blanked value stays valid in XML attributes (a
+# domain definition with a graphics password must still parse), JSON, and unquoted options.
+REDACTED = "REDACTED-by-kvmdoctor"
 
 # Directories and names whose contents are never recorded: libvirt secrets and private keys.
 _NEVER_DIRS = ("/etc/libvirt/secrets/", "/var/lib/libvirt/secrets/", "/run/libvirt/secrets/")

@@ -278,14 +278,22 @@ class RecordingSource:
     def close(self) -> None:
         self.inner.close()
 
-    def write(self, target: str, *, report: Optional[dict[str, Any]] = None) -> None:
-        """Write the snapshot directory (or, for a .tar.gz/.tgz target, an archive of it)."""
+    def write(
+        self,
+        target: str,
+        *,
+        report: Optional[dict[str, Any]] = None,
+        redactor: Any = None,
+    ) -> None:
+        """Write the snapshot directory (or, for a .tar.gz/.tgz target, an archive of it).
+        With a doctor.redaction.Redactor, every answer, every name in the snapshot and the
+        report (already redacted by the caller) carry tokens instead of identifying values."""
         if target.endswith((".tar.gz", ".tgz")):
             from doctor.output import write_file
 
             with tempfile.TemporaryDirectory(prefix="kvmdoctor-") as tmp:
                 inner = os.path.join(tmp, "snapshot")
-                self._write_dir(inner, report)
+                self._write_dir(inner, report, redactor)
                 packed = os.path.join(tmp, "snapshot.tar.gz")
                 with tarfile.open(packed, "w:gz") as archive:
                     archive.add(inner, arcname=".")
@@ -293,13 +301,21 @@ class RecordingSource:
                     # Atomic onto a file, through to a device or link: as every -o.
                     write_file(target, handle.read())
             return
-        self._write_dir(target, report)
+        self._write_dir(target, report, redactor)
 
-    def _write_dir(self, target: str, report: Optional[dict[str, Any]]) -> None:
+    def _write_dir(
+        self, target: str, report: Optional[dict[str, Any]], redactor: Any = None
+    ) -> None:
         os.makedirs(target, exist_ok=True)
         answers = []
         used_names: set[str] = set()
-        for key, entry in sorted(self.entries.items()):
+        blobs = self.blobs
+        entries = self.entries
+        if redactor is not None:
+            from doctor.redaction import redact_recording
+
+            entries, blobs = redact_recording(redactor, self.entries, self.blobs)
+        for key, entry in sorted(entries.items()):
             entry = dict(entry)
             kind = entry["kind"]
             if kind == "file" and "error" not in entry:
@@ -312,7 +328,7 @@ class RecordingSource:
                     }
                     answers.append(entry)
                     continue
-                data, blanked = scrub(entry["path"], self.blobs[key])
+                data, blanked = scrub(entry["path"], blobs[key])
                 if blanked:
                     entry["redacted"] = blanked
                 rel = _file_rel(entry["path"], used_names)
@@ -322,12 +338,12 @@ class RecordingSource:
                 name = _unique(_slug(entry["argv"]), used_names)
                 entry["stdout"] = f"commands/{name}.stdout"
                 entry["stderr"] = f"commands/{name}.stderr"
-                _write(target, entry["stdout"], self.blobs[key])
-                _write(target, entry["stderr"], self.blobs[key + ":stderr"])
+                _write(target, entry["stdout"], blobs[key])
+                _write(target, entry["stderr"], blobs[key + ":stderr"])
             elif kind == "processes" and "error" not in entry:
-                _write(target, "processes.json", self.blobs[key])
+                _write(target, "processes.json", blobs[key])
             elif kind == "netlink" and "error" not in entry:
-                _write(target, entry["data"], self.blobs[key])
+                _write(target, entry["data"], blobs[key])
             elif kind == "libvirt" and "error" not in entry:
                 entry["value"] = _xml_to_files(target, entry, entry.get("value"), used_names)
             answers.append(entry)
@@ -339,6 +355,9 @@ class RecordingSource:
             "source": self.inner.describe(),
             "answers": answers,
         }
+        if redactor is not None:
+            manifest["redacted"] = True
+            manifest["source"] = {**redactor.value(manifest["source"]), "redacted": True}
         _write(target, "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
         if report is not None:
             _write(target, "report.json", (json.dumps(report, indent=1) + "\n").encode())
