@@ -1288,7 +1288,7 @@ def domain_uuid_on_two_hosts(fleet: Fleet) -> Iterator[Finding]:
             "skip",
             f"the report of {name} does not list its guests (made by an older kvmdoctor, or "
             "without the domain checks)",
-            subject=f"host:{name}",
+            subject=f"report:{fleet.report_of(name)}",
         )
     if not shared:
         counted = len(fleet.hosts) - len(unknown)

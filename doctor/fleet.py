@@ -63,7 +63,7 @@ class _FleetFacts(FactContext):
     """Facts for the fleet's checks: the fleet, and every host's guests as `domains`."""
 
     def __init__(self, fleet: Fleet) -> None:
-        super().__init__(NoHost(), RunOptions())  # type: ignore[arg-type]
+        super().__init__(NoHost(), RunOptions())
         self._given = {"fleet": fleet, "domains": fleet.domains()}
 
     def get(self, name: str) -> Any:
@@ -105,9 +105,7 @@ def hosts_of(reports: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[HostRe
         if old is None:
             chosen[name] = new
             continue
-        newer = str(report["run"].get("finished", "")) >= str(
-            old.report["run"].get("finished", "")
-        )
+        newer = str(report["run"].get("finished", "")) >= str(old.report["run"].get("finished", ""))
         kept, dropped = (new, old) if newer else (old, new)
         chosen[name] = kept
         notes.append(
@@ -173,9 +171,7 @@ def _versions(report: dict[str, Any]) -> dict[str, Optional[str]]:
 def fleet_of(hosts: Sequence[HostReport]) -> Fleet:
     return Fleet(
         tuple(
-            FleetHost(
-                h.name, h.file, _versions(h.report), _guests(h.report.get("host") or {})
-            )
+            FleetHost(h.name, h.file, _versions(h.report), _guests(h.report.get("host") or {}))
             for h in hosts
         )
     )
@@ -233,7 +229,7 @@ def _across_hosts(fleet: Fleet, found: list[Finding]) -> list[Finding]:
             "skip",
             f"the report of {name} does not list its guests (made by an older kvmdoctor, or "
             "without the domain checks)",
-            subject=f"host:{name}",
+            subject=f"report:{fleet.report_of(name)}",
             code=found[0].code if found else "",
         )
         for name in unknown
@@ -366,10 +362,8 @@ def merge(
         "summary": {**summary, "ignored": ignored, "checks": len(ordered)},
         "exit_code": 0,
     }
-    level = FAIL_ON_LEVELS[fail_on]  # type: ignore[index]
-    gated = bool(load_errors) or any(
-        gates(out, f) for chk in ordered for f in chk["findings"]
-    )
+    level = FAIL_ON_LEVELS[fail_on]
+    gated = bool(load_errors) or any(gates(out, f) for chk in ordered for f in chk["findings"])
     out["exit_code"] = 1 if gated else 0
     out["fleet"] = {
         "hosts": [_host_row(h, fleet.hosts[i], level) for i, h in enumerate(hosts)],

@@ -67,13 +67,19 @@ def convert(
     Output(output).write(render_as(to, data))
 
 
+ReportsArg = typer.Argument(
+    ..., help="Reports written by `kvmdoctor run -f json`, one per host.", metavar="REPORT..."
+)
+
+
 @report_app.command("merge")
 def merge(
-    reports: list[str] = typer.Argument(
-        ..., help="Reports written by `kvmdoctor run -f json`, one per host.", metavar="REPORT..."
-    ),
+    reports: list[str] = ReportsArg,
     output: Optional[str] = typer.Option(
-        None, "--output", "-o", help="Write the fleet report to FILE instead of stdout.",
+        None,
+        "--output",
+        "-o",
+        help="Write the fleet report to FILE instead of stdout.",
         metavar="FILE",
     ),
     fail_on: str = typer.Option(

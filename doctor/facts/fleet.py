@@ -4,7 +4,8 @@ command provides it; elsewhere the fleet checks (tagged `fleet`) do not run.
 A fleet names each host by its report's hostname. A host's finding keeps its subject with the
 host in front (`host:web-a` for the host itself, `host:web-a/domain:db1` for the rest); a
 finding only the fleet can make names what it is about across hosts (`mac:52:54:00:..`,
-`uuid:...`, `version:libvirt`) and the hosts in its message and evidence.
+`uuid:...`, `version:libvirt`; `report:FILE` for what one host's report lacks) and the hosts
+in its message and evidence.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class HostDomain(Domain):
 class Fleet:
     hosts: tuple[FleetHost, ...]
 
+    def report_of(self, name: str) -> str:
+        """The file a host's report came from."""
+        return next(h.file for h in self.hosts if h.name == name)
+
     def without_guests(self) -> list[str]:
         """Hosts whose reports do not list their guests."""
         return [h.name for h in self.hosts if h.guests is None]
@@ -78,8 +83,14 @@ class Fleet:
                         persistent=guest.persistent,
                         origin=f"report {host.file}",
                         interfaces=tuple(
-                            Interface(type=kind, mac=mac, source={}, target=None, model=None,
-                                      virtualport=None)
+                            Interface(
+                                type=kind,
+                                mac=mac,
+                                source={},
+                                target=None,
+                                model=None,
+                                virtualport=None,
+                            )
                             for mac, kind in guest.interfaces
                         ),
                         host=host.name,
