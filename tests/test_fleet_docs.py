@@ -82,7 +82,9 @@ def ansible_playbook(args: list[str], cwd: Path) -> subprocess.CompletedProcess[
         **os.environ,
         "PWD": str(cwd),
         "PYTHONPATH": str(ROOT),
-        "ANSIBLE_HOME": str(cwd / ".ansible"),
+        "ANSIBLE_HOME": str(cwd / ".ansible"),  # nothing of the run left in ~/.ansible
+        "ANSIBLE_LOCAL_TEMP": str(cwd / ".ansible" / "tmp"),
+        "ANSIBLE_REMOTE_TMP": str(cwd / ".ansible" / "remote"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
     }
