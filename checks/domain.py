@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from doctor.facts.domains import Disk, Domain, Domains, PciDevice
+from doctor.facts.fleet import Fleet
 from doctor.facts.libvirt import QemuConf
 from doctor.facts.sockets import Listeners
 from doctor.model import Finding, Status
@@ -1216,4 +1217,84 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
             f"{vcpus} vCPUs but {problem}: libvirt refuses the domain; on q35 add {EIM_XML}",
             subject=dom.subject,
             evidence=evidence,
+        )
+
+
+# --- DOM020 domain-uuid-on-two-hosts (fleet) ------------------------------------------------
+
+
+@check(
+    "DOM020",
+    "domain-uuid-on-two-hosts",
+    title="One domain UUID is defined on more than one host of a fleet",
+    tags=("domain", "fleet"),
+)
+def domain_uuid_on_two_hosts(fleet: Fleet) -> Iterator[Finding]:
+    """What it checks: across the hosts of a fleet (`kvmdoctor report merge`, from each
+    host's report), every domain UUID that more than one host defines: one finding about
+    `uuid:UUID` naming each host, its domain and whether it runs there. Hosts whose reports
+    do not list their guests are named in a `skip`.
+
+    Why it matters: libvirt identifies a domain by its UUID. A UUID on two hosts is a copied
+    definition (a cloned host, an XML file copied by hand, a migration that was never cleaned
+    up); running on both, two copies of one guest write to the same disks and clash on the
+    network, and libvirt refuses a migration to a host that already has the UUID ("domain
+    'x' already exists with uuid ..."). Management tools that track guests by UUID mix the two.
+
+    How to fix: keep the domain on the host where it belongs: `virsh undefine NAME` (add
+    `--nvram` for UEFI guests) on the other; for a genuine second guest, define the copy
+    without its `<uuid>` line so libvirt generates a new one, and give it new MACs
+    (`virt-clone` does both).
+
+    References: https://libvirt.org/formatdomain.html#general-metadata
+    https://libvirt.org/manpages/virsh.html#undefine
+    """
+    owners: dict[str, list[tuple[str, Any]]] = defaultdict(list)
+    for host in fleet.hosts:
+        for guest in host.guests or ():
+            if guest.uuid:
+                owners[guest.uuid.lower()].append((host.name, guest))
+    shared = 0
+    for uuid, users in owners.items():
+        hosts = list(dict.fromkeys(name for name, _ in users))
+        if len(hosts) < 2:
+            continue
+        shared += 1
+        running = [name for name, guest in users if guest.active]
+        status: Status = "fail" if len(set(running)) > 1 else "warn"
+        listed = ", ".join(
+            f"host:{name}/domain:{guest.name} ({'running' if guest.active else 'defined'})"
+            for name, guest in users
+        )
+        why = (
+            "two copies of one guest run"
+            if status == "fail"
+            else "a copied definition: the second start or a migration clashes"
+        )
+        yield Finding(
+            status,
+            f"UUID {uuid} is defined on {len(hosts)} hosts: {listed}; {why}",
+            subject=f"uuid:{uuid}",
+            evidence={
+                "uuid": uuid,
+                "hosts": hosts,
+                "domains": [f"host:{name}/domain:{guest.name}" for name, guest in users],
+                "running_on": list(dict.fromkeys(running)),
+            },
+        )
+    unknown = fleet.without_guests()
+    for name in unknown:
+        yield Finding(
+            "skip",
+            f"the report of {name} does not list its guests (made by an older kvmdoctor, or "
+            "without the domain checks)",
+            subject=f"report:{fleet.report_of(name)}",
+        )
+    if not shared:
+        counted = len(fleet.hosts) - len(unknown)
+        yield Finding(
+            "pass",
+            f"no domain UUID is defined on two hosts ({counted} hosts' guests compared)",
+            subject="fleet",
+            evidence=fleet.as_dict(),
         )

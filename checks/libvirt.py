@@ -17,6 +17,7 @@ from doctor.facts.daemons import (
     SocketChoice,
     socket_prefix,
 )
+from doctor.facts.fleet import COMPONENTS, Fleet
 from doctor.facts.hostpaths import DiskPaths, Emulators, FirewallTools, PathState, stat_of
 from doctor.facts.libvirt import LibvirtConfFiles, LibvirtUri, QemuConf
 from doctor.model import Finding
@@ -775,4 +776,87 @@ def libvirt_conf_unparseable(libvirt_conf_files: LibvirtConfFiles) -> Iterator[F
     if not libvirt_conf_files.files:
         yield Finding(
             "skip", "no libvirt configuration file to read (none on the host, or none recorded)"
+        )
+
+
+# --- LIB009 version-drift (fleet) -------------------------------------------------------------
+
+
+def _version_key(version: str) -> tuple[tuple[int, object], ...]:
+    """Order versions as people read them: 9.10.0 after 9.9.0, 2022.11-6+deb12u2 after -6."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.findall(r"\d+|[A-Za-z]+", version)
+    )
+
+
+@check(
+    "LIB009",
+    "version-drift",
+    title="Hosts of a fleet run other libvirt, QEMU or firmware versions than the rest",
+    tags=("libvirt", "fleet"),
+)
+def version_drift(fleet: Fleet) -> Iterator[Finding]:
+    """What it checks: across the hosts of a fleet (`kvmdoctor report merge`, from each
+    host's report), the version of the libvirt daemon, of QEMU (as libvirt reports it) and of
+    the UEFI firmware package (OVMF/edk2, from the package's own records): one finding per
+    component about `version:COMPONENT`, naming the hosts that differ from the majority and
+    the majority's version (on a tie, the newest version counts as the majority). Hosts whose
+    report cannot tell are listed, not counted.
+
+    Why it matters: guests migrate only to a host whose QEMU supports their machine type and
+    whose libvirt understands their XML: a live migration from a newer to an older host fails
+    ("unsupported configuration: Emulator ... does not support machine type"), and a fleet
+    upgraded by halves behaves differently from host to host, so a problem seen on one host
+    cannot be reproduced on another. A guest whose NVRAM was made by a newer firmware may not
+    boot under an older one.
+
+    How to fix: upgrade (or pin) the odd hosts to the fleet's version with the distribution's
+    package manager (`apt-get install libvirt-daemon-system qemu-system-x86 ovmf`), restart
+    libvirtd, and re-run `kvmdoctor run` on them before moving guests.
+
+    References: https://libvirt.org/migration.html
+    https://www.qemu.org/docs/master/devel/migration/compatibility.html
+    """
+    for component, label in COMPONENTS:
+        versions = {h.name: h.versions.get(component) for h in fleet.hosts}
+        known = {name: v for name, v in versions.items() if v}
+        unknown = [name for name, v in versions.items() if not v]
+        evidence: dict[str, object] = {
+            "component": component,
+            "versions": known,
+            "unknown": unknown,
+        }
+        subject = f"version:{component}"
+        if not known:
+            yield Finding(
+                "skip",
+                f"no host's report gives its {label} version",
+                subject=subject,
+                evidence=evidence,
+            )
+            continue
+        counts: dict[str, int] = {}
+        for version in known.values():
+            counts[version] = counts.get(version, 0) + 1
+        majority = max(counts, key=lambda v: (counts[v], _version_key(v)))
+        evidence["majority"] = majority
+        odd = {name: v for name, v in known.items() if v != majority}
+        note = f"; not known for {', '.join(unknown)}" if unknown else ""
+        if not odd:
+            yield Finding(
+                "pass",
+                f"{label} {majority} on all {len(known)} hosts that tell{note}",
+                subject=subject,
+                evidence=evidence,
+            )
+            continue
+        evidence["odd_hosts"] = sorted(odd)
+        listed = ", ".join(f"{name} runs {v}" for name, v in sorted(odd.items()))
+        yield Finding(
+            "warn",
+            f"{label}: {listed}; the others run {majority} "
+            f"({counts[majority]} of {len(known)} hosts){note}",
+            subject=subject,
+            evidence=evidence,
         )

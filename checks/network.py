@@ -1207,7 +1207,7 @@ def _shared_mac(mac: str, users: list[tuple[Domain, int]]) -> Finding:
     run (or all are in one domain, which cannot start), warns when a defined clone would clash
     on its start; the guest to change is a defined one if there is one."""
     running = [d for d, _ in users if d.active]
-    same_domain = len({d.name for d, _ in users}) == 1
+    same_domain = len({d.subject for d, _ in users}) == 1  # the subject names the host in a fleet
     status: Status = "fail" if len(running) > 1 or same_domain else "warn"
     names = [
         f"{d.subject} interface {n} ({'running' if d.active else 'defined'})" for d, n in users

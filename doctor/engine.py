@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, RunOptions
 from doctor.model import Finding, Ignore, Status, worst
-from doctor.registry import ON_REQUEST_TAG, CheckSpec, LoadError, Registry
+from doctor.registry import ON_REQUEST_TAGS, CheckSpec, LoadError, Registry
 from doctor.sources.base import Source
 
 
@@ -57,10 +57,11 @@ def matches(spec: CheckSpec, token: str) -> bool:
 
 def select(registry: Registry, select: Sequence[str] = ()) -> list[CheckSpec]:
     """The checks to run: those matching a code, code prefix or name; by default all but the
-    probe's (tagged `probe`), whose fact only `kvmdoctor probe` provides."""
+    probe's (tagged `probe`), whose fact only `kvmdoctor probe` provides, and the fleet's
+    (tagged `fleet`), whose fact only `kvmdoctor report merge` provides."""
     specs = list(registry)
     if not select:
-        return [s for s in specs if ON_REQUEST_TAG not in s.tags]
+        return [s for s in specs if not ON_REQUEST_TAGS & set(s.tags)]
     unknown = [t for t in select if not any(matches(s, t) for s in specs)]
     if unknown:
         raise SelectionError(f"--select: no check matches {', '.join(map(repr, unknown))}")

@@ -25,9 +25,14 @@ BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware", "network", "logs", "domain
 CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
-TAGS = frozenset({"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs", "probe"})
+TAGS = frozenset(
+    {"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs", "probe", "fleet"}
+)
 # Checks with this tag judge what only `kvmdoctor probe` provides: selected by name only.
 ON_REQUEST_TAG = "probe"
+# Checks with one of these tags judge what only one command provides (`kvmdoctor probe`: the
+# guest's path; `kvmdoctor report merge`: many hosts' reports): selected by name only.
+ON_REQUEST_TAGS = frozenset({ON_REQUEST_TAG, "fleet"})
 DEFAULT_TIMEOUT = 10.0
 _ATTR = "__kvmdoctor_check__"
 

@@ -54,18 +54,59 @@ def _fact(result: RunResult, name: str) -> Any:
         return None
 
 
+def _version(number: Any) -> Optional[str]:
+    """libvirt's encoding of a version (major * 1,000,000 + minor * 1,000 + micro) as text."""
+    if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+        return None
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def _inventory(result: RunResult) -> dict[str, Any]:
+    """What a fleet compares across hosts (`kvmdoctor report merge`), from the facts the
+    checks already computed (nothing more is asked of the host): the versions of libvirt,
+    QEMU and the UEFI firmware package, and the guests with their UUIDs and MACs. A value
+    the run did not look at is null."""
+    conn = result.facts.known("libvirt_conn")
+    info = (conn.info or {}) if conn is not None and conn.ok else {}
+    firmware = result.facts.known("firmware")
+    package = firmware.package if firmware is not None else None
+    domains = result.facts.known("domains")
+    guests = None
+    if domains is not None:
+        guests = [
+            {
+                "name": dom.name,
+                "uuid": dom.uuid,
+                "active": dom.active,
+                "persistent": dom.persistent,
+                "interfaces": [{"mac": iface.mac, "type": iface.type} for iface in dom.interfaces],
+            }
+            for dom in domains.items
+        ]
+    return {
+        "libvirt_version": _version(info.get("daemon_version")),
+        "qemu_version": (
+            _version(info.get("hypervisor_version")) if info.get("hypervisor") == "QEMU" else None
+        ),
+        "firmware_version": package.version if package is not None else None,
+        "guests": guests,
+    }
+
+
 def _host(result: RunResult) -> dict[str, Any]:
     host = _fact(result, "host")
     virt = _fact(result, "virt")
     uri = _fact(result, "uri")
+    inventory = _inventory(result)
     return {
         "hostname": host.hostname if host else None,
         "kernel": host.kernel if host else None,
         "os": host.os if host else None,
         "arch": host.arch if host else None,
         "hypervisor": (virt.name if virt and virt.hypervisor else None),
-        "libvirt_version": None,
+        "libvirt_version": inventory.pop("libvirt_version"),
         "uri": uri.uri if uri else None,
+        **inventory,
     }
 
 

@@ -779,6 +779,30 @@ FINDING_CASES: dict[str, Sequence[Finding]] = {
             domain="web2",
         )
     ],
+    # Fleet findings (kvmdoctor report merge; tests/cli/test_report_merge.py has real ones).
+    "domain-uuid-on-two-hosts": [
+        shaped(
+            "DOM020",
+            "warn",
+            "UUID aab19d0c-0e7e-461b-bcae-d1b8ce3e671a is defined on 2 hosts: "
+            "host:kvm1/domain:web1 (running), host:kvm2/domain:web1 (defined); a copied "
+            "definition: the second start or a migration clashes",
+            "uuid:aab19d0c-0e7e-461b-bcae-d1b8ce3e671a",
+            uuid="aab19d0c-0e7e-461b-bcae-d1b8ce3e671a",
+            hosts=["kvm1", "kvm2"],
+        )
+    ],
+    "version-drift": [
+        shaped(
+            "LIB009",
+            "warn",
+            "libvirt: kvm3 runs 8.0.0; the others run 9.0.0 (2 of 3 hosts)",
+            "version:libvirt",
+            component="libvirt",
+            majority="9.0.0",
+            odd_hosts=["kvm3"],
+        )
+    ],
     "libvirt-conf-syntax-error": [
         shaped(
             "LIB008",

@@ -22,7 +22,8 @@ CONVERT_FORMATS = ("junit", "sarif", "prometheus", "markdown", "html", "json", "
 
 report_app = typer.Typer(
     name="report",
-    help="Show a saved report, or convert it to JUnit, SARIF, Prometheus, Markdown or HTML.",
+    help="Show a saved report, convert it to JUnit, SARIF, Prometheus, Markdown or HTML, or "
+    "merge many hosts' reports into one fleet report.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -91,6 +92,58 @@ def _redacted(data: dict[str, Any], redactor: Any) -> dict[str, Any]:
     redactor.learn_report(data)
     redacted: dict[str, Any] = redactor.report(data)
     return redacted
+
+
+ReportsArg = typer.Argument(
+    ..., help="Reports written by `kvmdoctor run -f json`, one per host.", metavar="REPORT..."
+)
+
+
+@report_app.command("merge")
+def merge(
+    reports: list[str] = ReportsArg,
+    output: Optional[str] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Write the fleet report to FILE instead of stdout.",
+        metavar="FILE",
+    ),
+    fail_on: str = typer.Option(
+        "fail",
+        "--fail-on",
+        help="Exit 1 when a finding on any host, or across hosts, is at or above this level: "
+        "info, warn or fail.",
+        metavar="LEVEL",
+    ),
+) -> None:
+    """Merge many hosts' JSON reports into one fleet report (JSON), with what no single host
+    can see: a guest MAC on two hosts (NET010), a domain UUID on two hosts (DOM020), hosts
+    whose libvirt, QEMU or firmware versions differ from the rest (LIB009).
+
+    A host given twice keeps its newest report (said on stderr). `report show` and
+    `report convert` read the fleet report like any report. Exit codes as `run`: 0 nothing
+    at or above --fail-on on any host, 1 something is, 2 usage error.
+    """
+    import sys
+
+    from doctor.fleet import FleetError
+    from doctor.fleet import merge as merge_reports
+    from doctor.render import render_as
+
+    if fail_on not in ("info", "warn", "fail"):
+        raise UsageError(f"--fail-on must be one of info, warn, fail, not {fail_on!r}")
+    loaded = [(path, _load(path)) for path in reports]
+    try:
+        fleet, notes = merge_reports(
+            loaded, fail_on=fail_on, argv=["kvmdoctor", "report", "merge", *reports]
+        )
+    except FleetError as exc:
+        raise UsageError(str(exc)) from None
+    for note in notes:
+        sys.stderr.write(f"kvmdoctor: {note}\n")
+    Output(output).write(render_as("json", fleet))
+    raise typer.Exit(fleet["exit_code"])
 
 
 _FINDING_KEYS = ("code", "status", "subject", "message")

@@ -57,6 +57,7 @@ _MODULES = (
     "networks",
     "logs",
     "probe",
+    "fleet",
 )
 _loaded = False
 
@@ -121,3 +122,8 @@ class FactContext:
             return self.get(name)
         except FactUnavailable:
             return None
+
+    def known(self, name: str) -> Any:
+        """The fact if the run has already computed it, else None: asks the source nothing
+        (the report's inventory takes only what the checks looked at)."""
+        return self._values.get(name)

@@ -483,6 +483,10 @@ class PackageHint:
     name: Optional[str]  # the package that carries UEFI for the host's architecture
     installed: Optional[bool]  # from dpkg's or pacman's database; None: not known
     evidence: Optional[str] = None  # the file that said so
+    # The installed package's version: the head of its Debian changelog, or pacman's entry
+    # name; None when not known (RPM and SUSE hosts keep it in a database kvmdoctor does not
+    # read). The fleet compares it across hosts (`kvmdoctor report merge`, LIB009).
+    version: Optional[str] = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -650,6 +654,31 @@ def _loose_files(ctx: FactContext, arch: Optional[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+# The first line of a Debian changelog: "edk2 (2022.11-6+deb12u2) bookworm; urgency=medium".
+_CHANGELOG_HEAD = re.compile(r"^\S+ \(([^()\s]+)\)")
+
+
+def debian_changelog_version(data: bytes) -> Optional[str]:
+    """The version at the head of a gzipped Debian changelog (only its start is needed)."""
+    import zlib
+
+    try:
+        text = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 4096)
+    except zlib.error:
+        return None
+    match = _CHANGELOG_HEAD.match(text.decode("utf-8", "replace"))
+    return match.group(1) if match else None
+
+
+def _debian_version(source: Source, name: str) -> Optional[str]:
+    """The installed version of a Debian package, from the changelog it ships."""
+    try:
+        data = source.read_file(f"/usr/share/doc/{name}/changelog.Debian.gz", max_bytes=65536)
+    except SourceError:
+        return None
+    return debian_changelog_version(data)
+
+
 def _package(ctx: FactContext, fam: Optional[str], arch: Optional[str]) -> PackageHint:
     name = PACKAGES.get(fam or "", {}).get(arch or "")
     if name is None:
@@ -658,7 +687,7 @@ def _package(ctx: FactContext, fam: Optional[str], arch: Optional[str]) -> Packa
         for path in (f"/var/lib/dpkg/info/{name}.list", f"/var/lib/dpkg/info/{name}:all.list"):
             state = file_state(ctx.source, path)
             if state.exists:
-                return PackageHint(fam, name, True, path)
+                return PackageHint(fam, name, True, path, _debian_version(ctx.source, name))
         exists = file_state(ctx.source, "/var/lib/dpkg/status").exists
         return PackageHint(fam, name, False if exists else None, "/var/lib/dpkg/info")
     if fam == "arch":
@@ -669,7 +698,11 @@ def _package(ctx: FactContext, fam: Optional[str], arch: Optional[str]) -> Packa
         pattern = re.compile(rf"^{re.escape(name)}-\d")
         hit = next((n for n in names if pattern.match(n)), None)
         return PackageHint(
-            fam, name, hit is not None, f"/var/lib/pacman/local/{hit or name + '-*'}"
+            fam,
+            name,
+            hit is not None,
+            f"/var/lib/pacman/local/{hit or name + '-*'}",
+            hit[len(name) + 1 :] if hit else None,
         )
     return PackageHint(fam, name, None)
 

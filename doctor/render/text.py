@@ -76,7 +76,11 @@ def render(
     )
     print_ = console.print
 
-    if not quiet:
+    from doctor.render import fleet
+
+    if not quiet and fleet.is_fleet(report):
+        fleet.header(console, report, verbose=verbose)
+    elif not quiet:
         host = report["host"]
         source = report["run"]["source"]
         parts = [f"kvmdoctor {report['tool']['version']}"]
