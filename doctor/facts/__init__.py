@@ -121,3 +121,8 @@ class FactContext:
             return self.get(name)
         except FactUnavailable:
             return None
+
+    def computed(self, name: str) -> Any:
+        """The fact if this run has already computed it, else None: for views of what the
+        checks looked at (the report's network drawing) that must not ask anything new."""
+        return self._values.get(name)
