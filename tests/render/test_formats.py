@@ -720,3 +720,72 @@ def test_bad_input_to_report_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, result.stderr)
+
+
+# --- HTML: the drawings of the network ---------------------------------------------------------
+
+
+def classes_of(page: Page, svg_id: str) -> list[str]:
+    """The classes of the nodes drawn in the page's SVG `svg_id`, in order."""
+    inside, found = False, []
+    for tag, attrs in page.tags:
+        if tag == "svg":
+            inside = attrs.get("id") == svg_id
+        elif inside and tag == "g":
+            found.append(attrs.get("class", ""))
+    return found
+
+
+def test_html_draws_guests_taps_and_bridges_with_hostile_names_as_text() -> None:
+    data = json.loads((ROOT / "sample_reports" / "duplicate-mac.json").read_text())
+    network = data["host"]["network"]
+    evil = "<script>alert(1)</script>\x1b[2J"
+    network["guests"][0]["name"] = f"kd{evil}"
+    network["links"].append(
+        {"name": f"br{evil}", "kind": "bridge", "master": None, "lower": None,
+         "operstate": "up", "mac": None, "port_state": None}
+    )  # fmt: skip
+    text = render_as("html", data)
+    page = Page(text)
+    nodes = classes_of(page, "network-drawing")
+    assert sum("guest" in c.split() for c in nodes) == 2
+    assert sum("bridge" in c.split() for c in nodes) == 2  # kdbr0 and the hostile one
+    assert "script" not in {t for t, _ in page.tags} and "\x1b" not in text
+    assert "kd<script>alert(1)</script>\\x1b[2J" in page.all_text()
+    # each guest is joined to its tap: one path per NIC, one per port to its bridge
+    svg = text[text.index('id="network-drawing"') :]
+    assert svg[: svg.index("</svg>")].count("<path ") == 4
+
+
+def test_html_links_a_drawn_node_to_its_finding() -> None:
+    data = json.loads((ROOT / "sample_reports" / "probe-ip-forward-off.json").read_text())
+    page = Page(render_as("html", data))
+    ids = {a["id"] for _, a in page.tags if "id" in a}
+    assert "probe-stop" in ids and "probe-drawing" in ids
+    links = [a["href"][1:] for t, a in page.tags if t == "a" and a.get("href", "").startswith("#")]
+    assert any(link.startswith("finding-") for link in links)
+    assert set(links) <= ids
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("name", "svg_id", "kinds"),
+    [
+        ("healthy", "network-drawing", {"guest", "bridge", "link"}),
+        ("duplicate-mac", "network-drawing", {"guest", "bridge", "link"}),
+        ("probe-ip-forward-off", "probe-drawing", {"guest", "hop", "seen", "missing", "stop"}),
+    ],
+)
+def test_html_drawing_opens_in_chromium_with_its_nodes_and_working_links(
+    name: str, svg_id: str, kinds: set[str], tmp_path: Path
+) -> None:
+    page_file = tmp_path / f"{name}.html"
+    page_file.write_text((ROOT / "sample_reports" / f"{name}.html").read_text(), encoding="utf-8")
+    dom, console = chromium_dom(page_file, tmp_path)
+    assert console == [], console
+    parsed = Page(dom)
+    drawn = {word for c in classes_of(parsed, svg_id) for word in c.split()}
+    assert kinds <= drawn, drawn
+    ids = {a["id"] for _, a in parsed.tags if "id" in a}
+    inner = {a["href"][1:] for _, a in parsed.tags if a.get("href", "").startswith("#")}
+    assert "network" in inner and inner <= ids, inner - ids
