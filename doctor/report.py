@@ -107,6 +107,52 @@ def _host(result: RunResult) -> dict[str, Any]:
         "libvirt_version": inventory.pop("libvirt_version"),
         "uri": uri.uri if uri else None,
         **inventory,
+        "network": _network(result),
+    }
+
+
+# The drawing's inputs are kept small: a host with more is drawn in part and says so.
+NETWORK_LIMIT = 200
+
+
+def _network(result: RunResult) -> Optional[dict[str, Any]]:
+    """The host's virtual network as the checks saw it (links, libvirt networks, guests and
+    their NICs), for views that draw it; None when no check looked at the links. Only facts
+    the run already computed are read: drawing never asks the host anything."""
+    links = result.facts.known("links")
+    if links is None:
+        return None
+    keep = ("name", "kind", "master", "lower", "operstate", "mac")
+    items = [
+        {
+            **{k: getattr(link, k) for k in keep},
+            "port_state": link.port.state if link.port is not None else None,
+        }
+        for link in links.items[:NETWORK_LIMIT]
+    ]
+    networks = result.facts.known("networks")
+    domains = result.facts.known("domains")
+    return {
+        "origin": links.origin,
+        "truncated": len(links.items) > NETWORK_LIMIT,
+        "links": items,
+        "networks": [
+            {"name": n.name, "forward": n.forward_mode, "bridge": n.bridge, "active": n.active}
+            for n in (networks.items if networks is not None else ())[:NETWORK_LIMIT]
+        ],
+        "guests": [
+            {
+                "name": d.name,
+                "active": d.active,
+                "nics": [
+                    {"type": i.type, "mac": i.mac, "source": dict(i.source), "target": i.target}
+                    for i in d.interfaces
+                ],
+            }
+            for d in (domains.items if domains is not None and domains.local else ())[
+                :NETWORK_LIMIT
+            ]
+        ],
     }
 
 

@@ -102,7 +102,8 @@ def test_every_kvmdoctor_command_in_docs_ci_runs_as_documented(
             ran += 1
     # the gate, the config, every format and both CI systems are in there
     assert ran >= 15, ran
-    for needle in ("--fail-on", "--to junit", "--to sarif", "reports:", "upload-artifact"):
+    for needle in ("--fail-on", "--to junit", "--to sarif", "reports:", "upload-artifact",
+                   "upload-sarif", "sarif_file: kvmdoctor.sarif", "junit: kvmdoctor.xml"):  # fmt: skip
         assert needle in DOC.read_text()
 
 

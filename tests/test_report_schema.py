@@ -42,7 +42,7 @@ TOOL_KEYS = {"name", "version"}
 HOST_KEYS = {"hostname", "kernel", "os", "arch", "hypervisor", "libvirt_version", "uri"}
 # Written by every run since the fleet view compares them; optional, so that reports made
 # before still validate (a fleet report's host section is all null and has none of them).
-HOST_OPTIONAL_KEYS = {"qemu_version", "firmware_version", "guests"}
+HOST_OPTIONAL_KEYS = {"qemu_version", "firmware_version", "guests", "network"}
 # Only in a fleet report (`kvmdoctor report merge`, tests/cli/test_report_merge.py).
 TOP_LEVEL_OPTIONAL_KEYS = {"fleet"}
 RUN_KEYS = {

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from doctor.cli.common import INVOCATION, ConnectTimeoutOpt, Output, UriOpt, UsageError, use_color
+from doctor.render import FORMATS
 
-FORMATS = ("text", "json")
 PROTOS = ("icmp", "arp", "udp", "tcp")
 MAX_COUNT = 100
 
@@ -69,7 +69,13 @@ def probe(
     static: bool = typer.Option(False, "--static", help="Predictions only: send nothing."),
     uri: Optional[str] = UriOpt,
     connect_timeout: float = ConnectTimeoutOpt,
-    format: str = typer.Option("text", "--format", "-f", help="text or json.", metavar="FORMAT"),
+    format: str = typer.Option(
+        "text",
+        "--format",
+        "-f",
+        help=f"One of {', '.join(FORMATS)} (text: the path as rows of hops).",
+        metavar="FORMAT",
+    ),
     output: Optional[str] = typer.Option(
         None, "--output", "-o", help="Write the report to FILE instead of stdout.", metavar="FILE"
     ),
@@ -130,12 +136,12 @@ def probe(
     except session.ProbeError as exc:
         raise UsageError(str(exc)) from None
     out = Output(output)
-    if format == "json":
-        from doctor.render.json import render as render_json
-
-        out.write(render_json(report))
-    else:
+    if format == "text":
         out.write(view(use_color(out, no_color)))
+    else:
+        from doctor.render import render_as
+
+        out.write(render_as(format, report))
     if request.not_sent:
         sys.stderr.write(
             f"kvmdoctor: {request.not_sent}: only the static part ran (PRB001); run as root "

@@ -10,6 +10,8 @@ import json
 import re
 from typing import Any
 
+from doctor.render.netdraw import STYLE as NET_STYLE
+from doctor.render.netdraw import host_drawing, probe_drawing
 from doctor.render.views import findings, fix_steps
 from doctor.textsafe import escape_controls
 
@@ -55,11 +57,11 @@ def render(report: dict[str, Any]) -> str:
         # The page may load nothing, run nothing: a reader's browser enforces it.
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         f"<title>kvmdoctor report: {esc(name)}</title>",
-        f"<style>{STYLE}</style></head><body>",
+        f"<style>{STYLE}{NET_STYLE}</style></head><body>",
         f"<h1>kvmdoctor report: {esc(name)}</h1>",
         '<nav><a href="#summary">Summary</a> · <a href="#diagnoses">Diagnoses</a> · '
-        '<a href="#findings">Findings</a> · <a href="#ignored">Ignored</a> · '
-        '<a href="#passed">Passed and skipped</a></nav>',
+        '<a href="#network">Network</a> · <a href="#findings">Findings</a> · '
+        '<a href="#ignored">Ignored</a> · <a href="#passed">Passed and skipped</a></nav>',
         '<table class="facts">',
     ]
     facts = [
@@ -99,11 +101,15 @@ def render(report: dict[str, Any]) -> str:
     rows = list(findings(report))
     problems = [(c, f) for c, f in rows if f["status"] in _ORDER and not f.get("ignored")]
     problems.sort(key=lambda row: _ORDER.index(row[1]["status"]))
+    anchors: dict[str, str] = {}
+    for n, (_, finding) in enumerate(problems):
+        anchors.setdefault(finding["subject"], f"finding-{n}")
+    out += _network(report, anchors)
     out.append('<h2 id="findings">Findings</h2>')
     if not problems:
         out.append("<p>No problem found.</p>")
-    for chk, finding in problems:
-        out += _finding(chk, finding, open_evidence=True)
+    for n, (chk, finding) in enumerate(problems):
+        out += _finding(chk, finding, open_evidence=True, anchor=f"finding-{n}")
     for error in report.get("load_errors", []):
         out.append(
             f"<p>{badge('error')} plugin {esc(error['origin'])}: {esc(error['message'])}</p>"
@@ -176,10 +182,33 @@ def _diagnosis(
     return out
 
 
-def _finding(chk: dict[str, Any], finding: dict[str, Any], *, open_evidence: bool) -> list[str]:
+def _network(report: dict[str, Any], anchors: dict[str, str]) -> list[str]:
+    """The drawings of the host's virtual network and of a probe's path, from the report."""
+    out = ['<h2 id="network">Network</h2>']
+    probe = probe_drawing(report, esc, anchors)
+    host = host_drawing(report, esc, anchors)
+    if probe:
+        out += ["<p>The probe's path; a red cross marks where the traffic stopped.</p>", probe]
+    if host:
+        network = report["host"]["network"]
+        more = " (more links than drawn)" if network.get("truncated") else ""
+        out += [
+            f"<p>The host's virtual network as the checks saw it ({esc(network['origin'])})"
+            f"{more}; a node with a problem links to it.</p>",
+            host,
+        ]
+    if not probe and not host:
+        out.append("<p>This report holds no network to draw (no check read the links).</p>")
+    return out
+
+
+def _finding(
+    chk: dict[str, Any], finding: dict[str, Any], *, open_evidence: bool, anchor: str = ""
+) -> list[str]:
     subject = "" if finding["subject"] == "host" else f" — {esc(finding['subject'])}"
+    ident = f' id="{anchor}"' if anchor else ""
     out = [
-        f"<p>{badge(finding['status'])} <code>{esc(chk['code'])}</code> {esc(chk['name'])}"
+        f"<p{ident}>{badge(finding['status'])} <code>{esc(chk['code'])}</code> {esc(chk['name'])}"
         f"{subject}<br>{esc(finding['message'])}</p>"
     ]
     if finding.get("evidence"):

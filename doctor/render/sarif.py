@@ -3,9 +3,12 @@
 One rule per check code (reportingDescriptor), its help the check's own documentation (the
 docstring sections `kvmdoctor checks CODE` prints); one result per finding that is a problem
 (fail/error -> error, warn -> warning, info -> note; passes and skips are not results; ignored
-findings are results with a suppression that gives the reason). A finding about a file on the
-host (file:, cert:, log: subjects) has a physical location (the file, and its line when the
-evidence names one); every result names its subject as a logical location.
+findings are results with a suppression that gives the reason). Every result has a physical
+location, as GitHub code scanning requires (see `_artifact`): the file a finding is about
+(file:, cert:, log: subjects, or a file and line in its evidence) at its line, else the path
+of its subject on the host, else kvmdoctor-subjects/KIND/NAME; and names its subject as a
+logical location. A location whose line is not known starts at line 1 and says so
+(properties.lineKnown false). partialFingerprints keep a finding's alerts together across runs.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def render(report: dict[str, Any], docs: Mapping[str, Mapping[str, str]]) -> str
             rules.append(_rule(chk["code"], chk, docs.get(chk["code"])))
 
     results = []
+    report_uri = report.get("host", {}).get("uri")
     for chk, finding in findings(report):
         level = LEVEL.get(finding["status"])
         if level is None:
@@ -97,7 +101,7 @@ def render(report: dict[str, Any], docs: Mapping[str, Mapping[str, str]]) -> str
             "level": level,
             "kind": "fail",
             "message": {"text": _clean(_message(report, chk, finding))},
-            "locations": [_location(subject, finding.get("evidence"))],
+            "locations": [_location(subject, finding.get("evidence"), report_uri)],
             "partialFingerprints": {
                 "kvmdoctorFinding/v1": hashlib.sha256(
                     f"{chk['code']}\0{subject}".encode("utf-8", "surrogatepass")
@@ -146,22 +150,57 @@ def render(report: dict[str, Any], docs: Mapping[str, Mapping[str, str]]) -> str
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-def _location(subject: str, evidence: Any) -> dict[str, Any]:
-    location: dict[str, Any] = {
-        "logicalLocations": [{"fullyQualifiedName": _clean(subject), "kind": "object"}]
-    }
+# Subjects that are things on the host with a path of their own ("device:/dev/kvm").
+_PATH_SUBJECT = re.compile(r"^(?:device|socket|emulator|dir|path):(/[^#]*)$")
+_PROCESS = re.compile(r"^process:.*\[(\d+)\]$")
+SUBJECTS = "kvmdoctor-subjects"  # where subjects that are no file are placed, e.g. "user:alice"
+
+
+def _artifact(subject: str, evidence: Any, uri: Optional[str]) -> tuple[dict[str, Any], int, bool]:
+    """(artifactLocation, start line, whether the line is known) for a finding. Files and
+    things with a path are placed under HOSTROOT (a relative path from the evidence, such as a
+    file `kvmdoctor lint` read, stays relative: to where it ran); domains and networks at the
+    definition files of the system daemon; interfaces under /sys/class/net; processes under
+    /proc. A subject that is none of these (the host, a user, a MAC) is placed at
+    kvmdoctor-subjects/KIND/NAME, so that every result has the physical location GitHub code
+    scanning requires. Without a known line the region is the file's first line."""
     where = file_location(subject, evidence)
+    line: Optional[int] = None
+    kind, _, name = subject.partition(":")
+    system = uri is None or uri.startswith("qemu:///system")
     if where is not None:
         path, line = where
-        physical: dict[str, Any] = {
-            "artifactLocation": {
-                "uri": quote(path.lstrip("/"), safe="/-._~"),
-                "uriBaseId": "HOSTROOT",
-            }
-        }
-        if line is not None:
-            physical["region"] = {"startLine": line}
-        location["physicalLocation"] = physical
+    elif _PATH_SUBJECT.match(subject):
+        path = _PATH_SUBJECT.match(subject).group(1)  # type: ignore[union-attr]
+    elif kind == "domain" and name and system and "/" not in name:
+        path = f"/etc/libvirt/qemu/{name}.xml"
+    elif kind == "network" and name and system and "/" not in name:
+        path = f"/etc/libvirt/qemu/networks/{name}.xml"
+    elif kind == "iface" and name and "/" not in name:
+        path = f"/sys/class/net/{name}"
+    elif _PROCESS.match(subject):
+        path = f"/proc/{_PROCESS.match(subject).group(1)}"  # type: ignore[union-attr]
+    else:
+        parts = [kind or "host", *([name] if name else [])]
+        return (
+            {"uri": "/".join([SUBJECTS, *(quote(_clean(p), safe="") for p in parts)])},
+            1,
+            False,
+        )
+    artifact: dict[str, Any] = {"uri": quote(_clean(path).lstrip("/"), safe="/-._~")}
+    if path.startswith("/"):
+        artifact["uriBaseId"] = "HOSTROOT"
+    return artifact, line or 1, line is not None
+
+
+def _location(subject: str, evidence: Any, uri: Optional[str]) -> dict[str, Any]:
+    artifact, line, known = _artifact(subject, evidence, uri)
+    location: dict[str, Any] = {
+        "physicalLocation": {"artifactLocation": artifact, "region": {"startLine": line}},
+        "logicalLocations": [{"fullyQualifiedName": _clean(subject), "kind": "object"}],
+    }
+    if not known:
+        location["properties"] = {"lineKnown": False}
     return location
 
 

@@ -56,10 +56,19 @@ def fix_steps(report: dict[str, Any], diag: dict[str, Any]) -> list[dict[str, An
 
 
 def file_location(subject: str, evidence: Any) -> Optional[tuple[str, Optional[int]]]:
-    """(absolute path, line or None) when the subject is a file on the host; the line from the
+    """(path, line or None) when the finding is about a file: a subject naming a file on the
+    host (absolute path), else evidence naming one (`file` or `path`: a checked file such as
+    one `kvmdoctor lint` reads, absolute or relative to where it ran). The line from the
     evidence (`line` as a number, or "line N" in its `error`)."""
     match = _FILE_SUBJECT.match(subject)
-    if not match:
+    if match:
+        path = match.group(1)
+    elif isinstance(evidence, dict) and "line" in evidence:
+        named = evidence.get("file", evidence.get("path"))
+        if not isinstance(named, str) or not named.strip() or "\0" in named:
+            return None
+        path = named
+    else:
         return None
     line: Optional[int] = None
     if isinstance(evidence, dict):
@@ -70,7 +79,7 @@ def file_location(subject: str, evidence: Any) -> Optional[tuple[str, Optional[i
             found = _LINE_IN_ERROR.search(evidence["error"])
             if found and int(found.group(1)) > 0:
                 line = int(found.group(1))
-    return match.group(1), line
+    return path, line
 
 
 def epoch(stamp: Optional[str]) -> Optional[float]:

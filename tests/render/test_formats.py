@@ -193,15 +193,19 @@ def test_sarif_locates_a_file_finding_at_its_line_and_suppresses_ignores(
     assert physical["region"] == {"startLine": 2}  # where BROKEN_CONF goes wrong
     assert run["originalUriBaseIds"]["HOSTROOT"]["uri"] == "file:///"
     (vhost,) = [r for r in run["results"] if r["properties"]["subject"] == "device:/dev/vhost-net"]
-    assert "physicalLocation" not in vhost["locations"][0]
+    assert vhost["locations"][0]["physicalLocation"] == {
+        "artifactLocation": {"uri": "dev/vhost-net", "uriBaseId": "HOSTROOT"},
+        "region": {"startLine": 1},
+    }
+    assert vhost["locations"][0]["properties"] == {"lineKnown": False}
     assert vhost["suppressions"][0]["justification"].startswith("CI runners use user-mode")
 
 
-def multitool_findings(paths: list[Path], out: Path) -> list[dict[str, Any]]:
+def multitool_findings(paths: list[Path], out: Path, *extra: str) -> list[dict[str, Any]]:
     """What `sarif-multitool validate` says about the files: its own SARIF log's results."""
     require(MULTITOOL.exists(), "the SARIF Multitool (scripts/setup.sh --lab installs it)")
     proc = subprocess.run(
-        [str(MULTITOOL), "validate", *map(str, paths), "--output", str(out)],
+        [str(MULTITOOL), "validate", *map(str, paths), "--output", str(out), *extra],
         capture_output=True,
         text=True,
         timeout=300,
@@ -229,6 +233,117 @@ def test_sarif_is_valid_for_the_sarif_multitool(
         "SARIF2005"
     ] * len(paths)
     assert {r["ruleId"] for r in results} <= {"SARIF2005", "SARIF2017"}, results
+
+
+@pytest.mark.integration
+def test_sarif_passes_the_multitools_github_ingestion_rules(
+    gated_report: dict[str, Any], tmp_path: Path
+) -> None:
+    """The Multitool's GitHub rules (GH1001: every location gives an artifact URI, ...) find
+    nothing; the same rules do fail a log whose results have no location."""
+    paths = []
+    for n, report in enumerate([*reports(gated_report), hostile(gated_report)]):
+        path = tmp_path / f"report-{n}.sarif"
+        path.write_text(render_as("sarif", report), encoding="utf-8")
+        paths.append(path)
+    results = multitool_findings(paths, tmp_path / "gh.sarif", "--rule-kind", "Gh")
+    assert [r for r in results if r["ruleId"].startswith("GH")] == []
+    bare = json.loads(paths[0].read_text())
+    for result in bare["runs"][0]["results"]:
+        del result["locations"]
+    paths[0].write_text(json.dumps(bare))
+    results = multitool_findings(paths[:1], tmp_path / "gh-bare.sarif", "--rule-kind", "Gh")
+    assert any(r["ruleId"].startswith("GH") and r.get("level") == "error" for r in results)
+
+
+def github_problems(document: dict[str, Any]) -> list[str]:
+    """What GitHub code scanning's upload documents (docs.github.com, "SARIF support for code
+    scanning") that a schema cannot say: at most 20 runs, 25,000 results and rules a run, 10
+    locations a result; every result a ruleId of a rule, message.text, and at least one
+    location with physicalLocation.artifactLocation.uri (relative, or file://) and
+    region.startLine >= 1; fingerprints so alerts are followed across runs."""
+    from urllib.parse import urlsplit
+
+    problems = []
+    runs = document["runs"]
+    if len(runs) > 20:
+        problems.append("more than 20 runs")
+    for run in runs:
+        rules = run["tool"]["driver"].get("rules", [])
+        ids = [r["id"] for r in rules]
+        if len(ids) != len(set(ids)) or len(ids) > 25000:
+            problems.append("rule ids repeat or are too many")
+        if len(run["results"]) > 25000:
+            problems.append("more than 25,000 results")
+        for n, result in enumerate(run["results"]):
+            where = f"result {n}"
+            if result.get("ruleId") not in ids:
+                problems.append(f"{where}: ruleId {result.get('ruleId')!r} names no rule")
+            if not result.get("message", {}).get("text"):
+                problems.append(f"{where}: no message.text")
+            if not result.get("partialFingerprints"):
+                problems.append(f"{where}: no partialFingerprints")
+            locations = result.get("locations") or []
+            if not 1 <= len(locations) <= 10:
+                problems.append(f"{where}: {len(locations)} locations")
+            for location in locations:
+                physical = location.get("physicalLocation", {})
+                uri = physical.get("artifactLocation", {}).get("uri")
+                if not uri:
+                    problems.append(f"{where}: no artifactLocation.uri")
+                    continue
+                parts = urlsplit(uri)
+                if parts.scheme not in ("", "file") or (not parts.scheme and uri.startswith("/")):
+                    problems.append(f"{where}: uri {uri!r} is neither relative nor file://")
+                if ".." in uri.split("/") or any(c < " " or c == "\\" for c in uri):
+                    problems.append(f"{where}: uri {uri!r} leaves its base or holds controls")
+                line = physical.get("region", {}).get("startLine")
+                if not isinstance(line, int) or line < 1:
+                    problems.append(f"{where}: region.startLine {line!r}")
+    return problems
+
+
+def test_sarif_meets_github_code_scanning_upload_constraints(
+    gated_report: dict[str, Any],
+) -> None:
+    for report in [*reports(gated_report), hostile(gated_report)]:
+        document = sarif_of(report)
+        assert github_problems(document) == [], report["run"]["argv"]
+    bad = sarif_of(gated_report)
+    bad["runs"][0]["results"][0]["locations"] = [{"logicalLocations": [{"name": "x"}]}]
+    bad["runs"][0]["results"][1]["locations"][0]["physicalLocation"]["region"]["startLine"] = 0
+    assert len(github_problems(bad)) == 2  # the check above can fail
+
+
+def test_sarif_places_every_kind_of_subject_and_a_linted_file_at_its_line(
+    gated_report: dict[str, Any],
+) -> None:
+    data = json.loads(json.dumps(gated_report))
+    chk, finding = next((c, f) for c, f in findings_of(data) if f["status"] == "fail")
+    subjects = {
+        "domain:web1": ("etc/libvirt/qemu/web1.xml", "HOSTROOT", 1),
+        "network:default": ("etc/libvirt/qemu/networks/default.xml", "HOSTROOT", 1),
+        "iface:vnet0": ("sys/class/net/vnet0", "HOSTROOT", 1),
+        "process:libvirtd[812]": ("proc/812", "HOSTROOT", 1),
+        "cert:/etc/pki/CA/cacert.pem#2": ("etc/pki/CA/cacert.pem", "HOSTROOT", 1),
+        "user:al ice/../x": ("kvmdoctor-subjects/user/al%20ice%2F..%2Fx", None, 1),
+        "host": ("kvmdoctor-subjects/host", None, 1),
+        "lint:guest.xml": ("deploy/guest%201.xml", None, 7),  # a linted file and its line
+    }
+    chk["findings"] = [
+        {**finding, "subject": s, "evidence": {"file": "deploy/guest 1.xml", "line": 7}}
+        if s.startswith("lint:") else {**finding, "subject": s, "evidence": {}}
+        for s in subjects
+    ]  # fmt: skip
+    (run,) = sarif_of(data)["runs"]
+    placed = {}
+    for result in run["results"]:
+        physical = result["locations"][0]["physicalLocation"]
+        artifact = physical["artifactLocation"]
+        placed[result["properties"]["subject"]] = (
+            artifact["uri"], artifact.get("uriBaseId"), physical["region"]["startLine"]
+        )  # fmt: skip
+    assert {s: placed[s] for s in subjects} == subjects
 
 
 @pytest.mark.integration
@@ -605,3 +720,72 @@ def test_bad_input_to_report_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, result.stderr)
+
+
+# --- HTML: the drawings of the network ---------------------------------------------------------
+
+
+def classes_of(page: Page, svg_id: str) -> list[str]:
+    """The classes of the nodes drawn in the page's SVG `svg_id`, in order."""
+    inside, found = False, []
+    for tag, attrs in page.tags:
+        if tag == "svg":
+            inside = attrs.get("id") == svg_id
+        elif inside and tag == "g":
+            found.append(attrs.get("class", ""))
+    return found
+
+
+def test_html_draws_guests_taps_and_bridges_with_hostile_names_as_text() -> None:
+    data = json.loads((ROOT / "sample_reports" / "duplicate-mac.json").read_text())
+    network = data["host"]["network"]
+    evil = "<script>alert(1)</script>\x1b[2J"
+    network["guests"][0]["name"] = f"kd{evil}"
+    network["links"].append(
+        {"name": f"br{evil}", "kind": "bridge", "master": None, "lower": None,
+         "operstate": "up", "mac": None, "port_state": None}
+    )  # fmt: skip
+    text = render_as("html", data)
+    page = Page(text)
+    nodes = classes_of(page, "network-drawing")
+    assert sum("guest" in c.split() for c in nodes) == 2
+    assert sum("bridge" in c.split() for c in nodes) == 2  # kdbr0 and the hostile one
+    assert "script" not in {t for t, _ in page.tags} and "\x1b" not in text
+    assert "kd<script>alert(1)</script>\\x1b[2J" in page.all_text()
+    # each guest is joined to its tap: one path per NIC, one per port to its bridge
+    svg = text[text.index('id="network-drawing"') :]
+    assert svg[: svg.index("</svg>")].count("<path ") == 4
+
+
+def test_html_links_a_drawn_node_to_its_finding() -> None:
+    data = json.loads((ROOT / "sample_reports" / "probe-ip-forward-off.json").read_text())
+    page = Page(render_as("html", data))
+    ids = {a["id"] for _, a in page.tags if "id" in a}
+    assert "probe-stop" in ids and "probe-drawing" in ids
+    links = [a["href"][1:] for t, a in page.tags if t == "a" and a.get("href", "").startswith("#")]
+    assert any(link.startswith("finding-") for link in links)
+    assert set(links) <= ids
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("name", "svg_id", "kinds"),
+    [
+        ("healthy", "network-drawing", {"guest", "bridge", "link"}),
+        ("duplicate-mac", "network-drawing", {"guest", "bridge", "link"}),
+        ("probe-ip-forward-off", "probe-drawing", {"guest", "hop", "seen", "missing", "stop"}),
+    ],
+)
+def test_html_drawing_opens_in_chromium_with_its_nodes_and_working_links(
+    name: str, svg_id: str, kinds: set[str], tmp_path: Path
+) -> None:
+    page_file = tmp_path / f"{name}.html"
+    page_file.write_text((ROOT / "sample_reports" / f"{name}.html").read_text(), encoding="utf-8")
+    dom, console = chromium_dom(page_file, tmp_path)
+    assert console == [], console
+    parsed = Page(dom)
+    drawn = {word for c in classes_of(parsed, svg_id) for word in c.split()}
+    assert kinds <= drawn, drawn
+    ids = {a["id"] for _, a in parsed.tags if "id" in a}
+    inner = {a["href"][1:] for _, a in parsed.tags if a.get("href", "").startswith("#")}
+    assert "network" in inner and inner <= ids, inner - ids
