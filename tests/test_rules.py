@@ -17,6 +17,7 @@ import pytest
 
 from doctor import playbooks, rules
 from doctor.model import Finding
+from doctor.probe.predict import CAUSES
 
 from kdhosts import (
     BIN_DIRS,
@@ -834,27 +835,26 @@ FINDING_CASES.update(
             shaped(
                 "PRB001",
                 "fail",
-                "forward (request): route get 203.0.113.2 from 198.51.100.2 iif kdbr0: "
-                "EHOSTUNREACH; forwarding is off (net.ipv4.ip_forward = 0)",
+                "forward (request): the FORWARD hook drops traffic from kdbr0 to kdu0 (nft: "
+                'kdfwd: oifname "kdu0" drop)',
                 "iface:kdbr0",
                 hop="forward",
-                cause="ip-forward-off",
-                playbook="ip-forward-disabled",
+                cause="forward-drop",
             )
         ],
         "probe-traffic-dropped": [
             shaped(
                 "PRB002",
                 "fail",
-                "icmp request to 203.0.113.2 seen on kdbr0, not on kdu0: forwarding is off; "
-                "kernel: IP_INADDRERRORS at ip_error on kdbr0 (confidence high)",
+                "icmp request to 203.0.113.2 seen on kdbr0, not on kdu0: no-route; "
+                "kernel: IP_INNOROUTES at ip_route_input_slow on kdbr0 (confidence medium)",
                 "iface:kdbr0",
                 direction="request",
                 last_seen="kdbr0",
                 first_missing="kdu0",
                 hop="kdbr0",
-                cause="ip-forward-off",
-                reason="IP_INADDRERRORS",
+                cause="no-route",
+                reason="IP_INNOROUTES",
             )
         ],
         "probe-source-not-translated": [
@@ -868,6 +868,93 @@ FINDING_CASES.update(
         ],
     }
 )
+
+
+def _probe_pair(cause: str, playbook: str, hop: str) -> list[Finding]:
+    """A prediction and a located drop naming the playbook that fixes their cause, as
+    doctor/probe/verdict.py words them."""
+    return [
+        shaped(
+            "PRB001",
+            "fail",
+            f"{hop} (request): {cause} predicted",
+            f"iface:{hop}",
+            hop=hop,
+            cause=cause,
+            playbook=playbook,
+        ),
+        shaped(
+            "PRB002",
+            "fail",
+            f"icmp request to 203.0.113.2 seen on {hop}, not beyond: {cause} (confidence high)",
+            f"iface:{hop}",
+            direction="request",
+            last_seen=hop,
+            hop=hop,
+            cause=cause,
+            playbook=playbook,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "cause, playbook_id",
+    sorted((cause, book) for cause, (_, book) in CAUSES.items() if book is not None),
+)
+def test_a_probe_finding_reaches_the_specific_playbook_of_its_cause(
+    cause: str, playbook_id: str
+) -> None:
+    diagnoses, marked = rules.diagnose(
+        _probe_pair(cause, playbook_id, "kdbr0"), playbooks.shipped()
+    )
+    # One diagnosis, the specific playbook, anchored on one finding and explaining the other;
+    # the generic probe playbooks do not stand beside it.
+    assert [d.playbook.id for d in diagnoses] == [playbook_id]
+    assert {f.code for f in (*diagnoses[0].findings, *diagnoses[0].explains)} == {
+        "PRB001",
+        "PRB002",
+    }
+    assert all(f.explained_by == (playbook_id,) for f in marked)
+    assert_one_root_cause_per_problem(diagnoses, marked)
+
+
+def test_the_nat_playbook_takes_the_missing_translation_and_its_untranslated_source() -> None:
+    findings = [
+        shaped(
+            "PRB002",
+            "fail",
+            "icmp reply to 203.0.113.2 never reached kdu0: nat-missing (confidence medium)",
+            "iface:kdu0",
+            direction="reply",
+            hop="kdu0",
+            cause="nat-missing",
+            playbook="nat-masquerade-missing",
+            network="kdnat",
+        ),
+        shaped(
+            "PRB003",
+            "fail",
+            "requests left kdu0 with the guest's own source 198.51.100.2",
+            "iface:kdu0",
+            uplink="kdu0",
+            playbook="nat-masquerade-missing",
+            network="kdnat",
+        ),
+    ]
+    diagnoses, marked = rules.diagnose(findings, playbooks.shipped())
+    assert [d.playbook.id for d in diagnoses] == ["nat-masquerade-missing"]
+    # The libvirt network the guest's interface is on fills the fix's commands.
+    assert [s.params.get("argv") for s in diagnoses[0].fix] == [
+        ["virsh", "net-destroy", "kdnat"],
+        ["virsh", "net-start", "kdnat"],
+    ]
+    assert all(f.explained_by == ("nat-masquerade-missing",) for f in marked)
+
+
+def test_a_probe_cause_without_a_playbook_falls_back_to_the_generic_one() -> None:
+    [drop] = FINDING_CASES["probe-traffic-dropped"]
+    diagnoses, _ = rules.diagnose([drop], playbooks.shipped())
+    assert [d.playbook.id for d in diagnoses] == ["probe-traffic-dropped"]
 
 
 def test_every_playbook_has_a_matching_case() -> None:

@@ -56,8 +56,8 @@ def probe(
     proto: Optional[str] = typer.Option(
         None,
         "--proto",
-        help="icmp (default), arp, udp:PORT or tcp:PORT (a libvirt guest: arp, which icmp "
-        "becomes).",
+        help="icmp (default), arp, udp:PORT or tcp:PORT (ARP only towards an address on the "
+        "guest's bridge).",
         metavar="PROTO",
     ),
     count: Optional[int] = typer.Option(
@@ -144,9 +144,9 @@ def probe(
         out.write(render_as(format, report))
     if request.not_sent:
         sys.stderr.write(
-            f"kvmdoctor: {request.not_sent}: only the static part ran (PRB001); run as root "
-            "to send marked packets\n"
+            f"kvmdoctor: {request.not_sent}: only the static part ran (PRB001); "
+            f"{request.not_sent_hint}\n"
         )
-        if send_asked:
+        if send_asked or not request.not_sent_needs_root:
             raise typer.Exit(2)
     raise typer.Exit(report["exit_code"])

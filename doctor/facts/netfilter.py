@@ -312,6 +312,17 @@ class NatRule:
         }
 
 
+def _addr_matches(value: str, addr: str) -> Optional[bool]:
+    """Whether `addr` lies in the rule's address or prefix; None when the rule's value is
+    not one (a set, a range, a name)."""
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    return ip.version == net.version and ip in net
+
+
 def _iface_matches(pattern: str, name: str) -> bool:
     """iptables ends a wildcard with "+", nft with "*"."""
     if pattern.endswith(("+", "*")):
@@ -338,19 +349,30 @@ class Ruleset:
         found = [c for c in self.chains if c.hook == hook and c.family in wanted]
         return sorted(found, key=lambda c: c.priority or 0)
 
-    def verdict(self, hook: str, families: Iterable[str], iif: str, oif: str) -> Optional[Verdict]:
+    def verdict(
+        self,
+        hook: str,
+        families: Iterable[str],
+        iif: str,
+        oif: str,
+        *,
+        saddr: Optional[str] = None,
+        daddr: Optional[str] = None,
+    ) -> Optional[Verdict]:
         """Follow traffic from `iif` to `oif` through every base chain on `hook`. A rule whose
         other conditions (addresses, state, marks) cannot be decided for the whole class is
-        noted as conditional and passed over. Every base chain must accept; the first that
-        drops decides. None when no chain is on the hook."""
+        noted as conditional and passed over; given the traffic's source and destination
+        addresses (`saddr`, `daddr`), conditions on them are decided too. Every base chain
+        must accept; the first that drops decides. None when no chain is on the hook."""
         chains = self.hooked(hook, families)
         if not chains:
             return None
         accepted: list[Verdict] = []
+        addrs = {"saddr": saddr, "daddr": daddr}
         for base in chains:
             label = f"{base.family}/{base.table}/{base.name}"
             conditional: list[str] = []
-            outcome = self._walk(base, iif, oif, [label], conditional, set())
+            outcome = self._walk(base, iif, oif, [label], conditional, set(), addrs)
             if outcome is None:
                 policy = (base.policy or "ACCEPT").upper()
                 result = Verdict(
@@ -378,6 +400,7 @@ class Ruleset:
         path: list[str],
         conditional: list[str],
         seen: set[str],
+        addrs: Optional[Mapping[str, Optional[str]]] = None,
     ) -> Optional[tuple[str, str, list[str]]]:
         """(verdict, deciding rule, path) or None when the chain falls through (or returns)."""
         key = f"{chain.family}/{chain.table}/{chain.name}"
@@ -391,6 +414,13 @@ class Ruleset:
                 if cond.field in ("iif", "oif"):
                     hit = _iface_matches(cond.value, iif if cond.field == "iif" else oif)
                     if hit == cond.negated:
+                        possible = False
+                        break
+                elif cond.field in ("saddr", "daddr") and addrs and addrs.get(cond.field):
+                    found = _addr_matches(cond.value, str(addrs[cond.field]))
+                    if found is None:
+                        decided = False
+                    elif found == cond.negated:
                         possible = False
                         break
                 else:
@@ -411,7 +441,7 @@ class Ruleset:
             sub = self.chain(chain.family, chain.table, rule.target or "")
             if sub is None:
                 continue  # LOG, MARK, counters, targets that do not decide
-            outcome = self._walk(sub, iif, oif, path + [sub.name], conditional, seen)
+            outcome = self._walk(sub, iif, oif, path + [sub.name], conditional, seen, addrs)
             if outcome is not None:
                 verdict, by, sub_path = outcome
                 if decided:

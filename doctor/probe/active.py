@@ -51,6 +51,33 @@ def _less(delta: Counters, baseline: Counters) -> Counters:
     )
 
 
+def _domain_can_send(path: Path, proto: str) -> None:
+    """Refuse, with the reason, what cannot be sent as a libvirt guest from its tap."""
+    guest = path.guest
+    if guest.mac is None:
+        raise Unsupported(f"the guest's interface {guest.iface} has no MAC in its XML")
+    if path.bridge is None:
+        raise Unsupported(
+            f"the guest's tap {guest.iface} is not on a Linux bridge: frames are injected "
+            "into a bridge from the guest's own port only (run with --static)"
+        )
+    if proto == "arp":
+        if not path.target_on_bridge:
+            raise Unsupported(
+                f"ARP asks for an address on the guest's own bridge, and {path.target} is "
+                "routed: use --proto icmp, udp:PORT or tcp:PORT"
+            )
+        return
+    if guest.ip is None:
+        raise Unsupported(
+            f"the guest's IPv4 address is unknown (no DHCP lease, no ARP or neighbour entry "
+            f"for {guest.mac}): a {proto} probe cannot be sent as the guest; --proto arp "
+            "works without it"
+        )
+    if not path.target_on_bridge and guest.next_hop_mac is None:
+        raise Unsupported(f"the bridge {path.bridge.name} has no MAC: no gateway to send to")
+
+
 def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observations:
     from doctor.probe.capture import Capture, Marker
     from doctor.probe.inject import MAX_RATE, NetnsSender, TapSender
@@ -58,17 +85,9 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
     from doctor.probe.trace import Tracer
 
     domain = path.guest.kind == "domain"
-    if domain and not path.target_on_bridge:
-        raise Unsupported(
-            "as a libvirt guest, only an address on the guest's own bridge can be probed so far "
-            "(ARP through mirred on its tap); for a routed target run with --static, or probe "
-            "from a namespace on the same bridge"
-        )
-    if domain and path.guest.mac is None:
-        raise Unsupported(f"the guest's interface {path.guest.iface} has no MAC in its XML")
-    if domain and request.proto not in ("icmp", "arp"):
-        raise Unsupported(f"as a libvirt guest only ARP is sent so far, not {request.proto}")
-    proto = "arp" if domain else request.proto
+    proto = request.proto
+    if domain:
+        _domain_can_send(path, proto)
     source = path.guest.ip or (path.guest.route.prefsrc if path.guest.route else None)
     if proto == "tcp" and source is None:
         raise Unsupported("a TCP probe needs the guest's address, and it has none")
@@ -100,13 +119,19 @@ def observe(path: Path, request: Any, read_counters: ReadCounters) -> Observatio
         capture = Capture(hops, marker)
         if domain:
             assert marker.guest_mac is not None
-            sender = TapSender(path.guest.iface, marker, path.guest.ip)
+            sender = TapSender(path.guest.iface, marker, path.guest.ip, path.guest.next_hop_mac)
             lab.mirred_ingress(path.guest.iface, marker.guest_mac)
         else:
             sender = NetnsSender(path.guest.name, marker, iface=path.guest.iface, source=source)
         try:
             capture.open()  # every socket before the first packet
             sender.open()
+            # A target on the bridge the host has not talked to: the guest asks for it.
+            if domain and proto != "arp" and sender.next_mac is None and sender.resolve() is None:
+                capture.problems.append(
+                    f"no ARP answer from {path.target} to the guest's request: its MAC is "
+                    "unknown, nothing else was sent"
+                )
             idle_before = read_counters()
             capture.poll(window)
             idle_after = read_counters()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from doctor.facts import FactContext, FactUnavailable
@@ -147,6 +147,11 @@ class Guest:
     addresses: tuple[str, ...] = ()  # "198.51.100.2/24"
     gateway: Optional[str] = None  # the guest's next hop towards the target, when known
     route: Optional[RouteAnswer] = None  # the guest's own route to the target (netns)
+    address_source: Optional[str] = None  # where a libvirt guest's address was learned
+    network: Optional[str] = None  # a libvirt guest's network (<source network=...>)
+    # A libvirt guest: the MAC its frames to the target are addressed to (the target's on
+    # the bridge, else the bridge's own as the guest's gateway), when the host knows it.
+    next_hop_mac: Optional[str] = None
 
     @property
     def ip(self) -> Optional[str]:
@@ -428,24 +433,64 @@ def from_domain(
     problems: list[str] = []
     if nic.target not in host.links:
         raise PathError(f"{domain}'s tap {nic.target} is not in this namespace")
-    neighbours = _dump(facts, "neighbours", problems)
-    guest_ip = neighbour_by_mac(neighbours, nic.mac) if nic.mac else None
+    guest_ip, origin = _guest_address(facts, domain, nic.mac, problems)
     guest = Guest(
         kind="domain",
         name=domain,
         iface=nic.target,
         mac=nic.mac,
         addresses=(f"{guest_ip}/32",) if guest_ip else (),
+        address_source=origin,
+        network=nic.source.get("network") if nic.type == "network" else None,
     )
     if guest_ip is None:
         problems.append(
-            f"the guest's address is unknown (no neighbour entry for {nic.mac}); routing is "
-            "judged without a source address"
+            f"the guest's IPv4 address is unknown (libvirt has no DHCP lease or ARP entry for "
+            f"{nic.mac}, the host no neighbour entry); routing is judged without a source "
+            "address"
         )
     kind = host.links[nic.target].kind
     role = "tap" if kind in ("tap", "tun", "macvtap", "macvlan") else "veth-peer"
     hops = [host.hop(role, nic.target)]
     return _host_side(facts, host, guest, target, hops, nic.target, problems, route_get)
+
+
+def address_from_libvirt(answer: Any, mac: str) -> Optional[tuple[str, str]]:
+    """(the IPv4 address, "libvirt lease" or "libvirt arp") for the interface with `mac` in
+    libvirt's interface_addresses answer, leases first."""
+    if not isinstance(answer, Mapping):
+        return None
+    for key in ("lease", "arp"):
+        by_source = answer.get(key)
+        if not isinstance(by_source, Mapping):
+            continue
+        for nic in by_source.get("interfaces") or []:
+            if str(nic.get("hwaddr", "")).lower() != mac.lower():
+                continue
+            for addr in nic.get("addrs") or []:
+                text = addr.get("addr")
+                if isinstance(text, str) and ipaddress.ip_address(text).version == 4:
+                    return text, f"libvirt {key}"
+    return None
+
+
+def _guest_address(
+    facts: FactContext, domain: str, mac: Optional[str], problems: list[str]
+) -> tuple[Optional[str], Optional[str]]:
+    """The guest's IPv4 address without the guest's help: libvirt's DHCP leases and ARP
+    view of it, then the host's neighbour table."""
+    if not mac:
+        return None, None
+    try:
+        answer = facts.source.libvirt(facts.options.uri, "interface_addresses", domain=domain)
+    except SourceError as exc:
+        problems.append(f"libvirt interface addresses of {domain}: {exc.reason}")
+        answer = None
+    found = address_from_libvirt(answer, mac)
+    if found is not None:
+        return found
+    ip = neighbour_by_mac(_dump(facts, "neighbours", problems), mac)
+    return (ip, "host neighbour table") if ip else (None, None)
 
 
 def _host_side(
@@ -486,6 +531,8 @@ def _host_side(
     target_on_bridge = route.error is None and route.oif == iif and route.type == "unicast"
     if target_on_bridge and iif != port:
         hops.append(_target_port(facts, host, target, iif, port, problems))
+    if guest.kind == "domain" and iif != port:
+        guest = _next_hop(facts, host, guest, target, iif, target_on_bridge, problems)
     out = route
     if route.error is not None:
         # Where the host itself would send it: the uplink the guest's packets should take.
@@ -494,6 +541,40 @@ def _host_side(
         hops.append(host.hop("uplink", out.oif))
         _lower_hops(host, host.links[out.oif], hops)
     return Path(guest, target, tuple(hops), forwarding, target_on_bridge, tuple(problems))
+
+
+def _next_hop(
+    facts: FactContext,
+    host: _Side,
+    guest: Guest,
+    target: str,
+    bridge: str,
+    on_bridge: bool,
+    problems: list[str],
+) -> Guest:
+    """Where a libvirt guest addresses its frames to the target: the target itself when it
+    is on the guest's bridge (its MAC from the host's neighbour table, or learned by ARP when
+    probing), else the host's address on the bridge as the guest's gateway (the bridge's own
+    MAC)."""
+    link = host.links[bridge]
+    if on_bridge:
+        neigh = neighbour(_dump(facts, "neighbours", problems), target, host.names)
+        mac = (
+            neigh.get("mac")
+            if neigh and neigh.get("state") not in ("failed", "incomplete")
+            else None
+        )
+        return replace(guest, next_hop_mac=mac if isinstance(mac, str) else None)
+    own = [ipaddress.ip_interface(a) for a in link.addresses or ()]
+    own4 = [a for a in own if a.version == 4]
+    if str(ipaddress.ip_address(target)) in {str(a.ip) for a in own4}:
+        return replace(guest, next_hop_mac=link.mac)  # the bridge's own address
+    ip = guest.ip
+    same = [a for a in own4 if ip is not None and ipaddress.ip_address(ip) in a.network]
+    gateway = (same or own4)[0].ip if (same or own4) else None
+    if gateway is None:
+        problems.append(f"{bridge} has no IPv4 address: the guest has no gateway on it")
+    return replace(guest, gateway=str(gateway) if gateway else None, next_hop_mac=link.mac)
 
 
 def _lower_hops(host: _Side, link: Link, hops: list[Hop]) -> None:
@@ -570,11 +651,11 @@ def _forwarding(
                 continue
             fams = ("ip", "inet") if view.tool == "nft" else ("ip",)
             if oif and oif != iif and forward_verdict is None:
-                found = view.verdict("forward", fams, iif, oif)
+                found = view.verdict("forward", fams, iif, oif, saddr=guest.ip, daddr=target)
                 if found is not None and found.verdict == "drop":
                     forward_verdict = {"view": view.tool, **found.as_dict()}
             if bridge_verdict is None:
-                found = view.verdict("forward", fams, iif, iif)
+                found = view.verdict("forward", fams, iif, iif, saddr=guest.ip, daddr=target)
                 if found is not None and found.verdict == "drop":
                     bridge_verdict = {"view": view.tool, **found.as_dict()}
             if guest.ip:

@@ -32,9 +32,21 @@ class Request:
     uri: Optional[str] = None
     connect_timeout: float = 10.0
     not_sent: Optional[str] = None  # why nothing is sent though sending was the default
+    # what would let it send (the exit code is 2 when sending was asked for, or when this is
+    # not about root: the probe could not be carried out as asked)
+    not_sent_hint: str = "run as root to send marked packets"
+    not_sent_needs_root: bool = True
 
-    def static_only(self, why: str) -> Request:
-        return replace(self, send=False, not_sent=why)
+    def static_only(
+        self, why: str, *, hint: Optional[str] = None, needs_root: bool = True
+    ) -> Request:
+        return replace(
+            self,
+            send=False,
+            not_sent=why,
+            not_sent_hint=hint or self.not_sent_hint,
+            not_sent_needs_root=needs_root,
+        )
 
 
 def discover(request: Request, facts: FactContext) -> Any:
@@ -94,6 +106,16 @@ def run(
             request = request.static_only("sending packets needs root")
         facts = FactContext(source, RunOptions(uri=request.uri))
         found = discover(request, facts)
+        domain_ip = found.guest.kind != "domain" or request.proto == "arp" or found.guest.ip
+        if request.send and not domain_ip:
+            request = request.static_only(
+                f"the guest {request.domain} has no known IPv4 address (no DHCP lease, "
+                f"no ARP or neighbour entry for {found.guest.mac}): no {request.proto} "
+                "probe can be sent as the guest",
+                hint="give the guest an address the host can learn, or probe an address "
+                "on its bridge with --proto arp",
+                needs_root=False,
+            )
         predictions = tuple(predict(found))
         observations = None
         if request.send:

@@ -109,6 +109,7 @@ def subject(path: Path, hop: str) -> str:
 def predicted(path: Path, predictions: Sequence[Prediction]) -> list[Finding]:
     """PRB001: one finding per prediction, or a pass naming the hops examined."""
     base = {"guest": path.guest.as_dict(), "target": path.target, "hops": _hop_names(path)}
+    base.update(_network(path))
     out = []
     for item in predictions:
         evidence = {**base, **item.as_dict()}
@@ -296,6 +297,11 @@ def _where(stop: Stop) -> str:
     return f"seen on {stop.last_seen}, not on {stop.first_missing}"
 
 
+def _network(path: Path) -> dict[str, Any]:
+    """The libvirt network of the guest's interface, for playbooks that name it."""
+    return {"network": path.guest.network} if path.guest.network else {}
+
+
 def located(path: Path, predictions: Sequence[Prediction], obs: Observations) -> list[Finding]:
     """PRB002: where the probe's traffic died, per direction; a pass when it went both ways."""
     base: dict[str, Any] = {
@@ -303,6 +309,7 @@ def located(path: Path, predictions: Sequence[Prediction], obs: Observations) ->
         "target": path.target,
         "hops": _hop_names(path),
         "observations": obs.as_dict(),
+        **_network(path),
     }
     stops = locate(path, predictions, obs)
     if not stops:
@@ -361,6 +368,7 @@ def translation(path: Path, obs: Observations) -> list[Finding]:
         "uplink": uplink.name,
         "sources_on_uplink": obs.sources.get(uplink.name, []),
         "nat_rules": list(path.forwarding.nat_rules) if path.forwarding else [],
+        **_network(path),
     }
     if guest_ip is None:
         return [

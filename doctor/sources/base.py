@@ -233,7 +233,9 @@ class Source(Protocol):
     def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
         """Ask libvirt (libvirt-python): request is "connect" (connection facts), "capabilities"
         or "domcapabilities" (XML text), "domains" or "networks" (lists of dicts with their
-        XML). Raises LibvirtError with libvirt's code and domain, or TimedOut."""
+        XML), "interface_addresses" (domain=NAME: its addresses from DHCP leases and the
+        host's ARP table, by source). Raises LibvirtError with libvirt's code and domain, or
+        TimedOut."""
         ...
 
     def netlink(self, request: str, netns: Optional[str] = ...) -> list[dict[str, Any]]:

@@ -384,3 +384,25 @@ def test_the_lab_snapshot_host_has_empty_rulesets(edit_snapshot: Any) -> None:
         ("ip6tables-save", ()),
     ]
     assert fw.errors == {}
+
+
+def test_a_guests_own_source_address_decides_libvirts_nat_forward_rules() -> None:
+    """libvirt's LIBVIRT_FWO accepts only its network's sources and rejects the rest: for the
+    whole class of traffic out of virbr0 the rejection decides, for a guest's own address the
+    acceptance does."""
+    rules = parse_iptables_save((FIREWALL / DOCKER_LIBVIRT).read_text())
+    whole = rules.verdict("forward", ("ip",), "virbr0", "eth0")
+    assert whole is not None and whole.verdict == "drop"
+    assert (
+        whole.by
+        == "LIBVIRT_FWO: -A LIBVIRT_FWO -i virbr0 -j REJECT --reject-with icmp-port-unreachable"
+    )
+    guest = rules.verdict(
+        "forward", ("ip",), "virbr0", "eth0", saddr="192.168.122.50", daddr="198.51.100.9"
+    )
+    assert guest is not None and guest.verdict == "accept"
+    assert guest.by == "LIBVIRT_FWO: -A LIBVIRT_FWO -s 192.168.122.0/24 -i virbr0 -j ACCEPT"
+    stranger = rules.verdict(
+        "forward", ("ip",), "virbr0", "eth0", saddr="198.51.100.7", daddr="198.51.100.9"
+    )
+    assert stranger is not None and stranger.verdict == "drop"

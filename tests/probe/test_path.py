@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import pytest
+
 from doctor.facts import FactContext, FactUnavailable
 from doctor.facts.domains import Domain, Domains, Interface
 from doctor.probe.path import RouteAnswer, from_domain, from_netns
@@ -144,3 +146,55 @@ def test_a_macvtap_guest_cannot_reach_its_hosts_address_on_the_lower_device() ->
     )
     # Another address on that network is fine.
     assert predict(from_domain(facts, "kdmv", "198.51.100.9", route_get=route_get)) == []
+
+
+def test_a_guests_address_comes_from_libvirts_leases_before_its_arp_view() -> None:
+    from doctor.probe.path import address_from_libvirt
+
+    mac = "52:54:00:6B:64:01"
+    answer = {
+        "lease": {
+            "interfaces": [
+                {"name": "vnet0", "hwaddr": "52:54:00:6b:64:02", "addrs": []},
+                {
+                    "name": "vnet1",
+                    "hwaddr": "52:54:00:6b:64:01",
+                    "addrs": [
+                        {"addr": "2001:db8::7", "prefix": 64, "type": 1},
+                        {"addr": "198.51.100.77", "prefix": 24, "type": 0},
+                    ],
+                },
+            ]
+        },
+        "arp": {
+            "interfaces": [
+                {
+                    "name": "vnet1",
+                    "hwaddr": "52:54:00:6b:64:01",
+                    "addrs": [{"addr": "198.51.100.78", "prefix": 0, "type": 0}],
+                }
+            ]
+        },
+    }
+    assert address_from_libvirt(answer, mac) == ("198.51.100.77", "libvirt lease")
+    no_lease = {"lease": {"error": "no leases"}, "arp": answer["arp"]}
+    assert address_from_libvirt(no_lease, mac) == ("198.51.100.78", "libvirt arp")
+    assert address_from_libvirt({"lease": {"interfaces": []}}, mac) is None
+
+
+@pytest.mark.parametrize("proto, port", [("icmp", None), ("udp", 53), ("tcp", 22)])
+def test_the_frame_a_guest_sends_carries_the_marks_the_captures_look_for(
+    proto: str, port: Optional[int]
+) -> None:
+    from doctor.probe.capture import Marker, classify
+    from doctor.probe.inject import guest_frame
+
+    marker = Marker(proto, b"kvmdoctor-probe:0123", "203.0.113.2", port=port,
+                    guest_mac="52:54:00:6b:64:01", tcp_base=4000)  # fmt: skip
+    frame = guest_frame(marker, "52:54:00:6b:64:01", "02:6b:64:00:00:01", "198.51.100.77", 2)
+    assert frame[:6] == bytes.fromhex("026b64000001")  # to the next hop
+    assert frame[6:12] == bytes.fromhex("5254006b6401")  # from the guest's own MAC
+    found = classify(frame, marker)
+    assert found == {"direction": "request", "seq": 2, "src": "198.51.100.77", "dst": "203.0.113.2"}
+    other = Marker(proto, b"kvmdoctor-probe:9999", "203.0.113.2", port=port, tcp_base=8000)
+    assert classify(frame, other) is None  # another run's packet is not this run's

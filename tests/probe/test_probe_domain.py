@@ -1,9 +1,10 @@
 """A real KVM guest on a test bridge: its path is discovered from libvirt and netlink (the
 domain's live XML names the tap; the tap's master is the bridge). The guest runs under a
 second libvirtd inside a namespace the test makes (tests/kdnet.py NetLab): its network, its
-bridge and the guest's tap exist only there. As root, ARP requests written on the tap enter
-the bridge through a temporary mirred filter, as if the guest sent them, and the answer of a
-namespace on the same bridge comes back to the tap."""
+bridge and the guest's tap exist only there. As root, the guest's frames (ARP, or ICMP and
+TCP from its address) written on the tap enter the bridge through a temporary mirred filter,
+as if the guest sent them: to a namespace on the same bridge, and through the NAT libvirt set
+up to a gateway namespace beyond the host's forwarding; the replies come back to the tap."""
 
 from __future__ import annotations
 
@@ -61,6 +62,25 @@ def guest(tmp_path: Path) -> Any:
         yield lab
 
 
+GUEST_IP = "198.51.100.77"
+UPLINK = f"kdpu{SUFFIX}"
+GATEWAY_NIC = f"kdpv{SUFFIX}"
+UPLINK_IP = "203.0.113.1"
+TARGET = "203.0.113.2"
+
+
+@pytest.fixture
+def addressed(guest: NetLab) -> NetLab:
+    """The guest holds GUEST_IP, as the host's neighbour table (and so libvirt's ARP view)
+    knows it. The lab's guest boots no system that could answer ARP for it: the entry is
+    permanent."""
+    done = guest.run(
+        ["ip", "neigh", "replace", GUEST_IP, "lladdr", MAC, "dev", BRIDGE, "nud", "permanent"]
+    )
+    assert done.returncode == 0, done.stderr
+    return guest
+
+
 @pytest.fixture
 def neighbour(guest: NetLab) -> Any:
     """A namespace on the guest's bridge that answers for NEIGHBOUR_IP."""
@@ -76,10 +96,36 @@ def neighbour(guest: NetLab) -> Any:
         with ns.ipr() as ipr:
             ipr.link("set", index=index(ipr, NEIGHBOUR_NIC), state="up")
             ipr.addr("add", index=index(ipr, NEIGHBOUR_NIC), address=NEIGHBOUR_IP, prefixlen=24)
+        # Its answers to the guest's address go to the guest's MAC (the guest answers no ARP).
+        ns.run(
+            ["ip", "neigh", "replace", GUEST_IP, "lladdr", MAC, "dev", NEIGHBOUR_NIC,
+             "nud", "permanent"]
+        )  # fmt: skip
         deadline = time.monotonic() + 20
         while "3" not in guest.run(["cat", f"/sys/class/net/{PORT}/brport/state"]).stdout:
             assert time.monotonic() < deadline, "the neighbour's port never forwarded"
             time.sleep(0.2)
+        yield ns
+
+
+@pytest.fixture
+def gateway(addressed: NetLab) -> Any:
+    """A namespace beyond the host's forwarding step: the lab's host reaches TARGET through
+    UPLINK, with the NAT libvirt set up for the guest's network; the gateway has no route
+    back to the guest's subnet, so replies return only through that NAT."""
+    with Netns(f"kdpr{SUFFIX}") as ns:
+        with addressed.ns.ipr() as ipr:
+            ipr.link(
+                "add",
+                ifname=UPLINK,
+                kind="veth",
+                peer={"ifname": GATEWAY_NIC, "net_ns_fd": ns.name},
+            )
+            ipr.link("set", index=index(ipr, UPLINK), state="up")
+            ipr.addr("add", index=index(ipr, UPLINK), address=UPLINK_IP, prefixlen=24)
+        with ns.ipr() as ipr:
+            ipr.link("set", index=index(ipr, GATEWAY_NIC), state="up")
+            ipr.addr("add", index=index(ipr, GATEWAY_NIC), address=TARGET, prefixlen=24)
         yield ns
 
 
@@ -93,17 +139,37 @@ def probe(lab: NetLab, *args: str) -> tuple[int, Any, str]:
     return done.returncode, report, done.stderr
 
 
+SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+
+
+def prb(report: dict[str, Any], code: str) -> list[dict[str, Any]]:
+    """The findings of `code`, once the report is checked against docs/report.schema.json."""
+    import jsonschema
+
+    jsonschema.validate(report, SCHEMA)
+    return [f for c in report["checks"] if c["code"] == code for f in c["findings"]]
+
+
+def path_of(report: dict[str, Any]) -> dict[str, Any]:
+    """The path as discovered (the evidence of PRB001's pass)."""
+    [ok] = [f for f in prb(report, "PRB001") if f["status"] == "pass"]
+    found: dict[str, Any] = ok["evidence"]["path"]
+    return found
+
+
+def messages(report: dict[str, Any]) -> list[str]:
+    """What the PRB findings said, and what each hop saw (for a failing assertion)."""
+    out = [f["message"] for c in report["checks"] for f in c["findings"]]
+    out += [json.dumps(f["evidence"].get("observations")) for f in prb(report, "PRB002")]
+    return out
+
+
 def test_the_path_of_a_running_guest_is_its_tap_and_the_bridge_libvirt_put_it_on(
     guest: NetLab,
 ) -> None:
     code, report, err = probe(guest, "--to", "198.51.100.50", "--static")
     assert report is not None, err
-    [finding] = [
-        f
-        for c in report["checks"]
-        for f in c["findings"]
-        if c["code"] == "PRB001" and f["status"] == "pass"
-    ]
+    [finding] = [f for f in prb(report, "PRB001") if f["status"] == "pass"]
     path = finding["evidence"]["path"]
     assert path["guest"]["kind"] == "domain" and path["guest"]["mac"] == MAC
     roles = [(h["role"], h["name"]) for h in path["hops"]]
@@ -114,13 +180,13 @@ def test_the_path_of_a_running_guest_is_its_tap_and_the_bridge_libvirt_put_it_on
     assert code == 0
 
 
-def test_a_probe_injected_with_mirred_reaches_a_namespace_on_the_bridge_and_the_reply_the_tap(
+def test_an_arp_probe_injected_with_mirred_reaches_a_namespace_on_the_bridge_and_back(
     guest: NetLab, neighbour: Netns
 ) -> None:
-    code, report, err = probe(guest, "--to", NEIGHBOUR_IP, "--count", "3")
+    code, report, err = probe(guest, "--to", NEIGHBOUR_IP, "--count", "3", "--proto", "arp")
     assert report is not None, err
     assert code == 0, err
-    [ok] = [f for c in report["checks"] for f in c["findings"] if c["code"] == "PRB002"]
+    [ok] = prb(report, "PRB002")
     assert ok["status"] == "pass", ok["message"]
     obs = ok["evidence"]["observations"]
     assert obs["proto"] == "arp"
@@ -133,7 +199,78 @@ def test_a_probe_injected_with_mirred_reaches_a_namespace_on_the_bridge_and_the_
     assert "clsact" not in shown
 
 
-def test_a_routed_target_is_refused_as_a_libvirt_guest_with_the_reason(guest: NetLab) -> None:
+def test_an_icmp_probe_as_the_guest_reaches_a_namespace_on_the_bridge_and_back(
+    addressed: NetLab, neighbour: Netns
+) -> None:
+    code, report, err = probe(addressed, "--to", NEIGHBOUR_IP)
+    assert report is not None, err
+    assert code == 0, (err, messages(report))
+    [ok] = prb(report, "PRB002")
+    assert ok["status"] == "pass", ok["message"]
+    obs = ok["evidence"]["observations"]
+    assert obs["proto"] == "icmp"
+    assert obs["seen"][TAP] == {"request": 3, "reply": 3}
+    assert obs["seen"][PORT] == {"request": 3, "reply": 3}
+    # Sent from the guest's address, as the host knows it.
+    guest_facts = path_of(report)["guest"]
+    assert guest_facts["addresses"] == [f"{GUEST_IP}/32"]
+    # libvirt 9.0's ARP source passes over the permanent entry; the host's table answers.
+    assert guest_facts["address_source"] == "host neighbour table", path_of(report)["problems"]
+    assert obs["sources"][PORT] == [GUEST_IP]
+    assert "clsact" not in addressed.run(["tc", "qdisc", "show", "dev", TAP]).stdout
+
+
+@pytest.mark.parametrize("proto", ["icmp", "tcp:7"])
+def test_a_probe_as_the_guest_crosses_the_nat_to_a_routed_address_and_its_reply_the_tap(
+    addressed: NetLab, gateway: Netns, proto: str
+) -> None:
+    code, report, err = probe(addressed, "--to", TARGET, "--proto", proto)
+    assert report is not None, err
+    assert code == 0, (err, messages(report))
+    [ok] = prb(report, "PRB002")
+    assert ok["status"] == "pass", ok["message"]
+    obs = ok["evidence"]["observations"]
+    assert ok["evidence"]["hops"] == [TAP, BRIDGE, UPLINK]
+    assert obs["proto"] == proto.partition(":")[0]
+    assert all(obs["seen"][h] == {"request": 3, "reply": 3} for h in (TAP, BRIDGE, UPLINK))
+    # Through the host's bridge address as the guest's gateway, translated on the uplink.
+    assert path_of(report)["guest"]["gateway"] == "198.51.100.1"
+    assert obs["sources"][UPLINK] == [UPLINK_IP]
+    [nat] = prb(report, "PRB003")
+    assert nat["status"] == "pass" and UPLINK_IP in nat["message"]
+
+
+def test_forwarding_off_stops_the_guests_probe_after_the_bridge(
+    addressed: NetLab, gateway: Netns
+) -> None:
+    assert addressed.run(["sysctl", "-qw", "net.ipv4.ip_forward=0"]).returncode == 0
+    code, report, err = probe(addressed, "--to", TARGET)
+    assert report is not None, err
+    assert code == 1, err
+    [drop] = [f for f in prb(report, "PRB002") if f["status"] == "fail"]
+    e = drop["evidence"]
+    assert (e["direction"], e["last_seen"], e["first_missing"]) == ("request", BRIDGE, UPLINK)
+    assert (e["cause"], e["reason"], e["location"]) == (
+        "ip-forward-off",
+        "IP_INADDRERRORS",
+        "ip_error",
+    )
+    assert "ip-forward-disabled" in {d["playbook"] for d in report["diagnoses"]}
+
+
+def test_a_guest_without_a_known_address_is_judged_statically_and_refused_icmp(
+    guest: NetLab,
+) -> None:
     code, report, err = probe(guest, "--to", "203.0.113.9")
+    assert code == 2
+    assert "has no known IPv4 address" in err and "only the static part ran" in err
+    assert report is not None
+    assert {c["code"] for c in report["checks"]} == {"PRB001"}
+
+
+def test_arp_to_a_routed_target_is_refused_as_a_libvirt_guest_with_the_reason(
+    addressed: NetLab,
+) -> None:
+    code, report, err = probe(addressed, "--to", "203.0.113.9", "--proto", "arp")
     assert code == 2 and report is None
-    assert "only an address on the guest's own bridge" in err and "--static" in err
+    assert "ARP asks for an address on the guest's own bridge" in err
