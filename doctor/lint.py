@@ -212,10 +212,26 @@ def run(
         timeout=timeout,
         given=given,
     )
-    by_subject: dict[str, Union[Domain, Network]] = {d.subject: d for d in definitions.domains}
-    by_subject.update((n.subject, n) for n in definitions.networks)
+    by_subject = subjects(definitions)
     result.checks = [_located(run, by_subject) for run in result.checks]
     return result
+
+
+def subjects(definitions: Definitions) -> dict[str, Union[Domain, Network]]:
+    """The definitions by the subjects findings give them: their files, and domain:NAME or
+    network:NAME for checks that name them so (facts built from the domains, such as
+    domain_firmware), when one file alone defines the name."""
+    found: dict[str, Union[Domain, Network]] = {}
+    named: dict[str, list[Union[Domain, Network]]] = {}
+    items: list[Union[Domain, Network]] = [*definitions.domains, *definitions.networks]
+    for item in items:
+        found[item.subject] = item
+        kind = "domain" if isinstance(item, Domain) else "network"
+        named.setdefault(f"{kind}:{item.name}", []).append(item)
+    for subject, items in named.items():
+        if len(items) == 1:
+            found.setdefault(subject, items[0])
+    return found
 
 
 def _with_host_networks(
@@ -236,11 +252,12 @@ def _located(run: CheckRun, by_subject: dict[str, Union[Domain, Network]]) -> Ch
 
 
 def locate(finding: Finding, by_subject: dict[str, Union[Domain, Network]]) -> Finding:
-    """The finding with its file and line: those of the element it names, else of the
+    """The finding about the file, with its line: that of the element it names, else of the
     definition's root element; its evidence names the domain or network the file defines."""
     definition = by_subject.get(finding.subject)
     if definition is None or definition.file is None:
         return finding
+    finding = replace(finding, subject=definition.subject)
     root = "/domain" if isinstance(definition, Domain) else "/network"
     element = finding.location.element if finding.location is not None else root
     line = definition.lines.get(element)

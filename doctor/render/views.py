@@ -109,7 +109,9 @@ def ref_location(report: dict[str, Any], ref: dict[str, Any]) -> str:
 def rerun_command(report: dict[str, Any], codes: list[str]) -> str:
     """The command that re-runs these checks as the report was made: lint or run."""
     argv = report.get("run", {}).get("argv", [])
-    command = "lint" if len(argv) > 1 and argv[1] == "lint" else "run"
+    command = "run"
+    if len(argv) > 1 and argv[1] == "lint":
+        command = "lint --host" if "--host" in argv else "lint"
     return f"kvmdoctor {command} --select {','.join(codes)}"
 
 

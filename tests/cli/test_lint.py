@@ -341,3 +341,95 @@ def test_output_writes_the_report_to_a_file(tmp_path: Path) -> None:
     assert result.exit_code == 1 and result.stdout == ""
     sarif = json.loads(out.read_text())
     assert sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]
+
+
+# --- lint --host: the definitions compared with a host ---------------------------------------
+
+ELSEWHERE = """<domain type='kvm'>
+  <name>kd-lint-elsewhere</name>
+  <memory unit='MiB'>128</memory>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/OVMF/kd-lint-no-such-code.fd</loader>
+    <nvram template='/usr/share/OVMF/kd-lint-no-such-vars.fd'/>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>/usr/bin/kd-lint-no-such-qemu</emulator>
+    <interface type='bridge'>
+      <source bridge='kdnosuchbr0'/>
+      <model type='virtio'/>
+    </interface>
+    <interface type='network'>
+      <source network='kd-lint-no-such-net'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+"""
+HOST_CHECKS = {"FW003", "LIB004", "NET001", "NET011"}
+
+
+def test_without_host_no_host_check_runs_and_host_options_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.xml"
+    path.write_text(ELSEWHERE)
+    report = report_of(kvmdoctor("lint", str(path), "-f", "json"))
+    assert not HOST_CHECKS & {c["code"] for c in report["checks"]}
+    refused = kvmdoctor("lint", str(path), "--uri", "qemu:///system")
+    assert refused.exit_code == 2 and "lint --host" in refused.stderr
+
+
+def host_failures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The host checks' failures (one per check here)."""
+    return {
+        f["code"]: f for f in findings(report) if f["status"] == "fail" and f["code"] in HOST_CHECKS
+    }
+
+
+def test_lint_host_against_the_recorded_lab_host(tmp_path: Path, host_snapshot: Path) -> None:
+    """The lab machine as recorded: no such bridge or network there."""
+    path = tmp_path / "elsewhere.xml"
+    path.write_text(ELSEWHERE)
+    result = kvmdoctor("lint", "--host", "--snapshot", str(host_snapshot), str(path), "-f", "json")
+    report = report_of(result)
+    assert result.exit_code == 1
+    assert report["run"]["source"]["kind"] == "snapshot"
+    failed = host_failures(report)
+    assert set(failed) == {"NET001", "NET011"}, {f["code"]: f["message"] for f in findings(report)}
+    for code in ("NET001", "NET011"):
+        assert failed[code]["subject"] == f"file:{path}", code
+        assert failed[code]["location"]["file"] == str(path)
+    assert "kdnosuchbr0" in failed["NET001"]["message"]
+    assert "kd-lint-no-such-net" in failed["NET011"]["message"]
+    # files the snapshot did not record cannot be judged from it: a skip saying so
+    (fw003,) = findings(report, "FW003")
+    assert fw003["status"] == "skip" and "not recorded in the snapshot" in fw003["message"]
+    assert fw003["subject"] == f"file:{path}"
+    # the host's own domains are not linted: every DOM finding is about the file
+    assert {f["subject"] for f in findings(report, "DOM")} == {f"file:{path}"}
+
+
+@pytest.mark.integration
+def test_lint_host_against_this_lab_host(tmp_path: Path) -> None:
+    from kdtest import answers, require
+
+    require(answers("/run/libvirt/libvirt-sock"), "libvirtd (make setup-lab starts it)")
+    path = tmp_path / "elsewhere.xml"
+    path.write_text(ELSEWHERE)
+    result = kvmdoctor("lint", "--host", str(path), "-f", "json")
+    report = report_of(result)
+    assert result.exit_code == 1
+    assert report["run"]["source"]["kind"] == "live"
+    failed = host_failures(report)
+    assert set(failed) == HOST_CHECKS, {f["code"]: f["message"] for f in findings(report)}
+    assert "Network not found" in failed["NET011"]["message"]
+    assert "kd-lint-no-such-code.fd" in failed["FW003"]["message"]
+    assert failed["FW003"]["subject"] == f"file:{path}"
+    assert f"file:{path}" in failed["LIB004"]["message"]
+    # a definition that fits this host: its bridge-less, network-less, firmware-less guest
+    fits = tmp_path / "fits.xml"
+    fits.write_text(domain("kd-lint-fits"))
+    fitting = kvmdoctor("lint", "--host", str(fits), "-f", "json")
+    assert fitting.exit_code == 0, [
+        (f["code"], f["message"]) for f in findings(report_of(fitting)) if f["status"] == "fail"
+    ]
