@@ -27,6 +27,7 @@ class Loader:
     type: Optional[str]  # rom, pflash
     secure: Optional[str]  # yes, no
     format: Optional[str] = None
+    stateless: Optional[str] = None  # yes, no
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Disk:
     shareable: bool
     boot_order: Optional[int] = None
     address: dict[str, str] = field(default_factory=dict)
+    format: Optional[str] = None  # <driver type=...>: raw, qcow2, ...
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,11 @@ class Domain:
     boot_orders: tuple[BootOrder, ...] = ()
     # Started when the host boots (`virsh autostart`; /etc/libvirt/qemu/autostart/NAME.xml).
     autostart: bool = False
+    # <hostdev>s: mode, type and their guest <address> (a SCSI one's drive address)
+    hostdevs: tuple[dict[str, Any], ...] = ()
+    smm_tseg_kib: Optional[float] = None  # <smm><tseg unit=...>N</tseg>
+    numa_memory_kib: Optional[int] = None  # the sum of <cpu><numa><cell memory=...>
+    pci_addresses: tuple[dict[str, str], ...] = ()  # every type='pci' <address> as written
 
     @property
     def subject(self) -> str:
@@ -358,6 +365,9 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
                     shareable=disk.find("shareable") is not None,
                     boot_order=_int(boot.get("order")) if boot is not None else None,
                     address=_address(disk),
+                    format=disk.find("driver").get("type")  # type: ignore[union-attr]
+                    if disk.find("driver") is not None
+                    else None,
                 )
             )
         for nic in devices.findall("interface"):
@@ -418,6 +428,7 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
             type=loader_el.get("type"),
             secure=loader_el.get("secure"),
             format=loader_el.get("format"),
+            stateless=loader_el.get("stateless"),
         )
         if loader_el is not None
         else None,
@@ -444,7 +455,40 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
         memory_unit=(memory.get("unit") or "KiB") if memory is not None else None,
         pci_devices=tuple(pci_devices),
         boot_orders=tuple(boot_orders),
+        hostdevs=tuple(
+            {**hostdev.attrib, "address": _address(hostdev)}
+            for hostdev in (devices.findall("hostdev") if devices is not None else ())
+        ),
+        smm_tseg_kib=_tseg_kib(features),
+        numa_memory_kib=_numa_kib(root),
+        pci_addresses=tuple(
+            {"device": device_label(device), **addr.attrib}
+            for device in (devices if devices is not None else ())
+            if isinstance(device.tag, str)
+            for addr in device.findall("address")
+            if addr.get("type") == "pci"
+        ),
     )
+
+
+def _tseg_kib(features: Optional[ET.Element]) -> Optional[float]:
+    tseg = features.find("smm/tseg") if features is not None else None
+    if tseg is None or not (tseg.text or "").strip().isdigit():
+        return None
+    factor = _UNITS.get((tseg.get("unit") or "MiB").lower(), 1)
+    return int((tseg.text or "").strip()) * factor
+
+
+def _numa_kib(root: ET.Element) -> Optional[int]:
+    cells = root.findall("cpu/numa/cell")
+    if not cells:
+        return None
+    total = 0
+    for cell in cells:
+        size = ET.Element("memory", {"unit": cell.get("unit", "KiB")})
+        size.text = cell.get("memory")
+        total += _kib(size) or 0
+    return total
 
 
 @dataclass(frozen=True)
