@@ -1432,7 +1432,8 @@ def _judge_pci_addresses(dom: Domain) -> tuple[Optional[str], str, dict[str, Any
     claims: dict[tuple[int, int, int, int], list[str]] = defaultdict(list)
     for addr in dom.pci_addresses:
         key = _pci_key(addr)
-        if key is not None:
+        # a <console> that repeats its <serial>'s address is that same device
+        if key is not None and addr.get("device") != "console":
             claims[key].append(str(addr.get("device")))
     if machine_family(dom) == "i440fx":
         for function, what in PIIX3_FUNCTIONS.items():
