@@ -13,7 +13,7 @@ from typing import Any, Optional
 from doctor.facts.domains import Disk, Domain, Domains, PciDevice
 from doctor.facts.libvirt import QemuConf
 from doctor.facts.sockets import Listeners
-from doctor.model import Finding, Status
+from doctor.model import Finding, Location, Status
 from doctor.registry import check
 
 X86 = ("x86_64", "i686")
@@ -49,6 +49,12 @@ def _int(text: Any) -> Optional[int]:
         return int(str(text), 0)
     except ValueError:
         return None
+
+
+def at(path: str) -> Optional[Location]:
+    """Where a finding points in the definition: the element at `path` (none when the
+    definition was not read from XML, e.g. a test's hand-made Domain)."""
+    return Location(path) if path else None
 
 
 def _plural(count: int, word: str) -> str:
@@ -233,7 +239,7 @@ def _controller_text(ctrl: dict[str, Any]) -> str:
     "DOM001",
     "pci-slots-exhausted",
     title="A domain has no free PCI slot to hot-plug a device into",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
     """What it checks: how many devices can still be hot-plugged into each domain, counted as
@@ -378,7 +384,7 @@ def ide_controller(disk: Disk) -> Optional[int]:
     "DOM002",
     "ide-controller-limit",
     title="IDE devices a machine type cannot hold",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
     """What it checks: IDE disks and CD-ROMs (`bus='ide'`) against what the machine type
@@ -429,8 +435,10 @@ def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
                 "bus='sata' or bus='scsi' with a virtio-scsi controller",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(ide[0].path if ide else controllers[0].get("path", "")),
             )
         else:
+            over = [d for d in ide if (ide_controller(d) or 0) > 0] or ide[IDE_PLACES:]
             beyond = [d.target or "?" for d in ide if (ide_controller(d) or 0) > 0]
             if len(ide) > IDE_PLACES or beyond:
                 extra = ", ".join(beyond) or "a device"
@@ -442,6 +450,7 @@ def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
                     "CD-ROMs to SCSI or SATA",
                     subject=dom.subject,
                     evidence=evidence,
+                    location=at(over[0].path if over else ""),
                 )
             elif controllers:
                 indexes = ", ".join(str(c.get("index")) for c in controllers)
@@ -451,6 +460,7 @@ def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
                     f'refuses the domain ("{SINGLE_IDE}"); remove the extra <controller>',
                     subject=dom.subject,
                     evidence=evidence,
+                    location=at(controllers[0].get("path", "")),
                 )
             else:
                 yield Finding(
@@ -480,7 +490,7 @@ def disk_xml(disk: Disk) -> str:
     "DOM003",
     "cdrom-on-virtio-bus",
     title="A CD-ROM is on the virtio bus",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def cdrom_on_virtio_bus(domains: Domains) -> Iterator[Finding]:
     """What it checks: CD-ROM devices (`device='cdrom'`) whose target bus is virtio.
@@ -512,6 +522,7 @@ def cdrom_on_virtio_bus(domains: Domains) -> Iterator[Finding]:
                 "media\"); use bus='scsi' with a virtio-scsi controller, or sata/ide",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(on_virtio[0].path),
             )
         elif cdroms:
             buses = ", ".join(f"{d.target} on {d.bus}" for d in cdroms)
@@ -529,7 +540,7 @@ BOOT_MIXED = "per-device boot elements cannot be used together with os/boot elem
     "DOM004",
     "boot-order-conflict",
     title="Per-device boot order together with <os><boot>, or one order given twice",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
     """What it checks: that a domain chooses its boot devices one way only: either
@@ -559,7 +570,10 @@ def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
             "per_device": per_device,
         }
         counts: dict[int, list[str]] = defaultdict(list)
+        second: dict[int, str] = {}  # the <boot> that repeats an order
         for boot in dom.boot_orders:
+            if counts[boot.order]:
+                second.setdefault(boot.order, boot.path)
             counts[boot.order].append(boot.device)
         repeated = {order: devs for order, devs in sorted(counts.items()) if len(devs) > 1}
         if dom.os_boot and dom.boot_orders:
@@ -570,6 +584,7 @@ def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
                 f'("{BOOT_MIXED}"); keep only the per-device <boot order=.../>',
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(dom.boot_orders[0].path),
             )
         elif repeated:
             order, devices = next(iter(repeated.items()))
@@ -579,6 +594,7 @@ def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
                 f"domain (\"boot order '{order}' used for more than one device\")",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(second.get(order, "")),
             )
         elif dom.boot_orders:
             ordered = ", ".join(
@@ -605,6 +621,7 @@ class ImageUse:
     target: str
     readonly: bool
     shareable: bool
+    path: str = ""  # the <disk> element
 
     @property
     def disk(self) -> str:
@@ -638,6 +655,7 @@ def image_uses(domains: Domains) -> dict[str, list[ImageUse]]:
                         disk.target or "?",
                         disk.readonly or disk.device == "cdrom",
                         disk.shareable,
+                        disk.path,
                     )
                 )
     return uses
@@ -667,7 +685,7 @@ def clashing(users: list[ImageUse]) -> list[ImageUse]:
     "DOM005",
     "disk-used-twice",
     title="One disk image is opened by two disks that exclude each other",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def disk_used_twice(domains: Domains) -> Iterator[Finding]:
     """What it checks: images (files, block devices, volumes, network disks) named by more
@@ -801,7 +819,8 @@ def _clash_finding(dom: Domain, found: list[Clash]) -> Finding:
         text += "; no file lock protects a network disk: two writers corrupt it"
     if len(found) > 1:
         text += f" (and {_plural(len(found) - 1, 'more image')})"
-    return Finding(status, text, subject=dom.subject, evidence=evidence)
+    where = mine[1].path if len(mine) > 1 else mine[0].path
+    return Finding(status, text, subject=dom.subject, evidence=evidence, location=at(where))
 
 
 # --- DOM006 graphics-port-conflict -----------------------------------------------------------
@@ -819,6 +838,7 @@ class PortClaim:
     port: int
     address: str
     fixed: bool
+    path: str = ""  # the <graphics> element
 
     @property
     def text(self) -> str:
@@ -829,7 +849,8 @@ class PortClaim:
 def port_claims(dom: Domain, conf: Optional[QemuConf]) -> list[PortClaim]:
     """The TCP ports a domain's consoles hold (running) or will ask for (fixed ones)."""
     claims = []
-    for gfx in dom.graphics:
+    paths = dom.graphics_paths or ("",) * len(dom.graphics)
+    for gfx, path in zip(dom.graphics, paths):
         kind = gfx.get("type")
         if kind not in ("vnc", "spice") or gfx.get("listen_type") in ("socket", "none"):
             continue
@@ -851,7 +872,7 @@ def port_claims(dom: Domain, conf: Optional[QemuConf]) -> list[PortClaim]:
             generated = gfx.get("websocketGenerated") == "yes"
             fixed = not generated if attr == "websocket" else not autoport
             if fixed or dom.active:
-                claims.append(PortClaim(dom.name, dom.active, label, port, address, fixed))
+                claims.append(PortClaim(dom.name, dom.active, label, port, address, fixed, path))
     return claims
 
 
@@ -892,7 +913,7 @@ def _listed(names: list[str], total: int) -> str:
     "DOM006",
     "graphics-port-conflict",
     title="A fixed VNC/SPICE port is taken",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def graphics_port_conflict(
     domains: Domains,
@@ -958,13 +979,13 @@ def _port_finding(
     listeners: Optional[Listeners],
     evidence: dict[str, Any],
 ) -> Finding:
-    problems: list[tuple[Status, str]] = []
+    problems: list[tuple[Status, str, str]] = []
     for claim in owned:
         use = by_port[claim.port]
         reserved = RESERVE_FAILED.format(port=claim.port)
         same = [c for c in owned if c is not claim and c.port == claim.port]
         if same:
-            problems.append(("fail", f"{claim.text} is also its {same[0].kind} port"))
+            problems.append(("fail", f"{claim.text} is also its {same[0].kind} port", claim.path))
         holder = next((c for c in use.running if c.domain != dom.name), None)
         names, count = use.other_domains(dom.name)
         if holder is not None and not dom.active:
@@ -973,6 +994,7 @@ def _port_finding(
                     "fail",
                     f"{claim.text} is held by running {holder.domain} ({holder.kind}): this "
                     f'domain cannot start ("{reserved}")',
+                    claim.path,
                 )
             )
         elif count and dom.active:
@@ -983,6 +1005,7 @@ def _port_finding(
                     f"{claim.text} is held by this domain, and {named} "
                     f"{'names' if count == 1 else 'name'} it too: "
                     f"{'it' if count == 1 else 'they'} cannot start while this domain runs",
+                    claim.path,
                 )
             )
         elif count:
@@ -991,6 +1014,7 @@ def _port_finding(
                     "warn",
                     f"{claim.text} is also fixed for {_listed(names, count)}: they cannot run at "
                     f'the same time (the second to start fails: "{reserved}")',
+                    claim.path,
                 )
             )
         if listeners is not None and not dom.active and not use.running:
@@ -1006,16 +1030,17 @@ def _port_finding(
                         f"{claim.text} is taken by a socket listening on "
                         f"{taken[0].address}:{taken[0].port} (uid {taken[0].uid}): this domain "
                         f'cannot start (QEMU: "{ADDRESS_IN_USE}")',
+                        claim.path,
                     )
                 )
     if problems:
         order = {"fail": 0, "warn": 1, "info": 2}
         problems.sort(key=lambda p: order.get(p[0], 3))
-        status, text = problems[0]
+        status, text, path = problems[0]
         if len(problems) > 1:
             text += f" (and {_plural(len(problems) - 1, 'more conflict')})"
-        evidence["conflicts"] = [t for _, t in problems]
-        return Finding(status, text, subject=dom.subject, evidence=evidence)
+        evidence["conflicts"] = [t for _, t, _ in problems]
+        return Finding(status, text, subject=dom.subject, evidence=evidence, location=at(path))
     ports = ", ".join(c.text for c in owned)
     if dom.active:  # only fixed ports are claimed by a domain that is off
         text = f"holds {ports}, and no other domain names it"
@@ -1076,13 +1101,14 @@ def likely_meant(value: int, unit: str) -> Optional[str]:
     "DOM007",
     "memory-implausibly-small",
     title="A domain's memory is implausibly small",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def memory_implausibly_small(domains: Domains) -> Iterator[Finding]:
     """What it checks: each domain's `<memory>`: under 128 MiB is a warning (few current
-    systems boot in it, though a small test image may), under 16 MiB a failure (no firmware
-    and kernel fit), naming the likely slip: `<memory>` without a unit is KiB, so
-    `<memory>2048</memory>` is 2 MiB, not 2 GiB.
+    systems boot in it, though a small test image may; under 16 MiB no firmware and kernel
+    fit), naming the likely slip: `<memory>` without a unit is KiB, so
+    `<memory>2048</memory>` is 2 MiB, not 2 GiB. A warning, not a failure: libvirt and QEMU
+    define and start such a domain; it is the guest that does not get far.
 
     Why it matters: libvirt and QEMU accept any size without a word (a 2 MiB guest starts
     and shows as running), and the guest then hangs in the firmware or runs out of memory
@@ -1114,10 +1140,11 @@ def memory_implausibly_small(domains: Domains) -> Iterator[Finding]:
             meant = likely_meant(value, unit)
             guess = f"; {meant} was probably meant" if meant else ""
             yield Finding(
-                "fail",
+                "warn",
                 f"{written} is {_size(kib)}: nothing boots in under 16 MiB{guess}",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at("/domain/memory"),
             )
         else:
             yield Finding(
@@ -1125,6 +1152,7 @@ def memory_implausibly_small(domains: Domains) -> Iterator[Finding]:
                 f"{written} is {_size(kib)}: few systems boot in under 128 MiB",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at("/domain/memory"),
             )
 
 
@@ -1151,7 +1179,7 @@ def _iommu_xml(iommu: Optional[dict[str, str]]) -> Optional[str]:
     "DOM008",
     "vcpus-need-eim",
     title="More than 255 vCPUs without an IOMMU in extended interrupt mode",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
     """What it checks: domains with more than 255 vCPUs (the `<vcpu>` maximum, hot-pluggable
@@ -1216,6 +1244,7 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
             f"{vcpus} vCPUs but {problem}: libvirt refuses the domain; on q35 add {EIM_XML}",
             subject=dom.subject,
             evidence=evidence,
+            location=at("/domain/vcpu"),
         )
 
 

@@ -1076,7 +1076,7 @@ def _is_multicast(mac: str) -> bool:
     "NET010",
     "duplicate-mac",
     title="Two guests, or a guest and the host, share a MAC; or a MAC is multicast",
-    tags=("network", "domain"),
+    tags=("network", "domain", "definition"),
 )
 def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[Finding]:
     """What it checks: the MAC of every guest interface of every domain (defined and

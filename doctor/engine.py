@@ -174,10 +174,12 @@ def run(
     ignores: Sequence[IgnoreRule] = (),
     options: Optional[RunOptions] = None,
     timeout: Optional[float] = None,
+    given: Optional[dict[str, Any]] = None,
 ) -> RunResult:
+    """Run the selected checks against `source`; `given` facts are used as they are."""
     specs = select(registry, selected)
     validate_ignores(registry, ignores)
-    ctx = FactContext(source, options)
+    ctx = FactContext(source, options, given)
     started = time.time()
     runs = []
     for spec in specs:

@@ -25,7 +25,15 @@ BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware", "network", "logs", "domain
 CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
-TAGS = frozenset({"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs", "probe"})
+TAGS = frozenset(
+    {"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs", "probe", "definition"}
+)
+# Checks with this tag judge a domain or network definition alone, without a host:
+# `kvmdoctor lint` runs them on files. Their other facts, if any, are optional.
+DEFINITION_TAG = "definition"
+# Checks with this tag (and not `definition`) compare definitions with the host they are to
+# run on (firmware files, bridges, networks, emulators): `kvmdoctor lint --host` adds them.
+DOMAIN_TAG = "domain"
 # Checks with this tag judge what only `kvmdoctor probe` provides: selected by name only.
 ON_REQUEST_TAG = "probe"
 DEFAULT_TIMEOUT = 10.0

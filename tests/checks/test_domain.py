@@ -565,12 +565,13 @@ def test_dom006_passes_for_free_fixed_ports_and_automatic_ones(
 # --- DOM007 memory-implausibly-small -----------------------------------------------------------
 
 
-def test_dom007_fails_for_memory_written_without_a_unit(tmp_path: Path) -> None:
+def test_dom007_warns_for_memory_written_without_a_unit(tmp_path: Path) -> None:
+    # a warning, not a failure: libvirt and QEMU start such a guest (integration test)
     finding = one(
         on_node(tmp_path, "DOM007", guest("kd-tiny", memory="<memory>2048</memory>")), "DOM007"
     )
     assert (finding.status, finding.message) == (
-        "fail",
+        "warn",
         "<memory unit='KiB'>2048</memory> is 2 MiB: nothing boots in under 16 MiB; "
         "<memory unit='MiB'>2048</memory> (2 GiB) was probably meant",
     )

@@ -452,10 +452,10 @@ def test_dom006_predicts_that_qemu_finds_the_port_in_use(lab: Lab, free_port: in
 # --- DOM007: libvirt and QEMU say nothing -----------------------------------------------------
 
 
-def test_dom007_fails_a_2_mib_guest_that_libvirt_starts_without_a_word(lab: Lab) -> None:
+def test_dom007_warns_of_a_2_mib_guest_that_libvirt_starts_without_a_word(lab: Lab) -> None:
     name = lab.defined(guest("kd-dom007-tiny", memory="<memory>2048</memory>"))
     predicted = finding("DOM007", name)
-    assert predicted.status == "fail"
+    assert predicted.status == "warn"  # libvirt and QEMU accept it: not a `fail`
     assert predicted.message == (
         "<memory unit='KiB'>2048</memory> is 2 MiB: nothing boots in under 16 MiB; "
         "<memory unit='MiB'>2048</memory> (2 GiB) was probably meant"
