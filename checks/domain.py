@@ -1256,22 +1256,23 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
 # show each one (docs/lint-oracle.md).
 
 
-def _verdicts(
-    domains: Domains,
-    judge: Callable[[Domain], tuple[Optional[str], str, dict[str, Any]]],
-    *,
-    status: Status = "fail",
-) -> Iterator[Finding]:
-    """One finding per domain from `judge(dom)` -> (problem or None, pass message, evidence)."""
+Verdict = tuple[Optional[str], str, dict[str, Any], str]
+
+
+def _verdicts(domains: Domains, judge: Callable[[Domain], Verdict]) -> Iterator[Finding]:
+    """One finding per domain from `judge(dom)` -> (libvirt's refusal or None, the pass
+    message, evidence, the path of the element the refusal is about)."""
     if not domains.items:
         yield _no_domains(domains)
         return
     for dom in domains.items:
-        problem, fine, evidence = judge(dom)
+        problem, fine, evidence, where = judge(dom)
         if problem is None:
             yield Finding("pass", fine, subject=dom.subject, evidence=evidence)
         else:
-            yield Finding(status, problem, subject=dom.subject, evidence=evidence)
+            yield Finding(
+                "fail", problem, subject=dom.subject, evidence=evidence, location=at(where)
+            )
 
 
 # --- DOM009 domain-without-memory ------------------------------------------------------------
@@ -1279,15 +1280,16 @@ def _verdicts(
 NO_MEMORY = "Memory size must be specified via <memory> or in the <numa> configuration"
 
 
-def _judge_memory(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_memory(dom: Domain) -> Verdict:
     evidence = {"memory_kib": dom.memory_kib, "numa_memory_kib": dom.numa_memory_kib}
     if dom.memory_kib or dom.numa_memory_kib:
-        return None, f"{_size(dom.memory_kib or dom.numa_memory_kib or 0)} of memory", evidence
+        return None, f"{_size(dom.memory_kib or dom.numa_memory_kib or 0)} of memory", evidence, ""
     return (
         f'no <memory> and no NUMA cell memory: libvirt refuses the domain ("{NO_MEMORY}"); '
         "add <memory unit='MiB'>...</memory>",
         "",
         evidence,
+        "/domain",
     )
 
 
@@ -1295,7 +1297,7 @@ def _judge_memory(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
     "DOM009",
     "domain-without-memory",
     title="A domain gives no memory size",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def domain_without_memory(domains: Domains) -> Iterator[Finding]:
     """What it checks: that each domain has a memory size: a non-zero `<memory>`, or
@@ -1316,11 +1318,14 @@ def domain_without_memory(domains: Domains) -> Iterator[Finding]:
 # --- DOM010 disk-target-duplicated -----------------------------------------------------------
 
 
-def _judge_targets(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_targets(dom: Domain) -> Verdict:
     sources: dict[str, list[str]] = defaultdict(list)
+    second: dict[str, str] = {}
     for disk in dom.disks:
         if disk.target:
             sources[disk.target].append(disk.source or "(no source)")
+            if len(sources[disk.target]) == 2:
+                second[disk.target] = disk.path
     evidence = {"targets": {t: s for t, s in sources.items()}}
     for target, used in sources.items():
         if len(used) > 1:
@@ -1330,15 +1335,16 @@ def _judge_targets(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
                 f"'{used[0]}' and '{used[1]}'\"); give each disk its own target name",
                 "",
                 evidence,
+                second[target],
             )
-    return None, f"{_plural(len(sources), 'disk target')}, each used once", evidence
+    return None, f"{_plural(len(sources), 'disk target')}, each used once", evidence, ""
 
 
 @check(
     "DOM010",
     "disk-target-duplicated",
     title="Two disks have the same target name",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def disk_target_duplicated(domains: Domains) -> Iterator[Finding]:
     """What it checks: that no two disks of a domain share a `<target dev=...>` name
@@ -1387,18 +1393,23 @@ def _drive_text(addr: tuple[int, ...]) -> str:
     return " ".join(f"{k}='{v}'" for k, v in zip(DRIVE_FIELDS, addr))
 
 
-def _judge_drives(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_drives(dom: Domain) -> Verdict:
     claims: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    paths: dict[tuple[Any, ...], list[str]] = defaultdict(list)
     for disk in dom.disks:
         addr = _disk_drive_address(disk)
         if addr is not None:
             # SCSI host devices share the SCSI disks' addresses
-            claims[(disk.bus, *addr)].append(f"disk {disk.target}")
+            key: tuple[Any, ...] = (disk.bus, *addr)
+            claims[key].append(f"disk {disk.target}")
+            paths[key].append(disk.path)
     for hostdev in dom.hostdevs:
         addr_el = hostdev.get("address") or {}
         if hostdev.get("type") == "scsi" and addr_el.get("type") == "drive":
-            addr = tuple(_int(addr_el.get(k, "0")) or 0 for k in DRIVE_FIELDS)
-            claims[("scsi", *addr)].append("hostdev scsi")
+            drive = tuple(_int(addr_el.get(k, "0")) or 0 for k in DRIVE_FIELDS)
+            key = ("scsi", *drive)
+            claims[key].append("hostdev scsi")
+            paths[key].append(str(hostdev.get("path", "")))
     evidence = {"drive_addresses": [f"{k[0]} {_drive_text(k[1:])}: {v}" for k, v in claims.items()]}
     for key, users in claims.items():
         if len(users) > 1:
@@ -1408,15 +1419,16 @@ def _judge_drives(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
                 f'the domain ("{DUPLICATE_DRIVE} ..."); give one of them another unit',
                 "",
                 evidence,
+                paths[key][-1],
             )
-    return None, f"{_plural(len(claims), 'drive address')}, none taken twice", evidence
+    return None, f"drive addresses: {len(claims)}, none taken twice", evidence, ""
 
 
 @check(
     "DOM011",
     "drive-address-conflict",
     title="Two disks (or SCSI host devices) take the same drive address",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def drive_address_conflict(domains: Domains) -> Iterator[Finding]:
     """What it checks: the drive addresses (controller, bus, target, unit) of the disks on
@@ -1457,13 +1469,15 @@ def _pci_addr_text(key: tuple[int, int, int, int]) -> str:
     return f"{key[0]:04x}:{key[1]:02x}:{key[2]:02x}.{key[3]}"
 
 
-def _judge_pci_addresses(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_pci_addresses(dom: Domain) -> Verdict:
     claims: dict[tuple[int, int, int, int], list[str]] = defaultdict(list)
+    where: dict[tuple[int, int, int, int], str] = {}
     for addr in dom.pci_addresses:
         key = _pci_key(addr)
         # a <console> that repeats its <serial>'s address is that same device
         if key is not None and addr.get("device") != "console":
             claims[key].append(str(addr.get("device")))
+            where[key] = f"{addr.get('path', '')}/address"
     if machine_family(dom) == "i440fx":
         for function, what in PIIX3_FUNCTIONS.items():
             key = (0, 0, PIIX3_SLOT, function)
@@ -1481,15 +1495,16 @@ def _judge_pci_addresses(dom: Domain) -> tuple[Optional[str], str, dict[str, Any
                 "one of them and let libvirt assign it",
                 "",
                 evidence,
+                where.get(key, ""),
             )
-    return None, f"{_plural(len(claims), 'PCI address')} written, none taken twice", evidence
+    return None, f"PCI addresses written: {len(claims)}, none taken twice", evidence, ""
 
 
 @check(
     "DOM012",
     "pci-address-conflict",
     title="Two devices are given the same PCI address",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def pci_address_conflict(domains: Domains) -> Iterator[Finding]:
     """What it checks: the guest PCI addresses written in the domain's devices
@@ -1515,7 +1530,7 @@ def pci_address_conflict(domains: Domains) -> Iterator[Finding]:
 PCI_LIMITS = (("domain", 0xFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 7))
 
 
-def _judge_pci_ranges(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_pci_ranges(dom: Domain) -> Verdict:
     evidence = {"pci_addresses": [dict(a) for a in dom.pci_addresses]}
     for addr in dom.pci_addresses:
         for name, limit in PCI_LIMITS:
@@ -1527,15 +1542,16 @@ def _judge_pci_ranges(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
                     f'must be <= {limit:#X}"); remove the <address> and let libvirt assign one',
                     "",
                     evidence,
+                    f"{addr.get('path', '')}/address",
                 )
-    return None, "every written PCI address is in range", evidence
+    return None, "every written PCI address is in range", evidence, ""
 
 
 @check(
     "DOM013",
     "pci-address-out-of-range",
     title="A PCI address has a bus, slot or function out of range",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def pci_address_out_of_range(domains: Domains) -> Iterator[Finding]:
     """What it checks: that each written guest PCI address has bus <= 0xff, slot <= 0x1f
@@ -1562,28 +1578,29 @@ NO_PORT_SLOT = (
 ROOT_PORT_FUNCTIONS = 8 * 30  # pcie-root slots 0x01-0x1e, 8 functions each (0x1f: ICH9)
 
 
-def _topology_problem(dom: Domain) -> Optional[str]:
+def _topology_problem(dom: Domain) -> Optional[tuple[str, str]]:
     family = machine_family(dom)
     pci = [c for c in dom.controllers if c.get("type") == "pci"]
     seen: dict[int, str] = {}
     for ctrl in pci:
         index = _int(ctrl["index"]) if "index" in ctrl else None
         model = ctrl.get("model") or ""
+        here = str(ctrl.get("path", ""))
         if model in ("pci-root", "pcie-root"):
             if index not in (None, 0):
-                return (
+                return here, (
                     f'a {model} has index {index}: "pci-root and pcie-root controllers should '
                     'have index 0"'
                 )
             if (ctrl.get("address") or {}).get("type"):
-                return (
+                return here, (
                     f'the {model} has an <address>: "pci-root and pcie-root controllers '
                     'should not have an address"'
                 )
         if index is None:
             continue
         if index in seen:
-            return (
+            return here, (
                 f"two PCI controllers have index {index}: \"Multiple 'pci' controllers with "
                 f"index '{index}'\""
             )
@@ -1593,14 +1610,15 @@ def _topology_problem(dom: Domain) -> Optional[str]:
     )
     want = {"q35": "pcie-root", "i440fx": "pci-root"}.get(family)
     if root and want and root != want:
-        return (
+        return _root_path(pci), (
             f'{_machine(dom)} needs {want} as PCI controller 0, the XML has {root}: "The PCI '
             f"controller with index='0' must be model='{want}' for this machine type, but "
             f"model='{root}' was found instead\""
         )
     models = [c.get("model") for c in pci]
     if "pcie-expander-bus" in models and family != "q35":
-        return (
+        expander = next(c for c in pci if c.get("model") == "pcie-expander-bus")
+        return str(expander.get("path", "")), (
             f'a pcie-expander-bus on {_machine(dom)}: "pcie-expander-bus controllers are not '
             'supported with this machine type"'
         )
@@ -1613,29 +1631,34 @@ def _topology_problem(dom: Domain) -> Optional[str]:
         }
         unaddressed = [c for c in ports if not (c.get("address") or {}).get("type")]
         if len(unaddressed) > ROOT_PORT_FUNCTIONS - len(addressed):
-            return (
+            return str(unaddressed[-1].get("path", "")), (
                 f"{len(ports)} pcie-root-ports do not fit on pcie-root ({ROOT_PORT_FUNCTIONS} "
                 f'functions): "{NO_PORT_SLOT}"'
             )
     return None
 
 
-def _judge_topology(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _root_path(pci: list[dict[str, Any]]) -> str:
+    root = next((c for c in pci if c.get("model") in ("pci-root", "pcie-root")), None)
+    return str(root.get("path", "")) if root is not None else ""
+
+
+def _judge_topology(dom: Domain) -> Verdict:
     evidence = {
         "machine": dom.machine,
         "pci_controllers": [_controller_text(c) for c in dom.controllers if c.get("type") == "pci"],
     }
-    problem = _topology_problem(dom)
-    if problem:
-        return f"libvirt refuses the domain: {problem}", "", evidence
-    return None, "the PCI controllers can be addressed", evidence
+    found = _topology_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "the PCI controllers can be addressed", evidence, ""
 
 
 @check(
     "DOM014",
     "pci-controller-topology",
     title="The PCI controllers cannot be put together as written",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def pci_controller_topology(domains: Domains) -> Iterator[Finding]:
     """What it checks: the domain's PCI controllers: controller 0 is pcie-root on q35 and
@@ -1665,7 +1688,7 @@ def pci_controller_topology(domains: Domains) -> Iterator[Finding]:
 # --- DOM015 shared-disk-format ---------------------------------------------------------------
 
 
-def _judge_shared(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_shared(dom: Domain) -> Verdict:
     shared = [d for d in dom.disks if d.shareable and not d.readonly]
     evidence = {"shareable": [f"{d.target}: {d.format or 'raw'}" for d in shared]}
     for disk in shared:
@@ -1676,15 +1699,16 @@ def _judge_shared(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
                 'supported storage format"); only raw images can be shared',
                 "",
                 evidence,
+                disk.path,
             )
-    return None, f"{_plural(len(shared), 'writable shared disk')}, all raw", evidence
+    return None, f"{_plural(len(shared), 'writable shared disk')}, all raw", evidence, ""
 
 
 @check(
     "DOM015",
     "shared-disk-format",
     title="A shared disk uses a format that cannot be shared",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def shared_disk_format(domains: Domains) -> Iterator[Finding]:
     """What it checks: that every writable disk marked `<shareable/>` uses the raw format
@@ -1727,18 +1751,19 @@ def machine_max_cpus(dom: Domain) -> Optional[tuple[int, bool]]:
     return MAX_CPUS_Q35, parts < (8, 1)
 
 
-def _judge_cpu_limit(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_cpu_limit(dom: Domain) -> Verdict:
     vcpus = dom.vcpus or 1
     limit = machine_max_cpus(dom)
     evidence = {"vcpus": vcpus, "machine": dom.machine, "max_cpus": limit[0] if limit else None}
     if limit is None or vcpus <= limit[0] or not limit[1]:
-        return None, f"{_plural(vcpus, 'vCPU')} on {_machine(dom)}", evidence
+        return None, f"{_plural(vcpus, 'vCPU')} on {_machine(dom)}", evidence, ""
     return (
         f"{vcpus} vCPUs on {_machine(dom)}, whose limit is {limit[0]}: libvirt refuses the "
         f'domain ("Maximum CPUs greater than specified machine type limit {limit[0]}"); use '
         "q35 (288 vCPUs with QEMU 7.2) or fewer vCPUs",
         "",
         evidence,
+        "/domain/vcpu",
     )
 
 
@@ -1746,7 +1771,7 @@ def _judge_cpu_limit(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
     "DOM016",
     "vcpus-exceed-machine-limit",
     title="More vCPUs than the machine type allows",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
     """What it checks: the `<vcpu>` maximum against the machine type's limit as QEMU
@@ -1769,11 +1794,11 @@ def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
 # --- DOM017 iommu-model-unsupported ----------------------------------------------------------
 
 
-def _judge_iommu(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_iommu(dom: Domain) -> Verdict:
     iommu = dom.iommu
     evidence = {"iommu": _iommu_xml(iommu), "machine": dom.machine, "acpi": "acpi" in dom.features}
     if iommu is None:
-        return None, "no IOMMU", evidence
+        return None, "no IOMMU", evidence, ""
     model, family = iommu.get("model"), machine_family(dom)
     x86 = (dom.arch or "x86_64") in X86
     problem = None
@@ -1786,12 +1811,13 @@ def _judge_iommu(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
     elif model == "virtio" and dom.features.get("acpi", "off") == "off":
         problem = "IOMMU device: 'virtio' requires ACPI"
     if problem is None:
-        return None, f"IOMMU model {model} on {_machine(dom)}", evidence
+        return None, f"IOMMU model {model} on {_machine(dom)}", evidence, ""
     return (
         f"<iommu model='{model}'> on {_machine(dom)}: libvirt refuses the domain "
         f'("{problem}"); use a q35 machine type (with <acpi/>)',
         "",
         evidence,
+        "/domain/devices/iommu",
     )
 
 
@@ -1799,7 +1825,7 @@ def _judge_iommu(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
     "DOM017",
     "iommu-model-unsupported",
     title="An IOMMU model the machine type lacks",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def iommu_model_unsupported(domains: Domains) -> Iterator[Finding]:
     """What it checks: that the domain's `<iommu model=...>` exists on its machine type:
@@ -1822,23 +1848,24 @@ def iommu_model_unsupported(domains: Domains) -> Iterator[Finding]:
 # --- DOM018 smm-tseg-refused -----------------------------------------------------------------
 
 
-def _judge_tseg(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_tseg(dom: Domain) -> Verdict:
     tseg = dom.smm_tseg_kib
     evidence = {"smm": dom.smm, "tseg_kib": tseg, "machine": dom.machine}
     if tseg is None or dom.smm != "on":
-        return None, "no SMM TSEG size given", evidence
+        return None, "no SMM TSEG size given", evidence, ""
     problem = None
     if machine_family(dom) != "q35":
         problem = "SMM TSEG is only supported with q35 machine type"
     elif tseg % MiB:
         problem = "SMM TSEG size must be divisible by 1 MiB"
     if problem is None:
-        return None, f"SMM TSEG of {_size(tseg)} on q35", evidence
+        return None, f"SMM TSEG of {_size(tseg)} on q35", evidence, ""
     return (
         f"<smm><tseg> of {_size(tseg)} on {_machine(dom)}: libvirt refuses the domain "
         f'("{problem}"); remove <tseg> or use q35 with a whole number of MiB',
         "",
         evidence,
+        "/domain/features/smm/tseg",
     )
 
 
@@ -1846,7 +1873,7 @@ def _judge_tseg(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
     "DOM018",
     "smm-tseg-refused",
     title="An SMM TSEG size outside q35, or not in whole MiB",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def smm_tseg_refused(domains: Domains) -> Iterator[Finding]:
     """What it checks: a `<features><smm state='on'><tseg>` size: only q35's MCH has an
@@ -1918,7 +1945,7 @@ def firmware_problem(dom: Domain) -> Optional[str]:
     return None
 
 
-def _judge_firmware(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
+def _judge_firmware(dom: Domain) -> Verdict:
     evidence = {
         "firmware": dom.firmware,
         "loader": asdict(dom.loader) if dom.loader else None,
@@ -1929,15 +1956,18 @@ def _judge_firmware(dom: Domain) -> tuple[Optional[str], str, dict[str, Any]]:
     problem = firmware_problem(dom)
     if problem is None:
         what = f"firmware='{dom.firmware}'" if dom.firmware else "the firmware attributes"
-        return None, f"libvirt accepts {what}", evidence
-    return f'libvirt refuses the domain\'s firmware: "{problem}"', "", evidence
+        return None, f"libvirt accepts {what}", evidence, ""
+    where = "/domain/os/loader" if dom.loader is not None else "/domain/os"
+    if dom.nvram is not None and "nvram" in problem.lower() and not problem.startswith("Only"):
+        where = "/domain/os/nvram"
+    return f'libvirt refuses the domain\'s firmware: "{problem}"', "", evidence, where
 
 
 @check(
     "DOM019",
     "firmware-attributes-refused",
     title="A combination of firmware attributes libvirt refuses",
-    tags=("domain", "libvirt", "ci"),
+    tags=("domain", "libvirt", "definition"),
 )
 def firmware_attributes_refused(domains: Domains) -> Iterator[Finding]:
     """What it checks: the domain's `<os>` firmware attributes against libvirt 9.0's rules.

@@ -485,13 +485,13 @@ def parse_domain(
         if positions is not None
         else {},
         hostdevs=tuple(
-            {**hostdev.attrib, "address": _address(hostdev)}
+            {**hostdev.attrib, "address": _address(hostdev), "path": paths.get(hostdev, "")}
             for hostdev in (devices.findall("hostdev") if devices is not None else ())
         ),
         smm_tseg_kib=_tseg_kib(features),
         numa_memory_kib=_numa_kib(root),
         pci_addresses=tuple(
-            {"device": device_label(device), **addr.attrib}
+            {"device": device_label(device), "path": paths.get(device, ""), **addr.attrib}
             for device in (devices if devices is not None else ())
             if isinstance(device.tag, str)
             for addr in device.findall("address")
