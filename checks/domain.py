@@ -1530,6 +1530,10 @@ def pci_address_conflict(domains: Domains) -> Iterator[Finding]:
 PCI_LIMITS = (("domain", 0xFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 7))
 
 
+def _limit_text(name: str, limit: int) -> str:
+    return str(limit) if name == "function" else f"0x{limit:X}"
+
+
 def _judge_pci_ranges(dom: Domain) -> Verdict:
     evidence = {"pci_addresses": [dict(a) for a in dom.pci_addresses]}
     for addr in dom.pci_addresses:
@@ -1539,7 +1543,7 @@ def _judge_pci_ranges(dom: Domain) -> Verdict:
                 return (
                     f"{addr.get('device')} has PCI {name}='{addr.get(name)}', above {limit:#x}: "
                     f"libvirt refuses the domain (\"Invalid PCI address {name}='{addr.get(name)}', "
-                    f'must be <= {limit:#X}"); remove the <address> and let libvirt assign one',
+                    f'must be <= {_limit_text(name, limit)}"); remove the <address> and let libvirt assign one',
                     "",
                     evidence,
                     f"{addr.get('path', '')}/address",
