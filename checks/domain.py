@@ -1543,7 +1543,8 @@ def _judge_pci_ranges(dom: Domain) -> Verdict:
                 return (
                     f"{addr.get('device')} has PCI {name}='{addr.get(name)}', above {limit:#x}: "
                     f"libvirt refuses the domain (\"Invalid PCI address {name}='{addr.get(name)}', "
-                    f'must be <= {_limit_text(name, limit)}"); remove the <address> and let libvirt assign one',
+                    f'must be <= {_limit_text(name, limit)}"); remove the <address> and let '
+                    "libvirt assign one",
                     "",
                     evidence,
                     f"{addr.get('path', '')}/address",
