@@ -5,6 +5,7 @@ libvirt 9.0 and QEMU 7.2 said on the lab machine (tests/integration/test_domain_
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -12,7 +13,9 @@ from typing import Any, Optional
 
 from doctor.facts.domains import Disk, Domain, Domains, PciDevice
 from doctor.facts.libvirt import QemuConf
+from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time
 from doctor.facts.sockets import Listeners
+from doctor.facts.tls import HostClock
 from doctor.model import Finding, Location, Status
 from doctor.registry import check
 
@@ -241,7 +244,11 @@ def _controller_text(ctrl: dict[str, Any]) -> str:
     title="A domain has no free PCI slot to hot-plug a device into",
     tags=("domain", "libvirt", "definition"),
 )
-def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
+def pci_slots_exhausted(
+    domains: Domains,
+    libvirt_logs: Optional[LibvirtLogs] = None,
+    host_clock: Optional[HostClock] = None,
+) -> Iterator[Finding]:
     """What it checks: how many devices can still be hot-plugged into each domain, counted as
     libvirt counts them from the domain's PCI controllers and the addresses its devices
     occupy. On q35 (and other PCIe machines) a device goes into an empty pcie-root-port or
@@ -250,7 +257,14 @@ def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
     slot (1-31; slot 0 is the host bridge, slot 1 the PIIX3 ISA/IDE/USB bridge, the rest as
     the addresses in the XML say) or a pci-bridge slot. pci-root hot-plug needs ACPI, and
     ports with `<target hotplug='off'/>` take none. Devices of hand-written XML that have no
-    address yet are counted as taking free slots first.
+    address yet are counted as taking free slots first. No free slot (or pci-root hot-plug
+    without ACPI) is a warning with the count and the fix: such a domain defines and runs,
+    only a later hot-plug fails. It is a failure when the host's libvirt logs show that an
+    attach to that domain failed so ("No more available PCI slots", "Bus 'pci.0' does not
+    support hotplugging") since it last started (its QEMU log says when; without one, in the
+    last 7 days): in a line that names the domain (quoted, as `name=`, or by UUID) or in its
+    QEMU log, or in a daemon line naming no domain when that domain is the only running one
+    that can have caused it.
 
     Why it matters: `virsh attach-device --live` (and virt-manager's "Add Hardware", and
     OpenStack's interface attach) fails with "internal error: No more available PCI slots".
@@ -271,8 +285,10 @@ def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
     if not domains.items:
         yield _no_domains(domains)
         return
+    counted = {dom.name: free_slots(dom) for dom in domains.items}
+    attaches = failed_attaches(domains, counted, libvirt_logs, host_clock)
     for dom in domains.items:
-        slots = free_slots(dom)
+        slots = counted[dom.name]
         if slots is None:
             yield Finding(
                 "skip",
@@ -282,10 +298,130 @@ def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
                 evidence={"machine": dom.machine, "arch": dom.arch},
             )
             continue
-        yield _slots_finding(dom, slots)
+        yield _slots_finding(dom, slots, attaches.get(dom.name))
 
 
-def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
+RECENT = 7 * 86400  # log lines older than this (by the host's clock) are history
+ATTACH_ERRORS = (NO_SLOTS, NO_ACPI_HOTPLUG)
+
+
+@dataclass(frozen=True)
+class FailedAttach:
+    """A log line saying a hot-plug failed for want of a slot, and how it is tied to a domain."""
+
+    error: str  # NO_SLOTS or NO_ACPI_HOTPLUG
+    origin: str
+    line: str
+    time: Optional[float]
+    how: str  # "named", "its QEMU log", or why an unnamed line can only be this domain's
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"log": self.origin, "line": self.line[:400], "attributed": self.how}
+
+
+def _line_names(dom: Domain, line: str) -> bool:
+    """Whether a log line names the domain: quoted, as name=..., or by its UUID."""
+    name = re.escape(dom.name)
+    if dom.uuid and dom.uuid.lower() in line.lower():
+        return True
+    return re.search(rf"(['\"]{name}['\"]|\bname={name}(?![\w.-]))", line) is not None
+
+
+def failed_attaches(
+    domains: Domains,
+    counted: dict[str, Optional[FreeSlots]],
+    logs: Optional[LibvirtLogs],
+    clock: Optional[HostClock],
+) -> dict[str, FailedAttach]:
+    """The most recent failed attach for want of a slot, per domain it can be tied to."""
+    if logs is None:
+        return {}
+    started = _started(domains, logs)
+    # The running domains that can have caused an unnamed line, by error.
+    suspects: dict[str, list[Domain]] = {NO_SLOTS: [], NO_ACPI_HOTPLUG: []}
+    for dom in domains.items:
+        slots = counted.get(dom.name)
+        if slots is None or not dom.active:
+            continue
+        if slots.no_acpi:
+            suspects[NO_ACPI_HOTPLUG].append(dom)
+        elif slots.count == 0:
+            suspects[NO_SLOTS].append(dom)
+    found: dict[str, FailedAttach] = {}
+    for log in logs.logs:
+        stamp: Optional[float] = None
+        own = next((d for d in domains.items if log.origin == f"{QEMU_LOG_DIR}/{d.name}.log"), None)
+        for line in log.lines:
+            stamp = line_time(line) or stamp
+            error = next((e for e in ATTACH_ERRORS if e in line), None)
+            if error is None:
+                continue
+            named = [d for d in domains.items if _line_names(d, line)]
+            if own is not None:
+                hits = [(own, "in its QEMU log")]
+            elif named:
+                hits = [(d, "the line names it") for d in named]
+            elif unnamed_suspect(suspects[error], started, stamp) is not None:
+                hits = [
+                    (
+                        suspects[error][0],
+                        "the line names no domain; it is later than this domain's start, and "
+                        "this is the only running domain "
+                        + (
+                            "without ACPI on i440fx"
+                            if error == NO_ACPI_HOTPLUG
+                            else "with no free slot"
+                        ),
+                    )
+                ]
+            else:
+                continue
+            for dom, how in hits:
+                if _since(dom, started, stamp, clock):
+                    found[dom.name] = FailedAttach(error, log.origin, line.strip(), stamp, how)
+    return found
+
+
+def _since(
+    dom: Domain, started: dict[str, float], stamp: Optional[float], clock: Optional[HostClock]
+) -> bool:
+    """Whether a log line is about the domain as it is: later than its last start when its
+    QEMU log says when that was, else no older than RECENT by the host's clock."""
+    since = started.get(dom.name)
+    if since is not None:
+        return stamp is not None and stamp >= since
+    return clock is None or stamp is None or clock.time - stamp <= RECENT
+
+
+def _started(domains: Domains, logs: LibvirtLogs) -> dict[str, float]:
+    """When each domain last started, from its QEMU log ("TIME: starting up libvirt ...")."""
+    by_log = {f"{QEMU_LOG_DIR}/{d.name}.log": d.name for d in domains.items}
+    started: dict[str, float] = {}
+    for log in logs.logs:
+        name = by_log.get(log.origin)
+        if name is None:
+            continue
+        for line in log.lines:
+            if ": starting up " in line:
+                stamp = line_time(line)
+                if stamp is not None:
+                    started[name] = stamp
+    return started
+
+
+def unnamed_suspect(
+    suspects: list[Domain], started: dict[str, float], stamp: Optional[float]
+) -> Optional[Domain]:
+    """The domain an unnamed daemon line is about: the only running domain that can have
+    caused it, provided the line is later than that domain's start (an older line is some
+    earlier domain's)."""
+    if len(suspects) != 1 or stamp is None:
+        return None
+    since = started.get(suspects[0].name)
+    return suspects[0] if since is not None and stamp >= since else None
+
+
+def _slots_finding(dom: Domain, slots: FreeSlots, attach: Optional[FailedAttach] = None) -> Finding:
     count = slots.count
     evidence: dict[str, Any] = {
         "machine": dom.machine,
@@ -304,6 +440,13 @@ def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
         "hotplug_off": describe(slots.hotplug_off),
         "no_address_yet": list(slots.pending),
     }
+    status: Status = "warn"
+    failed = ""
+    if attach is not None and (slots.no_acpi or count == 0):
+        status = "fail"
+        evidence["failed_attach"] = attach.as_dict()
+        failed = f'; {attach.origin} shows an attach that failed so ("{attach.line[:200]}")'
+    where_ports = at("/domain/features" if slots.no_acpi else "/domain/devices")
     estimate = (
         f" (estimated: {_plural(len(slots.pending), 'device')} without a PCI address "
         "will take free slots first)"
@@ -318,13 +461,14 @@ def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
     )
     if slots.no_acpi:
         return Finding(
-            "fail",
+            status,
             f"{describe(slots.no_acpi)} {'is' if len(slots.no_acpi) == 1 else 'are'} free but "
             "the domain has no <acpi/>: libvirt picks "
             f'one of them for a hot-plugged device and QEMU refuses it ("{NO_ACPI_HOTPLUG}"); '
-            "turn on <features><acpi/></features> while the domain is off",
+            f"turn on <features><acpi/></features> while the domain is off{failed}",
             subject=dom.subject,
             evidence=evidence,
+            location=where_ports,
         )
     if count == 0:
         off = f" ({describe(slots.hotplug_off)} with hotplug='off')" if slots.hotplug_off else ""
@@ -339,11 +483,12 @@ def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
             where = f"every pci-root and pci-bridge slot is occupied{off}"
             fix = "add a pci-bridge (31 slots)"
         return Finding(
-            "fail",
+            status,
             f"0 free hot-plug slots: {where}{estimate}; attaching a device to the running "
-            f'domain fails with "{NO_SLOTS}"; {fix} while the domain is off{bridges}',
+            f'domain fails with "{NO_SLOTS}"; {fix} while the domain is off{bridges}{failed}',
             subject=dom.subject,
             evidence=evidence,
+            location=where_ports,
         )
     return Finding(
         "pass",

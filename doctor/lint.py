@@ -237,7 +237,7 @@ def _located(run: CheckRun, by_subject: dict[str, Union[Domain, Network]]) -> Ch
 
 def locate(finding: Finding, by_subject: dict[str, Union[Domain, Network]]) -> Finding:
     """The finding with its file and line: those of the element it names, else of the
-    definition's root element."""
+    definition's root element; its evidence names the domain or network the file defines."""
     definition = by_subject.get(finding.subject)
     if definition is None or definition.file is None:
         return finding
@@ -249,7 +249,13 @@ def locate(finding: Finding, by_subject: dict[str, Union[Domain, Network]]) -> F
         while line is None and len(parts) > 2:
             parts.pop()
             line = definition.lines.get("/".join(parts))
-    return replace(finding, location=Location(element, definition.file, line))
+    # The name the file defines, for playbooks' {domain}/{network} (`virsh edit {domain}`),
+    # which a domain:NAME subject would have given.
+    kind = "domain" if isinstance(definition, Domain) else "network"
+    evidence = finding.evidence
+    if kind not in evidence and definition.name:
+        evidence = {**evidence, kind: definition.name}
+    return replace(finding, location=Location(element, definition.file, line), evidence=evidence)
 
 
 def files_of(definitions: Definitions) -> Iterable[str]:

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from doctor.render.views import findings, fix_steps
+from doctor.render.views import findings, fix_steps, location_text, ref_location, rerun_command
 from doctor.textsafe import escape_controls
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -113,7 +113,8 @@ def render(report: dict[str, Any]) -> str:
     out.append("<ul>" if ignored else "<p>Nothing was ignored.</p>")
     if ignored:
         out += [
-            f"<li>{badge(f['status'])} <code>{esc(c['code'])}</code> {esc(f['subject'])}: "
+            f"<li>{badge(f['status'])} <code>{esc(c['code'])}</code> "
+            f"{esc(f['subject'] + location_text(f))}: "
             f"{esc(f['ignored']['reason'])} ({esc(f['ignored']['by'])})</li>"
             for c, f in ignored
         ]
@@ -147,7 +148,7 @@ def _diagnosis(
     ):
         out += [
             f"<li>{role}: {badge(r['status'])} <code>{esc(r['code'])}</code> "
-            f"{esc(r['subject'])}: {esc(r['message'])}</li>"
+            f"{esc(r['subject'] + ref_location(report, r))}: {esc(r['message'])}</li>"
             for r in refs
         ]
     out += [
@@ -165,8 +166,8 @@ def _diagnosis(
         ]
         out.append("</ol>")
     if diag.get("verify"):
-        verify = ",".join(diag["verify"])
-        out.append(f"<p>Then: <code>kvmdoctor run --select {esc(verify)}</code></p>")
+        rerun = rerun_command(report, diag["verify"])
+        out.append(f"<p>Then: <code>{esc(rerun)}</code></p>")
     refs = [r for r in diag.get("refs", []) if str(r).startswith(("https://", "http://"))]
     if refs:
         out.append(
@@ -178,6 +179,7 @@ def _diagnosis(
 
 def _finding(chk: dict[str, Any], finding: dict[str, Any], *, open_evidence: bool) -> list[str]:
     subject = "" if finding["subject"] == "host" else f" — {esc(finding['subject'])}"
+    subject += esc(location_text(finding))
     out = [
         f"<p>{badge(finding['status'])} <code>{esc(chk['code'])}</code> {esc(chk['name'])}"
         f"{subject}<br>{esc(finding['message'])}</p>"

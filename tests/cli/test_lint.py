@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,154 @@ def test_lint_copies_of_the_real_guests_in_a_directory(tmp_path: Path) -> None:
     report = report_of(kvmdoctor("lint", str(tmp_path), "-f", "json"))
     statuses = {f["subject"]: f["status"] for f in findings(report, "DOM001")}
     assert statuses == {f"file:{tmp_path}/i440fx.xml": "pass", f"file:{tmp_path}/q35.xml": "pass"}
+
+
+# --- every format, through render_as --------------------------------------------------------
+
+IDE_ON_Q35 = (
+    "    <disk type='file' device='cdrom'>\n"
+    "      <target dev='hdc' bus='ide'/>\n"
+    "      <readonly/>\n"
+    "    </disk>\n"
+)
+
+
+@pytest.fixture
+def linted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A lint report of a directory (given relative, as CI gives it) with two failing files and
+    one clean one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vms").mkdir()
+    (tmp_path / "vms" / "cdrom.xml").write_text(domain("kd-cdrom", CDROM_ON_VIRTIO))
+    (tmp_path / "vms" / "ide.xml").write_text(domain("kd-ide", IDE_ON_Q35))
+    (tmp_path / "vms" / "ok.xml").write_text(domain("kd-ok"))
+    result = kvmdoctor("lint", "vms", "-f", "json")
+    assert result.exit_code == 1, result.stderr
+    return report_of(result)
+
+
+def failing(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["code"]: f for f in findings(report) if f["status"] == "fail"}
+
+
+def test_the_failing_findings_point_at_their_files_and_lines(linted: dict[str, Any]) -> None:
+    failed = failing(linted)
+    assert set(failed) == {"DOM002", "DOM003"}
+    assert failed["DOM003"]["location"] == {
+        "element": "/domain/devices/disk[2]",
+        "file": "vms/cdrom.xml",
+        "line": 18,
+    }
+    assert failed["DOM002"]["location"] == {
+        "element": "/domain/devices/disk",
+        "file": "vms/ide.xml",
+        "line": 14,
+    }
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "html", "junit"])
+def test_the_human_and_ci_formats_show_file_line_and_element(
+    linted: dict[str, Any], fmt: str
+) -> None:
+    from doctor.render import render_as
+    from doctor.render.markdown import md
+
+    text = render_as(fmt, linted, color=False)
+    shown = md if fmt == "markdown" else str
+    assert shown("vms/cdrom.xml:18 /domain/devices/disk[2]") in text
+    assert shown("vms/ide.xml:14 /domain/devices/disk") in text
+    # the check to re-run is lint's, not run's
+    assert "kvmdoctor lint --select DOM003" in text
+    assert "kvmdoctor run --select" not in text
+
+
+def test_json_is_the_report_and_prometheus_has_a_sample_per_file(linted: dict[str, Any]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from doctor.render import render_as
+
+    assert json.loads(render_as("json", linted)) == linted
+    samples = [
+        s
+        for family in text_string_to_metric_families(render_as("prometheus", linted))
+        for s in family.samples
+    ]
+    subjects = {s.labels.get("subject") for s in samples if s.labels.get("code") == "DOM003"}
+    assert "file:vms/cdrom.xml" in subjects
+
+
+def sarif_results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    from doctor.render import render_as
+
+    return [r for run in json.loads(render_as("sarif", report))["runs"] for r in run["results"]]
+
+
+def test_sarif_results_carry_the_file_and_line(linted: dict[str, Any]) -> None:
+    by_rule = {r["ruleId"]: r for r in sarif_results(linted)}
+    physical = by_rule["DOM003"]["locations"][0]["physicalLocation"]
+    assert physical == {
+        "artifactLocation": {"uri": "vms/cdrom.xml", "uriBaseId": "SRCROOT"},
+        "region": {"startLine": 18},
+    }
+    assert by_rule["DOM002"]["locations"][0]["physicalLocation"]["region"] == {"startLine": 14}
+    logical = by_rule["DOM003"]["locations"][0]["logicalLocations"][0]
+    assert logical["fullyQualifiedName"] == "vms/cdrom.xml#/domain/devices/disk[2]"
+
+
+@pytest.mark.integration
+def test_lint_sarif_is_valid_for_the_sarif_multitool(
+    linted: dict[str, Any], tmp_path: Path
+) -> None:
+    from doctor.render import render_as
+
+    from kdtest import ROOT, require
+
+    multitool = ROOT / ".sarif-tools" / "node_modules" / ".bin" / "sarif-multitool"
+    require(multitool.exists(), "the SARIF Multitool (scripts/setup.sh --lab installs it)")
+    path = tmp_path / "lint.sarif"
+    path.write_text(render_as("sarif", linted), encoding="utf-8")
+    out = tmp_path / "validation.sarif"
+    proc = subprocess.run(
+        [str(multitool), "validate", str(path), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = json.loads(out.read_text(encoding="utf-8-sig"))
+    results = [r for run in log["runs"] for r in run.get("results", [])]
+    assert not [r for r in results if r.get("level") == "error"], results
+    # the one warning every kvmdoctor log gets: no web address (informationUri); no
+    # SARIF2017 (a location without a region): every lint result has its line
+    assert {r["ruleId"] for r in results} == {"SARIF2005"}, results
+
+
+def test_lint_sarif_matches_the_sarif_schema(linted: dict[str, Any]) -> None:
+    import jsonschema
+
+    from doctor.render import render_as
+
+    from kdtest import ROOT, require
+
+    schema_path = (
+        ROOT / ".sarif-tools/node_modules/@microsoft/sarif-multitool-linux/sarif-2.1.0.json"
+    )
+    require(schema_path.exists(), "the SARIF 2.1.0 schema of the SARIF Multitool")
+    schema = json.loads(schema_path.read_text(encoding="utf-8-sig"))
+    errors = [
+        e.message
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(
+            json.loads(render_as("sarif", linted))
+        )
+    ]
+    assert not errors, errors[:5]
+
+
+def test_output_writes_the_report_to_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "cdrom.xml"
+    path.write_text(domain("kd-cdrom", CDROM_ON_VIRTIO))
+    out = tmp_path / "lint.sarif"
+    result = kvmdoctor("lint", str(path), "-f", "sarif", "-o", str(out))
+    assert result.exit_code == 1 and result.stdout == ""
+    sarif = json.loads(out.read_text())
+    assert sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]
