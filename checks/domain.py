@@ -7,8 +7,8 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from doctor.facts.domains import Disk, Domain, Domains, PciDevice
@@ -1391,3 +1391,759 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
             evidence=evidence,
             location=at("/domain/vcpu"),
         )
+
+
+# === Define-time rules =======================================================================
+#
+# What libvirt 9.0's parser, post-parse and validation refuse at `virsh define` (or its QEMU
+# driver at the next start), in the areas the checks above cover. Each check quotes libvirt's
+# message; tests/fixtures/libvirt-suite/ holds the inputs of libvirt's own test suite that
+# show each one (docs/lint-oracle.md).
+
+
+Verdict = tuple[Optional[str], str, dict[str, Any], str]
+
+
+def _verdicts(domains: Domains, judge: Callable[[Domain], Verdict]) -> Iterator[Finding]:
+    """One finding per domain from `judge(dom)` -> (libvirt's refusal or None, the pass
+    message, evidence, the path of the element the refusal is about)."""
+    if not domains.items:
+        yield _no_domains(domains)
+        return
+    for dom in domains.items:
+        problem, fine, evidence, where = judge(dom)
+        if problem is None:
+            yield Finding("pass", fine, subject=dom.subject, evidence=evidence)
+        else:
+            yield Finding(
+                "fail", problem, subject=dom.subject, evidence=evidence, location=at(where)
+            )
+
+
+# --- DOM009 domain-without-memory ------------------------------------------------------------
+
+NO_MEMORY = "Memory size must be specified via <memory> or in the <numa> configuration"
+
+
+def _judge_memory(dom: Domain) -> Verdict:
+    evidence = {"memory_kib": dom.memory_kib, "numa_memory_kib": dom.numa_memory_kib}
+    if dom.memory_kib or dom.numa_memory_kib:
+        return None, f"{_size(dom.memory_kib or dom.numa_memory_kib or 0)} of memory", evidence, ""
+    return (
+        f'no <memory> and no NUMA cell memory: libvirt refuses the domain ("{NO_MEMORY}"); '
+        "add <memory unit='MiB'>...</memory>",
+        "",
+        evidence,
+        "/domain",
+    )
+
+
+@check(
+    "DOM009",
+    "domain-without-memory",
+    title="A domain gives no memory size",
+    tags=("domain", "libvirt", "definition"),
+)
+def domain_without_memory(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that each domain has a memory size: a non-zero `<memory>`, or
+    `memory=` on its `<cpu><numa><cell>` elements.
+
+    Why it matters: libvirt refuses the definition: "XML error: Memory size must be
+    specified via <memory> or in the <numa> configuration". Templates that fill the size in
+    later, and generators that dropped an empty variable, produce it.
+
+    How to fix: give the size with its unit, `<memory unit='MiB'>2048</memory>` (and the
+    same `<currentMemory>`), or `memory=` on each NUMA cell.
+
+    References: https://libvirt.org/formatdomain.html#memory-allocation
+    """
+    yield from _verdicts(domains, _judge_memory)
+
+
+# --- DOM010 disk-target-duplicated -----------------------------------------------------------
+
+
+def _judge_targets(dom: Domain) -> Verdict:
+    sources: dict[str, list[str]] = defaultdict(list)
+    second: dict[str, str] = {}
+    for disk in dom.disks:
+        if disk.target:
+            sources[disk.target].append(disk.source or "(no source)")
+            if len(sources[disk.target]) == 2:
+                second[disk.target] = disk.path
+    evidence = {"targets": {t: s for t, s in sources.items()}}
+    for target, used in sources.items():
+        if len(used) > 1:
+            return (
+                f"target '{target}' is given to {len(used)} disks ({', '.join(used)}): libvirt "
+                f"refuses the domain (\"target '{target}' duplicated for disk sources "
+                f"'{used[0]}' and '{used[1]}'\"); give each disk its own target name",
+                "",
+                evidence,
+                second[target],
+            )
+    return None, f"{_plural(len(sources), 'disk target')}, each used once", evidence, ""
+
+
+@check(
+    "DOM010",
+    "disk-target-duplicated",
+    title="Two disks have the same target name",
+    tags=("domain", "libvirt", "definition"),
+)
+def disk_target_duplicated(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that no two disks of a domain share a `<target dev=...>` name
+    (vda, sda, hdc), whatever their buses.
+
+    Why it matters: libvirt refuses the definition: "XML error: target 'sda' duplicated for
+    disk sources '/tmp/idedisk.img' and '/tmp/usbdisk.img'". It comes from copying a disk
+    element to add a second disk without renaming the target.
+
+    How to fix: rename one target (`sdb`, `vdb`: the next free letter on its bus); the
+    name only orders the disks, the guest names its devices itself.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_targets)
+
+
+# --- DOM011 drive-address-conflict -----------------------------------------------------------
+
+DUPLICATE_DRIVE = "Found duplicate drive address for disk with target name"
+DRIVE_FIELDS = ("controller", "bus", "target", "unit")
+
+
+def _disk_drive_address(disk: Disk) -> Optional[tuple[int, ...]]:
+    """The disk's drive address: as written, or as libvirt assigns it from the target name
+    (virDomainDiskDefAssignAddress; QEMU's SCSI buses are wide: 15 units, unit 7 skipped)."""
+    if disk.address:
+        if disk.address.get("type") != "drive":
+            return None
+        return tuple(_int(disk.address.get(k, "0")) or 0 for k in DRIVE_FIELDS)
+    prefix = {"scsi": "sd", "sata": "sd", "ide": "hd", "fdc": "fd"}.get(disk.bus or "")
+    idx = _disk_index(disk.target or "", prefix) if prefix else None
+    if idx is None:
+        return None
+    if disk.bus == "scsi":
+        unit = idx % 15
+        return (idx // 15, 0, 0, unit + 1 if unit >= 7 else unit)
+    if disk.bus == "ide":
+        return (idx // 4, (idx % 4) // 2, 0, idx % 2)
+    if disk.bus == "sata":
+        return (idx // 6, 0, 0, idx % 6)
+    return (0, 0, 0, idx)
+
+
+def _drive_text(addr: tuple[int, ...]) -> str:
+    return " ".join(f"{k}='{v}'" for k, v in zip(DRIVE_FIELDS, addr))
+
+
+def _judge_drives(dom: Domain) -> Verdict:
+    claims: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    paths: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for disk in dom.disks:
+        addr = _disk_drive_address(disk)
+        if addr is not None:
+            # SCSI host devices share the SCSI disks' addresses
+            key: tuple[Any, ...] = (disk.bus, *addr)
+            claims[key].append(f"disk {disk.target}")
+            paths[key].append(disk.path)
+    for hostdev in dom.hostdevs:
+        addr_el = hostdev.get("address") or {}
+        if hostdev.get("type") == "scsi" and addr_el.get("type") == "drive":
+            drive = tuple(_int(addr_el.get(k, "0")) or 0 for k in DRIVE_FIELDS)
+            key = ("scsi", *drive)
+            claims[key].append("hostdev scsi")
+            paths[key].append(str(hostdev.get("path", "")))
+    evidence = {"drive_addresses": [f"{k[0]} {_drive_text(k[1:])}: {v}" for k, v in claims.items()]}
+    for key, users in claims.items():
+        if len(users) > 1:
+            return (
+                f"{' and '.join(users)} both take {key[0]} drive address {_drive_text(key[1:])} "
+                f"(written, or as libvirt assigns it from the target name): libvirt refuses "
+                f'the domain ("{DUPLICATE_DRIVE} ..."); give one of them another unit',
+                "",
+                evidence,
+                paths[key][-1],
+            )
+    return None, f"drive addresses: {len(claims)}, none taken twice", evidence, ""
+
+
+@check(
+    "DOM011",
+    "drive-address-conflict",
+    title="Two disks (or SCSI host devices) take the same drive address",
+    tags=("domain", "libvirt", "definition"),
+)
+def drive_address_conflict(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the drive addresses (controller, bus, target, unit) of the disks on
+    each bus and of SCSI host devices, as written in `<address type='drive'>` or as libvirt
+    derives them from the target name when none is written (sda on SATA: controller 0,
+    unit 0; hdc on IDE: bus 1, unit 0; SCSI: 15 units a controller, unit 7 skipped).
+
+    Why it matters: libvirt refuses the definition: "unsupported configuration: Found
+    duplicate drive address for disk with target name 'sda' controller='0' bus='0'
+    target='0' unit='0'", or for a SCSI host device "using disk target name 'sda' conflicts
+    with SCSI host device address ..." and "SCSI host address ... in use by another SCSI host
+    device". It happens when a disk with an explicit address is added to one whose address
+    libvirt would assign, or an element is copied with its `<address>`.
+
+    How to fix: remove the copied `<address type='drive' .../>` and let libvirt assign one,
+    or give the disk a free unit.
+
+    References: https://libvirt.org/formatdomain.html#device-addresses
+    """
+    yield from _verdicts(domains, _judge_drives)
+
+
+# --- DOM012 pci-address-conflict -------------------------------------------------------------
+
+DOUBLE_PCI = "Attempted double use of PCI Address"
+# i440fx: the PIIX3 takes 00:01.0 (ISA bridge), 00:01.1 (IDE) and 00:01.2 (USB UHCI)
+PIIX3_FUNCTIONS = {0: "PIIX3 ISA bridge", 1: "PIIX3 IDE controller", 2: "PIIX3 USB controller"}
+
+
+def _pci_key(addr: dict[str, str]) -> Optional[tuple[int, int, int, int]]:
+    parts = [_int(addr.get(k, "0")) for k in ("domain", "bus", "slot", "function")]
+    if any(p is None for p in parts) or addr.get("slot") is None:
+        return None
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def _pci_addr_text(key: tuple[int, int, int, int]) -> str:
+    return f"{key[0]:04x}:{key[1]:02x}:{key[2]:02x}.{key[3]}"
+
+
+def _judge_pci_addresses(dom: Domain) -> Verdict:
+    claims: dict[tuple[int, int, int, int], list[str]] = defaultdict(list)
+    where: dict[tuple[int, int, int, int], str] = {}
+    for addr in dom.pci_addresses:
+        key = _pci_key(addr)
+        # a <console> that repeats its <serial>'s address is that same device
+        if key is not None and addr.get("device") != "console":
+            claims[key].append(str(addr.get("device")))
+            where[key] = f"{addr.get('path', '')}/address"
+    if machine_family(dom) == "i440fx":
+        for function, what in PIIX3_FUNCTIONS.items():
+            key = (0, 0, PIIX3_SLOT, function)
+            users = claims.get(key, [])
+            # the PIIX3's own IDE and UHCI controllers belong there
+            own = ("controller ide 0", "controller usb 0")
+            if users and not any(u.startswith(own) for u in users):
+                claims[key] = [what, *users]
+    evidence = {"pci_addresses": [f"{_pci_addr_text(k)} {', '.join(v)}" for k, v in claims.items()]}
+    for key, users in sorted(claims.items()):
+        if len(users) > 1:
+            return (
+                f"{' and '.join(users)} take PCI address {_pci_addr_text(key)}: libvirt refuses "
+                f'the domain ("{DOUBLE_PCI} {_pci_addr_text(key)}"); remove the <address> of '
+                "one of them and let libvirt assign it",
+                "",
+                evidence,
+                where.get(key, ""),
+            )
+    return None, f"PCI addresses written: {len(claims)}, none taken twice", evidence, ""
+
+
+@check(
+    "DOM012",
+    "pci-address-conflict",
+    title="Two devices are given the same PCI address",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_address_conflict(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the guest PCI addresses written in the domain's devices
+    (`<address type='pci' .../>`): no two devices at one domain:bus:slot.function, and on
+    i440fx nothing but the PIIX3's own controllers at 00:01.0-00:01.2, which the PIIX3
+    ISA bridge, IDE and USB functions take.
+
+    Why it matters: libvirt refuses the definition: "XML error: Attempted double use of PCI
+    Address 0000:00:01.1". Devices copied from another domain with their addresses, and
+    addresses picked by hand, run into it.
+
+    How to fix: remove the `<address type='pci' .../>` of the device that moved in and let
+    libvirt assign a free one, or pick a free slot.
+
+    References: https://libvirt.org/pci-addresses.html
+    https://libvirt.org/formatdomain.html#device-addresses
+    """
+    yield from _verdicts(domains, _judge_pci_addresses)
+
+
+# --- DOM013 pci-address-out-of-range ---------------------------------------------------------
+
+PCI_LIMITS = (("domain", 0xFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 7))
+
+
+def _limit_text(name: str, limit: int) -> str:
+    return str(limit) if name == "function" else f"0x{limit:X}"
+
+
+def _judge_pci_ranges(dom: Domain) -> Verdict:
+    evidence = {"pci_addresses": [dict(a) for a in dom.pci_addresses]}
+    for addr in dom.pci_addresses:
+        for name, limit in PCI_LIMITS:
+            value = _int(addr.get(name, "0"))
+            if value is not None and value > limit:
+                return (
+                    f"{addr.get('device')} has PCI {name}='{addr.get(name)}', above {limit:#x}: "
+                    f"libvirt refuses the domain (\"Invalid PCI address {name}='{addr.get(name)}', "
+                    f'must be <= {_limit_text(name, limit)}"); remove the <address> and let '
+                    "libvirt assign one",
+                    "",
+                    evidence,
+                    f"{addr.get('path', '')}/address",
+                )
+    return None, "every written PCI address is in range", evidence, ""
+
+
+@check(
+    "DOM013",
+    "pci-address-out-of-range",
+    title="A PCI address has a bus, slot or function out of range",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_address_out_of_range(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that each written guest PCI address has bus <= 0xff, slot <= 0x1f
+    and function <= 7.
+
+    Why it matters: libvirt refuses the definition: "XML error: Invalid PCI address
+    bus='0x100', must be <= 0xFF" (slot: "must be <= 0x1F", function "must be <= 7").
+    Generators that count slots past 31 instead of adding a bridge produce it.
+
+    How to fix: remove the address and let libvirt assign one, adding a pci-bridge or
+    pcie-root-ports when a bus is full.
+
+    References: https://libvirt.org/pci-addresses.html
+    """
+    yield from _verdicts(domains, _judge_pci_ranges)
+
+
+# --- DOM014 pci-controller-topology ----------------------------------------------------------
+
+NO_PORT_SLOT = (
+    "a PCI slot is needed to connect a PCI controller model='pcie-root-port', but none is "
+    "available, and it cannot be automatically added"
+)
+ROOT_PORT_FUNCTIONS = 8 * 30  # pcie-root slots 0x01-0x1e, 8 functions each (0x1f: ICH9)
+
+
+def _topology_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    family = machine_family(dom)
+    pci = [c for c in dom.controllers if c.get("type") == "pci"]
+    seen: dict[int, str] = {}
+    for ctrl in pci:
+        index = _int(ctrl["index"]) if "index" in ctrl else None
+        model = ctrl.get("model") or ""
+        here = str(ctrl.get("path", ""))
+        if model in ("pci-root", "pcie-root"):
+            if index not in (None, 0):
+                return here, (
+                    f'a {model} has index {index}: "pci-root and pcie-root controllers should '
+                    'have index 0"'
+                )
+            if (ctrl.get("address") or {}).get("type"):
+                return here, (
+                    f'the {model} has an <address>: "pci-root and pcie-root controllers '
+                    'should not have an address"'
+                )
+        if index is None:
+            continue
+        if index in seen:
+            return here, (
+                f"two PCI controllers have index {index}: \"Multiple 'pci' controllers with "
+                f"index '{index}'\""
+            )
+        seen[index] = model
+    root = seen.get(0) or next(
+        (c.get("model") for c in pci if c.get("model") in ("pci-root", "pcie-root")), None
+    )
+    want = {"q35": "pcie-root", "i440fx": "pci-root"}.get(family)
+    if root and want and root != want:
+        return _root_path(pci), (
+            f'{_machine(dom)} needs {want} as PCI controller 0, the XML has {root}: "The PCI '
+            f"controller with index='0' must be model='{want}' for this machine type, but "
+            f"model='{root}' was found instead\""
+        )
+    models = [c.get("model") for c in pci]
+    if "pcie-expander-bus" in models and family != "q35":
+        expander = next(c for c in pci if c.get("model") == "pcie-expander-bus")
+        return str(expander.get("path", "")), (
+            f'a pcie-expander-bus on {_machine(dom)}: "pcie-expander-bus controllers are not '
+            'supported with this machine type"'
+        )
+    if family == "q35":
+        ports = [c for c in pci if c.get("model") == "pcie-root-port"]
+        addressed = {
+            (_int(a.get("slot", "0")), _int(a.get("function", "0")))
+            for a in dom.pci_addresses
+            if (_int(a.get("bus", "0")) or 0) == 0
+        }
+        unaddressed = [c for c in ports if not (c.get("address") or {}).get("type")]
+        if len(unaddressed) > ROOT_PORT_FUNCTIONS - len(addressed):
+            return str(unaddressed[-1].get("path", "")), (
+                f"{len(ports)} pcie-root-ports do not fit on pcie-root ({ROOT_PORT_FUNCTIONS} "
+                f'functions): "{NO_PORT_SLOT}"'
+            )
+    return None
+
+
+def _root_path(pci: list[dict[str, Any]]) -> str:
+    root = next((c for c in pci if c.get("model") in ("pci-root", "pcie-root")), None)
+    return str(root.get("path", "")) if root is not None else ""
+
+
+def _judge_topology(dom: Domain) -> Verdict:
+    evidence = {
+        "machine": dom.machine,
+        "pci_controllers": [_controller_text(c) for c in dom.controllers if c.get("type") == "pci"],
+    }
+    found = _topology_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "the PCI controllers can be addressed", evidence, ""
+
+
+@check(
+    "DOM014",
+    "pci-controller-topology",
+    title="The PCI controllers cannot be put together as written",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_controller_topology(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the domain's PCI controllers: controller 0 is pcie-root on q35 and
+    pci-root on i440fx, has index 0 and no address; no index is used twice; a
+    pcie-expander-bus only on q35; and the pcie-root-ports without an address fit on
+    pcie-root (slots 0x01-0x1e, eight functions each, less what other devices take there).
+
+    Why it matters: libvirt refuses the definition, with "XML error: The PCI controller
+    with index='0' must be model='pcie-root' for this machine type, but model='pci-root'
+    was found instead", "Multiple 'pci' controllers with index '2'", "pci-root and
+    pcie-root controllers should have index 0", "pcie-expander-bus controllers are not
+    supported with this machine type", or "internal error: a PCI slot is needed to connect
+    a PCI controller model='pcie-root-port', but none is available, and it cannot be
+    automatically added". Templates moved from i440fx to q35 (or back), and generators
+    that add one root port per possible device, produce them.
+
+    How to fix: use the root the machine type has (or change the machine type), give each
+    controller its own index (or leave `index=` out: libvirt numbers them in document
+    order), and keep the root ports under 240 (add a pcie-switch for more).
+
+    References: https://libvirt.org/pci-addresses.html
+    https://libvirt.org/formatdomain.html#controllers
+    """
+    yield from _verdicts(domains, _judge_topology)
+
+
+# --- DOM015 shared-disk-format ---------------------------------------------------------------
+
+
+def _judge_shared(dom: Domain) -> Verdict:
+    shared = [d for d in dom.disks if d.shareable and not d.readonly]
+    evidence = {"shareable": [f"{d.target}: {d.format or 'raw'}" for d in shared]}
+    for disk in shared:
+        if (disk.format or "raw") != "raw":
+            return (
+                f"disk {disk.target} is <shareable/> with format {disk.format}: libvirt refuses "
+                f"the domain (\"shared access for disk '{disk.target}' requires use of "
+                'supported storage format"); only raw images can be shared',
+                "",
+                evidence,
+                disk.path,
+            )
+    return None, f"{_plural(len(shared), 'writable shared disk')}, all raw", evidence, ""
+
+
+@check(
+    "DOM015",
+    "shared-disk-format",
+    title="A shared disk uses a format that cannot be shared",
+    tags=("domain", "libvirt", "definition"),
+)
+def shared_disk_format(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that every writable disk marked `<shareable/>` uses the raw format
+    (`<driver type='raw'/>`, the default when no type is given).
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    shared access for disk 'hda' requires use of supported storage format". A qcow2 image
+    written by two guests at once corrupts its metadata, so only raw can be shared.
+
+    How to fix: convert the image to raw (`qemu-img convert -O raw disk.qcow2 disk.raw`)
+    and use `<driver name='qemu' type='raw'/>`, or drop `<shareable/>` if only one guest
+    writes it.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_shared)
+
+
+# --- DOM016 vcpus-exceed-machine-limit -------------------------------------------------------
+
+MAX_CPUS_I440FX = 255
+MAX_CPUS_Q35 = 288  # pc-q35-2.8 up to QEMU 8.0 (pc-q35-2.4 to 2.7: 255)
+
+
+def machine_max_cpus(dom: Domain) -> Optional[tuple[int, bool]]:
+    """The machine type's vCPU limit as QEMU reports it (query-machines, libvirt's
+    maxCpus), and whether it is certain without the host's QEMU (a versioned machine type);
+    None where unknown."""
+    family, machine = machine_family(dom), (dom.machine or "").lower()
+    if family == "i440fx":
+        return MAX_CPUS_I440FX, True
+    if family != "q35":
+        return None
+    version = machine.rsplit("-", 1)[-1] if machine.startswith("pc-q35-") else None
+    parts = tuple(_int(p) or 0 for p in version.split(".")) if version else None
+    if parts is None:
+        return MAX_CPUS_Q35, False  # "q35": the newest of the host's QEMU
+    if parts < (2, 8):
+        return MAX_CPUS_I440FX, True
+    return MAX_CPUS_Q35, parts < (8, 1)
+
+
+def _judge_cpu_limit(dom: Domain) -> Verdict:
+    vcpus = dom.vcpus or 1
+    limit = machine_max_cpus(dom)
+    evidence = {"vcpus": vcpus, "machine": dom.machine, "max_cpus": limit[0] if limit else None}
+    if limit is None or vcpus <= limit[0] or not limit[1]:
+        return None, f"{_plural(vcpus, 'vCPU')} on {_machine(dom)}", evidence, ""
+    return (
+        f"{vcpus} vCPUs on {_machine(dom)}, whose limit is {limit[0]}: libvirt refuses the "
+        f'domain ("Maximum CPUs greater than specified machine type limit {limit[0]}"); use '
+        "q35 (288 vCPUs with QEMU 7.2) or fewer vCPUs",
+        "",
+        evidence,
+        "/domain/vcpu",
+    )
+
+
+@check(
+    "DOM016",
+    "vcpus-exceed-machine-limit",
+    title="More vCPUs than the machine type allows",
+    tags=("domain", "libvirt", "definition"),
+)
+def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the `<vcpu>` maximum against the machine type's limit as QEMU
+    reports it: 255 for every i440fx (`pc`) machine and pc-q35-2.4 to 2.7, 288 for q35 from
+    pc-q35-2.8 up to QEMU 8.0's. A versioned machine type is judged on its own; plain `q35`
+    is the newest of the host's QEMU, judged with a host only.
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    Maximum CPUs greater than specified machine type limit 255". Large-guest templates
+    moved to an older or i440fx machine type run into it.
+
+    How to fix: use a newer q35 machine type (with more than 255 vCPUs also an IOMMU with
+    extended interrupt mode, DOM008), or give the domain fewer vCPUs.
+
+    References: https://libvirt.org/formatdomain.html#cpu-allocation
+    """
+    yield from _verdicts(domains, _judge_cpu_limit)
+
+
+# --- DOM017 iommu-model-unsupported ----------------------------------------------------------
+
+
+def _judge_iommu(dom: Domain) -> Verdict:
+    iommu = dom.iommu
+    evidence = {"iommu": _iommu_xml(iommu), "machine": dom.machine, "acpi": "acpi" in dom.features}
+    if iommu is None:
+        return None, "no IOMMU", evidence, ""
+    model, family = iommu.get("model"), machine_family(dom)
+    x86 = (dom.arch or "x86_64") in X86
+    problem = None
+    if model == "intel" and family != "q35":
+        problem = "IOMMU device: 'intel' is only supported with Q35 machines"
+    elif model == "virtio" and x86 and family != "q35":
+        problem = "IOMMU device: 'virtio' is only supported with Q35 and ARM Virt machines"
+    elif model == "smmuv3" and x86:
+        problem = "IOMMU device: 'smmuv3' is only supported with ARM Virt machines"
+    elif model == "virtio" and dom.features.get("acpi", "off") == "off":
+        problem = "IOMMU device: 'virtio' requires ACPI"
+    if problem is None:
+        return None, f"IOMMU model {model} on {_machine(dom)}", evidence, ""
+    return (
+        f"<iommu model='{model}'> on {_machine(dom)}: libvirt refuses the domain "
+        f'("{problem}"); use a q35 machine type (with <acpi/>)',
+        "",
+        evidence,
+        "/domain/devices/iommu",
+    )
+
+
+@check(
+    "DOM017",
+    "iommu-model-unsupported",
+    title="An IOMMU model the machine type lacks",
+    tags=("domain", "libvirt", "definition"),
+)
+def iommu_model_unsupported(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that the domain's `<iommu model=...>` exists on its machine type:
+    `intel` on q35 only, `virtio` on q35 (or ARM virt) with ACPI, `smmuv3` on ARM virt.
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    IOMMU device: 'intel' is only supported with Q35 machines", "IOMMU device: 'virtio' is
+    only supported with Q35 and ARM Virt machines", "IOMMU device: 'virtio' requires ACPI".
+    An IOMMU added to an i440fx domain for device assignment or for many vCPUs (DOM008)
+    runs into it.
+
+    How to fix: move the domain to q35 (its PCI devices then need PCIe addresses: remove
+    the `<address>` elements and let libvirt assign them) and keep `<features><acpi/>`.
+
+    References: https://libvirt.org/formatdomain.html#iommu-devices
+    """
+    yield from _verdicts(domains, _judge_iommu)
+
+
+# --- DOM018 smm-tseg-refused -----------------------------------------------------------------
+
+
+def _judge_tseg(dom: Domain) -> Verdict:
+    tseg = dom.smm_tseg_kib
+    evidence = {"smm": dom.smm, "tseg_kib": tseg, "machine": dom.machine}
+    if tseg is None or dom.smm != "on":
+        return None, "no SMM TSEG size given", evidence, ""
+    problem = None
+    if machine_family(dom) != "q35":
+        problem = "SMM TSEG is only supported with q35 machine type"
+    elif tseg % MiB:
+        problem = "SMM TSEG size must be divisible by 1 MiB"
+    if problem is None:
+        return None, f"SMM TSEG of {_size(tseg)} on q35", evidence, ""
+    return (
+        f"<smm><tseg> of {_size(tseg)} on {_machine(dom)}: libvirt refuses the domain "
+        f'("{problem}"); remove <tseg> or use q35 with a whole number of MiB',
+        "",
+        evidence,
+        "/domain/features/smm/tseg",
+    )
+
+
+@check(
+    "DOM018",
+    "smm-tseg-refused",
+    title="An SMM TSEG size outside q35, or not in whole MiB",
+    tags=("domain", "libvirt", "definition"),
+)
+def smm_tseg_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: a `<features><smm state='on'><tseg>` size: only q35's MCH has an
+    extended TSEG, and its size is counted in MiB.
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    SMM TSEG is only supported with q35 machine type", or "SMM TSEG size must be divisible
+    by 1 MiB".
+
+    How to fix: remove `<tseg>` (QEMU's default serves most guests; large guests with
+    Secure Boot on q35 may need 48 MiB or more), or move the domain to q35.
+
+    References: https://libvirt.org/formatdomain.html#hypervisor-features
+    """
+    yield from _verdicts(domains, _judge_tseg)
+
+
+# --- DOM019 firmware-attributes-refused ------------------------------------------------------
+
+
+AUTO_ON = "cannot be specified when firmware autoselection is enabled"
+AUTO_OFF = "firmware autoselection is disabled"
+
+
+def firmware_problem(dom: Domain) -> Optional[str]:
+    """libvirt 9.0's refusal of the domain's firmware attributes (virDomainDefOSValidate,
+    its post-parse and the QEMU driver's ACPI rule), in the order it checks them."""
+    loader, nvram, auto = dom.loader, dom.nvram, dom.firmware
+    features = dom.firmware_features
+    if features.get("enrolled-keys") == "yes" and features.get("secure-boot") == "no":
+        return (
+            "firmware feature 'enrolled-keys' cannot be enabled when firmware feature "
+            "'secure-boot' is disabled"
+        )
+    has_loader = loader is not None or nvram is not None
+    if auto:
+        if loader is not None and loader.readonly:
+            return f"loader attribute 'readonly' {AUTO_ON}"
+        if loader is not None and loader.type:
+            return (
+                "loader attribute 'type' cannot be specified when firmware autoselection is enabled"
+            )
+        if loader is not None and loader.path:
+            return f"loader path {AUTO_ON}"
+        if nvram is not None and nvram.template:
+            return f"nvram attribute 'template' {AUTO_ON}"
+        if loader is not None and loader.secure == "no":
+            return f"loader attribute 'secure' {AUTO_ON}"
+        if nvram is not None and auto != "efi":
+            return f"firmware type '{auto}' does not support nvram"
+    else:
+        if features:
+            return f"cannot use feature-based firmware autoselection when {AUTO_OFF}"
+        if has_loader and (loader is None or not loader.path):
+            return "no loader path specified and firmware auto selection disabled"
+    stateless = loader.stateless if loader is not None else None
+    if stateless == "yes" and nvram is not None:
+        if nvram.template:
+            return "NVRAM template is not permitted when loader is stateless"
+        return "NVRAM is not permitted when loader is stateless"
+    if stateless == "no":
+        if not auto and (loader is None or loader.type != "pflash"):
+            return "Only pflash loader type permits NVRAM"
+        if auto and auto != "efi":
+            return "Only EFI firmware permits NVRAM"
+    uefi = auto == "efi" or (loader is not None and loader.type == "pflash")
+    if uefi and (dom.arch or "x86_64") in X86 and dom.features.get("acpi", "off") == "off":
+        return "UEFI requires ACPI on this architecture"
+    return None
+
+
+def _judge_firmware(dom: Domain) -> Verdict:
+    evidence = {
+        "firmware": dom.firmware,
+        "loader": asdict(dom.loader) if dom.loader else None,
+        "nvram": asdict(dom.nvram) if dom.nvram else None,
+        "firmware_features": dict(dom.firmware_features),
+        "acpi": "acpi" in dom.features,
+    }
+    problem = firmware_problem(dom)
+    if problem is None:
+        what = f"firmware='{dom.firmware}'" if dom.firmware else "the firmware attributes"
+        return None, f"libvirt accepts {what}", evidence, ""
+    where = "/domain/os/loader" if dom.loader is not None else "/domain/os"
+    if dom.nvram is not None and "nvram" in problem.lower() and not problem.startswith("Only"):
+        where = "/domain/os/nvram"
+    return f'libvirt refuses the domain\'s firmware: "{problem}"', "", evidence, where
+
+
+@check(
+    "DOM019",
+    "firmware-attributes-refused",
+    title="A combination of firmware attributes libvirt refuses",
+    tags=("domain", "libvirt", "definition"),
+)
+def firmware_attributes_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the domain's `<os>` firmware attributes against libvirt 9.0's rules.
+    With auto-selection (`<os firmware='efi'>`): no loader path, `readonly`, `type`, NVRAM
+    `template` or `secure='no'`, and NVRAM only for EFI. Without it: a `<loader>` (or
+    `<nvram>`) needs a loader path, and `<firmware><feature>` needs auto-selection. Always:
+    a stateless loader takes no NVRAM, a stateful one needs pflash (or EFI), the
+    `enrolled-keys` feature needs `secure-boot`, and UEFI on x86 needs ACPI.
+
+    Why it matters: libvirt refuses the definition with one of: "no loader path specified
+    and firmware auto selection disabled", "NVRAM is not permitted when loader is
+    stateless", "NVRAM template is not permitted when loader is stateless", "firmware
+    feature 'enrolled-keys' cannot be enabled when firmware feature 'secure-boot' is
+    disabled", "loader attribute 'type' cannot be specified when firmware autoselection is
+    enabled", "firmware type 'bios' does not support nvram", "Only pflash loader type
+    permits NVRAM", "cannot use feature-based firmware autoselection when firmware
+    autoselection is disabled", "UEFI requires ACPI on this architecture". Definitions
+    half-converted between manual loader paths and auto-selection produce them.
+
+    How to fix: choose one style. Auto-selection: `<os firmware='efi'>` with at most
+    `<firmware><feature enabled='yes' name='secure-boot'/></firmware>` and an `<nvram>`
+    path, no loader attributes. Manual: `<loader readonly='yes' type='pflash'>PATH</loader>`
+    and `<nvram template='VARS'>PATH</nvram>`, no `<firmware>` features. Keep
+    `<features><acpi/>`.
+
+    References: https://libvirt.org/formatdomain.html#bios-bootloader
+    https://libvirt.org/kbase/secureboot.html
+    """
+    yield from _verdicts(domains, _judge_firmware)

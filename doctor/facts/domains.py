@@ -27,6 +27,7 @@ class Loader:
     type: Optional[str]  # rom, pflash
     secure: Optional[str]  # yes, no
     format: Optional[str] = None
+    stateless: Optional[str] = None  # yes, no
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Disk:
     boot_order: Optional[int] = None
     address: dict[str, str] = field(default_factory=dict)
     path: str = ""  # the element in the definition: /domain/devices/disk[2]
+    format: Optional[str] = None  # <driver type=...>: raw, qcow2, ...
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,11 @@ class Domain:
     # line of each element, by path (/domain/devices/disk[2]); empty when read for `run`.
     file: Optional[str] = None
     lines: dict[str, int] = field(default_factory=dict)
+    # <hostdev>s: mode, type and their guest <address> (a SCSI one's drive address)
+    hostdevs: tuple[dict[str, Any], ...] = ()
+    smm_tseg_kib: Optional[float] = None  # <smm><tseg unit=...>N</tseg>
+    numa_memory_kib: Optional[int] = None  # the sum of <cpu><numa><cell memory=...>
+    pci_addresses: tuple[dict[str, str], ...] = ()  # every type='pci' <address> as written
 
     @property
     def subject(self) -> str:
@@ -378,6 +385,9 @@ def parse_domain(
                     boot_order=_int(boot.get("order")) if boot is not None else None,
                     address=_address(disk),
                     path=paths.get(disk, ""),
+                    format=disk.find("driver").get("type")  # type: ignore[union-attr]
+                    if disk.find("driver") is not None
+                    else None,
                 )
             )
         for nic in devices.findall("interface"):
@@ -440,6 +450,7 @@ def parse_domain(
             type=loader_el.get("type"),
             secure=loader_el.get("secure"),
             format=loader_el.get("format"),
+            stateless=loader_el.get("stateless"),
         )
         if loader_el is not None
         else None,
@@ -473,7 +484,40 @@ def parse_domain(
         lines={path: positions[elem] for path, elem in element_paths(root, "/domain")}
         if positions is not None
         else {},
+        hostdevs=tuple(
+            {**hostdev.attrib, "address": _address(hostdev), "path": paths.get(hostdev, "")}
+            for hostdev in (devices.findall("hostdev") if devices is not None else ())
+        ),
+        smm_tseg_kib=_tseg_kib(features),
+        numa_memory_kib=_numa_kib(root),
+        pci_addresses=tuple(
+            {"device": device_label(device), "path": paths.get(device, ""), **addr.attrib}
+            for device in (devices if devices is not None else ())
+            if isinstance(device.tag, str)
+            for addr in device.findall("address")
+            if addr.get("type") == "pci"
+        ),
     )
+
+
+def _tseg_kib(features: Optional[ET.Element]) -> Optional[float]:
+    tseg = features.find("smm/tseg") if features is not None else None
+    if tseg is None or not (tseg.text or "").strip().isdigit():
+        return None
+    factor = _UNITS.get((tseg.get("unit") or "MiB").lower(), 1)
+    return int((tseg.text or "").strip()) * factor
+
+
+def _numa_kib(root: ET.Element) -> Optional[int]:
+    cells = root.findall("cpu/numa/cell")
+    if not cells:
+        return None
+    total = 0
+    for cell in cells:
+        size = ET.Element("memory", {"unit": cell.get("unit", "KiB")})
+        size.text = cell.get("memory")
+        total += _kib(size) or 0
+    return total
 
 
 @dataclass(frozen=True)
