@@ -842,8 +842,9 @@ def disk_used_twice(domains: Domains) -> Iterator[Finding]:
     Why it matters: the second QEMU to open the image exits: "Failed to get "write" lock /
     Is another process using the image [...]?" (or "Failed to get shared "write" lock" for
     a read-only user), so the domain does not start while the other runs; a domain that
-    names its own image twice never starts. Where no lock protects the image (network
-    disks, locking turned off), two writers corrupt it.
+    names its own image twice never starts. A network disk (nbd, rbd, iSCSI, named with
+    its server) has no such lock: libvirt and QEMU start both users, and two writers corrupt
+    it later; that is a warning, as is a clash between domains of which none runs.
 
     How to fix: give each domain its own image (`qemu-img create -f qcow2 -b base.qcow2 -F
     qcow2 vm2.qcow2` for a copy-on-write overlay on a shared base), remove the duplicate
@@ -927,6 +928,8 @@ def _names(shown: list[ImageUse], total: int) -> str:
 
 
 def _clash_finding(dom: Domain, found: list[Clash]) -> Finding:
+    # an image QEMU locks (a file or block device) first: its clash stops a start
+    found = sorted(found, key=lambda c: not c.image.startswith("/"))
     clash = found[0]
     image = clash.image
     mine = clash.by_domain[dom.name]
@@ -939,7 +942,21 @@ def _clash_finding(dom: Domain, found: list[Clash]) -> Finding:
     holders, running_count = clash.others(dom.name, running=True)
     others, other_count = clash.others(dom.name)
     status: Status = "fail"
-    if len(mine) > 1:
+    if not image.startswith("/"):
+        # No image lock guards a network disk: nothing refuses the start, and two writers
+        # corrupt it later (libvirt and QEMU accept a domain that names one twice).
+        status = "warn"
+        if len(mine) > 1:
+            what = f"{image} is opened twice by this domain ({', '.join(u.disk for u in mine)})"
+        elif running_count:
+            what = f"{image} ({mine[0].disk}) is held by running {_names(holders, running_count)}"
+        else:
+            what = f"{image} ({mine[0].disk}) is also named by {_names(others, other_count)}"
+        text = (
+            f"{what}: no image lock guards a network disk, so both start, and two writers "
+            "corrupt it"
+        )
+    elif len(mine) > 1:
         text = (
             f"{image} is opened twice by this domain ({', '.join(u.disk for u in mine)}): it "
             f'cannot start ("{WRITE_LOCK}")'
@@ -960,8 +977,6 @@ def _clash_finding(dom: Domain, found: list[Clash]) -> Finding:
             f"{image} ({mine[0].disk}) is also named by {_names(others, other_count)}: they "
             f'cannot run at the same time (the second to start fails: "{WRITE_LOCK}")'
         )
-    if not image.startswith("/"):
-        text += "; no file lock protects a network disk: two writers corrupt it"
     if len(found) > 1:
         text += f" (and {_plural(len(found) - 1, 'more image')})"
     where = mine[1].path if len(mine) > 1 else mine[0].path

@@ -198,7 +198,12 @@ def _disk_source(disk: ET.Element) -> Optional[str]:
             return src.get(attr)
     if src.get("volume"):
         return f"{src.get('pool')}/{src.get('volume')}"
-    if src.get("protocol"):
+    if src.get("protocol"):  # nbd:bar, or nbd://host:port/bar when it names its server
+        host = src.find("host")
+        server = host.get("name") or host.get("socket") if host is not None else None
+        if server:
+            port = f":{host.get('port')}" if host is not None and host.get("port") else ""
+            return f"{src.get('protocol')}://{server}{port}/{src.get('name', '')}"
         return f"{src.get('protocol')}:{src.get('name', '')}"
     return None
 

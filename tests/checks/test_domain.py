@@ -541,6 +541,45 @@ def test_dom005_warns_when_neither_runs_and_fails_for_an_image_named_twice(tmp_p
     )
 
 
+NBD = (
+    "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+    "<source protocol='nbd' name='{name}'><host name='{host}' port='10809'/></source>"
+    "<target dev='{dev}' bus='virtio'/></disk>"
+)
+
+
+def test_dom005_warns_for_a_network_disk_named_twice_which_no_lock_refuses() -> None:
+    """libvirt 9.0's own suite accepts one domain with the same nbd export twice
+    (disk-network-nbd): QEMU locks no network disk, so only the data is at risk."""
+    twice = NBD.format(name="bar", host="example.org", dev="vda") + NBD.format(
+        name="bar", host="example.org", dev="vdb"
+    )
+    elsewhere = NBD.format(name="bar", host="example.org", dev="vda") + NBD.format(
+        name="bar", host="example.net", dev="vdb"
+    )
+    domains = Domains(
+        (
+            parse_domain(guest("kd-nbd", twice), active=False, persistent=True, origin="t"),
+            parse_domain(guest("kd-two", elsewhere), active=False, persistent=True, origin="t"),
+        ),
+        "test",
+    )
+    by_name = {f.subject: f for f in domain_checks.disk_used_twice(domains)}
+    assert (by_name["domain:kd-nbd"].status, by_name["domain:kd-nbd"].message) == (
+        "warn",
+        "network:nbd://example.org:10809/bar is opened twice by this domain (vda (writable), "
+        "vdb (writable)): no image lock guards a network disk, so both start, and two writers "
+        "corrupt it",
+    )
+    # the same export name on another server is another disk: kd-two shares only one of its
+    two = by_name["domain:kd-two"]
+    assert two.status == "warn"
+    assert two.message.startswith(
+        "network:nbd://example.org:10809/bar (vda (writable)) is also named by kd-nbd vda "
+        "(writable), kd-nbd vdb (writable): "
+    )
+
+
 def test_dom005_fails_for_a_reader_of_an_image_a_running_domain_writes(tmp_path: Path) -> None:
     findings = on_node(
         tmp_path,
