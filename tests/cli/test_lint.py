@@ -433,3 +433,62 @@ def test_lint_host_against_this_lab_host(tmp_path: Path) -> None:
     assert fitting.exit_code == 0, [
         (f["code"], f["message"]) for f in findings(report_of(fitting)) if f["status"] == "fail"
     ]
+
+
+# --- each DOM check points at its element ----------------------------------------------------
+
+POINTED = {
+    # code: (devices or a replacement, the element's opening tag on the line it names)
+    "DOM002": ("<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>\n", "<disk"),
+    "DOM004": (
+        "<disk type='file' device='disk'><source file='/i/a.qcow2'/>"
+        "<target dev='vda' bus='virtio'/><boot order='1'/></disk>\n"
+        "<disk type='file' device='disk'><source file='/i/b.qcow2'/>"
+        "<target dev='vdb' bus='virtio'/>\n<boot order='1'/></disk>\n",
+        "<boot",
+    ),
+    "DOM005": (
+        "<disk type='file' device='disk'><source file='/i/a.qcow2'/>"
+        "<target dev='vda' bus='virtio'/></disk>\n"
+        "<disk type='file' device='disk'><source file='/i/a.qcow2'/>"
+        "<target dev='vdb' bus='virtio'/></disk>\n",
+        "<disk",
+    ),
+    "DOM006": (
+        "<graphics type='vnc' port='5901' autoport='no' websocket='5901'/>\n",
+        "<graphics",
+    ),
+}
+
+
+@pytest.mark.parametrize("code", sorted(POINTED))
+def test_each_dom_finding_points_at_the_line_of_its_element(tmp_path: Path, code: str) -> None:
+    devices, tag = POINTED[code]
+    path = tmp_path / f"{code}.xml"
+    path.write_text(domain(f"kd-{code.lower()}", devices))
+    report = report_of(kvmdoctor("lint", str(path), "--select", code, "-f", "json"))
+    (found,) = findings(report, code)
+    assert found["status"] in ("warn", "fail"), found["message"]
+    line = path.read_text().splitlines()[found["location"]["line"] - 1]
+    assert line.lstrip().startswith(tag), (found["location"], line)
+    assert found["location"]["element"].rsplit("/", 1)[-1].startswith(tag[1:])
+
+
+@pytest.mark.parametrize(
+    ("code", "old", "new", "element"),
+    [
+        ("DOM007", "<memory unit='MiB'>512</memory>", "<memory>2048</memory>", "/domain/memory"),
+        ("DOM008", "<vcpu>2</vcpu>", "<vcpu current='1'>288</vcpu>", "/domain/vcpu"),
+    ],
+)
+def test_the_memory_and_vcpu_findings_point_at_their_elements(
+    tmp_path: Path, code: str, old: str, new: str, element: str
+) -> None:
+    text = domain("kd-size").replace(old, new)
+    path = tmp_path / "size.xml"
+    path.write_text(text)
+    report = report_of(kvmdoctor("lint", str(path), "--select", code, "-f", "json"))
+    (found,) = findings(report, code)
+    assert found["status"] in ("warn", "fail")
+    assert found["location"]["element"] == element
+    assert text.splitlines()[found["location"]["line"] - 1].strip() == new
