@@ -43,9 +43,12 @@ def child_paths(parent: ET.Element, path: str) -> Iterator[tuple[ET.Element, str
         counts[child.tag] = counts.get(child.tag, 0) + 1
     seen: dict[str, int] = {}
     for child in children:
-        seen[child.tag] = seen.get(child.tag, 0) + 1
-        index = f"[{seen[child.tag]}]" if counts[child.tag] > 1 else ""
-        yield child, f"{path}/{child.tag}{index}"
+        tag = child.tag
+        if counts[tag] == 1:
+            yield child, f"{path}/{tag}"
+        else:
+            seen[tag] = number = seen.get(tag, 0) + 1
+            yield child, f"{path}/{tag}[{number}]"
 
 
 def parse_with_lines(xml: str, lines: dict[ET.Element, int]) -> ET.Element:
