@@ -255,6 +255,9 @@ def locate(finding: Finding, by_subject: dict[str, Union[Domain, Network]]) -> F
     """The finding about the file, with its line: that of the element it names, else of the
     definition's root element; its evidence names the domain or network the file defines."""
     definition = by_subject.get(finding.subject)
+    if definition is None and finding.subject.startswith("mac:"):
+        # NET010: a MAC several interfaces share is about the interface to change
+        definition = by_subject.get(f"domain:{finding.evidence.get('domain')}")
     if definition is None or definition.file is None:
         return finding
     finding = replace(finding, subject=definition.subject)

@@ -492,3 +492,23 @@ def test_the_memory_and_vcpu_findings_point_at_their_elements(
     assert found["status"] in ("warn", "fail")
     assert found["location"]["element"] == element
     assert text.splitlines()[found["location"]["line"] - 1].strip() == new
+
+
+def test_a_mac_shared_inside_a_file_is_about_that_file_and_its_second_interface(
+    tmp_path: Path,
+) -> None:
+    nic = (
+        "    <interface type='network'>\n"
+        "      <mac address='52:54:00:aa:bb:cc'/>\n"
+        "      <source network='default'/>\n"
+        "    </interface>\n"
+    )
+    path = tmp_path / "mac.xml"
+    path.write_text(domain("kd-mac", nic + nic))
+    report = report_of(kvmdoctor("lint", str(path), "--select", "NET010", "-f", "json"))
+    (shared,) = [f for f in findings(report, "NET010") if f["status"] != "pass"]
+    assert shared["status"] == "warn"  # libvirt and QEMU start it (test_network.py)
+    assert shared["subject"] == f"file:{path}"
+    assert shared["location"]["element"] == "/domain/devices/interface[2]"
+    line = path.read_text().splitlines()[shared["location"]["line"] - 1]
+    assert line.strip() == "<interface type='network'>"
