@@ -703,8 +703,11 @@ def test_net010_warns_of_one_mac_on_two_interfaces_of_a_defined_domain() -> None
         "MAC 52:54:00:aa:bb:cc is used by 2 interfaces: domain:kd-two-nics interface 1 "
         "(defined), domain:kd-two-nics interface 2 (defined)"
     )
-    assert finding.location is not None
-    assert finding.location.element == "/domain/devices/interface[2]"
+    # read as lint reads a file, it points at the interface to change
+    linted = parse_domain(xml, active=False, persistent=True, origin="t", file="kd.xml")
+    (shared,) = [f for f in duplicate_mac(Domains((linted,), "t")) if f.subject.startswith("mac:")]
+    assert shared.location is not None
+    assert shared.location.element == "/domain/devices/interface[2]"
 
 
 def test_net010_fails_two_running_guests_with_one_mac_and_warns_for_a_defined_clone(
