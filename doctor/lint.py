@@ -204,13 +204,14 @@ def run(
     if host and definitions.networks:
         given["networks"] = _with_host_networks(definitions, source, options)
     result = engine.run(
-        lint_registry(registry, host=host),
+        registry,
         source,
         selected=selected,
         ignores=ignores,
         options=options,
         timeout=timeout,
         given=given,
+        within=[spec.code for spec in lint_registry(registry, host=host)],
     )
     by_subject = subjects(definitions)
     result.checks = [_located(run, by_subject) for run in result.checks]

@@ -512,3 +512,24 @@ def test_a_mac_shared_inside_a_file_is_about_that_file_and_its_second_interface(
     assert shared["location"]["element"] == "/domain/devices/interface[2]"
     line = path.read_text().splitlines()[shared["location"]["line"] - 1]
     assert line.strip() == "<interface type='network'>"
+
+
+def test_one_kvmdoctor_toml_serves_run_and_lint(tmp_path: Path) -> None:
+    """Its ignores may name checks lint does not run (a runner's vhost-net); they apply where
+    they match and the report lists them all."""
+    path = tmp_path / "cdrom.xml"
+    path.write_text(domain("kd-cdrom", CDROM_ON_VIRTIO))
+    config = tmp_path / "kvmdoctor.toml"
+    config.write_text(
+        '[[ignore]]\ncheck = "vhost-net-unavailable"\nreason = "CI runners use user-mode networking"\n'
+        '\n[[ignore]]\ncheck = "DOM003"\nreason = "the seed ISO is attached by the pipeline"\n'
+    )
+    result = kvmdoctor("lint", str(path), "--config", str(config), "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    report = report_of(result)
+    assert [r["check"] for r in report["run"]["ignores"]] == ["vhost-net-unavailable", "DOM003"]
+    (dom003,) = findings(report, "DOM003")
+    assert dom003["ignored"]["reason"] == "the seed ISO is attached by the pipeline"
+    # an ignore that names no check at all is still an error
+    config.write_text('[[ignore]]\ncheck = "NOPE999"\nreason = "typo"\n')
+    assert kvmdoctor("lint", str(path), "--config", str(config)).exit_code == 2
