@@ -533,3 +533,29 @@ def test_one_kvmdoctor_toml_serves_run_and_lint(tmp_path: Path) -> None:
     # an ignore that names no check at all is still an error
     config.write_text('[[ignore]]\ncheck = "NOPE999"\nreason = "typo"\n')
     assert kvmdoctor("lint", str(path), "--config", str(config)).exit_code == 2
+
+
+def test_network_files_join_the_hosts_networks_with_host(
+    tmp_path: Path, host_snapshot: Path
+) -> None:
+    """A domain linted with the network it uses: the network is known (defined by the file,
+    not yet started: NET011's warning), and the host's own networks stay known."""
+    net = tmp_path / "net.xml"
+    net.write_text(
+        "<network>\n  <name>kd-lint-net</name>\n  <bridge name='kdlintbr0'/>\n"
+        "  <ip address='192.0.2.1' netmask='255.255.255.0'/>\n</network>\n"
+    )
+    nics = "".join(
+        f"    <interface type='network'><source network='{name}'/></interface>\n"
+        for name in ("kd-lint-net", "default", "kd-lint-nowhere")
+    )
+    dom = tmp_path / "guest.xml"
+    dom.write_text(domain("kd-lint-nets", nics))
+    args = ("--host", "--snapshot", str(host_snapshot), "--select", "NET011", "-f", "json")
+    report = report_of(kvmdoctor("lint", *args, str(dom), str(net)))
+    (finding,) = [f for f in findings(report, "NET011") if f["subject"] == f"file:{dom}"]
+    messages = finding["message"]
+    assert "network 'kd-lint-nowhere' does not exist" in messages
+    assert "kd-lint-net' does not exist" not in messages
+    assert "'default' does not exist" not in messages
+    assert finding["evidence"]["networks_from"] == "definition files and libvirt qemu:///system"
