@@ -28,8 +28,8 @@ AGREEMENT = 0.95
 # on an input libvirt accepts is an expected failure here, named and counted apart. Remove an
 # entry when its check no longer fails those inputs; the tests then hold it to the oracle.
 CALIBRATING = {
-    "DOM001": "a guest without a spare hot-plug slot defines and runs: a warn (issue 12)",
-    "DOM005": "one domain opening a network disk (rbd, nbd, iscsi) twice: no image lock refuses it",
+    "DOM005": "one image opened by two disks of one domain: libvirt defines it, and only "
+    "QEMU's image lock at start refuses it (file and block images, not network disks)",
 }
 
 
