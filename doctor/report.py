@@ -172,7 +172,9 @@ def build(
     fail_on: FailOn,
     selected: Sequence[str] = (),
     profile: str = "default",
+    files: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
+    """The report of a run; `files`: the definition files `kvmdoctor lint` read."""
     summary = {status: 0 for status in STATUSES}
     ignored = 0
     for item in result.findings():
@@ -214,6 +216,7 @@ def build(
                 {"check": r.token, "subject": r.subject, "reason": r.reason, "by": r.by}
                 for r in result.ignores
             ],
+            **({"files": list(files)} if files is not None else {}),
         },
         "checks": checks,
         "diagnoses": [d.as_dict(rank) for rank, d in enumerate(result.diagnoses, start=1)],

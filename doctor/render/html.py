@@ -12,7 +12,7 @@ from typing import Any
 
 from doctor.render.netdraw import STYLE as NET_STYLE
 from doctor.render.netdraw import host_drawing, probe_drawing
-from doctor.render.views import findings, fix_steps
+from doctor.render.views import findings, fix_steps, location_text, ref_location, rerun_command
 from doctor.textsafe import escape_controls
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -119,7 +119,8 @@ def render(report: dict[str, Any]) -> str:
     out.append("<ul>" if ignored else "<p>Nothing was ignored.</p>")
     if ignored:
         out += [
-            f"<li>{badge(f['status'])} <code>{esc(c['code'])}</code> {esc(f['subject'])}: "
+            f"<li>{badge(f['status'])} <code>{esc(c['code'])}</code> "
+            f"{esc(f['subject'] + location_text(f))}: "
             f"{esc(f['ignored']['reason'])} ({esc(f['ignored']['by'])})</li>"
             for c, f in ignored
         ]
@@ -153,7 +154,7 @@ def _diagnosis(
     ):
         out += [
             f"<li>{role}: {badge(r['status'])} <code>{esc(r['code'])}</code> "
-            f"{esc(r['subject'])}: {esc(r['message'])}</li>"
+            f"{esc(r['subject'] + ref_location(report, r))}: {esc(r['message'])}</li>"
             for r in refs
         ]
     out += [
@@ -171,8 +172,8 @@ def _diagnosis(
         ]
         out.append("</ol>")
     if diag.get("verify"):
-        verify = ",".join(diag["verify"])
-        out.append(f"<p>Then: <code>kvmdoctor run --select {esc(verify)}</code></p>")
+        rerun = rerun_command(report, diag["verify"])
+        out.append(f"<p>Then: <code>{esc(rerun)}</code></p>")
     refs = [r for r in diag.get("refs", []) if str(r).startswith(("https://", "http://"))]
     if refs:
         out.append(
@@ -207,6 +208,7 @@ def _finding(
 ) -> list[str]:
     subject = "" if finding["subject"] == "host" else f" — {esc(finding['subject'])}"
     ident = f' id="{anchor}"' if anchor else ""
+    subject += esc(location_text(finding))
     out = [
         f"<p{ident}>{badge(finding['status'])} <code>{esc(chk['code'])}</code> {esc(chk['name'])}"
         f"{subject}<br>{esc(finding['message'])}</p>"

@@ -82,6 +82,48 @@ def file_location(subject: str, evidence: Any) -> Optional[tuple[str, Optional[i
     return path, line
 
 
+def definition_location(finding: dict[str, Any]) -> Optional[tuple[str, Optional[int], str]]:
+    """(file, line or None, element path) of a `kvmdoctor lint` finding; None for others."""
+    loc = finding.get("location")
+    if not isinstance(loc, dict) or not loc.get("file"):
+        return None
+    line = loc.get("line")
+    ok = isinstance(line, int) and not isinstance(line, bool) and line > 0
+    return str(loc["file"]), line if ok else None, str(loc.get("element", ""))
+
+
+def location_text(finding: dict[str, Any]) -> str:
+    """ " at vms/web1.xml:14 /domain/devices/disk[2]" for a lint finding (the file, the line
+    and the element); " at /domain/devices/disk[2]" for a finding that names an element only;
+    else ""."""
+    loc = finding.get("location")
+    if not isinstance(loc, dict):
+        return ""
+    found = definition_location(finding)
+    if found is None:
+        return f" at {loc.get('element')}" if loc.get("element") else ""
+    path, line, element = found
+    return f" at {path}{f':{line}' if line else ''} {element}".rstrip()
+
+
+def ref_location(report: dict[str, Any], ref: dict[str, Any]) -> str:
+    """location_text of the finding a diagnosis refers to (by code and subject)."""
+    for chk, finding in findings(report):
+        same = chk["code"] == ref.get("code") and finding["subject"] == ref.get("subject")
+        if same and finding.get("location"):
+            return location_text(finding)
+    return ""
+
+
+def rerun_command(report: dict[str, Any], codes: list[str]) -> str:
+    """The command that re-runs these checks as the report was made: lint or run."""
+    argv = report.get("run", {}).get("argv", [])
+    command = "run"
+    if len(argv) > 1 and argv[1] == "lint":
+        command = "lint --host" if "--host" in argv else "lint"
+    return f"kvmdoctor {command} --select {','.join(codes)}"
+
+
 def epoch(stamp: Optional[str]) -> Optional[float]:
     """A report time ("2026-11-26T08:00:00.123Z") as seconds since the epoch."""
     if not stamp:
