@@ -254,12 +254,13 @@ class _RE2(_Phrases):
         super().__init__(keys)
         options = re2.Options()
         options.case_sensitive = False
+        options.encoding = re2.Options.Encoding.LATIN1  # bytes, not UTF-8: no folding of ſ
         alternation = b"|".join(re.escape(p) for p in self.phrases)
         self._search = re2.compile(alternation, options=options).finditer
-        self._index = {p: i for i, p in enumerate(self.phrases)}
 
     def _hits(self, text: bytes) -> Iterable[tuple[int, int]]:
-        return [(m.end(), self._index[m.group().lower()]) for m in self._search(text)]
+        # Not overlapping: `_holds` tries every phrase the line holds, whichever was found.
+        return [(m.end(), 0) for m in self._search(text)]
 
 
 class _AhoCorasick(_Phrases):
@@ -358,7 +359,8 @@ def candidate_starts(engine: Engine, block: bytes) -> list[int]:
 
 @dataclass
 class Reading:
-    """What a scan read: lines, and lines cut at MAX_LINE bytes."""
+    """What a scan read: lines, and long lines read only up to MAX_LINE bytes (those longer
+    than a block, and the candidates)."""
 
     lines: int = 0
     cut: int = 0
@@ -409,7 +411,10 @@ def scan(
             end = block.find(b"\n", start)
             if end < 0:
                 end = len(block)
-            yield base + counted + 1, block[start : min(end, start + MAX_LINE)]
+            if end - start > MAX_LINE:
+                reading.cut += 1
+                end = start + MAX_LINE
+            yield base + counted + 1, block[start:end]
         newlines = block.count(b"\n")
         base += newlines
         reading.pending = not block.endswith(b"\n")

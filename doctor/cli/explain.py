@@ -136,8 +136,6 @@ def _explain_stream(stream: BinaryIO, book: Playbooks, format: str, host: _Host)
         if pasted > MAX_JOINED_LINES or size > HEAD_BYTES:
             ended = False
             break
-    if reading.cut:
-        _say_cut(reading.cut)
     if ended:
         given = b"".join(head).decode("utf-8", "replace")
         if not given.strip():
@@ -145,6 +143,8 @@ def _explain_stream(stream: BinaryIO, book: Playbooks, format: str, host: _Host)
         token = given.strip()
         if "\n" not in token and " " not in token and _explain_name(token, book, format, host):
             return
+        if reading.cut:
+            _say_cut(reading.cut)
         _explain_text(given, book, format, host, cut=reading.cut)
         return
     engine = textscan.engine_for(book)
@@ -166,7 +166,7 @@ def _say_cut(count: int) -> None:
 
     sys.stderr.write(
         f"kvmdoctor: {count} line(s) longer than {MAX_LINE // 1024} KiB: only their first "
-        f"{MAX_LINE // 1024} KiB were read\n"
+        f"{MAX_LINE // 1024} KiB were matched\n"
     )
 
 
