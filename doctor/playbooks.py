@@ -319,9 +319,9 @@ class Playbooks:
         seen: dict[str, list[TextMatch]] = self.__dict__.setdefault("_seen", {})
         if line in seen:  # logs repeat the same lines many times
             return list(seen[line])
-        # Case-insensitive matching folds some non-ASCII letters onto ASCII ones (ſ and s,
-        # K and k); str.lower() does not, so only an ASCII line is filtered.
-        lower = line.lower() if line.isascii() else ""
+        # Case-insensitive matching folds four letters outside ASCII onto ASCII ones (ſ and
+        # s, K and k, ı and İ and i); str.lower() does not, so they are folded first.
+        lower = line.lower() if line.isascii() else line.translate(_FOLD_ASCII).lower()
         out: list[TextMatch] = []
         for book, signatures in self._index():
             for needle, signature in signatures:
@@ -336,6 +336,11 @@ class Playbooks:
         if len(seen) < 10_000 and len(line) <= 1024:  # a bounded cache: lines may be long
             seen[line] = out
         return list(out)
+
+
+# The letters outside ASCII that case-insensitive matching takes for ASCII ones
+# (tests/test_textscan.py checks every code point).
+_FOLD_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
 
 
 def _ascii_needle(pattern: str) -> str:
@@ -386,7 +391,8 @@ def literal_runs(pattern: str) -> list[str]:
     """Every run of plain characters at the top level of `pattern`, in the order every match
     holds them (see `required_text`); [] for a pattern with a top-level `|` or a verbose one."""
     try:
-        if re.compile(pattern).flags & re.VERBOSE:
+        # (compiled as the playbooks compile it: re's cache holds it already)
+        if re.compile(pattern, re.IGNORECASE).flags & re.VERBOSE:
             return []
     except re.error:
         return []

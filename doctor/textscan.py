@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Optional
 
-from doctor.playbooks import Playbooks, literal_runs
+from doctor.playbooks import _FOLD_ASCII, Playbooks, literal_runs
 
 CHUNK = 1 << 20
 MAX_LINE = 64 * 1024
@@ -42,15 +43,17 @@ ENGINES = ("hyperscan", "re2", "ahocorasick", "python")
 
 # The letters outside ASCII that case-insensitive matching takes for ASCII ones
 # (tests/test_textscan.py checks this against every code point).
-FOLDS = {"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"}
+FOLDS = {chr(c): letter for c, letter in _FOLD_ASCII.items()}
 # Lines that pasting rewrites into a signature's words (doctor.playbooks._GO_DIAL, _BARE_SOCKET).
 REWRITTEN = ("dial unix ", "socket to ")
 
 _WS_CHARS = "\t\x0b\x0c\r\x1c\x1d\x1e\x1f "
 _WS = rb"[\t\x0b\x0c\r\x1c-\x1f ]+"
-_MARK_NON_ASCII = bytes(128) + b"\x01" * 128
 _SPLIT_PIECES = re.compile(r"['\"`\[\]\\]+")
-_SPACES = bytes.maketrans(b"\t\x0b\x0c\r\x1c\x1d\x1e\x1f", b" " * 8)
+# Whitespace as spaces, and \x01 for every byte outside ASCII (\x01 itself stays).
+_SPACED = bytes.maketrans(
+    b"\t\x0b\x0c\r\x1c\x1d\x1e\x1f" + bytes(range(128, 256)), b" " * 8 + b"\x01" * 128
+)
 
 
 def signature_keys(book: Playbooks) -> Optional[list[list[str]]]:
@@ -100,12 +103,12 @@ def expressions(keys: list[list[str]]) -> list[bytes]:
     return [b".*".join(tolerant(run) for run in runs) for runs in keys]
 
 
-def phrase(runs: list[str]) -> str:
-    """The longest piece of the runs between quotes, brackets and backslashes, its whitespace
-    made single spaces: text a raw line holds as it is (case aside) unless its whitespace
-    comes in runs."""
-    pieces = [" ".join(p.split()) for run in runs for p in _SPLIT_PIECES.split(run)]
-    return max(pieces, key=len)
+def pieces(runs: list[str]) -> list[str]:
+    """The pieces of the runs between quotes, brackets and backslashes, their whitespace made
+    single spaces: text a raw line holds as it is (case aside) unless its whitespace comes in
+    runs."""
+    out = [" ".join(p.split()) for run in runs for p in _SPLIT_PIECES.split(run)]
+    return [p for p in out if p]
 
 
 # --- engines: each gives the start offsets of the lines of a block that hold a key ---------
@@ -114,7 +117,9 @@ def phrase(runs: list[str]) -> str:
 class Engine:
     name = ""
 
-    def starts(self, block: bytes) -> list[int]:  # pragma: no cover - interface
+    def starts(self, block: bytes, spaced: bytes) -> list[int]:  # pragma: no cover
+        """The start offsets of the lines of `block` that hold a key, in order; `spaced` is
+        the block with its whitespace made spaces and each byte outside ASCII \\x01."""
         raise NotImplementedError
 
 
@@ -123,7 +128,7 @@ class _Everything(Engine):
 
     name = "none"
 
-    def starts(self, block: bytes) -> list[int]:
+    def starts(self, block: bytes, spaced: bytes) -> list[int]:
         return [0] + [m.end() for m in re.finditer(rb"\n(?=.)", block, re.DOTALL)]
 
 
@@ -139,21 +144,34 @@ class _Phrases(Engine):
     joins = False  # the engine takes expressions: a short phrase goes with the key's others
 
     def __init__(self, keys: list[list[str]]) -> None:
-        by_phrase: dict[bytes, list[re.Pattern[bytes]]] = {}
-        for runs in keys:
-            expression = re.compile(b".*".join(tolerant(run) for run in runs), re.IGNORECASE)
-            found = phrase(runs)
-            if not found:
-                raise ValueError("a key without a phrase")
-            pieces = [" ".join(p.split()) for r in runs for p in _SPLIT_PIECES.split(r)]
-            pieces = [p for p in pieces if p]
-            if self.joins and len(found) < SHORT_PHRASE and len(pieces) > 1:
-                pattern = b".*".join(re.escape(p.encode()) for p in pieces)
+        by_key = [pieces(runs) for runs in keys]
+        if not all(by_key):
+            raise ValueError("a key without a phrase")
+        # A piece many signatures share (": no such file or directory") is common in logs:
+        # each key is found by its longest piece that fewest keys share.
+        shared = Counter(p for found in by_key for p in set(found))
+        by_phrase: dict[bytes, list[bytes]] = {}
+        for runs, found in zip(keys, by_key):
+            chosen = min(found, key=lambda p: (len(p) < 6, shared[p], -len(p)))
+            if self.joins and len(chosen) < SHORT_PHRASE and len(found) > 1:
+                pattern = b".*".join(re.escape(p.encode()) for p in found)
             else:
-                pattern = re.escape(found.encode()) if self.joins else found.encode()
+                pattern = re.escape(chosen.encode()) if self.joins else chosen.encode()
+            expression = b".*".join(tolerant(run) for run in runs)
             by_phrase.setdefault(pattern, []).append(expression)
         self.phrases = list(by_phrase)
         self._confirm = list(by_phrase.values())
+        self._compiled: dict[bytes, re.Pattern[bytes]] = {}
+
+    def _expressions(self, index: int) -> list[re.Pattern[bytes]]:
+        """The expressions of the keys found by phrase `index`, compiled when first needed."""
+        out = []
+        for expression in self._confirm[index]:
+            compiled = self._compiled.get(expression)
+            if compiled is None:
+                compiled = self._compiled[expression] = re.compile(expression, re.IGNORECASE)
+            out.append(compiled)
+        return out
 
     def _hits(self, text: bytes) -> Iterable[tuple[int, int]]:  # pragma: no cover
         """(end offset, phrase index) of the phrases in `text` (case aside), by end offset."""
@@ -161,15 +179,15 @@ class _Phrases(Engine):
 
     def _holds(self, block: bytes, start: int, end: int, found: int) -> bool:
         if self.overlapping:
-            tries = self._confirm[found]
+            tries = self._expressions(found)
         else:  # another phrase may hide inside the one found
-            line = block[start:end].lower().translate(_SPACES)
-            line = b" ".join(line.split())
-            tries = [e for i, p in enumerate(self.phrases) if p in line for e in self._confirm[i]]
+            line = b" ".join(block[start:end].lower().translate(_SPACED).split())
+            tries = [
+                e for i, p in enumerate(self.phrases) if p in line for e in self._expressions(i)
+            ]
         return any(e.search(block, start, end) for e in tries)
 
-    def starts(self, block: bytes) -> list[int]:
-        spaced = block.translate(_SPACES)
+    def starts(self, block: bytes, spaced: bytes) -> list[int]:
         starts = set()
         taken = -1  # where the last line taken ends
         for end, found in self._hits(spaced):
@@ -321,10 +339,10 @@ def make_engine(book: Playbooks, name: Optional[str] = None) -> Engine:
     for candidate in ENGINES:
         try:
             return _ENGINES[candidate](keys)
-        except ImportError:
-            continue
         except ValueError:
             return _Everything()
+        except Exception:  # not installed, or its library refuses this CPU: the next one
+            continue
     raise AssertionError("the python engine needs nothing")  # pragma: no cover
 
 
@@ -342,17 +360,17 @@ def engine_for(book: Playbooks) -> Engine:
 
 def candidate_starts(engine: Engine, block: bytes) -> list[int]:
     """The start offsets of the lines of `block` that may match a signature, in order."""
-    starts = engine.starts(block)
+    spaced = block.translate(_SPACED)
+    starts = engine.starts(block, spaced)
     if not block.isascii():
-        marked = block.translate(_MARK_NON_ASCII)  # \x01 where a byte is not ASCII
         others: list[int] = []
-        at = marked.find(b"\x01")
+        at = spaced.find(b"\x01")
         while at >= 0:
-            others.append(block.rfind(b"\n", 0, at) + 1)
-            line_end = block.find(b"\n", at)
+            others.append(spaced.rfind(b"\n", 0, at) + 1)
+            line_end = spaced.find(b"\n", at)
             if line_end < 0:
                 break
-            at = marked.find(b"\x01", line_end)
+            at = spaced.find(b"\x01", line_end)
         starts = sorted(set(starts).union(others))
     return starts
 

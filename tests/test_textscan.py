@@ -461,3 +461,23 @@ def test_a_message_given_whole_matches_as_before(book: playbooks.Playbooks) -> N
     texts += ["\n".join(LINES[i : i + 40]) for i in range(0, 4000, 40)]
     for text in texts:
         assert book.match_text(text) == old_match_text(book, text), text[:200]
+
+
+@pytest.mark.parametrize("pasted", [True, False], ids=["explain", "LOG001"])
+def test_the_matcher_finds_what_every_signature_finds(
+    book: playbooks.Playbooks, pasted: bool
+) -> None:
+    """The reference itself: match_line (which tries a signature only on lines that hold its
+    required text, folded as case-insensitive matching folds) against every signature of
+    every playbook tried on every line, the variations outside ASCII included."""
+    for raw in LINES:
+        for line in pasted_lines(raw) if pasted else [normalise(raw)]:
+            every = {}
+            for playbook in book:
+                for signature in playbook.signatures:
+                    hit = signature.search(line)
+                    if hit:
+                        every[playbook.id] = hit.group(0)
+                        break
+            found = {m.playbook.id: m.matched for m in book.match_line(line)}
+            assert found == every, line
