@@ -374,3 +374,21 @@ def test_a_killed_daemon_refusing_connections_holds_on_its_recording() -> None:
     (verdict,) = data["host"]["verdicts"]
     assert verdict["verdict"] == "holds"
     assert "nothing listens on it" in verdict["reason"]
+
+
+def test_a_message_repeated_in_a_paste_is_listed_once_with_its_count() -> None:
+    line = "error: internal error: Failed to reserve port 5977"
+    paste = f"{line}\nDomain web1 started\n{line}\n"
+    data = json.loads(kvmdoctor("explain", "-", "-f", "json", input=paste).stdout)
+    assert data["lines"] == 3
+    (match,) = data["matches"]
+    assert (match["id"], match["count"], match["first_line"], match["last_line"]) == (
+        "graphics-port-conflict",
+        2,
+        1,
+        3,
+    )
+    text = kvmdoctor("explain", "-", input=paste).stdout
+    assert 'matched: "Failed to reserve port 5977" (2 lines, first 1, last 3)' in text
+    once = kvmdoctor("explain", line).stdout
+    assert 'matched: "Failed to reserve port 5977" (line 1)' in once
