@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 import textwrap
 from typing import TYPE_CHECKING, Any, BinaryIO, Optional
@@ -31,6 +30,7 @@ from doctor.cli.common import (
     UriOpt,
     UsageError,
     open_source,
+    open_text_file,
 )
 
 if TYPE_CHECKING:
@@ -101,8 +101,9 @@ def explain(
     if "\n" not in token and " " not in token:
         if _explain_name(token, book, format, host):
             return
-        if os.path.isfile(token):
-            with open(token, "rb") as stream:
+        stream = open_text_file(token)
+        if stream is not None:
+            with stream:
                 _explain_stream(stream, book, format, host)
             return
     _explain_text(given, book, format, host)
