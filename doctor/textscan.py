@@ -433,8 +433,7 @@ def scan(
                 reading.cut += 1
                 end = start + MAX_LINE
             yield base + counted + 1, block[start:end]
-        newlines = block.count(b"\n")
-        base += newlines
+        base += counted + block.count(b"\n", at)
         reading.pending = not block.endswith(b"\n")
         reading.lines = base + reading.pending
     reading.lines = base + reading.pending
