@@ -335,7 +335,7 @@ def main() -> int:
         f"goal: >= {GOAL_MBPS:.0f} MB/s and peak RSS < {GOAL_RSS_MB:.0f} MB: "
         + ("met" if not failed else "NOT met for " + ", ".join(failed))
     )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
