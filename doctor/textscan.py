@@ -16,9 +16,14 @@ lines with those are candidates too. A line with any byte outside ASCII is alway
 case-insensitive matching folds a few other letters onto ASCII ones (ſ, K, ı, İ) and
 normalising turns typographic quotes and Unicode spaces into ASCII.
 
-Engines, best first (docs/performance.md, "explain throughput", says why): hyperscan, RE2 (one
-alternation, `google-re2`), Aho-Corasick (`pyahocorasick`) on the longest plain word of each
-signature, and Python's own `re` with the same alternation, which needs nothing installed.
+How a block is searched: the engine looks for one phrase per signature, the longest piece of
+its runs between quotes and brackets that the fewest signatures share (whitespace as single
+spaces), in the block with its whitespace made spaces; a line where one is found is confirmed
+with the signature's whole expression above. Lines with runs of whitespace are searched again
+with their runs squeezed. Engines, best first (docs/performance.md, "explain throughput", says
+why): hyperscan (a database of the phrases as literals), RE2 (`google-re2`, one alternation),
+Aho-Corasick (`pyahocorasick`), and `bytes.find` for each phrase, which needs nothing
+installed.
 
 Input is read in blocks of CHUNK bytes and cut into complete lines; a line longer than
 MAX_LINE bytes is read up to MAX_LINE bytes and the rest of it skipped, so memory stays flat
