@@ -1,4 +1,4 @@
-"""`kvmdoctor explain TEXT|CODE|PLAYBOOK`: what an error message means and what fixes it.
+"""`kvmdoctor explain TEXT|CODE|PLAYBOOK|FILE|-`: what an error message means and what fixes it.
 
 TEXT is read as people paste it -- log stamps and tools' prefixes, escaped quotes, lines a
 terminal wrapped, other quoting and socket paths (`doctor.playbooks.pasted_lines`) -- and
@@ -10,7 +10,8 @@ that host and each candidate is said to hold, not to hold, or to be undecided th
 When no signature matches, the playbooks whose words come nearest are shown as "probably",
 with their similarity score: a lead to follow, never a diagnosis. A CODE or check name prints
 the check's documentation and its playbooks; a playbook id prints the playbook. `-` reads the
-text from standard input (`journalctl -u libvirtd | kvmdoctor explain -`).
+text from standard input (`journalctl -u libvirtd | kvmdoctor explain -`) and a FILE from
+that file, as a stream (doctor/textscan.py): each problem once, with its count of lines.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def register(app: typer.Typer) -> None:
 
 TextArg = typer.Argument(
     ...,
-    help="An error message (quote it), a check code or name, a playbook id, or - for stdin.",
-    metavar="TEXT|CODE|-",
+    help="An error message (quote it), a check code or name, a playbook id, a log FILE, or "
+    "- for stdin.",
+    metavar="TEXT|CODE|FILE|-",
 )
 
 
@@ -75,6 +77,10 @@ def explain(
 
     With --here (this host), --snapshot PATH or --root DIR, the candidates' checks run
     read-only there and each cause is said to hold, not to hold, or to be undecided.
+
+    A FILE, or - for standard input, is read as a stream in flat memory however large (a
+    whole journal: `journalctl -u libvirtd | kvmdoctor explain -`); each problem is listed
+    once with the number of lines it was found on and the first and last of them.
 
     Exit codes: 0 a signature matched (or a check code or playbook was named), 1 nothing
     matched with confidence (only "probably", or nothing at all), 2 usage error.
