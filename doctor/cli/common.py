@@ -176,6 +176,18 @@ class Output:
         return (self.path is None or self.path == "-") and sys.stdout.isatty()
 
 
+def open_text_file(path: str) -> Optional[BinaryIO]:
+    """A file the user named for `kvmdoctor explain FILE`, opened for reading in binary, or
+    None when `path` names no regular file. What the user hands in, like a saved report: not
+    the host's state, which only doctor/sources/ reads."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def use_color(output: Output, no_color: bool) -> bool:
     """Colour only on a terminal, never with --no-color or NO_COLOR (https://no-color.org)."""
     return output.is_terminal and not no_color and not os.environ.get("NO_COLOR")
@@ -195,15 +207,3 @@ def read_report(path: str) -> dict[str, Any]:
     if not isinstance(data, dict) or "diagnoses" not in data:
         raise UsageError(f"{path} is not a kvmdoctor report (no diagnoses)")
     return data
-
-
-def open_text_file(path: str) -> Optional[BinaryIO]:
-    """A file the user named for `kvmdoctor explain FILE`, opened for reading in binary, or
-    None when `path` names no regular file. What the user hands in, like a saved report: not
-    the host's state, which only doctor/sources/ reads."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
