@@ -12,6 +12,7 @@ from doctor.model import Finding
 from doctor.playbooks import normalise, shipped
 from doctor.registry import check
 from doctor.sources.redact import scrub_log_line
+from doctor.textscan import engine_for, scan_lines
 
 RECENT_DAYS = 7
 MAX_LINE = 400
@@ -60,13 +61,23 @@ def known_error_in_logs(
     https://libvirt.org/logging.html
     """
     book = shipped()
+    engine = engine_for(book)
     now = host_clock.time if host_clock is not None else None
     hits: dict[tuple[str, str], _Hit] = {}
     old = 0
     for log in libvirt_logs.logs:
         stamp: Optional[float] = None
-        for raw in log.lines:
-            stamp = line_time(raw) or stamp  # QEMU's stderr lines carry no time of their own
+        previous = -1
+        # Only the lines that may hold a signature (doctor.textscan); each takes the time of
+        # the last line up to it that has one (QEMU's stderr lines carry no time of their own).
+        for index in scan_lines(engine, log.lines):
+            raw = log.lines[index]
+            for back in range(index, previous, -1):
+                found = line_time(log.lines[back])
+                if found:
+                    stamp = found
+                    break
+            previous = index
             line = normalise(raw)
             if not line:
                 continue

@@ -164,6 +164,40 @@ class TextMatch:
 
 
 @dataclass
+class Hit:
+    """A playbook found in a text: its first match, and how many lines it was found on
+    (repeats are counted, not kept), the first and the last of them (numbered from 1)."""
+
+    match: TextMatch
+    count: int
+    first_line: int
+    last_line: int
+
+
+class Tally:
+    """Playbooks found line by line, each kept once: memory grows with the playbooks found,
+    not with the lines read."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, tuple[tuple[int, int], Hit]] = {}
+
+    def add(self, position: int, number: int, matches: list[TextMatch]) -> None:
+        """The matches of the line at `position` (the order hits are given in), numbered
+        `number` in the text."""
+        for match in matches:
+            entry = self.found.get(match.playbook.id)
+            if entry is None:
+                order = (position, len(self.found))
+                self.found[match.playbook.id] = (order, Hit(match, 1, number, number))
+            elif entry[1].last_line != number:
+                entry[1].count += 1
+                entry[1].last_line = number
+
+    def hits(self) -> list[Hit]:
+        return [hit for _, hit in sorted(self.found.values(), key=lambda e: e[0])]
+
+
+@dataclass
 class Playbooks:
     items: dict[str, Playbook] = field(default_factory=dict)
     errors: list[PlaybookError] = field(default_factory=list)
@@ -203,21 +237,31 @@ class Playbooks:
         (`pasted_lines`), and lines a terminal or a mail client wrapped are tried joined
         again: each run of two or three lines, joined with and without a space (a wrap in
         the middle of a word or a path leaves no space; one between words loses it)."""
-        lines = pasted_lines(text)
-        found: dict[str, tuple[int, int, TextMatch]] = {}
+        return [hit.match for hit in self.find(numbered_lines(text))]
 
-        def add(index: int, line: str) -> None:
-            for match in self.match_line(line):
-                if match.playbook.id not in found:
-                    found[match.playbook.id] = (index, len(found), match)
-
-        for index, line in enumerate(lines):
-            add(index, line)
-        if len(lines) <= MAX_JOINED_LINES:
+    def find(self, lines: list[tuple[int, str]], rejoin: bool = True) -> list[Hit]:
+        """The playbooks found in pasted lines (line number, line), as `match_text` finds
+        them, each with the number of lines it was found on and the first and last of them.
+        Wrapped lines are tried joined again when `rejoin` and there are MAX_JOINED_LINES
+        lines or fewer; a wrapped message counts once however many ways of joining it match."""
+        tally = Tally()
+        for index, (number, line) in enumerate(lines):
+            tally.add(index, number, self.match_line(line))
+        if rejoin and len(lines) <= MAX_JOINED_LINES:
+            single = set(tally.found)
+            last: dict[str, int] = {}
             for index in range(len(lines) - 1):
-                for joined in _rejoined(lines[index : index + 3]):
-                    add(index, joined)
-        return [m for _, _, m in sorted(found.values(), key=lambda f: (f[0], f[1]))]
+                window = lines[index : index + 3]
+                for joined in _rejoined([line for _, line in window]):
+                    for match in self.match_line(joined):
+                        book = match.playbook.id
+                        if book in single or last.get(book, -2) >= index - 1:
+                            if book in last:
+                                last[book] = index
+                            continue
+                        last[book] = index
+                        tally.add(index, window[0][0], [match])
+        return tally.hits()
 
     def nearest(self, text: str, limit: int = 3) -> list[Nearness]:
         """The playbooks whose words come closest to `text`, for when no signature matches:
@@ -275,9 +319,9 @@ class Playbooks:
         seen: dict[str, list[TextMatch]] = self.__dict__.setdefault("_seen", {})
         if line in seen:  # logs repeat the same lines many times
             return list(seen[line])
-        # Case-insensitive matching folds some non-ASCII letters onto ASCII ones (ſ and s,
-        # K and k); str.lower() does not, so only an ASCII line is filtered.
-        lower = line.lower() if line.isascii() else ""
+        # Case-insensitive matching folds four letters outside ASCII onto ASCII ones (ſ and
+        # s, K and k, ı and İ and i); str.lower() does not, so they are folded first.
+        lower = line.lower() if line.isascii() else line.translate(_FOLD_ASCII).lower()
         out: list[TextMatch] = []
         for book, signatures in self._index():
             for needle, signature in signatures:
@@ -289,9 +333,14 @@ class Playbooks:
                     out.append(TextMatch(book, line, hit.group(0), groups))
                     break
         out.sort(key=lambda m: (-len(m.matched), -m.playbook.specificity, m.playbook.id))
-        if len(seen) < 10_000:
+        if len(seen) < 10_000 and len(line) <= 1024:  # a bounded cache: lines may be long
             seen[line] = out
         return list(out)
+
+
+# The letters outside ASCII that case-insensitive matching takes for ASCII ones
+# (tests/test_textscan.py checks every code point).
+_FOLD_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
 
 
 def _ascii_needle(pattern: str) -> str:
@@ -331,20 +380,31 @@ def required_text(pattern: str, shortest: int = 4) -> str:
     a top-level `|` has none, nor has a verbose one (`(?x)`, where spaces are not text). A
     character followed by `*`, `?` or `{` may be absent, so it ends the run without joining it;
     `+` ends the run after it."""
-    try:
-        if re.compile(pattern).flags & re.VERBOSE:
-            return ""
-    except re.error:
-        return ""
     best = ""
+    for run in literal_runs(pattern):
+        if len(run) > len(best):
+            best = run
+    return best if len(best) >= shortest else ""
+
+
+def literal_runs(pattern: str) -> list[str]:
+    """Every run of plain characters at the top level of `pattern`, in the order every match
+    holds them (see `required_text`); [] for a pattern with a top-level `|` or a verbose one."""
+    try:
+        # (compiled as the playbooks compile it: re's cache holds it already)
+        if re.compile(pattern, re.IGNORECASE).flags & re.VERBOSE:
+            return []
+    except re.error:
+        return []
+    runs: list[str] = []
     run: list[str] = []
     depth = 0
     i = 0
 
     def close() -> None:
-        nonlocal best, run
-        if len(run) > len(best):
-            best = "".join(run)
+        nonlocal run
+        if run:
+            runs.append("".join(run))
         run = []
 
     while i < len(pattern):
@@ -379,7 +439,7 @@ def required_text(pattern: str, shortest: int = 4) -> str:
             continue
         elif c == "|":
             if depth == 0:
-                return ""
+                return []
             i += 1
             continue
         elif c in ".^$+" or c in _QUANTIFIERS:
@@ -400,7 +460,7 @@ def required_text(pattern: str, shortest: int = 4) -> str:
             continue
         run.append(literal)
     close()
-    return best if len(best) >= shortest else ""
+    return runs
 
 
 # --- pasted text ----------------------------------------------------------------------------
@@ -504,6 +564,20 @@ def pasted_lines(text: str) -> list[str]:
         if line:
             lines.append(line)
     return lines
+
+
+def numbered_lines(text: str) -> list[tuple[int, str]]:
+    """`pasted_lines` of `text`, each with the number (from 1) of the line of `text` it is on."""
+    return [
+        (number, line)
+        for number, raw in enumerate(text.split("\n"), start=1)
+        for line in pasted_lines(raw)
+    ]
+
+
+def line_count(text: str) -> int:
+    """How many lines `text` has (a last line without its newline counts)."""
+    return text.count("\n") + (not text.endswith("\n")) if text else 0
 
 
 def _rejoined(window: list[str]) -> list[str]:

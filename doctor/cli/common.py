@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 import typer
 
@@ -174,6 +174,18 @@ class Output:
     @property
     def is_terminal(self) -> bool:
         return (self.path is None or self.path == "-") and sys.stdout.isatty()
+
+
+def open_text_file(path: str) -> Optional[BinaryIO]:
+    """A file the user named for `kvmdoctor explain FILE`, opened for reading in binary, or
+    None when `path` names no regular file. What the user hands in, like a saved report: not
+    the host's state, which only doctor/sources/ reads."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def use_color(output: Output, no_color: bool) -> bool:

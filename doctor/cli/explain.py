@@ -1,4 +1,4 @@
-"""`kvmdoctor explain TEXT|CODE|PLAYBOOK`: what an error message means and what fixes it.
+"""`kvmdoctor explain TEXT|CODE|PLAYBOOK|FILE|-`: what an error message means and what fixes it.
 
 TEXT is read as people paste it -- log stamps and tools' prefixes, escaped quotes, lines a
 terminal wrapped, other quoting and socket paths (`doctor.playbooks.pasted_lines`) -- and
@@ -10,15 +10,17 @@ that host and each candidate is said to hold, not to hold, or to be undecided th
 When no signature matches, the playbooks whose words come nearest are shown as "probably",
 with their similarity score: a lead to follow, never a diagnosis. A CODE or check name prints
 the check's documentation and its playbooks; a playbook id prints the playbook. `-` reads the
-text from standard input (`journalctl -u libvirtd | kvmdoctor explain -`).
+text from standard input (`journalctl -u libvirtd | kvmdoctor explain -`) and a FILE from
+that file, as a stream (doctor/textscan.py): each problem once, with its count of lines.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import textwrap
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 import typer
 
@@ -29,10 +31,11 @@ from doctor.cli.common import (
     UriOpt,
     UsageError,
     open_source,
+    open_text_file,
 )
 
 if TYPE_CHECKING:
-    from doctor.playbooks import Playbook, Playbooks
+    from doctor.playbooks import Hit, Playbook, Playbooks
 
 FORMATS = ("text", "json")
 EXIT_MATCHED = 0
@@ -45,8 +48,9 @@ def register(app: typer.Typer) -> None:
 
 TextArg = typer.Argument(
     ...,
-    help="An error message (quote it), a check code or name, a playbook id, or - for stdin.",
-    metavar="TEXT|CODE|-",
+    help="An error message (quote it), a check code or name, a playbook id, a log FILE, or "
+    "- for stdin.",
+    metavar="TEXT|CODE|FILE|-",
 )
 
 
@@ -74,6 +78,10 @@ def explain(
     With --here (this host), --snapshot PATH or --root DIR, the candidates' checks run
     read-only there and each cause is said to hold, not to hold, or to be undecided.
 
+    A FILE, or - for standard input, is read as a stream in flat memory however large (a
+    whole journal: `journalctl -u libvirtd | kvmdoctor explain -`); each problem is listed
+    once with the number of lines it was found on and the first and last of them.
+
     Exit codes: 0 a signature matched (or a check code or playbook was named), 1 nothing
     matched with confidence (only "probably", or nothing at all), 2 usage error.
     """
@@ -85,19 +93,88 @@ def explain(
         raise UsageError("--here, --root and --snapshot exclude each other")
     if uri is not None and not here:
         raise UsageError("--uri names the libvirt of this host: use it with --here")
-    given = sys.stdin.read() if text == ["-"] else " ".join(text)
-    if not given.strip():
-        raise UsageError("nothing to explain: give an error message, a check code or -")
     book = playbooks.shipped()
     for problem in book.errors:
         sys.stderr.write(f"kvmdoctor: playbook error: {problem}\n")
     host = _Host(here, root, snapshot, uri, connect_timeout)
+    if text == ["-"]:
+        _explain_stream(sys.stdin.buffer, book, format, host)
+        return
+    given = " ".join(text)
+    if not given.strip():
+        raise UsageError("nothing to explain: give an error message, a check code or -")
     token = given.strip()
     if "\n" not in token and " " not in token:
-        handled = _explain_name(token, book, format, host)
-        if handled:
+        if _explain_name(token, book, format, host):
+            return
+        stream = open_text_file(token)
+        if stream is not None:
+            with stream:
+                _explain_stream(stream, book, format, host)
             return
     _explain_text(given, book, format, host)
+
+
+# What is read of a stream before it is known to be a paste (its wrapped lines are then
+# joined again, as for a message given as an argument) or a log (matched line by line).
+HEAD_BYTES = 8 << 20
+
+
+def _explain_stream(stream: BinaryIO, book: Playbooks, format: str, host: _Host) -> None:
+    """Text from a pipe or a file, read as a stream (doctor.textscan): a paste of up to
+    MAX_JOINED_LINES lines (and HEAD_BYTES) is explained as a message given as an argument;
+    anything longer is matched line by line, only the lines the engine flags, each playbook
+    kept once with the number of lines it was found on."""
+    from doctor import textscan
+    from doctor.playbooks import MAX_JOINED_LINES, Tally, pasted_lines
+
+    reading = textscan.Reading()
+    source = textscan.blocks(stream, reading)
+    head: list[bytes] = []
+    pasted = size = 0
+    ended = True
+    for block in source:
+        head.append(block)
+        size += len(block)
+        for text in block.decode("utf-8", "replace").split("\n"):
+            pasted += len(pasted_lines(text))
+            if pasted > MAX_JOINED_LINES:
+                break
+        if pasted > MAX_JOINED_LINES or size > HEAD_BYTES:
+            ended = False
+            break
+    if ended:
+        given = b"".join(head).decode("utf-8", "replace")
+        if not given.strip():
+            raise UsageError("nothing to explain: give an error message, a check code or -")
+        token = given.strip()
+        if "\n" not in token and " " not in token and _explain_name(token, book, format, host):
+            return
+        if reading.cut:
+            _say_cut(reading.cut)
+        _explain_text(given, book, format, host, cut=reading.cut)
+        return
+    engine = textscan.engine_for(book)
+    tally = Tally()
+    position = 0
+    for number, candidate in textscan.scan(engine, itertools.chain(head, source), reading):
+        for line in pasted_lines(candidate.decode("utf-8", "replace")):
+            tally.add(position, number, book.match_line(line))
+            position += 1
+    if reading.cut:
+        _say_cut(reading.cut)
+    first = b"".join(head).decode("utf-8", "replace")
+    del head
+    _show(tally.hits(), first, reading.lines, book, format, host, cut=reading.cut)
+
+
+def _say_cut(count: int) -> None:
+    from doctor.textscan import MAX_LINE
+
+    sys.stderr.write(
+        f"kvmdoctor: {count} line(s) longer than {MAX_LINE // 1024} KiB: only their first "
+        f"{MAX_LINE // 1024} KiB were matched\n"
+    )
 
 
 class _Host:
@@ -256,16 +333,32 @@ def _explain_name(token: str, book: Playbooks, format: str, host: _Host) -> bool
     return True
 
 
-def _explain_text(given: str, book: Playbooks, format: str, host: _Host) -> None:
-    from doctor.playbooks import pasted_lines
+def _explain_text(given: str, book: Playbooks, format: str, host: _Host, cut: int = 0) -> None:
+    from doctor.playbooks import line_count, numbered_lines
 
-    matches = book.match_text(given)
-    lines = pasted_lines(given)
-    if not matches:
-        nearest = book.nearest(given)
+    hits = book.find(numbered_lines(given))
+    _show(hits, given, line_count(given), book, format, host, cut=cut)
+
+
+def _show(
+    hits: list[Hit],
+    text: str,
+    lines: int,
+    book: Playbooks,
+    format: str,
+    host: _Host,
+    cut: int = 0,
+) -> None:
+    """What was found in a text of `lines` lines; when nothing, the playbooks nearest to
+    `text` (all of a message; the first part of a long stream)."""
+    counts: dict[str, Any] = {"lines": lines}
+    if cut:
+        counts["lines_cut"] = cut
+    if not hits:
+        nearest = book.nearest(text)
         judged = host.judge([n.playbook for n in nearest])
         data: dict[str, Any] = {
-            "lines": len(lines),
+            **counts,
             "matches": [],
             "probably": [
                 {
@@ -296,8 +389,9 @@ def _explain_text(given: str, book: Playbooks, format: str, host: _Host) -> None
         else:
             typer.echo(text)
         raise typer.Exit(EXIT_NO_MATCH)
+    matches = [hit.match for hit in hits]
     judged = host.judge([m.playbook for m in matches])
-    data = {"lines": len(lines), "matches": [_match_data(m) for m in matches]}
+    data = {**counts, "matches": [_match_data(hit) for hit in hits]}
     if judged is not None:
         data["host"] = judged
     parts = []
@@ -310,11 +404,19 @@ def _explain_text(given: str, book: Playbooks, format: str, host: _Host) -> None
         listing = [f"{len(matches)} possible causes{hint}:"]
         listing += [f"  {m.playbook.id}: {m.playbook.title}" for m in matches]
         parts.append("\n".join(listing) + "\n")
-    for match in matches:
+    for hit in hits:
+        match = hit.match
         parts.append(
-            f'matched: "{match.matched}"\n' + _playbook_text(match.playbook, _values(match))
+            f'matched: "{match.matched}" {_where(hit)}\n'
+            + _playbook_text(match.playbook, _values(match))
         )
     _emit(format, data, _host_text(judged) + "\n".join(parts))
+
+
+def _where(hit: Hit) -> str:
+    if hit.count == 1:
+        return f"(line {hit.first_line})"
+    return f"({hit.count} lines, first {hit.first_line}, last {hit.last_line})"
 
 
 def _host_text(judged: Optional[dict[str, Any]]) -> str:
@@ -375,11 +477,15 @@ def _values(match: Any) -> dict[str, str]:
     return values
 
 
-def _match_data(match: Any) -> dict[str, Any]:
+def _match_data(hit: Hit) -> dict[str, Any]:
+    match = hit.match
     return {
         "line": match.line,
         "matched": match.matched,
         "values": dict(match.groups),
+        "count": hit.count,
+        "first_line": hit.first_line,
+        "last_line": hit.last_line,
         **_playbook_data(match.playbook, _values(match)),
     }
 

@@ -129,3 +129,52 @@ def test_log001_findings_never_carry_a_qemu_password(tmp_path: Path) -> None:
     text = json.dumps([f.as_dict() for f in findings["LOG001"]])
     assert "kdsecret3" not in text
     assert "Permission denied" in text  # the hit itself is still reported
+
+
+def test_log001_matches_what_every_line_gives_with_the_time_before_it() -> None:
+    """LOG001 reads only the lines the engine flags (doctor/textscan.py) and looks back for
+    the time; the reference reads every line, as LOG001 did: same hits, counts and times."""
+    import random
+
+    from checks.logs import RECENT_DAYS, known_error_in_logs
+    from doctor.facts.logs import LibvirtLogs, LogText
+    from doctor.facts.tls import HostClock
+    from doctor.playbooks import normalise, shipped
+
+    rng = random.Random(7)
+    errors = [line for line in (LIBVIRTD_LOG + QEMU_LOG).splitlines() if "rror" in line]
+    errors += ["qemu-system-x86_64: Could not access KVM kernel module: Permission denied"]
+    lines = []
+    for i in range(3000):
+        pick = rng.random()
+        if pick < 0.01:
+            lines.append(rng.choice(errors))
+        elif pick < 0.4:
+            day = 10 + i // 200  # older and newer than a week before the clock
+            lines.append(f"2026-11-{day:02d} 07:{i % 60:02d}:00.000+0000: 7722: info : x {i}")
+        else:
+            lines.append(f"-device virtio-net-pci,netdev=hostnet{i} \\")
+    logs = LibvirtLogs((LogText("/var/log/libvirt/qemu/web1.log", tuple(lines), False),), ())
+    now = dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc).timestamp()
+    clock = HostClock(now, "2026-11-24T00:00:00Z", "given")
+    found = {
+        f.evidence["playbook"]: (f.evidence["count"], f.evidence["time"])
+        for f in known_error_in_logs(logs, clock)
+        if f.status == "info"
+    }
+    book = shipped()
+    expected: dict[str, tuple[int, Any]] = {}
+    stamp = None
+    for raw in lines:
+        stamp = line_time(raw) or stamp
+        matches = book.match_line(normalise(raw))
+        if not matches or (stamp is not None and now - stamp > RECENT_DAYS * 86400):
+            continue
+        count, _ = expected.get(matches[0].playbook.id, (0, None))
+        when = dt.datetime.fromtimestamp(stamp, dt.timezone.utc) if stamp else None
+        expected[matches[0].playbook.id] = (
+            count + 1,
+            when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None,
+        )
+    assert len(expected) >= 3
+    assert found == expected

@@ -374,3 +374,31 @@ def test_a_killed_daemon_refusing_connections_holds_on_its_recording() -> None:
     (verdict,) = data["host"]["verdicts"]
     assert verdict["verdict"] == "holds"
     assert "nothing listens on it" in verdict["reason"]
+
+
+def test_a_message_repeated_in_a_paste_is_listed_once_with_its_count() -> None:
+    line = "error: internal error: Failed to reserve port 5977"
+    paste = f"{line}\nDomain web1 started\n{line}\n"
+    data = json.loads(kvmdoctor("explain", "-", "-f", "json", input=paste).stdout)
+    assert data["lines"] == 3
+    (match,) = data["matches"]
+    assert (match["id"], match["count"], match["first_line"], match["last_line"]) == (
+        "graphics-port-conflict",
+        2,
+        1,
+        3,
+    )
+    text = kvmdoctor("explain", "-", input=paste).stdout
+    assert 'matched: "Failed to reserve port 5977" (2 lines, first 1, last 3)' in text
+    once = kvmdoctor("explain", line).stdout
+    assert 'matched: "Failed to reserve port 5977" (line 1)' in once
+
+
+def test_a_wrapped_message_counts_once() -> None:
+    """Found in lines 3 and 4 joined, and in lines 2 to 4 joined: one message, numbered by
+    the first line of the first run of lines it was found in (the order `explain` lists
+    causes in)."""
+    data = json.loads(kvmdoctor("explain", WRAPPED, "-f", "json").stdout)
+    first = data["matches"][0]
+    assert first["id"] == "libvirtd-not-running"
+    assert (first["count"], first["first_line"], first["last_line"]) == (1, 2, 2)
