@@ -12,7 +12,7 @@ from typing import Any
 
 from doctor.render.netdraw import STYLE as NET_STYLE
 from doctor.render.netdraw import host_drawing, probe_drawing
-from doctor.render.views import findings, fix_steps
+from doctor.render.views import findings, fix_steps, rerun
 from doctor.textsafe import escape_controls
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -170,9 +170,11 @@ def _diagnosis(
             for s in steps
         ]
         out.append("</ol>")
-    if diag.get("verify"):
-        verify = ",".join(diag["verify"])
-        out.append(f"<p>Then: <code>kvmdoctor run --select {esc(verify)}</code></p>")
+    hint = rerun(diag)
+    if hint is not None:
+        place, command = hint
+        place = f" {esc(place)}" if place else ""
+        out.append(f"<p>Then{place}: <code>{esc(command)}</code></p>")
     refs = [r for r in diag.get("refs", []) if str(r).startswith(("https://", "http://"))]
     if refs:
         out.append(

@@ -14,7 +14,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from doctor.render.views import area, diagnoses_for, findings, fix_steps, gates
+from doctor.render.views import area, diagnoses_for, findings, fix_steps, gates, then
 
 # What XML 1.0 cannot hold even escaped (C0 controls but tab and line ends, surrogates, U+FFFE/F),
 # and CR and the C1 controls, which it can hold but a reader changes or does not want: shown
@@ -33,8 +33,9 @@ def _explanation(report: dict[str, Any], chk: dict[str, Any], finding: dict[str,
         lines += ["", f"Diagnosis: {diag['title']} ({diag['playbook']})", diag["cause"]]
         for number, step in enumerate(fix_steps(report, diag), start=1):
             lines.append(f"fix {number}: [{step['safety']}] {step['text']}")
-        if diag.get("verify"):
-            lines.append(f"then: kvmdoctor run --select {','.join(diag['verify'])}")
+        hint = then(diag)
+        if hint:
+            lines.append(hint)
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from doctor.render.views import findings, fix_steps
+from doctor.render.views import findings, fix_steps, rerun
 from doctor.textsafe import one_line
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -127,7 +127,9 @@ def _diagnosis(
             f"{n}. \\[{md(step['safety'])}\\] {md(step['text'])}"
             for n, step in enumerate(steps, start=1)
         ]
-    if diag.get("verify"):
-        out += ["", f"Then: `kvmdoctor run --select {','.join(diag['verify'])}`"]
+    hint = rerun(diag)
+    if hint is not None:
+        place, command = hint
+        out += ["", f"Then{' ' + place if place else ''}: `{command}`"]
     out.append("")
     return out

@@ -8,6 +8,8 @@ import textwrap
 from collections.abc import Iterator
 from typing import IO, Any
 
+from doctor.render.views import then
+
 STYLE = {
     "pass": "green",
     "info": "cyan",
@@ -254,10 +256,9 @@ def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
         for line in lines:
             indent = "      " if line is lines[0] else "        "
             console.print(f"{indent}{escape(line)}")
-    console.print(
-        f"      [dim]then: kvmdoctor run --select {','.join(diag['verify'])}"
-        " (kvmdoctor fix prints the plan)[/]"
-    )
+    hint = then(diag)
+    if hint:
+        console.print(f"      [dim]{escape(hint)} (kvmdoctor fix prints the plan)[/]")
 
 
 def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
