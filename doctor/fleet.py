@@ -445,4 +445,6 @@ def _host_row(host: HostReport, info: FleetHost, level: int) -> dict[str, Any]:
         "summary": dict(report["summary"]),
         "diagnoses": len(report["diagnoses"]),
         "exit_code": 1 if gated else 0,
+        # Its network as its report drew it, for the fleet's HTML (one drawing per host).
+        "network": section.get("network"),
     }

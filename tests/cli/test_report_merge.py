@@ -592,3 +592,47 @@ def test_prometheus_series_of_a_fleet_carry_their_host(
     }
     for host in fleet["fleet"]["hosts"]:
         assert found[(host["name"], "pass")] == host["summary"]["pass"]
+
+
+def test_the_fleet_html_draws_each_hosts_network_and_marks_the_shared_mac_on_both(
+    shared_mac_fleet: Path, tmp_path: Path, validator: Draft202012Validator
+) -> None:
+    fleet = json.loads(shared_mac_fleet.read_text())
+    assert_valid(validator, fleet)
+    for host in fleet["fleet"]["hosts"]:
+        own = json.loads(Path(host["file"]).read_text())["host"]["network"]
+        assert own is not None and host["network"] == own  # each host's, as its report drew it
+    out = tmp_path / "fleet.html"
+    result = kvmdoctor("report", "convert", str(shared_mac_fleet), "--to", "html", "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().count('<svg class="net" id="network-drawing-') == 2
+    # Only the MAC marks the guests: their own problems (no bridge on the snapshot host, no
+    # free PCI slot) put aside, so that a marked guest is the shared MAC's doing.
+    for check in fleet["checks"]:
+        for finding in check["findings"]:
+            if "/domain:" in finding["subject"] or "/iface:" in finding["subject"]:
+                finding["status"] = "pass"
+    from doctor.render import render_as
+
+    text = render_as("html", fleet)
+    assert 'id="network-drawing"' not in text  # a fleet has no host of its own
+    page = text[text.index('<h2 id="network">') : text.index('<h2 id="findings">')]
+    sections = re.findall(r'<h3 id="network-host-(\d)">Host ([^<]*)</h3>', page)
+    assert sections == [("1", "kd-host-a"), ("2", "kd-host-b")]
+    ids = set(re.findall(r' id="([^"]+)"', text))
+    for number, guest_name in enumerate(("kd-web", "kd-twin"), start=1):
+        svg = page[page.index(f'id="network-drawing-{number}"') :]
+        svg = svg[: svg.index("</svg>")]
+        # The guest with the MAC both hosts use is marked, and links to the fleet's finding.
+        node = re.search(
+            r'<a href="#([^"]+)"><g class="node guest st-fail" id="net-' + str(number)
+            + r'-g\d+"><title>domain ' + guest_name + ":",
+            svg,
+        )  # fmt: skip
+        assert node is not None, svg[:2000]
+        assert node.group(1) in ids
+        anchor = text[text.index(f'id="{node.group(1)}"') :]
+        assert f"mac:{MAC}" in anchor[: anchor.index("</p>")]
+        assert (
+            guest_name in svg and {"kd-web": "kd-twin", "kd-twin": "kd-web"}[guest_name] not in svg
+        )
