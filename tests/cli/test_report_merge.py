@@ -636,3 +636,21 @@ def test_the_fleet_html_draws_each_hosts_network_and_marks_the_shared_mac_on_bot
         assert (
             guest_name in svg and {"kd-web": "kd-twin", "kd-twin": "kd-web"}[guest_name] not in svg
         )
+
+
+def test_a_hostile_host_name_in_a_fleet_plan_stays_a_quoted_word() -> None:
+    """A saved fleet report is a file from anywhere: its host names go into the shell plan's
+    `case` pattern quoted, and into no live line otherwise."""
+    import subprocess
+
+    from doctor.remedy import PlanItem, shell_script
+
+    name = "a) rm -rf / ;; b"
+    item = PlanItem("duplicate-mac", "t", "mac:x", "c", ("NET010",), (), (name, "kd\nx"))
+    script = shell_script([item], host="", version="1")
+    (case,) = [line for line in script.splitlines() if line.startswith("case ")]
+    assert case == "case \"$(uname -n)\" in 'a) rm -rf / ;; b'|'kd x')"
+    checked = subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
+    assert all(line.startswith(("#", "case ", ";; esac")) for line in script.split("set -eu")[1]
+               .split("}\n", 1)[1].splitlines() if line.strip())  # fmt: skip
