@@ -5,16 +5,19 @@ libvirt 9.0 and QEMU 7.2 said on the lab machine (tests/integration/test_domain_
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from doctor.facts.domains import Disk, Domain, Domains, PciDevice
 from doctor.facts.fleet import Fleet
 from doctor.facts.libvirt import QemuConf
+from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time
 from doctor.facts.sockets import Listeners
-from doctor.model import Finding, Status
+from doctor.facts.tls import HostClock
+from doctor.model import Finding, Location, Status
 from doctor.registry import check
 
 X86 = ("x86_64", "i686")
@@ -50,6 +53,12 @@ def _int(text: Any) -> Optional[int]:
         return int(str(text), 0)
     except ValueError:
         return None
+
+
+def at(path: str) -> Optional[Location]:
+    """Where a finding points in the definition: the element at `path` (none when the
+    definition was not read from XML, e.g. a test's hand-made Domain)."""
+    return Location(path) if path else None
 
 
 def _plural(count: int, word: str) -> str:
@@ -234,9 +243,13 @@ def _controller_text(ctrl: dict[str, Any]) -> str:
     "DOM001",
     "pci-slots-exhausted",
     title="A domain has no free PCI slot to hot-plug a device into",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
-def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
+def pci_slots_exhausted(
+    domains: Domains,
+    libvirt_logs: Optional[LibvirtLogs] = None,
+    host_clock: Optional[HostClock] = None,
+) -> Iterator[Finding]:
     """What it checks: how many devices can still be hot-plugged into each domain, counted as
     libvirt counts them from the domain's PCI controllers and the addresses its devices
     occupy. On q35 (and other PCIe machines) a device goes into an empty pcie-root-port or
@@ -245,7 +258,14 @@ def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
     slot (1-31; slot 0 is the host bridge, slot 1 the PIIX3 ISA/IDE/USB bridge, the rest as
     the addresses in the XML say) or a pci-bridge slot. pci-root hot-plug needs ACPI, and
     ports with `<target hotplug='off'/>` take none. Devices of hand-written XML that have no
-    address yet are counted as taking free slots first.
+    address yet are counted as taking free slots first. No free slot (or pci-root hot-plug
+    without ACPI) is a warning with the count and the fix: such a domain defines and runs,
+    only a later hot-plug fails. It is a failure when the host's libvirt logs show that an
+    attach to that domain failed so ("No more available PCI slots", "Bus 'pci.0' does not
+    support hotplugging") since it last started (its QEMU log says when; without one, in the
+    last 7 days): in a line that names the domain (quoted, as `name=`, or by UUID) or in its
+    QEMU log, or in a daemon line naming no domain when that domain is the only running one
+    that can have caused it.
 
     Why it matters: `virsh attach-device --live` (and virt-manager's "Add Hardware", and
     OpenStack's interface attach) fails with "internal error: No more available PCI slots".
@@ -266,8 +286,10 @@ def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
     if not domains.items:
         yield _no_domains(domains)
         return
+    counted = {dom.name: free_slots(dom) for dom in domains.items}
+    attaches = failed_attaches(domains, counted, libvirt_logs, host_clock)
     for dom in domains.items:
-        slots = free_slots(dom)
+        slots = counted[dom.name]
         if slots is None:
             yield Finding(
                 "skip",
@@ -277,10 +299,130 @@ def pci_slots_exhausted(domains: Domains) -> Iterator[Finding]:
                 evidence={"machine": dom.machine, "arch": dom.arch},
             )
             continue
-        yield _slots_finding(dom, slots)
+        yield _slots_finding(dom, slots, attaches.get(dom.name))
 
 
-def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
+RECENT = 7 * 86400  # log lines older than this (by the host's clock) are history
+ATTACH_ERRORS = (NO_SLOTS, NO_ACPI_HOTPLUG)
+
+
+@dataclass(frozen=True)
+class FailedAttach:
+    """A log line saying a hot-plug failed for want of a slot, and how it is tied to a domain."""
+
+    error: str  # NO_SLOTS or NO_ACPI_HOTPLUG
+    origin: str
+    line: str
+    time: Optional[float]
+    how: str  # "named", "its QEMU log", or why an unnamed line can only be this domain's
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"log": self.origin, "line": self.line[:400], "attributed": self.how}
+
+
+def _line_names(dom: Domain, line: str) -> bool:
+    """Whether a log line names the domain: quoted, as name=..., or by its UUID."""
+    name = re.escape(dom.name)
+    if dom.uuid and dom.uuid.lower() in line.lower():
+        return True
+    return re.search(rf"(['\"]{name}['\"]|\bname={name}(?![\w.-]))", line) is not None
+
+
+def failed_attaches(
+    domains: Domains,
+    counted: dict[str, Optional[FreeSlots]],
+    logs: Optional[LibvirtLogs],
+    clock: Optional[HostClock],
+) -> dict[str, FailedAttach]:
+    """The most recent failed attach for want of a slot, per domain it can be tied to."""
+    if logs is None:
+        return {}
+    started = _started(domains, logs)
+    # The running domains that can have caused an unnamed line, by error.
+    suspects: dict[str, list[Domain]] = {NO_SLOTS: [], NO_ACPI_HOTPLUG: []}
+    for dom in domains.items:
+        slots = counted.get(dom.name)
+        if slots is None or not dom.active:
+            continue
+        if slots.no_acpi:
+            suspects[NO_ACPI_HOTPLUG].append(dom)
+        elif slots.count == 0:
+            suspects[NO_SLOTS].append(dom)
+    found: dict[str, FailedAttach] = {}
+    for log in logs.logs:
+        stamp: Optional[float] = None
+        own = next((d for d in domains.items if log.origin == f"{QEMU_LOG_DIR}/{d.name}.log"), None)
+        for line in log.lines:
+            stamp = line_time(line) or stamp
+            error = next((e for e in ATTACH_ERRORS if e in line), None)
+            if error is None:
+                continue
+            named = [d for d in domains.items if _line_names(d, line)]
+            if own is not None:
+                hits = [(own, "in its QEMU log")]
+            elif named:
+                hits = [(d, "the line names it") for d in named]
+            elif unnamed_suspect(suspects[error], started, stamp) is not None:
+                hits = [
+                    (
+                        suspects[error][0],
+                        "the line names no domain; it is later than this domain's start, and "
+                        "this is the only running domain "
+                        + (
+                            "without ACPI on i440fx"
+                            if error == NO_ACPI_HOTPLUG
+                            else "with no free slot"
+                        ),
+                    )
+                ]
+            else:
+                continue
+            for dom, how in hits:
+                if _since(dom, started, stamp, clock):
+                    found[dom.name] = FailedAttach(error, log.origin, line.strip(), stamp, how)
+    return found
+
+
+def _since(
+    dom: Domain, started: dict[str, float], stamp: Optional[float], clock: Optional[HostClock]
+) -> bool:
+    """Whether a log line is about the domain as it is: later than its last start when its
+    QEMU log says when that was, else no older than RECENT by the host's clock."""
+    since = started.get(dom.name)
+    if since is not None:
+        return stamp is not None and stamp >= since
+    return clock is None or stamp is None or clock.time - stamp <= RECENT
+
+
+def _started(domains: Domains, logs: LibvirtLogs) -> dict[str, float]:
+    """When each domain last started, from its QEMU log ("TIME: starting up libvirt ...")."""
+    by_log = {f"{QEMU_LOG_DIR}/{d.name}.log": d.name for d in domains.items}
+    started: dict[str, float] = {}
+    for log in logs.logs:
+        name = by_log.get(log.origin)
+        if name is None:
+            continue
+        for line in log.lines:
+            if ": starting up " in line:
+                stamp = line_time(line)
+                if stamp is not None:
+                    started[name] = stamp
+    return started
+
+
+def unnamed_suspect(
+    suspects: list[Domain], started: dict[str, float], stamp: Optional[float]
+) -> Optional[Domain]:
+    """The domain an unnamed daemon line is about: the only running domain that can have
+    caused it, provided the line is later than that domain's start (an older line is some
+    earlier domain's)."""
+    if len(suspects) != 1 or stamp is None:
+        return None
+    since = started.get(suspects[0].name)
+    return suspects[0] if since is not None and stamp >= since else None
+
+
+def _slots_finding(dom: Domain, slots: FreeSlots, attach: Optional[FailedAttach] = None) -> Finding:
     count = slots.count
     evidence: dict[str, Any] = {
         "machine": dom.machine,
@@ -299,6 +441,13 @@ def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
         "hotplug_off": describe(slots.hotplug_off),
         "no_address_yet": list(slots.pending),
     }
+    status: Status = "warn"
+    failed = ""
+    if attach is not None and (slots.no_acpi or count == 0):
+        status = "fail"
+        evidence["failed_attach"] = attach.as_dict()
+        failed = f'; {attach.origin} shows an attach that failed so ("{attach.line[:200]}")'
+    where_ports = at("/domain/features" if slots.no_acpi else "/domain/devices")
     estimate = (
         f" (estimated: {_plural(len(slots.pending), 'device')} without a PCI address "
         "will take free slots first)"
@@ -313,13 +462,14 @@ def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
     )
     if slots.no_acpi:
         return Finding(
-            "fail",
+            status,
             f"{describe(slots.no_acpi)} {'is' if len(slots.no_acpi) == 1 else 'are'} free but "
             "the domain has no <acpi/>: libvirt picks "
             f'one of them for a hot-plugged device and QEMU refuses it ("{NO_ACPI_HOTPLUG}"); '
-            "turn on <features><acpi/></features> while the domain is off",
+            f"turn on <features><acpi/></features> while the domain is off{failed}",
             subject=dom.subject,
             evidence=evidence,
+            location=where_ports,
         )
     if count == 0:
         off = f" ({describe(slots.hotplug_off)} with hotplug='off')" if slots.hotplug_off else ""
@@ -334,11 +484,12 @@ def _slots_finding(dom: Domain, slots: FreeSlots) -> Finding:
             where = f"every pci-root and pci-bridge slot is occupied{off}"
             fix = "add a pci-bridge (31 slots)"
         return Finding(
-            "fail",
+            status,
             f"0 free hot-plug slots: {where}{estimate}; attaching a device to the running "
-            f'domain fails with "{NO_SLOTS}"; {fix} while the domain is off{bridges}',
+            f'domain fails with "{NO_SLOTS}"; {fix} while the domain is off{bridges}{failed}',
             subject=dom.subject,
             evidence=evidence,
+            location=where_ports,
         )
     return Finding(
         "pass",
@@ -379,7 +530,7 @@ def ide_controller(disk: Disk) -> Optional[int]:
     "DOM002",
     "ide-controller-limit",
     title="IDE devices a machine type cannot hold",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
     """What it checks: IDE disks and CD-ROMs (`bus='ide'`) against what the machine type
@@ -430,8 +581,10 @@ def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
                 "bus='sata' or bus='scsi' with a virtio-scsi controller",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(ide[0].path if ide else controllers[0].get("path", "")),
             )
         else:
+            over = [d for d in ide if (ide_controller(d) or 0) > 0] or ide[IDE_PLACES:]
             beyond = [d.target or "?" for d in ide if (ide_controller(d) or 0) > 0]
             if len(ide) > IDE_PLACES or beyond:
                 extra = ", ".join(beyond) or "a device"
@@ -443,6 +596,7 @@ def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
                     "CD-ROMs to SCSI or SATA",
                     subject=dom.subject,
                     evidence=evidence,
+                    location=at(over[0].path if over else ""),
                 )
             elif controllers:
                 indexes = ", ".join(str(c.get("index")) for c in controllers)
@@ -452,6 +606,7 @@ def ide_controller_limit(domains: Domains) -> Iterator[Finding]:
                     f'refuses the domain ("{SINGLE_IDE}"); remove the extra <controller>',
                     subject=dom.subject,
                     evidence=evidence,
+                    location=at(controllers[0].get("path", "")),
                 )
             else:
                 yield Finding(
@@ -481,7 +636,7 @@ def disk_xml(disk: Disk) -> str:
     "DOM003",
     "cdrom-on-virtio-bus",
     title="A CD-ROM is on the virtio bus",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def cdrom_on_virtio_bus(domains: Domains) -> Iterator[Finding]:
     """What it checks: CD-ROM devices (`device='cdrom'`) whose target bus is virtio.
@@ -513,6 +668,7 @@ def cdrom_on_virtio_bus(domains: Domains) -> Iterator[Finding]:
                 "media\"); use bus='scsi' with a virtio-scsi controller, or sata/ide",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(on_virtio[0].path),
             )
         elif cdroms:
             buses = ", ".join(f"{d.target} on {d.bus}" for d in cdroms)
@@ -530,7 +686,7 @@ BOOT_MIXED = "per-device boot elements cannot be used together with os/boot elem
     "DOM004",
     "boot-order-conflict",
     title="Per-device boot order together with <os><boot>, or one order given twice",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
     """What it checks: that a domain chooses its boot devices one way only: either
@@ -560,7 +716,10 @@ def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
             "per_device": per_device,
         }
         counts: dict[int, list[str]] = defaultdict(list)
+        second: dict[int, str] = {}  # the <boot> that repeats an order
         for boot in dom.boot_orders:
+            if counts[boot.order]:
+                second.setdefault(boot.order, boot.path)
             counts[boot.order].append(boot.device)
         repeated = {order: devs for order, devs in sorted(counts.items()) if len(devs) > 1}
         if dom.os_boot and dom.boot_orders:
@@ -571,6 +730,7 @@ def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
                 f'("{BOOT_MIXED}"); keep only the per-device <boot order=.../>',
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(dom.boot_orders[0].path),
             )
         elif repeated:
             order, devices = next(iter(repeated.items()))
@@ -580,6 +740,7 @@ def boot_order_conflict(domains: Domains) -> Iterator[Finding]:
                 f"domain (\"boot order '{order}' used for more than one device\")",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at(second.get(order, "")),
             )
         elif dom.boot_orders:
             ordered = ", ".join(
@@ -606,6 +767,7 @@ class ImageUse:
     target: str
     readonly: bool
     shareable: bool
+    path: str = ""  # the <disk> element
 
     @property
     def disk(self) -> str:
@@ -639,6 +801,7 @@ def image_uses(domains: Domains) -> dict[str, list[ImageUse]]:
                         disk.target or "?",
                         disk.readonly or disk.device == "cdrom",
                         disk.shareable,
+                        disk.path,
                     )
                 )
     return uses
@@ -668,7 +831,7 @@ def clashing(users: list[ImageUse]) -> list[ImageUse]:
     "DOM005",
     "disk-used-twice",
     title="One disk image is opened by two disks that exclude each other",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def disk_used_twice(domains: Domains) -> Iterator[Finding]:
     """What it checks: images (files, block devices, volumes, network disks) named by more
@@ -680,8 +843,9 @@ def disk_used_twice(domains: Domains) -> Iterator[Finding]:
     Why it matters: the second QEMU to open the image exits: "Failed to get "write" lock /
     Is another process using the image [...]?" (or "Failed to get shared "write" lock" for
     a read-only user), so the domain does not start while the other runs; a domain that
-    names its own image twice never starts. Where no lock protects the image (network
-    disks, locking turned off), two writers corrupt it.
+    names its own image twice never starts. A network disk (nbd, rbd, iSCSI, named with
+    its server) has no such lock: libvirt and QEMU start both users, and two writers corrupt
+    it later; that is a warning, as is a clash between domains of which none runs.
 
     How to fix: give each domain its own image (`qemu-img create -f qcow2 -b base.qcow2 -F
     qcow2 vm2.qcow2` for a copy-on-write overlay on a shared base), remove the duplicate
@@ -765,6 +929,8 @@ def _names(shown: list[ImageUse], total: int) -> str:
 
 
 def _clash_finding(dom: Domain, found: list[Clash]) -> Finding:
+    # an image QEMU locks (a file or block device) first: its clash stops a start
+    found = sorted(found, key=lambda c: not c.image.startswith("/"))
     clash = found[0]
     image = clash.image
     mine = clash.by_domain[dom.name]
@@ -777,7 +943,21 @@ def _clash_finding(dom: Domain, found: list[Clash]) -> Finding:
     holders, running_count = clash.others(dom.name, running=True)
     others, other_count = clash.others(dom.name)
     status: Status = "fail"
-    if len(mine) > 1:
+    if not image.startswith("/"):
+        # No image lock guards a network disk: nothing refuses the start, and two writers
+        # corrupt it later (libvirt and QEMU accept a domain that names one twice).
+        status = "warn"
+        if len(mine) > 1:
+            what = f"{image} is opened twice by this domain ({', '.join(u.disk for u in mine)})"
+        elif running_count:
+            what = f"{image} ({mine[0].disk}) is held by running {_names(holders, running_count)}"
+        else:
+            what = f"{image} ({mine[0].disk}) is also named by {_names(others, other_count)}"
+        text = (
+            f"{what}: no image lock guards a network disk, so both start, and two writers "
+            "corrupt it"
+        )
+    elif len(mine) > 1:
         text = (
             f"{image} is opened twice by this domain ({', '.join(u.disk for u in mine)}): it "
             f'cannot start ("{WRITE_LOCK}")'
@@ -798,11 +978,10 @@ def _clash_finding(dom: Domain, found: list[Clash]) -> Finding:
             f"{image} ({mine[0].disk}) is also named by {_names(others, other_count)}: they "
             f'cannot run at the same time (the second to start fails: "{WRITE_LOCK}")'
         )
-    if not image.startswith("/"):
-        text += "; no file lock protects a network disk: two writers corrupt it"
     if len(found) > 1:
         text += f" (and {_plural(len(found) - 1, 'more image')})"
-    return Finding(status, text, subject=dom.subject, evidence=evidence)
+    where = mine[1].path if len(mine) > 1 else mine[0].path
+    return Finding(status, text, subject=dom.subject, evidence=evidence, location=at(where))
 
 
 # --- DOM006 graphics-port-conflict -----------------------------------------------------------
@@ -820,6 +999,7 @@ class PortClaim:
     port: int
     address: str
     fixed: bool
+    path: str = ""  # the <graphics> element
 
     @property
     def text(self) -> str:
@@ -830,7 +1010,8 @@ class PortClaim:
 def port_claims(dom: Domain, conf: Optional[QemuConf]) -> list[PortClaim]:
     """The TCP ports a domain's consoles hold (running) or will ask for (fixed ones)."""
     claims = []
-    for gfx in dom.graphics:
+    paths = dom.graphics_paths or ("",) * len(dom.graphics)
+    for gfx, path in zip(dom.graphics, paths):
         kind = gfx.get("type")
         if kind not in ("vnc", "spice") or gfx.get("listen_type") in ("socket", "none"):
             continue
@@ -852,7 +1033,7 @@ def port_claims(dom: Domain, conf: Optional[QemuConf]) -> list[PortClaim]:
             generated = gfx.get("websocketGenerated") == "yes"
             fixed = not generated if attr == "websocket" else not autoport
             if fixed or dom.active:
-                claims.append(PortClaim(dom.name, dom.active, label, port, address, fixed))
+                claims.append(PortClaim(dom.name, dom.active, label, port, address, fixed, path))
     return claims
 
 
@@ -893,7 +1074,7 @@ def _listed(names: list[str], total: int) -> str:
     "DOM006",
     "graphics-port-conflict",
     title="A fixed VNC/SPICE port is taken",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def graphics_port_conflict(
     domains: Domains,
@@ -959,13 +1140,13 @@ def _port_finding(
     listeners: Optional[Listeners],
     evidence: dict[str, Any],
 ) -> Finding:
-    problems: list[tuple[Status, str]] = []
+    problems: list[tuple[Status, str, str]] = []
     for claim in owned:
         use = by_port[claim.port]
         reserved = RESERVE_FAILED.format(port=claim.port)
         same = [c for c in owned if c is not claim and c.port == claim.port]
         if same:
-            problems.append(("fail", f"{claim.text} is also its {same[0].kind} port"))
+            problems.append(("fail", f"{claim.text} is also its {same[0].kind} port", claim.path))
         holder = next((c for c in use.running if c.domain != dom.name), None)
         names, count = use.other_domains(dom.name)
         if holder is not None and not dom.active:
@@ -974,6 +1155,7 @@ def _port_finding(
                     "fail",
                     f"{claim.text} is held by running {holder.domain} ({holder.kind}): this "
                     f'domain cannot start ("{reserved}")',
+                    claim.path,
                 )
             )
         elif count and dom.active:
@@ -984,6 +1166,7 @@ def _port_finding(
                     f"{claim.text} is held by this domain, and {named} "
                     f"{'names' if count == 1 else 'name'} it too: "
                     f"{'it' if count == 1 else 'they'} cannot start while this domain runs",
+                    claim.path,
                 )
             )
         elif count:
@@ -992,6 +1175,7 @@ def _port_finding(
                     "warn",
                     f"{claim.text} is also fixed for {_listed(names, count)}: they cannot run at "
                     f'the same time (the second to start fails: "{reserved}")',
+                    claim.path,
                 )
             )
         if listeners is not None and not dom.active and not use.running:
@@ -1007,16 +1191,17 @@ def _port_finding(
                         f"{claim.text} is taken by a socket listening on "
                         f"{taken[0].address}:{taken[0].port} (uid {taken[0].uid}): this domain "
                         f'cannot start (QEMU: "{ADDRESS_IN_USE}")',
+                        claim.path,
                     )
                 )
     if problems:
         order = {"fail": 0, "warn": 1, "info": 2}
         problems.sort(key=lambda p: order.get(p[0], 3))
-        status, text = problems[0]
+        status, text, path = problems[0]
         if len(problems) > 1:
             text += f" (and {_plural(len(problems) - 1, 'more conflict')})"
-        evidence["conflicts"] = [t for _, t in problems]
-        return Finding(status, text, subject=dom.subject, evidence=evidence)
+        evidence["conflicts"] = [t for _, t, _ in problems]
+        return Finding(status, text, subject=dom.subject, evidence=evidence, location=at(path))
     ports = ", ".join(c.text for c in owned)
     if dom.active:  # only fixed ports are claimed by a domain that is off
         text = f"holds {ports}, and no other domain names it"
@@ -1077,13 +1262,14 @@ def likely_meant(value: int, unit: str) -> Optional[str]:
     "DOM007",
     "memory-implausibly-small",
     title="A domain's memory is implausibly small",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def memory_implausibly_small(domains: Domains) -> Iterator[Finding]:
     """What it checks: each domain's `<memory>`: under 128 MiB is a warning (few current
-    systems boot in it, though a small test image may), under 16 MiB a failure (no firmware
-    and kernel fit), naming the likely slip: `<memory>` without a unit is KiB, so
-    `<memory>2048</memory>` is 2 MiB, not 2 GiB.
+    systems boot in it, though a small test image may; under 16 MiB no firmware and kernel
+    fit), naming the likely slip: `<memory>` without a unit is KiB, so
+    `<memory>2048</memory>` is 2 MiB, not 2 GiB. A warning, not a failure: libvirt and QEMU
+    define and start such a domain; it is the guest that does not get far.
 
     Why it matters: libvirt and QEMU accept any size without a word (a 2 MiB guest starts
     and shows as running), and the guest then hangs in the firmware or runs out of memory
@@ -1115,10 +1301,11 @@ def memory_implausibly_small(domains: Domains) -> Iterator[Finding]:
             meant = likely_meant(value, unit)
             guess = f"; {meant} was probably meant" if meant else ""
             yield Finding(
-                "fail",
+                "warn",
                 f"{written} is {_size(kib)}: nothing boots in under 16 MiB{guess}",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at("/domain/memory"),
             )
         else:
             yield Finding(
@@ -1126,6 +1313,7 @@ def memory_implausibly_small(domains: Domains) -> Iterator[Finding]:
                 f"{written} is {_size(kib)}: few systems boot in under 128 MiB",
                 subject=dom.subject,
                 evidence=evidence,
+                location=at("/domain/memory"),
             )
 
 
@@ -1152,7 +1340,7 @@ def _iommu_xml(iommu: Optional[dict[str, str]]) -> Optional[str]:
     "DOM008",
     "vcpus-need-eim",
     title="More than 255 vCPUs without an IOMMU in extended interrupt mode",
-    tags=("domain", "libvirt"),
+    tags=("domain", "libvirt", "definition"),
 )
 def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
     """What it checks: domains with more than 255 vCPUs (the `<vcpu>` maximum, hot-pluggable
@@ -1217,6 +1405,7 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
             f"{vcpus} vCPUs but {problem}: libvirt refuses the domain; on q35 add {EIM_XML}",
             subject=dom.subject,
             evidence=evidence,
+            location=at("/domain/vcpu"),
         )
 
 
@@ -1298,3 +1487,759 @@ def domain_uuid_on_two_hosts(fleet: Fleet) -> Iterator[Finding]:
             subject="fleet",
             evidence=fleet.as_dict(),
         )
+
+
+# === Define-time rules =======================================================================
+#
+# What libvirt 9.0's parser, post-parse and validation refuse at `virsh define` (or its QEMU
+# driver at the next start), in the areas the checks above cover. Each check quotes libvirt's
+# message; tests/fixtures/libvirt-suite/ holds the inputs of libvirt's own test suite that
+# show each one (docs/lint-oracle.md).
+
+
+Verdict = tuple[Optional[str], str, dict[str, Any], str]
+
+
+def _verdicts(domains: Domains, judge: Callable[[Domain], Verdict]) -> Iterator[Finding]:
+    """One finding per domain from `judge(dom)` -> (libvirt's refusal or None, the pass
+    message, evidence, the path of the element the refusal is about)."""
+    if not domains.items:
+        yield _no_domains(domains)
+        return
+    for dom in domains.items:
+        problem, fine, evidence, where = judge(dom)
+        if problem is None:
+            yield Finding("pass", fine, subject=dom.subject, evidence=evidence)
+        else:
+            yield Finding(
+                "fail", problem, subject=dom.subject, evidence=evidence, location=at(where)
+            )
+
+
+# --- DOM009 domain-without-memory ------------------------------------------------------------
+
+NO_MEMORY = "Memory size must be specified via <memory> or in the <numa> configuration"
+
+
+def _judge_memory(dom: Domain) -> Verdict:
+    evidence = {"memory_kib": dom.memory_kib, "numa_memory_kib": dom.numa_memory_kib}
+    if dom.memory_kib or dom.numa_memory_kib:
+        return None, f"{_size(dom.memory_kib or dom.numa_memory_kib or 0)} of memory", evidence, ""
+    return (
+        f'no <memory> and no NUMA cell memory: libvirt refuses the domain ("{NO_MEMORY}"); '
+        "add <memory unit='MiB'>...</memory>",
+        "",
+        evidence,
+        "/domain",
+    )
+
+
+@check(
+    "DOM009",
+    "domain-without-memory",
+    title="A domain gives no memory size",
+    tags=("domain", "libvirt", "definition"),
+)
+def domain_without_memory(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that each domain has a memory size: a non-zero `<memory>`, or
+    `memory=` on its `<cpu><numa><cell>` elements.
+
+    Why it matters: libvirt refuses the definition: "XML error: Memory size must be
+    specified via <memory> or in the <numa> configuration". Templates that fill the size in
+    later, and generators that dropped an empty variable, produce it.
+
+    How to fix: give the size with its unit, `<memory unit='MiB'>2048</memory>` (and the
+    same `<currentMemory>`), or `memory=` on each NUMA cell.
+
+    References: https://libvirt.org/formatdomain.html#memory-allocation
+    """
+    yield from _verdicts(domains, _judge_memory)
+
+
+# --- DOM010 disk-target-duplicated -----------------------------------------------------------
+
+
+def _judge_targets(dom: Domain) -> Verdict:
+    sources: dict[str, list[str]] = defaultdict(list)
+    second: dict[str, str] = {}
+    for disk in dom.disks:
+        if disk.target:
+            sources[disk.target].append(disk.source or "(no source)")
+            if len(sources[disk.target]) == 2:
+                second[disk.target] = disk.path
+    evidence = {"targets": {t: s for t, s in sources.items()}}
+    for target, used in sources.items():
+        if len(used) > 1:
+            return (
+                f"target '{target}' is given to {len(used)} disks ({', '.join(used)}): libvirt "
+                f"refuses the domain (\"target '{target}' duplicated for disk sources "
+                f"'{used[0]}' and '{used[1]}'\"); give each disk its own target name",
+                "",
+                evidence,
+                second[target],
+            )
+    return None, f"{_plural(len(sources), 'disk target')}, each used once", evidence, ""
+
+
+@check(
+    "DOM010",
+    "disk-target-duplicated",
+    title="Two disks have the same target name",
+    tags=("domain", "libvirt", "definition"),
+)
+def disk_target_duplicated(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that no two disks of a domain share a `<target dev=...>` name
+    (vda, sda, hdc), whatever their buses.
+
+    Why it matters: libvirt refuses the definition: "XML error: target 'sda' duplicated for
+    disk sources '/tmp/idedisk.img' and '/tmp/usbdisk.img'". It comes from copying a disk
+    element to add a second disk without renaming the target.
+
+    How to fix: rename one target (`sdb`, `vdb`: the next free letter on its bus); the
+    name only orders the disks, the guest names its devices itself.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_targets)
+
+
+# --- DOM011 drive-address-conflict -----------------------------------------------------------
+
+DUPLICATE_DRIVE = "Found duplicate drive address for disk with target name"
+DRIVE_FIELDS = ("controller", "bus", "target", "unit")
+
+
+def _disk_drive_address(disk: Disk) -> Optional[tuple[int, ...]]:
+    """The disk's drive address: as written, or as libvirt assigns it from the target name
+    (virDomainDiskDefAssignAddress; QEMU's SCSI buses are wide: 15 units, unit 7 skipped)."""
+    if disk.address:
+        if disk.address.get("type") != "drive":
+            return None
+        return tuple(_int(disk.address.get(k, "0")) or 0 for k in DRIVE_FIELDS)
+    prefix = {"scsi": "sd", "sata": "sd", "ide": "hd", "fdc": "fd"}.get(disk.bus or "")
+    idx = _disk_index(disk.target or "", prefix) if prefix else None
+    if idx is None:
+        return None
+    if disk.bus == "scsi":
+        unit = idx % 15
+        return (idx // 15, 0, 0, unit + 1 if unit >= 7 else unit)
+    if disk.bus == "ide":
+        return (idx // 4, (idx % 4) // 2, 0, idx % 2)
+    if disk.bus == "sata":
+        return (idx // 6, 0, 0, idx % 6)
+    return (0, 0, 0, idx)
+
+
+def _drive_text(addr: tuple[int, ...]) -> str:
+    return " ".join(f"{k}='{v}'" for k, v in zip(DRIVE_FIELDS, addr))
+
+
+def _judge_drives(dom: Domain) -> Verdict:
+    claims: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    paths: dict[tuple[Any, ...], list[str]] = defaultdict(list)
+    for disk in dom.disks:
+        addr = _disk_drive_address(disk)
+        if addr is not None:
+            # SCSI host devices share the SCSI disks' addresses
+            key: tuple[Any, ...] = (disk.bus, *addr)
+            claims[key].append(f"disk {disk.target}")
+            paths[key].append(disk.path)
+    for hostdev in dom.hostdevs:
+        addr_el = hostdev.get("address") or {}
+        if hostdev.get("type") == "scsi" and addr_el.get("type") == "drive":
+            drive = tuple(_int(addr_el.get(k, "0")) or 0 for k in DRIVE_FIELDS)
+            key = ("scsi", *drive)
+            claims[key].append("hostdev scsi")
+            paths[key].append(str(hostdev.get("path", "")))
+    evidence = {"drive_addresses": [f"{k[0]} {_drive_text(k[1:])}: {v}" for k, v in claims.items()]}
+    for key, users in claims.items():
+        if len(users) > 1:
+            return (
+                f"{' and '.join(users)} both take {key[0]} drive address {_drive_text(key[1:])} "
+                f"(written, or as libvirt assigns it from the target name): libvirt refuses "
+                f'the domain ("{DUPLICATE_DRIVE} ..."); give one of them another unit',
+                "",
+                evidence,
+                paths[key][-1],
+            )
+    return None, f"drive addresses: {len(claims)}, none taken twice", evidence, ""
+
+
+@check(
+    "DOM011",
+    "drive-address-conflict",
+    title="Two disks (or SCSI host devices) take the same drive address",
+    tags=("domain", "libvirt", "definition"),
+)
+def drive_address_conflict(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the drive addresses (controller, bus, target, unit) of the disks on
+    each bus and of SCSI host devices, as written in `<address type='drive'>` or as libvirt
+    derives them from the target name when none is written (sda on SATA: controller 0,
+    unit 0; hdc on IDE: bus 1, unit 0; SCSI: 15 units a controller, unit 7 skipped).
+
+    Why it matters: libvirt refuses the definition: "unsupported configuration: Found
+    duplicate drive address for disk with target name 'sda' controller='0' bus='0'
+    target='0' unit='0'", or for a SCSI host device "using disk target name 'sda' conflicts
+    with SCSI host device address ..." and "SCSI host address ... in use by another SCSI host
+    device". It happens when a disk with an explicit address is added to one whose address
+    libvirt would assign, or an element is copied with its `<address>`.
+
+    How to fix: remove the copied `<address type='drive' .../>` and let libvirt assign one,
+    or give the disk a free unit.
+
+    References: https://libvirt.org/formatdomain.html#device-addresses
+    """
+    yield from _verdicts(domains, _judge_drives)
+
+
+# --- DOM012 pci-address-conflict -------------------------------------------------------------
+
+DOUBLE_PCI = "Attempted double use of PCI Address"
+# i440fx: the PIIX3 takes 00:01.0 (ISA bridge), 00:01.1 (IDE) and 00:01.2 (USB UHCI)
+PIIX3_FUNCTIONS = {0: "PIIX3 ISA bridge", 1: "PIIX3 IDE controller", 2: "PIIX3 USB controller"}
+
+
+def _pci_key(addr: dict[str, str]) -> Optional[tuple[int, int, int, int]]:
+    parts = [_int(addr.get(k, "0")) for k in ("domain", "bus", "slot", "function")]
+    if any(p is None for p in parts) or addr.get("slot") is None:
+        return None
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def _pci_addr_text(key: tuple[int, int, int, int]) -> str:
+    return f"{key[0]:04x}:{key[1]:02x}:{key[2]:02x}.{key[3]}"
+
+
+def _judge_pci_addresses(dom: Domain) -> Verdict:
+    claims: dict[tuple[int, int, int, int], list[str]] = defaultdict(list)
+    where: dict[tuple[int, int, int, int], str] = {}
+    for addr in dom.pci_addresses:
+        key = _pci_key(addr)
+        # a <console> that repeats its <serial>'s address is that same device
+        if key is not None and addr.get("device") != "console":
+            claims[key].append(str(addr.get("device")))
+            where[key] = f"{addr.get('path', '')}/address"
+    if machine_family(dom) == "i440fx":
+        for function, what in PIIX3_FUNCTIONS.items():
+            key = (0, 0, PIIX3_SLOT, function)
+            users = claims.get(key, [])
+            # the PIIX3's own IDE and UHCI controllers belong there
+            own = ("controller ide 0", "controller usb 0")
+            if users and not any(u.startswith(own) for u in users):
+                claims[key] = [what, *users]
+    evidence = {"pci_addresses": [f"{_pci_addr_text(k)} {', '.join(v)}" for k, v in claims.items()]}
+    for key, users in sorted(claims.items()):
+        if len(users) > 1:
+            return (
+                f"{' and '.join(users)} take PCI address {_pci_addr_text(key)}: libvirt refuses "
+                f'the domain ("{DOUBLE_PCI} {_pci_addr_text(key)}"); remove the <address> of '
+                "one of them and let libvirt assign it",
+                "",
+                evidence,
+                where.get(key, ""),
+            )
+    return None, f"PCI addresses written: {len(claims)}, none taken twice", evidence, ""
+
+
+@check(
+    "DOM012",
+    "pci-address-conflict",
+    title="Two devices are given the same PCI address",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_address_conflict(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the guest PCI addresses written in the domain's devices
+    (`<address type='pci' .../>`): no two devices at one domain:bus:slot.function, and on
+    i440fx nothing but the PIIX3's own controllers at 00:01.0-00:01.2, which the PIIX3
+    ISA bridge, IDE and USB functions take.
+
+    Why it matters: libvirt refuses the definition: "XML error: Attempted double use of PCI
+    Address 0000:00:01.1". Devices copied from another domain with their addresses, and
+    addresses picked by hand, run into it.
+
+    How to fix: remove the `<address type='pci' .../>` of the device that moved in and let
+    libvirt assign a free one, or pick a free slot.
+
+    References: https://libvirt.org/pci-addresses.html
+    https://libvirt.org/formatdomain.html#device-addresses
+    """
+    yield from _verdicts(domains, _judge_pci_addresses)
+
+
+# --- DOM013 pci-address-out-of-range ---------------------------------------------------------
+
+PCI_LIMITS = (("domain", 0xFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 7))
+
+
+def _limit_text(name: str, limit: int) -> str:
+    return str(limit) if name == "function" else f"0x{limit:X}"
+
+
+def _judge_pci_ranges(dom: Domain) -> Verdict:
+    evidence = {"pci_addresses": [dict(a) for a in dom.pci_addresses]}
+    for addr in dom.pci_addresses:
+        for name, limit in PCI_LIMITS:
+            value = _int(addr.get(name, "0"))
+            if value is not None and value > limit:
+                return (
+                    f"{addr.get('device')} has PCI {name}='{addr.get(name)}', above {limit:#x}: "
+                    f"libvirt refuses the domain (\"Invalid PCI address {name}='{addr.get(name)}', "
+                    f'must be <= {_limit_text(name, limit)}"); remove the <address> and let '
+                    "libvirt assign one",
+                    "",
+                    evidence,
+                    f"{addr.get('path', '')}/address",
+                )
+    return None, "every written PCI address is in range", evidence, ""
+
+
+@check(
+    "DOM013",
+    "pci-address-out-of-range",
+    title="A PCI address has a bus, slot or function out of range",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_address_out_of_range(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that each written guest PCI address has bus <= 0xff, slot <= 0x1f
+    and function <= 7.
+
+    Why it matters: libvirt refuses the definition: "XML error: Invalid PCI address
+    bus='0x100', must be <= 0xFF" (slot: "must be <= 0x1F", function "must be <= 7").
+    Generators that count slots past 31 instead of adding a bridge produce it.
+
+    How to fix: remove the address and let libvirt assign one, adding a pci-bridge or
+    pcie-root-ports when a bus is full.
+
+    References: https://libvirt.org/pci-addresses.html
+    """
+    yield from _verdicts(domains, _judge_pci_ranges)
+
+
+# --- DOM014 pci-controller-topology ----------------------------------------------------------
+
+NO_PORT_SLOT = (
+    "a PCI slot is needed to connect a PCI controller model='pcie-root-port', but none is "
+    "available, and it cannot be automatically added"
+)
+ROOT_PORT_FUNCTIONS = 8 * 30  # pcie-root slots 0x01-0x1e, 8 functions each (0x1f: ICH9)
+
+
+def _topology_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    family = machine_family(dom)
+    pci = [c for c in dom.controllers if c.get("type") == "pci"]
+    seen: dict[int, str] = {}
+    for ctrl in pci:
+        index = _int(ctrl["index"]) if "index" in ctrl else None
+        model = ctrl.get("model") or ""
+        here = str(ctrl.get("path", ""))
+        if model in ("pci-root", "pcie-root"):
+            if index not in (None, 0):
+                return here, (
+                    f'a {model} has index {index}: "pci-root and pcie-root controllers should '
+                    'have index 0"'
+                )
+            if (ctrl.get("address") or {}).get("type"):
+                return here, (
+                    f'the {model} has an <address>: "pci-root and pcie-root controllers '
+                    'should not have an address"'
+                )
+        if index is None:
+            continue
+        if index in seen:
+            return here, (
+                f"two PCI controllers have index {index}: \"Multiple 'pci' controllers with "
+                f"index '{index}'\""
+            )
+        seen[index] = model
+    root = seen.get(0) or next(
+        (c.get("model") for c in pci if c.get("model") in ("pci-root", "pcie-root")), None
+    )
+    want = {"q35": "pcie-root", "i440fx": "pci-root"}.get(family)
+    if root and want and root != want:
+        return _root_path(pci), (
+            f'{_machine(dom)} needs {want} as PCI controller 0, the XML has {root}: "The PCI '
+            f"controller with index='0' must be model='{want}' for this machine type, but "
+            f"model='{root}' was found instead\""
+        )
+    models = [c.get("model") for c in pci]
+    if "pcie-expander-bus" in models and family != "q35":
+        expander = next(c for c in pci if c.get("model") == "pcie-expander-bus")
+        return str(expander.get("path", "")), (
+            f'a pcie-expander-bus on {_machine(dom)}: "pcie-expander-bus controllers are not '
+            'supported with this machine type"'
+        )
+    if family == "q35":
+        ports = [c for c in pci if c.get("model") == "pcie-root-port"]
+        addressed = {
+            (_int(a.get("slot", "0")), _int(a.get("function", "0")))
+            for a in dom.pci_addresses
+            if (_int(a.get("bus", "0")) or 0) == 0
+        }
+        unaddressed = [c for c in ports if not (c.get("address") or {}).get("type")]
+        if len(unaddressed) > ROOT_PORT_FUNCTIONS - len(addressed):
+            return str(unaddressed[-1].get("path", "")), (
+                f"{len(ports)} pcie-root-ports do not fit on pcie-root ({ROOT_PORT_FUNCTIONS} "
+                f'functions): "{NO_PORT_SLOT}"'
+            )
+    return None
+
+
+def _root_path(pci: list[dict[str, Any]]) -> str:
+    root = next((c for c in pci if c.get("model") in ("pci-root", "pcie-root")), None)
+    return str(root.get("path", "")) if root is not None else ""
+
+
+def _judge_topology(dom: Domain) -> Verdict:
+    evidence = {
+        "machine": dom.machine,
+        "pci_controllers": [_controller_text(c) for c in dom.controllers if c.get("type") == "pci"],
+    }
+    found = _topology_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "the PCI controllers can be addressed", evidence, ""
+
+
+@check(
+    "DOM014",
+    "pci-controller-topology",
+    title="The PCI controllers cannot be put together as written",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_controller_topology(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the domain's PCI controllers: controller 0 is pcie-root on q35 and
+    pci-root on i440fx, has index 0 and no address; no index is used twice; a
+    pcie-expander-bus only on q35; and the pcie-root-ports without an address fit on
+    pcie-root (slots 0x01-0x1e, eight functions each, less what other devices take there).
+
+    Why it matters: libvirt refuses the definition, with "XML error: The PCI controller
+    with index='0' must be model='pcie-root' for this machine type, but model='pci-root'
+    was found instead", "Multiple 'pci' controllers with index '2'", "pci-root and
+    pcie-root controllers should have index 0", "pcie-expander-bus controllers are not
+    supported with this machine type", or "internal error: a PCI slot is needed to connect
+    a PCI controller model='pcie-root-port', but none is available, and it cannot be
+    automatically added". Templates moved from i440fx to q35 (or back), and generators
+    that add one root port per possible device, produce them.
+
+    How to fix: use the root the machine type has (or change the machine type), give each
+    controller its own index (or leave `index=` out: libvirt numbers them in document
+    order), and keep the root ports under 240 (add a pcie-switch for more).
+
+    References: https://libvirt.org/pci-addresses.html
+    https://libvirt.org/formatdomain.html#controllers
+    """
+    yield from _verdicts(domains, _judge_topology)
+
+
+# --- DOM015 shared-disk-format ---------------------------------------------------------------
+
+
+def _judge_shared(dom: Domain) -> Verdict:
+    shared = [d for d in dom.disks if d.shareable and not d.readonly]
+    evidence = {"shareable": [f"{d.target}: {d.format or 'raw'}" for d in shared]}
+    for disk in shared:
+        if (disk.format or "raw") != "raw":
+            return (
+                f"disk {disk.target} is <shareable/> with format {disk.format}: libvirt refuses "
+                f"the domain (\"shared access for disk '{disk.target}' requires use of "
+                'supported storage format"); only raw images can be shared',
+                "",
+                evidence,
+                disk.path,
+            )
+    return None, f"{_plural(len(shared), 'writable shared disk')}, all raw", evidence, ""
+
+
+@check(
+    "DOM015",
+    "shared-disk-format",
+    title="A shared disk uses a format that cannot be shared",
+    tags=("domain", "libvirt", "definition"),
+)
+def shared_disk_format(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that every writable disk marked `<shareable/>` uses the raw format
+    (`<driver type='raw'/>`, the default when no type is given).
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    shared access for disk 'hda' requires use of supported storage format". A qcow2 image
+    written by two guests at once corrupts its metadata, so only raw can be shared.
+
+    How to fix: convert the image to raw (`qemu-img convert -O raw disk.qcow2 disk.raw`)
+    and use `<driver name='qemu' type='raw'/>`, or drop `<shareable/>` if only one guest
+    writes it.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_shared)
+
+
+# --- DOM016 vcpus-exceed-machine-limit -------------------------------------------------------
+
+MAX_CPUS_I440FX = 255
+MAX_CPUS_Q35 = 288  # pc-q35-2.8 up to QEMU 8.0 (pc-q35-2.4 to 2.7: 255)
+
+
+def machine_max_cpus(dom: Domain) -> Optional[tuple[int, bool]]:
+    """The machine type's vCPU limit as QEMU reports it (query-machines, libvirt's
+    maxCpus), and whether it is certain without the host's QEMU (a versioned machine type);
+    None where unknown."""
+    family, machine = machine_family(dom), (dom.machine or "").lower()
+    if family == "i440fx":
+        return MAX_CPUS_I440FX, True
+    if family != "q35":
+        return None
+    version = machine.rsplit("-", 1)[-1] if machine.startswith("pc-q35-") else None
+    parts = tuple(_int(p) or 0 for p in version.split(".")) if version else None
+    if parts is None:
+        return MAX_CPUS_Q35, False  # "q35": the newest of the host's QEMU
+    if parts < (2, 8):
+        return MAX_CPUS_I440FX, True
+    return MAX_CPUS_Q35, parts < (8, 1)
+
+
+def _judge_cpu_limit(dom: Domain) -> Verdict:
+    vcpus = dom.vcpus or 1
+    limit = machine_max_cpus(dom)
+    evidence = {"vcpus": vcpus, "machine": dom.machine, "max_cpus": limit[0] if limit else None}
+    if limit is None or vcpus <= limit[0] or not limit[1]:
+        return None, f"{_plural(vcpus, 'vCPU')} on {_machine(dom)}", evidence, ""
+    return (
+        f"{vcpus} vCPUs on {_machine(dom)}, whose limit is {limit[0]}: libvirt refuses the "
+        f'domain ("Maximum CPUs greater than specified machine type limit {limit[0]}"); use '
+        "q35 (288 vCPUs with QEMU 7.2) or fewer vCPUs",
+        "",
+        evidence,
+        "/domain/vcpu",
+    )
+
+
+@check(
+    "DOM016",
+    "vcpus-exceed-machine-limit",
+    title="More vCPUs than the machine type allows",
+    tags=("domain", "libvirt", "definition"),
+)
+def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the `<vcpu>` maximum against the machine type's limit as QEMU
+    reports it: 255 for every i440fx (`pc`) machine and pc-q35-2.4 to 2.7, 288 for q35 from
+    pc-q35-2.8 up to QEMU 8.0's. A versioned machine type is judged on its own; plain `q35`
+    is the newest of the host's QEMU, judged with a host only.
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    Maximum CPUs greater than specified machine type limit 255". Large-guest templates
+    moved to an older or i440fx machine type run into it.
+
+    How to fix: use a newer q35 machine type (with more than 255 vCPUs also an IOMMU with
+    extended interrupt mode, DOM008), or give the domain fewer vCPUs.
+
+    References: https://libvirt.org/formatdomain.html#cpu-allocation
+    """
+    yield from _verdicts(domains, _judge_cpu_limit)
+
+
+# --- DOM017 iommu-model-unsupported ----------------------------------------------------------
+
+
+def _judge_iommu(dom: Domain) -> Verdict:
+    iommu = dom.iommu
+    evidence = {"iommu": _iommu_xml(iommu), "machine": dom.machine, "acpi": "acpi" in dom.features}
+    if iommu is None:
+        return None, "no IOMMU", evidence, ""
+    model, family = iommu.get("model"), machine_family(dom)
+    x86 = (dom.arch or "x86_64") in X86
+    problem = None
+    if model == "intel" and family != "q35":
+        problem = "IOMMU device: 'intel' is only supported with Q35 machines"
+    elif model == "virtio" and x86 and family != "q35":
+        problem = "IOMMU device: 'virtio' is only supported with Q35 and ARM Virt machines"
+    elif model == "smmuv3" and x86:
+        problem = "IOMMU device: 'smmuv3' is only supported with ARM Virt machines"
+    elif model == "virtio" and dom.features.get("acpi", "off") == "off":
+        problem = "IOMMU device: 'virtio' requires ACPI"
+    if problem is None:
+        return None, f"IOMMU model {model} on {_machine(dom)}", evidence, ""
+    return (
+        f"<iommu model='{model}'> on {_machine(dom)}: libvirt refuses the domain "
+        f'("{problem}"); use a q35 machine type (with <acpi/>)',
+        "",
+        evidence,
+        "/domain/devices/iommu",
+    )
+
+
+@check(
+    "DOM017",
+    "iommu-model-unsupported",
+    title="An IOMMU model the machine type lacks",
+    tags=("domain", "libvirt", "definition"),
+)
+def iommu_model_unsupported(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that the domain's `<iommu model=...>` exists on its machine type:
+    `intel` on q35 only, `virtio` on q35 (or ARM virt) with ACPI, `smmuv3` on ARM virt.
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    IOMMU device: 'intel' is only supported with Q35 machines", "IOMMU device: 'virtio' is
+    only supported with Q35 and ARM Virt machines", "IOMMU device: 'virtio' requires ACPI".
+    An IOMMU added to an i440fx domain for device assignment or for many vCPUs (DOM008)
+    runs into it.
+
+    How to fix: move the domain to q35 (its PCI devices then need PCIe addresses: remove
+    the `<address>` elements and let libvirt assign them) and keep `<features><acpi/>`.
+
+    References: https://libvirt.org/formatdomain.html#iommu-devices
+    """
+    yield from _verdicts(domains, _judge_iommu)
+
+
+# --- DOM018 smm-tseg-refused -----------------------------------------------------------------
+
+
+def _judge_tseg(dom: Domain) -> Verdict:
+    tseg = dom.smm_tseg_kib
+    evidence = {"smm": dom.smm, "tseg_kib": tseg, "machine": dom.machine}
+    if tseg is None or dom.smm != "on":
+        return None, "no SMM TSEG size given", evidence, ""
+    problem = None
+    if machine_family(dom) != "q35":
+        problem = "SMM TSEG is only supported with q35 machine type"
+    elif tseg % MiB:
+        problem = "SMM TSEG size must be divisible by 1 MiB"
+    if problem is None:
+        return None, f"SMM TSEG of {_size(tseg)} on q35", evidence, ""
+    return (
+        f"<smm><tseg> of {_size(tseg)} on {_machine(dom)}: libvirt refuses the domain "
+        f'("{problem}"); remove <tseg> or use q35 with a whole number of MiB',
+        "",
+        evidence,
+        "/domain/features/smm/tseg",
+    )
+
+
+@check(
+    "DOM018",
+    "smm-tseg-refused",
+    title="An SMM TSEG size outside q35, or not in whole MiB",
+    tags=("domain", "libvirt", "definition"),
+)
+def smm_tseg_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: a `<features><smm state='on'><tseg>` size: only q35's MCH has an
+    extended TSEG, and its size is counted in MiB.
+
+    Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
+    SMM TSEG is only supported with q35 machine type", or "SMM TSEG size must be divisible
+    by 1 MiB".
+
+    How to fix: remove `<tseg>` (QEMU's default serves most guests; large guests with
+    Secure Boot on q35 may need 48 MiB or more), or move the domain to q35.
+
+    References: https://libvirt.org/formatdomain.html#hypervisor-features
+    """
+    yield from _verdicts(domains, _judge_tseg)
+
+
+# --- DOM019 firmware-attributes-refused ------------------------------------------------------
+
+
+AUTO_ON = "cannot be specified when firmware autoselection is enabled"
+AUTO_OFF = "firmware autoselection is disabled"
+
+
+def firmware_problem(dom: Domain) -> Optional[str]:
+    """libvirt 9.0's refusal of the domain's firmware attributes (virDomainDefOSValidate,
+    its post-parse and the QEMU driver's ACPI rule), in the order it checks them."""
+    loader, nvram, auto = dom.loader, dom.nvram, dom.firmware
+    features = dom.firmware_features
+    if features.get("enrolled-keys") == "yes" and features.get("secure-boot") == "no":
+        return (
+            "firmware feature 'enrolled-keys' cannot be enabled when firmware feature "
+            "'secure-boot' is disabled"
+        )
+    has_loader = loader is not None or nvram is not None
+    if auto:
+        if loader is not None and loader.readonly:
+            return f"loader attribute 'readonly' {AUTO_ON}"
+        if loader is not None and loader.type:
+            return (
+                "loader attribute 'type' cannot be specified when firmware autoselection is enabled"
+            )
+        if loader is not None and loader.path:
+            return f"loader path {AUTO_ON}"
+        if nvram is not None and nvram.template:
+            return f"nvram attribute 'template' {AUTO_ON}"
+        if loader is not None and loader.secure == "no":
+            return f"loader attribute 'secure' {AUTO_ON}"
+        if nvram is not None and auto != "efi":
+            return f"firmware type '{auto}' does not support nvram"
+    else:
+        if features:
+            return f"cannot use feature-based firmware autoselection when {AUTO_OFF}"
+        if has_loader and (loader is None or not loader.path):
+            return "no loader path specified and firmware auto selection disabled"
+    stateless = loader.stateless if loader is not None else None
+    if stateless == "yes" and nvram is not None:
+        if nvram.template:
+            return "NVRAM template is not permitted when loader is stateless"
+        return "NVRAM is not permitted when loader is stateless"
+    if stateless == "no":
+        if not auto and (loader is None or loader.type != "pflash"):
+            return "Only pflash loader type permits NVRAM"
+        if auto and auto != "efi":
+            return "Only EFI firmware permits NVRAM"
+    uefi = auto == "efi" or (loader is not None and loader.type == "pflash")
+    if uefi and (dom.arch or "x86_64") in X86 and dom.features.get("acpi", "off") == "off":
+        return "UEFI requires ACPI on this architecture"
+    return None
+
+
+def _judge_firmware(dom: Domain) -> Verdict:
+    evidence = {
+        "firmware": dom.firmware,
+        "loader": asdict(dom.loader) if dom.loader else None,
+        "nvram": asdict(dom.nvram) if dom.nvram else None,
+        "firmware_features": dict(dom.firmware_features),
+        "acpi": "acpi" in dom.features,
+    }
+    problem = firmware_problem(dom)
+    if problem is None:
+        what = f"firmware='{dom.firmware}'" if dom.firmware else "the firmware attributes"
+        return None, f"libvirt accepts {what}", evidence, ""
+    where = "/domain/os/loader" if dom.loader is not None else "/domain/os"
+    if dom.nvram is not None and "nvram" in problem.lower() and not problem.startswith("Only"):
+        where = "/domain/os/nvram"
+    return f'libvirt refuses the domain\'s firmware: "{problem}"', "", evidence, where
+
+
+@check(
+    "DOM019",
+    "firmware-attributes-refused",
+    title="A combination of firmware attributes libvirt refuses",
+    tags=("domain", "libvirt", "definition"),
+)
+def firmware_attributes_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the domain's `<os>` firmware attributes against libvirt 9.0's rules.
+    With auto-selection (`<os firmware='efi'>`): no loader path, `readonly`, `type`, NVRAM
+    `template` or `secure='no'`, and NVRAM only for EFI. Without it: a `<loader>` (or
+    `<nvram>`) needs a loader path, and `<firmware><feature>` needs auto-selection. Always:
+    a stateless loader takes no NVRAM, a stateful one needs pflash (or EFI), the
+    `enrolled-keys` feature needs `secure-boot`, and UEFI on x86 needs ACPI.
+
+    Why it matters: libvirt refuses the definition with one of: "no loader path specified
+    and firmware auto selection disabled", "NVRAM is not permitted when loader is
+    stateless", "NVRAM template is not permitted when loader is stateless", "firmware
+    feature 'enrolled-keys' cannot be enabled when firmware feature 'secure-boot' is
+    disabled", "loader attribute 'type' cannot be specified when firmware autoselection is
+    enabled", "firmware type 'bios' does not support nvram", "Only pflash loader type
+    permits NVRAM", "cannot use feature-based firmware autoselection when firmware
+    autoselection is disabled", "UEFI requires ACPI on this architecture". Definitions
+    half-converted between manual loader paths and auto-selection produce them.
+
+    How to fix: choose one style. Auto-selection: `<os firmware='efi'>` with at most
+    `<firmware><feature enabled='yes' name='secure-boot'/></firmware>` and an `<nvram>`
+    path, no loader attributes. Manual: `<loader readonly='yes' type='pflash'>PATH</loader>`
+    and `<nvram template='VARS'>PATH</nvram>`, no `<firmware>` features. Keep
+    `<features><acpi/>`.
+
+    References: https://libvirt.org/formatdomain.html#bios-bootloader
+    https://libvirt.org/kbase/secureboot.html
+    """
+    yield from _verdicts(domains, _judge_firmware)

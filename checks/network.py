@@ -12,7 +12,7 @@ from doctor.facts.domains import Domain, Domains, Interface
 from doctor.facts.links import Link, Links
 from doctor.facts.netfilter import Firewall, Sysctls, Verdict
 from doctor.facts.networks import Network, Networks
-from doctor.model import SEVERITY, Finding, Status, worst
+from doctor.model import SEVERITY, Finding, Location, Status, worst
 from doctor.registry import check
 
 # What libvirt 9.0 says when it starts a domain whose bridge is wrong (virsh start).
@@ -1076,7 +1076,7 @@ def _is_multicast(mac: str) -> bool:
     "NET010",
     "duplicate-mac",
     title="Two guests, or a guest and the host, share a MAC; or a MAC is multicast",
-    tags=("network", "domain"),
+    tags=("network", "domain", "definition"),
 )
 def duplicate_mac(domains: Domains, links: Optional[Links] = None) -> Iterator[Finding]:
     """What it checks: the MAC of every guest interface of every domain (defined and
@@ -1204,18 +1204,20 @@ _NAMED_IN_EVIDENCE = 50
 
 def _shared_mac(mac: str, users: list[tuple[Domain, int]]) -> Finding:
     """The finding for one MAC that several guest interfaces carry: it fails when two of them
-    run (or all are in one domain, which cannot start), warns when a defined clone would clash
-    on its start; the guest to change is a defined one if there is one."""
+    run, warns when a defined clone would clash on its start, and warns of a domain that
+    gives it to two of its own interfaces (libvirt 9.0 and QEMU 7.2 define and start such a
+    domain; its frames then clash on a shared segment); the guest to change is a defined one
+    if there is one."""
     running = [d for d, _ in users if d.active]
-    same_domain = len({d.subject for d, _ in users}) == 1  # the subject names the host in a fleet
-    status: Status = "fail" if len(running) > 1 or same_domain else "warn"
+    status: Status = "fail" if len(running) > 1 else "warn"
     names = [
         f"{d.subject} interface {n} ({'running' if d.active else 'defined'})" for d, n in users
     ]
     more = len(names) - _NAMED_IN_MESSAGE
     listed = ", ".join(names[:_NAMED_IN_MESSAGE]) + (f" and {more} more" if more > 0 else "")
-    change = next((d for d, _ in reversed(users) if not d.active), users[-1][0])
+    change, number = next(((d, n) for d, n in reversed(users) if not d.active), users[-1])
     domains = list(dict.fromkeys(d.name for d, _ in users))
+    path = change.interfaces[number - 1].path if number <= len(change.interfaces) else ""
     return Finding(
         status,
         f"MAC {mac} is used by {len(users)} interfaces: {listed}",
@@ -1229,6 +1231,8 @@ def _shared_mac(mac: str, users: list[tuple[Domain, int]]) -> Finding:
             "domains_count": len(domains),
             "domain": change.name,
         },
+        # the interface to change (`kvmdoctor lint` puts the finding on its file and line)
+        location=Location(path) if path else None,
     )
 
 

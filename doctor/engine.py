@@ -55,11 +55,17 @@ def matches(spec: CheckSpec, token: str) -> bool:
     return spec.name == token.lower() or spec.code.startswith(token.upper())
 
 
-def select(registry: Registry, select: Sequence[str] = ()) -> list[CheckSpec]:
+def select(
+    registry: Registry, select: Sequence[str] = (), within: Optional[Iterable[str]] = None
+) -> list[CheckSpec]:
     """The checks to run: those matching a code, code prefix or name; by default all but the
     probe's (tagged `probe`), whose fact only `kvmdoctor probe` provides, and the fleet's
-    (tagged `fleet`), whose fact only `kvmdoctor report merge` provides."""
+    (tagged `fleet`), whose fact only `kvmdoctor report merge` provides. `within`: the codes
+    a command runs at most (`kvmdoctor lint`'s)."""
     specs = list(registry)
+    if within is not None:
+        allowed = set(within)
+        specs = [s for s in specs if s.code in allowed]
     if not select:
         return [s for s in specs if not ON_REQUEST_TAGS & set(s.tags)]
     unknown = [t for t in select if not any(matches(s, t) for s in specs)]
@@ -175,10 +181,14 @@ def run(
     ignores: Sequence[IgnoreRule] = (),
     options: Optional[RunOptions] = None,
     timeout: Optional[float] = None,
+    given: Optional[dict[str, Any]] = None,
+    within: Optional[Iterable[str]] = None,
 ) -> RunResult:
-    specs = select(registry, selected)
+    """Run the selected checks against `source`; `given` facts are used as they are. Ignores
+    may name any check of the registry (one kvmdoctor.toml serves `run` and `lint`)."""
+    specs = select(registry, selected, within)
     validate_ignores(registry, ignores)
-    ctx = FactContext(source, options)
+    ctx = FactContext(source, options, given)
     started = time.time()
     runs = []
     for spec in specs:

@@ -33,6 +33,24 @@ class Ignore:
 
 
 @dataclass(frozen=True)
+class Location:
+    """Where in a definition a finding points: the element's path (/domain/devices/disk[2]);
+    `kvmdoctor lint` adds the file and the line the element starts on."""
+
+    element: str
+    file: Optional[str] = None
+    line: Optional[int] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"element": self.element}
+        if self.file is not None:
+            out["file"] = self.file
+        if self.line is not None:
+            out["line"] = self.line
+        return out
+
+
+@dataclass(frozen=True)
 class Finding:
     """One statement a check makes about one subject (`host`, `user:alice`, `domain:web1`)."""
 
@@ -44,6 +62,8 @@ class Finding:
     ignored: Optional[Ignore] = None
     # The playbooks whose diagnoses account for this finding (set by doctor/rules.py).
     explained_by: tuple[str, ...] = ()
+    # The element of the subject's definition the finding is about (DOM checks), if any.
+    location: Optional[Location] = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -57,4 +77,6 @@ class Finding:
             out["ignored"] = {"reason": self.ignored.reason, "by": self.ignored.by}
         if self.explained_by:
             out["explained_by"] = list(self.explained_by)
+        if self.location is not None:
+            out["location"] = self.location.as_dict()
         return out

@@ -26,8 +26,26 @@ CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
 TAGS = frozenset(
-    {"host", "libvirt", "network", "domain", "ci", "tls", "firmware", "logs", "probe", "fleet"}
+    {
+        "host",
+        "libvirt",
+        "network",
+        "domain",
+        "ci",
+        "tls",
+        "firmware",
+        "logs",
+        "probe",
+        "fleet",
+        "definition",
+    }
 )
+# Checks with this tag judge a domain or network definition alone, without a host:
+# `kvmdoctor lint` runs them on files. Their other facts, if any, are optional.
+DEFINITION_TAG = "definition"
+# Checks with this tag (and not `definition`) compare definitions with the host they are to
+# run on (firmware files, bridges, networks, emulators): `kvmdoctor lint --host` adds them.
+DOMAIN_TAG = "domain"
 # Checks with this tag judge what only `kvmdoctor probe` provides: selected by name only.
 ON_REQUEST_TAG = "probe"
 # Checks with one of these tags judge what only one command provides (`kvmdoctor probe`: the

@@ -87,7 +87,7 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
                 tuple(diag["verify"]),
                 tuple(steps),
                 hosts,
-                rerun(diag) if hosts else None,
+                rerun(report, diag) if hosts else None,
             )
         )
     return items

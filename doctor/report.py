@@ -187,10 +187,12 @@ def build(
     fail_on: FailOn,
     selected: Sequence[str] = (),
     profile: str = "default",
+    files: Optional[Sequence[str]] = None,
     seen: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """The report of a run. `seen`: other FactContexts of the same run whose computed facts
-    the host section may show too (`kvmdoctor probe` passes its path discovery's)."""
+    """The report of a run; `files`: the definition files `kvmdoctor lint` read; `seen`:
+    other FactContexts of the same run whose computed facts the host section may show too
+    (`kvmdoctor probe` passes its path discovery's)."""
     summary = {status: 0 for status in STATUSES}
     ignored = 0
     for item in result.findings():
@@ -232,6 +234,7 @@ def build(
                 {"check": r.token, "subject": r.subject, "reason": r.reason, "by": r.by}
                 for r in result.ignores
             ],
+            **({"files": list(files)} if files is not None else {}),
         },
         "checks": checks,
         "diagnoses": [d.as_dict(rank) for rank, d in enumerate(result.diagnoses, start=1)],

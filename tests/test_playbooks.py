@@ -64,6 +64,18 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: unsupported configuration: per-device boot elements cannot be used together "
         "with os/boot elements"
     ],
+    "domain-definition-refused": [
+        "error: unsupported configuration: Found duplicate drive address for disk with target "
+        "name 'sda' controller='0' bus='0' target='0' unit='0'",
+        "error: unsupported configuration: shared access for disk 'hda' requires use of "
+        "supported storage format",
+        "error: unsupported configuration: Maximum CPUs greater than specified machine type "
+        "limit 288",
+        "error: unsupported configuration: SMM TSEG is only supported with q35 machine type",
+        "error: no loader path specified and firmware auto selection disabled",
+        "error: internal error: a PCI slot is needed to connect a PCI controller "
+        "model='pcie-root-port', but none is available, and it cannot be automatically added",
+    ],
     "bridge-source-invalid": [
         "error: Unable to add bridge eth0 port vnet0: Operation not supported",
         "error: Cannot get interface MTU on 'br1': No such device",

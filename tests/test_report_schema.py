@@ -60,7 +60,9 @@ RUN_KEYS = {
 }
 CHECK_KEYS = {"code", "name", "title", "tags", "origin", "status", "duration_ms", "findings"}
 FINDING_KEYS = {"code", "status", "subject", "message", "evidence"}
-FINDING_OPTIONAL_KEYS = {"ignored", "explained_by"}
+FINDING_OPTIONAL_KEYS = {"ignored", "explained_by", "location"}
+LOCATION_KEYS = {"element", "file", "line"}
+RUN_OPTIONAL_KEYS = {"files"}  # a lint report's
 IGNORED_KEYS = {"reason", "by"}
 IGNORE_RULE_KEYS = {"check", "subject", "reason", "by"}
 LOAD_ERROR_KEYS = {"origin", "check", "message"}
@@ -233,6 +235,39 @@ def test_report_with_ignores_validates(
     assert ignored_report["summary"]["ignored"] == len(ignored)
 
 
+LINTED = """<domain type='kvm'>
+  <name>kd-schema</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <devices>
+    <disk type='file' device='cdrom'><target dev='vdb' bus='virtio'/></disk>
+  </devices>
+</domain>
+"""
+
+
+def test_lint_report_validates_with_files_as_subjects_and_locations(
+    validator: Draft202012Validator, tmp_path: Path
+) -> None:
+    path = tmp_path / "kd-schema.xml"
+    path.write_text(LINTED)
+    result = CliRunner().invoke(app, ["lint", str(path), "--format", "json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert_valid(validator, report)
+    assert report["run"]["source"] == {"kind": "files", "paths": [str(path)]}
+    assert report["run"]["files"] == [str(path)]
+    located = [f for c in report["checks"] for f in c["findings"] if "location" in f]
+    assert located and all(set(f["location"]) == LOCATION_KEYS for f in located)
+    assert {f["subject"] for f in located} == {f"file:{path}"}
+    # what the schema refuses: a line 0, a relative element path, an unknown key
+    broken = copy.deepcopy(report)
+    finding = next(f for c in broken["checks"] for f in c["findings"] if "location" in f)
+    finding["location"].update(line=0, element="domain", column=3)
+    where = [e[-1] for e in errors_at(validator, broken) if "location" in e]
+    assert sorted(where) == ["additionalProperties", "minimum", "pattern"]
+
+
 # --- the contract: report keys == schema keys == the keys pinned here ---------------------------
 
 
@@ -253,7 +288,7 @@ def test_contract_pins_report_keys_and_schema_together(
         ("top level", report, schema, TOP_LEVEL_KEYS, TOP_LEVEL_OPTIONAL_KEYS),
         ("tool", report["tool"], props["tool"], TOOL_KEYS, set()),
         ("host", report["host"], props["host"], HOST_KEYS, HOST_OPTIONAL_KEYS),
-        ("run", report["run"], props["run"], RUN_KEYS, set()),
+        ("run", report["run"], props["run"], RUN_KEYS, RUN_OPTIONAL_KEYS),
         ("summary", report["summary"], props["summary"], SUMMARY_KEYS, set()),
         ("ignore rule", report["run"]["ignores"][0], defs["ignore_rule"], IGNORE_RULE_KEYS, set()),
     ]
@@ -266,6 +301,7 @@ def test_contract_pins_report_keys_and_schema_together(
     assert _keys(schema, defs["check"]) == (CHECK_KEYS, CHECK_KEYS)
     assert _keys(schema, defs["finding"]) == (FINDING_KEYS | FINDING_OPTIONAL_KEYS, FINDING_KEYS)
     assert _keys(schema, defs["finding"]["properties"]["ignored"]) == (IGNORED_KEYS, IGNORED_KEYS)
+    assert _keys(schema, defs["finding"]["properties"]["location"]) == (LOCATION_KEYS, {"element"})
     assert _keys(schema, defs["load_error"]) == (LOAD_ERROR_KEYS, LOAD_ERROR_KEYS)
     assert _keys(schema, defs["diagnosis"]) == (
         DIAGNOSIS_KEYS | DIAGNOSIS_OPTIONAL_KEYS,

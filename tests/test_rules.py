@@ -213,6 +213,18 @@ DERIVED_CASES: dict[str, Host] = {
         with_domains(s, domain_xml("kdmem", "", memory="2048")),
         None,
     ),
+    "domain-definition-refused": lambda s: (
+        with_domains(
+            s,
+            domain_xml(
+                "kdshared",
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                "<source file='/var/lib/libvirt/images/kdshared.qcow2'/>"
+                "<target dev='vdb' bus='virtio'/><shareable/></disk>",
+            ),
+        ),
+        None,
+    ),
     "vcpus-need-eim": lambda s: (
         with_domains(
             s,

@@ -20,6 +20,7 @@ from doctor.cli import collect as collect_cmd
 from doctor.cli import common
 from doctor.cli import explain as explain_cmd
 from doctor.cli import fix as fix_cmd
+from doctor.cli import lint as lint_cmd
 from doctor.cli import probe as probe_cmd
 from doctor.cli import report as report_cmd
 from doctor.cli import run as run_cmd
@@ -121,7 +122,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for module in (run_cmd, checks_cmd, explain_cmd, fix_cmd, probe_cmd, collect_cmd, version_cmd):
+for module in (
+    run_cmd,
+    lint_cmd,
+    checks_cmd,
+    explain_cmd,
+    fix_cmd,
+    probe_cmd,
+    collect_cmd,
+    version_cmd,
+):
     module.register(app)
 report_cmd.register(app)
 

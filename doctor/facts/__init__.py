@@ -85,10 +85,17 @@ def providers() -> dict[str, Provider]:
 class FactContext:
     """Computes facts on demand and caches values and unavailability alike."""
 
-    def __init__(self, source: Source, options: Optional[RunOptions] = None) -> None:
+    def __init__(
+        self,
+        source: Source,
+        options: Optional[RunOptions] = None,
+        given: Optional[dict[str, Any]] = None,
+    ) -> None:
+        """`given`: facts already known, used instead of their providers (`kvmdoctor lint`
+        gives the domains and networks read from files)."""
         self.source = source
         self.options = options or RunOptions()
-        self._values: dict[str, Any] = {}
+        self._values: dict[str, Any] = dict(given or {})
         self._missing: dict[str, FactUnavailable] = {}
         self.durations: dict[str, float] = {}
         self._providers = providers()

@@ -9,11 +9,12 @@ where it came from.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
-from doctor.facts.util import definition_root, read_text
+from doctor.facts.util import child_paths, definition_root, element_paths, read_text
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 DEFINITIONS = "/etc/libvirt/qemu"
@@ -27,6 +28,7 @@ class Loader:
     type: Optional[str]  # rom, pflash
     secure: Optional[str]  # yes, no
     format: Optional[str] = None
+    stateless: Optional[str] = None  # yes, no
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Disk:
     shareable: bool
     boot_order: Optional[int] = None
     address: dict[str, str] = field(default_factory=dict)
+    path: str = ""  # the element in the definition: /domain/devices/disk[2]
+    format: Optional[str] = None  # <driver type=...>: raw, qcow2, ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Interface:
     virtualport: Optional[str]
     boot_order: Optional[int] = None
     address: dict[str, str] = field(default_factory=dict)
+    path: str = ""  # the element in the definition: /domain/devices/interface[1]
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class PciDevice:
     bus: Optional[int] = None  # index of the PCI controller it sits on; None: no address yet
     slot: Optional[int] = None
     function: Optional[int] = None
+    path: str = ""  # the element in the definition: /domain/devices/controller[3]
 
     @property
     def addressed(self) -> bool:
@@ -91,6 +97,7 @@ class BootOrder:
 
     device: str  # the same label as PciDevice's: "disk vda", "interface 52:54:00:…"
     order: int
+    path: str = ""  # the <boot> element: /domain/devices/disk[1]/boot
 
 
 @dataclass(frozen=True)
@@ -125,13 +132,25 @@ class Domain:
     boot_orders: tuple[BootOrder, ...] = ()
     # Started when the host boots (`virsh autostart`; /etc/libvirt/qemu/autostart/NAME.xml).
     autostart: bool = False
+    graphics_paths: tuple[str, ...] = ()  # the <graphics> elements, as `graphics` lists them
+    # `kvmdoctor lint`: the file the definition was read from (findings are about it) and the
+    # line of each element, by path (/domain/devices/disk[2]); empty when read for `run`.
+    file: Optional[str] = None
+    lines: dict[str, int] = field(default_factory=dict)
+    # <hostdev>s: mode, type and their guest <address> (a SCSI one's drive address)
+    hostdevs: tuple[dict[str, Any], ...] = ()
+    smm_tseg_kib: Optional[float] = None  # <smm><tseg unit=...>N</tseg>
+    numa_memory_kib: Optional[int] = None  # the sum of <cpu><numa><cell memory=...>
+    pci_addresses: tuple[dict[str, str], ...] = ()  # every type='pci' <address> as written
 
     @property
     def subject(self) -> str:
-        return f"domain:{self.name}"
+        return f"file:{self.file}" if self.file is not None else f"domain:{self.name}"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["file"], out["lines"]  # where lint read it: the finding's location says so
+        return out
 
 
 _UNITS = {
@@ -180,7 +199,12 @@ def _disk_source(disk: ET.Element) -> Optional[str]:
             return src.get(attr)
     if src.get("volume"):
         return f"{src.get('pool')}/{src.get('volume')}"
-    if src.get("protocol"):
+    if src.get("protocol"):  # nbd:bar, or nbd://host:port/bar when it names its server
+        host = src.find("host")
+        server = host.get("name") or host.get("socket") if host is not None else None
+        if server:
+            port = f":{host.get('port')}" if host is not None and host.get("port") else ""
+            return f"{src.get('protocol')}://{server}{port}/{src.get('name', '')}"
         return f"{src.get('protocol')}:{src.get('name', '')}"
     return None
 
@@ -269,7 +293,7 @@ def _takes_pci_slot_unaddressed(elem: ET.Element) -> bool:
     return False
 
 
-def _pci_device(elem: ET.Element) -> Optional[PciDevice]:
+def _pci_device(elem: ET.Element, path: str = "") -> Optional[PciDevice]:
     """The device's guest PCI address (its own <address>, not a hostdev's <source>), or an
     unaddressed device that will get one; None for devices on other buses."""
     addr = elem.find("address")
@@ -285,6 +309,7 @@ def _pci_device(elem: ET.Element) -> Optional[PciDevice]:
         bus=_hex(addr.get("bus", "0")) if addr is not None else None,
         slot=_hex(addr.get("slot")) if addr is not None else None,
         function=_hex(addr.get("function", "0")) if addr is not None else None,
+        path=path,
     )
 
 
@@ -310,8 +335,22 @@ def _graphics(gfx: ET.Element) -> dict[str, str]:
     return attrs
 
 
-def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Domain:
-    root = definition_root(xml, "domain", "domstatus")  # or the one a status file wraps
+def _devices(devices: ET.Element) -> Iterator[tuple[ET.Element, str]]:
+    """The device elements (not comments), with no path."""
+    for device in devices:
+        if isinstance(device.tag, str):
+            yield device, ""
+
+
+def parse_domain(
+    xml: str, *, active: bool, persistent: bool, origin: str, file: Optional[str] = None
+) -> Domain:
+    """A domain from its XML (a definition, or a status file around one). With `file` (for
+    `kvmdoctor lint`), the domain's findings are about that file and the line of every
+    element is kept."""
+    positions: Optional[dict[ET.Element, int]] = {} if file is not None else None
+    # or the one a status file wraps
+    root = definition_root(xml, "domain", "domstatus", lines=positions)
     os_el = root.find("os")
     os_type = os_el.find("type") if os_el is not None else None
     loader_el = os_el.find("loader") if os_el is not None else None
@@ -332,18 +371,23 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
     boot_orders: list[BootOrder] = []
     emulator = None
     iommu = None
+    paths: dict[ET.Element, str] = {}
     if devices is not None:
         emulator = (devices.findtext("emulator") or "").strip() or None
-        for device in devices:
-            if not isinstance(device.tag, str):  # comments
-                continue
-            pci = _pci_device(device)
+        # Element paths (/domain/devices/disk[2]) only for lint, whose findings point at
+        # elements: `run` parses as fast as it did without them.
+        if positions is not None:
+            paths = {elem: path for elem, path in child_paths(devices, "/domain/devices")}
+        listed = paths.items() if positions is not None else _devices(devices)
+        for device, path in listed:
+            pci = _pci_device(device, path)
             if pci is not None:
                 pci_devices.append(pci)
             boot_el = device.find("boot")
             order = _int(boot_el.get("order")) if boot_el is not None else None
             if order is not None:
-                boot_orders.append(BootOrder(device_label(device), order))
+                where = f"{path}/boot" if path else ""
+                boot_orders.append(BootOrder(device_label(device), order, where))
         for disk in devices.findall("disk"):
             target = disk.find("target")
             boot = disk.find("boot")
@@ -358,6 +402,10 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
                     shareable=disk.find("shareable") is not None,
                     boot_order=_int(boot.get("order")) if boot is not None else None,
                     address=_address(disk),
+                    path=paths.get(disk, ""),
+                    format=disk.find("driver").get("type")  # type: ignore[union-attr]
+                    if disk.find("driver") is not None
+                    else None,
                 )
             )
         for nic in devices.findall("interface"):
@@ -377,6 +425,7 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
                     virtualport=vport.get("type") if vport is not None else None,
                     boot_order=_int(boot.get("order")) if boot is not None else None,
                     address=_address(nic),
+                    path=paths.get(nic, ""),
                 )
             )
         for ctrl in devices.findall("controller"):
@@ -389,6 +438,7 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
                     "model_name": model_el.get("name") if model_el is not None else None,
                     # chassis, port, busNr, hotplug ('off' takes a port out of hot-plug)
                     "target": dict(target_el.attrib) if target_el is not None else {},
+                    "path": paths.get(ctrl, ""),
                 }
             )
         for gfx in devices.findall("graphics"):
@@ -418,6 +468,7 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
             type=loader_el.get("type"),
             secure=loader_el.get("secure"),
             format=loader_el.get("format"),
+            stateless=loader_el.get("stateless"),
         )
         if loader_el is not None
         else None,
@@ -444,7 +495,47 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
         memory_unit=(memory.get("unit") or "KiB") if memory is not None else None,
         pci_devices=tuple(pci_devices),
         boot_orders=tuple(boot_orders),
+        graphics_paths=tuple(paths.get(g, "") for g in devices.findall("graphics"))
+        if devices is not None
+        else (),
+        file=file,
+        lines={path: positions[elem] for path, elem in element_paths(root, "/domain")}
+        if positions is not None
+        else {},
+        hostdevs=tuple(
+            {**hostdev.attrib, "address": _address(hostdev), "path": paths.get(hostdev, "")}
+            for hostdev in (devices.findall("hostdev") if devices is not None else ())
+        ),
+        smm_tseg_kib=_tseg_kib(features),
+        numa_memory_kib=_numa_kib(root),
+        pci_addresses=tuple(
+            {"device": device_label(device), "path": paths.get(device, ""), **addr.attrib}
+            for device in (devices if devices is not None else ())
+            if isinstance(device.tag, str)
+            for addr in device.findall("address")
+            if addr.get("type") == "pci"
+        ),
     )
+
+
+def _tseg_kib(features: Optional[ET.Element]) -> Optional[float]:
+    tseg = features.find("smm/tseg") if features is not None else None
+    if tseg is None or not (tseg.text or "").strip().isdigit():
+        return None
+    factor = _UNITS.get((tseg.get("unit") or "MiB").lower(), 1)
+    return int((tseg.text or "").strip()) * factor
+
+
+def _numa_kib(root: ET.Element) -> Optional[int]:
+    cells = root.findall("cpu/numa/cell")
+    if not cells:
+        return None
+    total = 0
+    for cell in cells:
+        size = ET.Element("memory", {"unit": cell.get("unit", "KiB")})
+        size.text = cell.get("memory")
+        total += _kib(size) or 0
+    return total
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
-from doctor.facts.util import definition_root
+from doctor.facts.util import definition_root, element_paths
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 DEFINITIONS = "/etc/libvirt/qemu/networks"
@@ -50,10 +50,14 @@ class Network:
     virtualport: Optional[str] = None  # openvswitch, 802.1Qbh, ...
     stp: Optional[str] = None
     delay: Optional[str] = None
+    # `kvmdoctor lint`: the file the definition was read from (findings are about it) and the
+    # line of each element, by path (/network/ip[2]); empty when read for `run`.
+    file: Optional[str] = None
+    lines: dict[str, int] = field(default_factory=dict)
 
     @property
     def subject(self) -> str:
-        return f"network:{self.name}"
+        return f"file:{self.file}" if self.file is not None else f"network:{self.name}"
 
     @property
     def uses_macvtap(self) -> bool:
@@ -69,7 +73,9 @@ class Network:
         return [ip.subnet for ip in self.ips if ip.family == family and ip.subnet]
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["file"], out["lines"]  # where lint read it: the finding's location says so
+        return out
 
 
 @dataclass(frozen=True)
@@ -119,11 +125,20 @@ def _ip(elem: ET.Element) -> Optional[NetworkIP]:
 
 
 def parse_network(
-    xml: str, *, active: bool, persistent: bool, autostart: bool, origin: str
+    xml: str,
+    *,
+    active: bool,
+    persistent: bool,
+    autostart: bool,
+    origin: str,
+    file: Optional[str] = None,
 ) -> Network:
-    root = definition_root(
-        xml, "network", "networkstatus"
-    )  # a status file wraps the live definition
+    """A network from its XML (a definition, or a status file around one). With `file` (for
+    `kvmdoctor lint`), the network's findings are about that file and the line of every
+    element is kept."""
+    positions: Optional[dict[ET.Element, int]] = {} if file is not None else None
+    # a status file wraps the live definition
+    root = definition_root(xml, "network", "networkstatus", lines=positions)
     forward = root.find("forward")
     bridge = root.find("bridge")
     vport = root.find("virtualport")
@@ -150,6 +165,10 @@ def parse_network(
         virtualport=vport.get("type") if vport is not None else None,
         stp=bridge.get("stp") if bridge is not None else None,
         delay=bridge.get("delay") if bridge is not None else None,
+        file=file,
+        lines={path: positions[elem] for path, elem in element_paths(root, "/network")}
+        if positions is not None
+        else {},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from typing import Optional
 
 from doctor.sources.base import NotFound, Source, SourceError
@@ -24,10 +25,73 @@ def read_optional(source: Source, path: str) -> Optional[str]:
         return None
 
 
-def definition_root(xml: str, tag: str, status: str) -> ET.Element:
+def element_paths(root: ET.Element, base: Optional[str] = None) -> Iterator[tuple[str, ET.Element]]:
+    """Every element under `root` (and root itself) with its path in the document:
+    /domain/devices/disk[2] -- the position among siblings of the same name is given when
+    there are several, counted from 1 as XPath counts."""
+    path = base if base is not None else f"/{root.tag}"
+    yield path, root
+    for child, child_path in child_paths(root, path):
+        yield from element_paths(child, child_path)
+
+
+def child_paths(parent: ET.Element, path: str) -> Iterator[tuple[ET.Element, str]]:
+    """The element children of `parent` with their paths (see element_paths)."""
+    children = [c for c in parent if isinstance(c.tag, str)]
+    counts: dict[str, int] = {}
+    for child in children:
+        counts[child.tag] = counts.get(child.tag, 0) + 1
+    seen: dict[str, int] = {}
+    for child in children:
+        tag = child.tag
+        if counts[tag] == 1:
+            yield child, f"{path}/{tag}"
+        else:
+            seen[tag] = number = seen.get(tag, 0) + 1
+            yield child, f"{path}/{tag}[{number}]"
+
+
+def parse_with_lines(xml: str, lines: dict[ET.Element, int]) -> ET.Element:
+    """The document's root element, as ET.fromstring builds it, noting in `lines` the line on
+    which each element starts (ElementTree keeps no positions). Slower than ET.fromstring, so
+    only `kvmdoctor lint`, whose findings point at lines, parses this way. ET.ParseError for
+    what is not well-formed, as ET.fromstring raises it."""
+    from xml.parsers import expat
+
+    builder = ET.TreeBuilder()
+    parser = expat.ParserCreate(namespace_separator="}")
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        name = "{" + tag if "}" in tag else tag
+        elem = builder.start(name, {_qualified(k): v for k, v in attrs.items()})
+        lines[elem] = parser.CurrentLineNumber
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = lambda tag: builder.end("{" + tag if "}" in tag else tag)
+    parser.CharacterDataHandler = builder.data
+    parser.buffer_text = True
+    try:
+        parser.Parse(xml, True)
+    except expat.ExpatError as exc:
+        error = ET.ParseError(
+            f"{expat.ErrorString(exc.code)}: line {exc.lineno}, column {exc.offset}"
+        )
+        error.code, error.position = exc.code, (exc.lineno, exc.offset)
+        raise error from None
+    return builder.close()
+
+
+def _qualified(name: str) -> str:
+    return "{" + name if "}" in name else name
+
+
+def definition_root(
+    xml: str, tag: str, status: str, *, lines: Optional[dict[ET.Element, int]] = None
+) -> ET.Element:
     """The <tag> element of a libvirt definition, or of the live definition a status file
-    (<status>) wraps. ValueError when the document is neither."""
-    root = ET.fromstring(xml)
+    (<status>) wraps. ValueError when the document is neither. With `lines`, the line of each
+    element is noted there (see parse_with_lines)."""
+    root = ET.fromstring(xml) if lines is None else parse_with_lines(xml, lines)
     if root.tag == status:
         inner = root.find(tag)
         if inner is None:

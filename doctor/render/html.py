@@ -12,7 +12,13 @@ from typing import Any
 
 from doctor.render.netdraw import STYLE as NET_STYLE
 from doctor.render.netdraw import host_drawing, probe_drawing
-from doctor.render.views import findings, fix_steps, rerun
+from doctor.render.views import (
+    findings,
+    fix_steps,
+    location_text,
+    ref_location,
+    rerun,
+)
 from doctor.textsafe import escape_controls
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -119,7 +125,8 @@ def render(report: dict[str, Any]) -> str:
     out.append("<ul>" if ignored else "<p>Nothing was ignored.</p>")
     if ignored:
         out += [
-            f"<li>{badge(f['status'])} <code>{esc(c['code'])}</code> {esc(f['subject'])}: "
+            f"<li>{badge(f['status'])} <code>{esc(c['code'])}</code> "
+            f"{esc(f['subject'] + location_text(f))}: "
             f"{esc(f['ignored']['reason'])} ({esc(f['ignored']['by'])})</li>"
             for c, f in ignored
         ]
@@ -153,7 +160,7 @@ def _diagnosis(
     ):
         out += [
             f"<li>{role}: {badge(r['status'])} <code>{esc(r['code'])}</code> "
-            f"{esc(r['subject'])}: {esc(r['message'])}</li>"
+            f"{esc(r['subject'] + ref_location(report, r))}: {esc(r['message'])}</li>"
             for r in refs
         ]
     out += [
@@ -170,7 +177,7 @@ def _diagnosis(
             for s in steps
         ]
         out.append("</ol>")
-    hint = rerun(diag)
+    hint = rerun(report, diag)
     if hint is not None:
         place, command = hint
         place = f" {esc(place)}" if place else ""
@@ -242,6 +249,7 @@ def _finding(
 ) -> list[str]:
     subject = "" if finding["subject"] == "host" else f" — {esc(finding['subject'])}"
     ident = f' id="{anchor}"' if anchor else ""
+    subject += esc(location_text(finding))
     out = [
         f"<p{ident}>{badge(finding['status'])} <code>{esc(chk['code'])}</code> {esc(chk['name'])}"
         f"{subject}<br>{esc(finding['message'])}</p>"

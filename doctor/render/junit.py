@@ -14,7 +14,15 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from doctor.render.views import area, diagnoses_for, findings, fix_steps, gates, then
+from doctor.render.views import (
+    area,
+    diagnoses_for,
+    findings,
+    fix_steps,
+    gates,
+    location_text,
+    then,
+)
 
 # What XML 1.0 cannot hold even escaped (C0 controls but tab and line ends, surrogates, U+FFFE/F),
 # and CR and the C1 controls, which it can hold but a reader changes or does not want: shown
@@ -27,13 +35,16 @@ def _text(value: Any) -> str:
 
 
 def _explanation(report: dict[str, Any], chk: dict[str, Any], finding: dict[str, Any]) -> str:
-    lines = [f"{finding['status'].upper()} {chk['code']} {chk['name']} — {finding['subject']}"]
+    lines = [
+        f"{finding['status'].upper()} {chk['code']} {chk['name']} — {finding['subject']}"
+        + location_text(finding)
+    ]
     lines.append(finding["message"])
     for diag in diagnoses_for(report, chk["code"], finding["subject"]):
         lines += ["", f"Diagnosis: {diag['title']} ({diag['playbook']})", diag["cause"]]
         for number, step in enumerate(fix_steps(report, diag), start=1):
             lines.append(f"fix {number}: [{step['safety']}] {step['text']}")
-        hint = then(diag)
+        hint = then(report, diag)
         if hint:
             lines.append(hint)
     return "\n".join(lines)

@@ -8,7 +8,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from doctor.render.views import findings, fix_steps, rerun
+from doctor.render.views import (
+    findings,
+    fix_steps,
+    location_text,
+    ref_location,
+    rerun,
+)
 from doctor.textsafe import one_line
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -74,7 +80,7 @@ def render(report: dict[str, Any]) -> str:
         out += ["### Other problems", ""]
         out += [
             f"- **{LABEL[f['status']]}** `{chk['code']}` {md(chk['name'])} — "
-            f"{md(f['subject'])}: {md(f['message'])}"
+            f"{md(f['subject'] + location_text(f))}: {md(f['message'])}"
             for chk, f in problems
         ]
         out.append("")
@@ -82,7 +88,7 @@ def render(report: dict[str, Any]) -> str:
     if ignored:
         out += ["### Ignored", ""]
         out += [
-            f"- {LABEL[f['status']]} `{chk['code']}` {md(f['subject'])}: "
+            f"- {LABEL[f['status']]} `{chk['code']}` {md(f['subject'] + location_text(f))}: "
             f"{md(f['ignored']['reason'])} ({md(f['ignored']['by'])})"
             for chk, f in ignored
         ]
@@ -114,7 +120,8 @@ def _diagnosis(
     ):
         for ref in refs:
             out.append(
-                f"- {role}: {LABEL[ref['status']]} `{ref['code']}` {md(ref['subject'])}: "
+                f"- {role}: {LABEL[ref['status']]} `{ref['code']}` "
+                f"{md(ref['subject'] + ref_location(report, ref))}: "
                 f"{md(ref['message'])}"
             )
     consequences = [d for d in diagnoses if d.get("consequence_of") == diag.get("rank")]
@@ -127,7 +134,7 @@ def _diagnosis(
             f"{n}. \\[{md(step['safety'])}\\] {md(step['text'])}"
             for n, step in enumerate(steps, start=1)
         ]
-    hint = rerun(diag)
+    hint = rerun(report, diag)
     if hint is not None:
         place, command = hint
         out += ["", f"Then{' ' + place if place else ''}: `{command}`"]

@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from typing import Any, Optional
 from urllib.parse import quote
 
-from doctor.render.views import diagnoses_for, file_location, findings, fix_steps
+from doctor.render.views import (
+    definition_location,
+    diagnoses_for,
+    file_location,
+    findings,
+    fix_steps,
+)
 from doctor.textsafe import escape_controls
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -101,7 +107,7 @@ def render(report: dict[str, Any], docs: Mapping[str, Mapping[str, str]]) -> str
             "level": level,
             "kind": "fail",
             "message": {"text": _clean(_message(report, chk, finding))},
-            "locations": [_location(subject, finding.get("evidence"), report_uri)],
+            "locations": [_location(subject, finding.get("evidence"), report_uri, finding)],
             "partialFingerprints": {
                 "kvmdoctorFinding/v1": hashlib.sha256(
                     f"{chk['code']}\0{subject}".encode("utf-8", "surrogatepass")
@@ -131,12 +137,7 @@ def render(report: dict[str, Any], docs: Mapping[str, Mapping[str, str]]) -> str
                 "rules": rules,
             }
         },
-        "originalUriBaseIds": {
-            "HOSTROOT": {
-                "uri": "file:///",
-                "description": {"text": "The root of the host (or tree, or snapshot) examined."},
-            }
-        },
+        "originalUriBaseIds": _bases(report),
         "results": results,
         "invocations": [_invocation(report)],
         "columnKind": "unicodeCodePoints",
@@ -193,7 +194,24 @@ def _artifact(subject: str, evidence: Any, uri: Optional[str]) -> tuple[dict[str
     return artifact, line or 1, line is not None
 
 
-def _location(subject: str, evidence: Any, uri: Optional[str]) -> dict[str, Any]:
+def _location(
+    subject: str, evidence: Any, uri: Optional[str], finding: dict[str, Any]
+) -> dict[str, Any]:
+    linted = definition_location(finding)
+    if linted is not None:  # `kvmdoctor lint`: a definition file, as given on its command line
+        path, line, element = linted
+        physical: dict[str, Any] = (
+            _linted_file(path, line)
+            if path != "<stdin>"
+            else {"artifactLocation": {"uri": f"{SUBJECTS}/stdin"}}
+        )
+        physical.setdefault("region", {"startLine": 1})
+        return {
+            "physicalLocation": physical,
+            "logicalLocations": [
+                {"fullyQualifiedName": _clean(f"{path}#{element}"), "kind": "element"}
+            ],
+        }
     artifact, line, known = _artifact(subject, evidence, uri)
     location: dict[str, Any] = {
         "physicalLocation": {"artifactLocation": artifact, "region": {"startLine": line}},
@@ -202,6 +220,34 @@ def _location(subject: str, evidence: Any, uri: Optional[str]) -> dict[str, Any]
     if not known:
         location["properties"] = {"lineKnown": False}
     return location
+
+
+def _bases(report: dict[str, Any]) -> dict[str, Any]:
+    bases: dict[str, Any] = {
+        "HOSTROOT": {
+            "uri": "file:///",
+            "description": {"text": "The root of the host (or tree, or snapshot) examined."},
+        }
+    }
+    if "files" in report.get("run", {}):  # a lint report: files relative to where it ran
+        bases["SRCROOT"] = {
+            "description": {"text": "The directory kvmdoctor lint ran in (the checkout)."}
+        }
+    return bases
+
+
+def _linted_file(path: str, line: Optional[int]) -> dict[str, Any]:
+    """A linted file's location: relative paths against SRCROOT (the directory lint ran in,
+    a repository's checkout in CI), absolute ones as file: URIs."""
+    if path.startswith("/"):
+        artifact = {"uri": "file://" + quote(path, safe="/-._~")}
+    else:
+        relative = path[2:] if path.startswith("./") else path
+        artifact = {"uri": quote(relative, safe="/-._~"), "uriBaseId": "SRCROOT"}
+    physical: dict[str, Any] = {"artifactLocation": artifact}
+    if line is not None:
+        physical["region"] = {"startLine": line}
+    return physical
 
 
 def _invocation(report: dict[str, Any]) -> dict[str, Any]:

@@ -6,9 +6,9 @@ import json
 import re
 import textwrap
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, Optional
 
-from doctor.render.views import then
+from doctor.render.views import location_text, ref_location, then
 
 STYLE = {
     "pass": "green",
@@ -117,7 +117,7 @@ def render(
         for diag in diagnoses:
             if diag.get("consequence_of") in ranks:
                 continue  # shown under its cause
-            _diagnosis(console, diag, verbose=verbose)
+            _diagnosis(console, diag, verbose=verbose, report=report)
             for other in diagnoses:
                 if other.get("consequence_of") == diag.get("rank"):
                     _consequence(console, other, verbose=verbose)
@@ -159,7 +159,8 @@ def render(
         for chk, finding in ignored:
             why = finding["ignored"]
             print_(
-                f"  {LABEL[finding['status']]:5} {chk['code']} {escape(finding['subject'])}: "
+                f"  {LABEL[finding['status']]:5} {chk['code']} {escape(finding['subject'])}"
+                f"{escape(location_text(finding))}: "
                 f"{escape(why['reason'])} [dim]({escape(why['by'])})[/]"
             )
     if verbose and others:
@@ -231,7 +232,9 @@ def _skip_reason(message: str) -> str:
     return _UNAVAILABLE.sub("", message)
 
 
-def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
+def _diagnosis(
+    console: Any, diag: dict[str, Any], *, verbose: bool, report: Optional[dict[str, Any]] = None
+) -> None:
     """One diagnosis: its title and cause, the findings it rests on and explains, the fix."""
     from rich.markup import escape
 
@@ -246,6 +249,7 @@ def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
     for role, refs in (("found by", diag["findings"]), ("explains", diag["explains"])):
         for ref in refs:
             where = "" if ref["subject"] == "host" else f" {ref['subject']}"
+            where += ref_location(report, ref) if report is not None else ""
             console.print(
                 f"      [dim]{role}: {LABEL[ref['status']]} {ref['code']}{escape(where)}"
                 + (f": {escape(ref['message'])}" if verbose else "")
@@ -256,7 +260,7 @@ def _diagnosis(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
         for line in lines:
             indent = "      " if line is lines[0] else "        "
             console.print(f"{indent}{escape(line)}")
-    hint = then(diag)
+    hint = then(report or {}, diag)
     if hint:
         console.print(f"      [dim]{escape(hint)} (kvmdoctor fix prints the plan)[/]")
 
@@ -302,7 +306,7 @@ def _finding(
     subject = "" if finding["subject"] == "host" else f" — {finding['subject']}"
     console.print(
         f"[{STYLE[status]}]{LABEL[status]:5}[/] [bold]{chk['code']}[/] "
-        f"{escape(chk['name'])}{escape(subject)}"
+        f"{escape(chk['name'])}{escape(subject)}{escape(location_text(finding))}"
     )
     console.print(f"      {escape(finding['message'])}")
     if evidence and finding.get("evidence"):

@@ -55,21 +55,22 @@ def fix_steps(report: dict[str, Any], diag: dict[str, Any]) -> list[dict[str, An
     return []
 
 
-def rerun(diag: dict[str, Any]) -> Optional[tuple[str, str]]:
+def rerun(report: dict[str, Any], diag: dict[str, Any]) -> Optional[tuple[str, str]]:
     """(where, command) that shows a diagnosis's verifying checks again once it is fixed:
-    `kvmdoctor run --select CODES` here; in a fleet report what the merge wrote (on which
-    host, or every host's report collected and merged again for the fleet's own checks)."""
+    `kvmdoctor run` (or `lint`) `--select CODES` as the report was made; in a fleet report
+    what the merge wrote (on which host, or every host's report collected and merged again
+    for the fleet's own checks)."""
     given = diag.get("rerun")
     if isinstance(given, dict) and given.get("command"):
         return str(given.get("where") or ""), str(given["command"])
     if diag.get("verify"):
-        return "", f"kvmdoctor run --select {','.join(diag['verify'])}"
+        return "", rerun_command(report, list(diag["verify"]))
     return None
 
 
-def then(diag: dict[str, Any]) -> Optional[str]:
+def then(report: dict[str, Any], diag: dict[str, Any]) -> Optional[str]:
     """The re-run hint as one line of text: "then: COMMAND", "then on host a: COMMAND"."""
-    hint = rerun(diag)
+    hint = rerun(report, diag)
     if hint is None:
         return None
     place, command = hint
@@ -101,6 +102,48 @@ def file_location(subject: str, evidence: Any) -> Optional[tuple[str, Optional[i
             if found and int(found.group(1)) > 0:
                 line = int(found.group(1))
     return path, line
+
+
+def definition_location(finding: dict[str, Any]) -> Optional[tuple[str, Optional[int], str]]:
+    """(file, line or None, element path) of a `kvmdoctor lint` finding; None for others."""
+    loc = finding.get("location")
+    if not isinstance(loc, dict) or not loc.get("file"):
+        return None
+    line = loc.get("line")
+    ok = isinstance(line, int) and not isinstance(line, bool) and line > 0
+    return str(loc["file"]), line if ok else None, str(loc.get("element", ""))
+
+
+def location_text(finding: dict[str, Any]) -> str:
+    """ " at vms/web1.xml:14 /domain/devices/disk[2]" for a lint finding (the file, the line
+    and the element); " at /domain/devices/disk[2]" for a finding that names an element only;
+    else ""."""
+    loc = finding.get("location")
+    if not isinstance(loc, dict):
+        return ""
+    found = definition_location(finding)
+    if found is None:
+        return f" at {loc.get('element')}" if loc.get("element") else ""
+    path, line, element = found
+    return f" at {path}{f':{line}' if line else ''} {element}".rstrip()
+
+
+def ref_location(report: dict[str, Any], ref: dict[str, Any]) -> str:
+    """location_text of the finding a diagnosis refers to (by code and subject)."""
+    for chk, finding in findings(report):
+        same = chk["code"] == ref.get("code") and finding["subject"] == ref.get("subject")
+        if same and finding.get("location"):
+            return location_text(finding)
+    return ""
+
+
+def rerun_command(report: dict[str, Any], codes: list[str]) -> str:
+    """The command that re-runs these checks as the report was made: lint or run."""
+    argv = report.get("run", {}).get("argv", [])
+    command = "run"
+    if len(argv) > 1 and argv[1] == "lint":
+        command = "lint --host" if "--host" in argv else "lint"
+    return f"kvmdoctor {command} --select {','.join(codes)}"
 
 
 def epoch(stamp: Optional[str]) -> Optional[float]:

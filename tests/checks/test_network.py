@@ -691,6 +691,25 @@ def test_net010_passes_a_guest_with_a_unique_unicast_mac(edit_snapshot: Any) -> 
     assert (finding.status, finding.message) == ("pass", "1 MAC(s) unique and unicast")
 
 
+def test_net010_warns_of_one_mac_on_two_interfaces_of_a_defined_domain() -> None:
+    """libvirt 9.0 and QEMU 7.2 on the lab define and start such a domain (two `ethernet`
+    NICs, one MAC): a warning, not a failure; the finding points at the second interface."""
+    nic = "<interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='n'/></interface>"
+    xml = f"<domain type='kvm'><name>kd-two-nics</name><devices>{nic}{nic}</devices></domain>"
+    dom = parse_domain(xml, active=False, persistent=True, origin="test")
+    (finding,) = [f for f in duplicate_mac(Domains((dom,), "test")) if f.subject.startswith("mac:")]
+    assert finding.status == "warn"
+    assert finding.message == (
+        "MAC 52:54:00:aa:bb:cc is used by 2 interfaces: domain:kd-two-nics interface 1 "
+        "(defined), domain:kd-two-nics interface 2 (defined)"
+    )
+    # read as lint reads a file, it points at the interface to change
+    linted = parse_domain(xml, active=False, persistent=True, origin="t", file="kd.xml")
+    (shared,) = [f for f in duplicate_mac(Domains((linted,), "t")) if f.subject.startswith("mac:")]
+    assert shared.location is not None
+    assert shared.location.element == "/domain/devices/interface[2]"
+
+
 def test_net010_fails_two_running_guests_with_one_mac_and_warns_for_a_defined_clone(
     edit_snapshot: Any,
 ) -> None:

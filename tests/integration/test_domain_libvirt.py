@@ -176,13 +176,17 @@ def test_dom001_on_a_running_q35_guest_follows_its_root_ports(lab: Lab) -> None:
     assert attached.returncode == 0, attached.stderr
 
     after = finding("DOM001", name)
-    assert after.status == "fail"
+    assert after.status == "warn"  # it runs; only the next hot-plug fails
     assert after.evidence["free_count"] == 0
     assert after.message.startswith("0 free hot-plug slots: all 2 pcie-root-ports are occupied")
     refused = lab.attach(name, NIC)
     assert refused.returncode != 0
     assert "error: internal error: No more available PCI slots" in refused.stderr
     assert '"No more available PCI slots"' in after.message
+    # libvirtd.log now holds the refusal (naming no domain), later than this domain's start
+    failed = finding("DOM001", name)
+    assert failed.status == "fail", failed.message
+    assert "No more available PCI slots" in failed.evidence["failed_attach"]["line"]
 
 
 def test_dom001_on_a_running_i440fx_guest_follows_its_pci_root_slots(lab: Lab) -> None:
@@ -196,7 +200,7 @@ def test_dom001_on_a_running_i440fx_guest_follows_its_pci_root_slots(lab: Lab) -
     assert attached.returncode == 0, attached.stderr
 
     after = finding("DOM001", name)
-    assert after.status == "fail"
+    assert after.status == "warn"
     assert after.message.startswith(
         "0 free hot-plug slots: every pci-root and pci-bridge slot is occupied"
     )
@@ -208,11 +212,14 @@ def test_dom001_on_a_running_i440fx_guest_follows_its_pci_root_slots(lab: Lab) -
 def test_dom001_predicts_that_qemu_refuses_pci_root_hotplug_without_acpi(lab: Lab) -> None:
     name = lab.running(guest("kd-dom001-noacpi", machine="pc", features=""))
     predicted = finding("DOM001", name)
-    assert predicted.status == "fail"
+    assert predicted.status == "warn"
     assert "(\"Bus 'pci.0' does not support hotplugging\")" in predicted.message
     refused = lab.attach(name, NIC)
     assert refused.returncode != 0
     assert "Bus 'pci.0' does not support hotplugging" in refused.stderr
+    failed = finding("DOM001", name)
+    assert failed.status == "fail", failed.message
+    assert "does not support hotplugging" in failed.evidence["failed_attach"]["line"]
 
 
 # --- what `virsh define` refuses, quoted by the check on the same XML -------------------------
@@ -452,10 +459,10 @@ def test_dom006_predicts_that_qemu_finds_the_port_in_use(lab: Lab, free_port: in
 # --- DOM007: libvirt and QEMU say nothing -----------------------------------------------------
 
 
-def test_dom007_fails_a_2_mib_guest_that_libvirt_starts_without_a_word(lab: Lab) -> None:
+def test_dom007_warns_of_a_2_mib_guest_that_libvirt_starts_without_a_word(lab: Lab) -> None:
     name = lab.defined(guest("kd-dom007-tiny", memory="<memory>2048</memory>"))
     predicted = finding("DOM007", name)
-    assert predicted.status == "fail"
+    assert predicted.status == "warn"  # libvirt and QEMU accept it: not a `fail`
     assert predicted.message == (
         "<memory unit='KiB'>2048</memory> is 2 MiB: nothing boots in under 16 MiB; "
         "<memory unit='MiB'>2048</memory> (2 GiB) was probably meant"

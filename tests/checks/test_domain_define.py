@@ -1,0 +1,285 @@
+"""DOM009-DOM019, the define-time rules: a failing and a passing definition each.
+
+Each failing definition is the smallest change to a plain guest that libvirt 9.0 refuses with
+the words the check quotes (the suite's own inputs and the derived ones are in
+tests/fixtures/libvirt-suite, asserted by tests/test_lint_oracle.py); each passing one is the
+same guest with the problem put right.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+
+from checks import domain as domain_checks
+from doctor.facts.domains import Domains, parse_domain
+from doctor.model import Finding
+
+
+def guest(
+    devices: str = "",
+    *,
+    machine: str = "pc-q35-7.2",
+    memory: str = "<memory unit='MiB'>512</memory>",
+    vcpu: str = "<vcpu>2</vcpu>",
+    features: str = "<acpi/>",
+    os_extra: str = "",
+    os_attrs: str = "",
+    numa: str = "",
+) -> str:
+    return f"""<domain type='kvm'>
+  <name>kd-define</name>
+  {memory}
+  {vcpu}
+  <os{os_attrs}><type arch='x86_64' machine='{machine}'>hvm</type>{os_extra}</os>
+  <features>{features}</features>
+  {numa}
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+{devices}
+  </devices>
+</domain>"""
+
+
+def verdict(code: str, xml: str) -> Finding:
+    """The one finding the check gives on the definition (read as `kvmdoctor lint` reads it)."""
+    dom = parse_domain(xml, active=False, persistent=True, origin="t.xml", file="t.xml")
+    spec = next(c for c in _checks() if c.code == code)
+    (finding,) = list(spec.func(Domains((dom,), "files")))
+    return finding
+
+
+def _checks() -> list:  # type: ignore[type-arg]
+    from doctor.registry import load_registry
+
+    return list(load_registry())
+
+
+def disk(target: str, bus: str, *, extra: str = "", fmt: str = "raw", src: str = "") -> str:
+    source = src or f"/var/lib/libvirt/images/{target}.img"
+    return (
+        f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>"
+        f"<source file='{source}'/><target dev='{target}' bus='{bus}'/>{extra}</disk>"
+    )
+
+
+def pci(slot: int, function: int = 0, bus: int = 0) -> str:
+    return f"<address type='pci' domain='0x0000' bus='{bus:#04x}' slot='{slot:#04x}' function='{function:#x}'/>"
+
+
+NIC = "<interface type='network'><source network='default'/><model type='virtio'/>{}</interface>"
+ROOT_PORTS = "<controller type='pci' model='pcie-root-port'/>" * 241
+SCSI_HOSTDEV = (
+    "<hostdev mode='subsystem' type='scsi' managed='no'><source><adapter name='scsi_host0'/>"
+    "<address bus='0' target='0' unit='1'/></source>"
+    "<address type='drive' controller='0' bus='0' target='0' unit='{}'/></hostdev>"
+)
+EFI_LOADER = "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+
+# (code, libvirt's words in the failing finding, failing definition, passing definition)
+CASES: list[tuple[str, str, str, str]] = [
+    (
+        "DOM009",
+        "Memory size must be specified",
+        guest(memory=""),
+        guest(
+            memory="",
+            numa="<cpu><numa><cell id='0' cpus='0-1' memory='512' unit='MiB'/></numa></cpu>",
+        ),
+    ),
+    (
+        "DOM010",
+        "target 'sda' duplicated for disk sources",
+        guest(disk("sda", "sata") + disk("sda", "scsi", src="/srv/b.img")),
+        guest(disk("sda", "sata") + disk("sdb", "scsi", src="/srv/b.img")),
+    ),
+    (
+        "DOM011",
+        "Found duplicate drive address",
+        guest(
+            disk("sda", "sata")
+            + disk(
+                "sdb",
+                "sata",
+                extra="<address type='drive' controller='0' bus='0' target='0' unit='0'/>",
+            )
+        ),
+        guest(
+            disk("sda", "sata")
+            + disk(
+                "sdb",
+                "sata",
+                extra="<address type='drive' controller='0' bus='0' target='0' unit='1'/>",
+            )
+        ),
+    ),
+    (
+        "DOM011",
+        "Found duplicate drive address",
+        guest(disk("sda", "scsi") + SCSI_HOSTDEV.format(0)),
+        guest(disk("sda", "scsi") + SCSI_HOSTDEV.format(1)),
+    ),
+    (
+        "DOM012",
+        "Attempted double use of PCI Address 0000:00:03.0",
+        guest(NIC.format(pci(3)) + NIC.format(pci(3)), machine="pc"),
+        guest(NIC.format(pci(3)) + NIC.format(pci(4)), machine="pc"),
+    ),
+    (
+        "DOM012",
+        "Attempted double use of PCI Address 0000:00:01.1",
+        guest("<memballoon model='virtio'>" + pci(1, 1) + "</memballoon>", machine="pc"),
+        guest(
+            "<controller type='ide' index='0'>" + pci(1, 1) + "</controller>"
+            "<memballoon model='virtio'>" + pci(5) + "</memballoon>",
+            machine="pc",
+        ),
+    ),
+    (
+        "DOM013",
+        "Invalid PCI address slot='0x20', must be <= 0x1F",
+        guest(NIC.format(pci(0x20)), machine="pc"),
+        guest(NIC.format(pci(0x1F)), machine="pc"),
+    ),
+    (
+        "DOM014",
+        "must be model='pcie-root' for this machine type",
+        guest("<controller type='pci' index='0' model='pci-root'/>"),
+        guest("<controller type='pci' index='0' model='pcie-root'/>"),
+    ),
+    (
+        "DOM014",
+        "Multiple 'pci' controllers with index '1'",
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+        ),
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<controller type='pci' index='2' model='pcie-root-port'/>"
+        ),
+    ),
+    (
+        "DOM014",
+        "a PCI slot is needed to connect a PCI controller model='pcie-root-port'",
+        guest(ROOT_PORTS),
+        guest("<controller type='pci' model='pcie-root-port'/>" * 200),
+    ),
+    (
+        "DOM015",
+        "shared access for disk 'vdb' requires use of supported storage format",
+        guest(disk("vdb", "virtio", fmt="qcow2", extra="<shareable/>")),
+        guest(disk("vdb", "virtio", fmt="raw", extra="<shareable/>")),
+    ),
+    (
+        "DOM016",
+        "Maximum CPUs greater than specified machine type limit 255",
+        guest(vcpu="<vcpu>256</vcpu>", machine="pc-i440fx-7.2"),
+        guest(vcpu="<vcpu>255</vcpu>", machine="pc-i440fx-7.2"),
+    ),
+    (
+        "DOM016",
+        "Maximum CPUs greater than specified machine type limit 288",
+        guest(vcpu="<vcpu>289</vcpu>", machine="pc-q35-7.2"),
+        guest(vcpu="<vcpu>288</vcpu>", machine="pc-q35-7.2"),
+    ),
+    (
+        "DOM017",
+        "IOMMU device: 'intel' is only supported with Q35 machines",
+        guest("<iommu model='intel'/>", machine="pc"),
+        guest("<iommu model='intel'/>", machine="q35"),
+    ),
+    (
+        "DOM017",
+        "IOMMU device: 'virtio' requires ACPI",
+        guest("<iommu model='virtio'/>", features=""),
+        guest("<iommu model='virtio'/>"),
+    ),
+    (
+        "DOM018",
+        "SMM TSEG is only supported with q35 machine type",
+        guest(machine="pc", features="<acpi/><smm state='on'><tseg unit='MiB'>48</tseg></smm>"),
+        guest(features="<acpi/><smm state='on'><tseg unit='MiB'>48</tseg></smm>"),
+    ),
+    (
+        "DOM018",
+        "SMM TSEG size must be divisible by 1 MiB",
+        guest(features="<acpi/><smm state='on'><tseg unit='KiB'>1536</tseg></smm>"),
+        guest(features="<acpi/><smm state='on'><tseg unit='KiB'>2048</tseg></smm>"),
+    ),
+    (
+        "DOM019",
+        "no loader path specified and firmware auto selection disabled",
+        guest(os_extra="<loader readonly='yes' type='pflash'/>"),
+        guest(os_extra=EFI_LOADER),
+    ),
+    (
+        "DOM019",
+        "NVRAM is not permitted when loader is stateless",
+        guest(
+            os_extra="<loader readonly='yes' type='pflash' stateless='yes'>"
+            "/usr/share/OVMF/OVMF_CODE_4M.fd</loader><nvram>/var/lib/x_VARS.fd</nvram>"
+        ),
+        guest(
+            os_extra="<loader readonly='yes' type='pflash' stateless='yes'>"
+            "/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+        ),
+    ),
+    (
+        "DOM019",
+        "firmware feature 'enrolled-keys' cannot be enabled when firmware feature "
+        "'secure-boot' is disabled",
+        guest(
+            os_attrs=" firmware='efi'",
+            os_extra="<firmware><feature enabled='no' name='secure-boot'/>"
+            "<feature enabled='yes' name='enrolled-keys'/></firmware>",
+        ),
+        guest(
+            os_attrs=" firmware='efi'",
+            os_extra="<firmware><feature enabled='yes' name='secure-boot'/>"
+            "<feature enabled='yes' name='enrolled-keys'/></firmware>",
+        ),
+    ),
+    (
+        "DOM019",
+        "UEFI requires ACPI on this architecture",
+        guest(os_attrs=" firmware='efi'", features=""),
+        guest(os_attrs=" firmware='efi'"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "code,words,failing,passing", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
+def test_the_check_fails_what_libvirt_refuses_and_passes_it_put_right(
+    code: str, words: str, failing: str, passing: str
+) -> None:
+    refused = verdict(code, failing)
+    assert refused.status == "fail", refused.message
+    assert words in refused.message
+    assert refused.location is not None and refused.location.element.startswith("/domain")
+    accepted = verdict(code, passing)
+    assert accepted.status == "pass", accepted.message
+
+
+def test_drive_addresses_follow_libvirts_assignment_from_the_target_name() -> None:
+    from doctor.facts.domains import Disk
+
+    def addr(target: str, bus: str) -> Optional[tuple[int, ...]]:
+        return domain_checks._disk_drive_address(
+            Disk("disk", "file", bus, target, None, False, False)
+        )
+
+    assert addr("hdc", "ide") == (0, 1, 0, 0)
+    assert addr("hde", "ide") == (1, 0, 0, 0)
+    assert addr("sdg", "sata") == (1, 0, 0, 0)
+    assert addr("sdh", "scsi") == (0, 0, 0, 8)  # unit 7 is the controller's own
+    assert addr("sdp", "scsi") == (1, 0, 0, 0)
+    assert addr("vda", "virtio") is None
+
+
+def test_the_q35_vcpu_limit_is_certain_only_for_a_versioned_machine_type() -> None:
+    assert verdict("DOM016", guest(vcpu="<vcpu>300</vcpu>", machine="q35")).status == "pass"
+    assert verdict("DOM016", guest(vcpu="<vcpu>256</vcpu>", machine="pc-q35-2.6")).status == "fail"
