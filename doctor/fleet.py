@@ -294,7 +294,10 @@ def merge(
         chk["findings"] += [f.as_dict() for f in marked[position : position + len(fs)]]
         position += len(fs)
 
-    diagnoses = [d.as_dict(rank) for rank, d in enumerate(fleet_diagnoses, start=1)]
+    diagnoses = [
+        on_hosts(d.as_dict(rank), fix_hosts(d), fleet_wide=True)
+        for rank, d in enumerate(fleet_diagnoses, start=1)
+    ]
     load_errors = [
         {"origin": f"playbook {e.file}", "check": None, "message": e.message} for e in book.errors
     ]
@@ -314,7 +317,7 @@ def merge(
                 moved["consequence_of"] = diag["consequence_of"] + offset
             if "consequences" in diag:
                 moved["consequences"] = [r + offset for r in diag["consequences"]]
-            diagnoses.append(moved)
+            diagnoses.append(on_hosts(moved, [host.name], fleet_wide=False))
         load_errors += [
             {**e, "origin": f"host {host.name}: {e.get('origin')}"}
             for e in report.get("load_errors", [])
@@ -372,6 +375,53 @@ def merge(
     return out, notes
 
 
+# How a fleet's checks are seen again once a fix is done: every host's report anew, merged.
+RECOLLECT = (
+    "kvmdoctor run -f json -o HOST.json; then, with every host's report: "
+    "kvmdoctor report merge *.json -o fleet.json"
+)
+
+
+def fix_hosts(diagnosis: Any) -> list[str]:
+    """The hosts a fleet diagnosis's fix is carried out on, from the evidence of the finding it
+    rests on: the one host to change (`host`: NET010's pick of the interface to change), else
+    the hosts that differ from the rest (`odd_hosts`: LIB009), else every host involved
+    (`hosts`: DOM020, where a person picks the one that keeps the domain)."""
+    for finding in diagnosis.findings[:1]:
+        evidence = finding.evidence
+        if isinstance(evidence.get("host"), str):
+            return [evidence["host"]]
+        for key in ("odd_hosts", "hosts"):
+            named = evidence.get(key)
+            if isinstance(named, list) and named:
+                return [str(h) for h in named]
+    return []
+
+
+def where(hosts: Sequence[str]) -> str:
+    """ "on host a" / "on hosts a, b"."""
+    if len(hosts) == 1:
+        return f"on host {hosts[0]}"
+    return "on hosts " + ", ".join(hosts)
+
+
+def on_hosts(diag: dict[str, Any], hosts: Sequence[str], *, fleet_wide: bool) -> dict[str, Any]:
+    """The diagnosis as a fleet report carries it: `hosts` says where its fix is carried out,
+    each fix step's text starts with that ("on host a: ..."), and `rerun` says how to see the
+    verifying checks again: on that host with `kvmdoctor run` for one host's checks, by
+    collecting and merging every host's report again for the fleet's own."""
+    out = dict(diag)
+    if hosts:
+        out["hosts"] = list(hosts)
+        out["fix"] = [{**step, "text": f"{where(hosts)}: {step['text']}"} for step in diag["fix"]]
+    codes = ",".join(diag.get("verify", []))
+    if codes and fleet_wide:
+        out["rerun"] = {"where": "on every host", "command": RECOLLECT}
+    elif codes:
+        out["rerun"] = {"where": where(hosts), "command": f"kvmdoctor run --select {codes}"}
+    return out
+
+
 def _host_row(host: HostReport, info: FleetHost, level: int) -> dict[str, Any]:
     report = host.report
     section = report.get("host") or {}
@@ -395,4 +445,6 @@ def _host_row(host: HostReport, info: FleetHost, level: int) -> dict[str, Any]:
         "summary": dict(report["summary"]),
         "diagnoses": len(report["diagnoses"]),
         "exit_code": 1 if gated else 0,
+        # Its network as its report drew it, for the fleet's HTML (one drawing per host).
+        "network": section.get("network"),
     }

@@ -21,7 +21,11 @@ What matters to a diagnosis survives:
   bits; the last three octets are mapped by one keyed permutation; multicast MACs are kept.
 - names: `host-XXXXXXXX`, an FQDN `host-XXXXXXXX.dom-YYYYYYYY.invalid` (the first label gets
   the short name's token), `user-XXXXXXXX`, `guest-XXXXXXXX`. System accounts (uid outside
-  1000-59999) are not identifying and keep their names: root, libvirt-qemu, qemu.
+  1000-59999) are not identifying and keep their names: root, libvirt-qemu, qemu. A
+  guest's interface named by its definition is `nic-XXXXXXXX`; a wildcard certificate name
+  `*.dom-YYYYYYYY.invalid`, the token of its domain as in the FQDNs.
+- an IPv6 interface identifier made of a MAC (modified EUI-64) becomes the EUI-64 of that
+  MAC's token; version fields keep their four-part versions (not IPv4 addresses there).
 
 The key comes from the map file (`--redact-map FILE`), else from a per-host key file created
 0600 under /var/lib/kvmdoctor (root) or $XDG_STATE_HOME/kvmdoctor (~/.local/state/kvmdoctor)
@@ -107,6 +111,12 @@ _SCAN = re.compile(
 )
 
 
+# Interface names libvirt makes itself for guests: not the guest's.
+_AUTO_NIC = re.compile(r"(?:vnet|macvtap|macvlan|tap|vif)[0-9.]+")
+
+# Keys whose values are versions ("version", "libvirt_version", LIB009's "versions").
+_VERSION_KEY = re.compile(r"(?:^|_)versions?$", re.IGNORECASE)
+
 _HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))*")
 
 
@@ -163,6 +173,8 @@ class Redactor:
         self.hosts: set[str] = set()
         self.users: set[str] = set()
         self.guests: set[str] = set()
+        self.wildcards: set[str] = set()  # DNS domains of wildcard certificate names
+        self.nics: set[str] = set()  # guests' interfaces that their definitions name
         self._system: set[str] = set(SYSTEM_USERS)  # seen with a system uid
         self._host_forms: dict[str, str] = {}  # a host name as written -> in lower case
         self._bits: dict[tuple[int, int, int], int] = {}
@@ -225,15 +237,26 @@ class Redactor:
             self.users.add(value)
         elif kind == "guest":
             self.guests.add(value)
+        elif kind == "wildcard":
+            self.wildcards.add(value)
+            self.wildcard(value)  # in the map, so that a later run learns it too
+        elif kind == "nic":
+            self.nics.add(value)
         else:
             return
         self._names = None
 
     def learn_host(self, name: Optional[str]) -> None:
-        """A host name or FQDN (a certificate's "libvirt CA" is not one, nor localhost)."""
+        """A host name or FQDN (a certificate's "libvirt CA" is not one, nor localhost); a
+        certificate's wildcard name (`*.example.com`) teaches its DNS domain."""
         if not name or not isinstance(name, str):
             return
         written = name.strip().rstrip(".")
+        if written.startswith("*.") and "." in written[2:]:
+            domain = written[2:].lower()
+            if _HOSTNAME.fullmatch(domain) and not _is_address(domain):
+                self._learn("wildcard", domain)
+            return
         name = written.lower()
         local = name == "localhost" or name.startswith("localhost.")
         if _HOSTNAME.fullmatch(name) and not _is_address(name) and not local:
@@ -254,6 +277,12 @@ class Redactor:
     def learn_guest(self, name: Optional[str]) -> None:
         if name and isinstance(name, str):
             self._learn("guest", name)
+
+    def learn_nic(self, name: Optional[str]) -> None:
+        """A guest's interface name (`<target dev=...>`): one its definition chose (often after
+        the guest: `web1-eth0`) is identifying; libvirt's own (vnet3, macvtap0) is not."""
+        if name and isinstance(name, str) and not _AUTO_NIC.fullmatch(name):
+            self._learn("nic", name)
 
     def learn_facts(self, facts: Any) -> None:
         """The names a run's facts know: the hostname and FQDN, human accounts, the invoking
@@ -284,6 +313,8 @@ class Redactor:
         if domains is not None:
             for dom in domains.items:
                 self.learn_guest(dom.name)
+                for iface in dom.interfaces:
+                    self.learn_nic(iface.target)
         uri = fact("uri")
         if uri is not None and getattr(uri, "uri", None):
             self.learn_host(_uri_host(uri.uri))
@@ -322,6 +353,14 @@ class Redactor:
         accounts and domains."""
         host = report.get("host") or {}
         self.learn_host(host.get("hostname"))
+        given = host.get("network")
+        network: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+        for guest in [*(host.get("guests") or []), *(network.get("guests") or [])]:
+            if isinstance(guest, dict):
+                self.learn_guest(guest.get("name"))
+                for nic in guest.get("nics") or []:
+                    if isinstance(nic, dict):
+                        self.learn_nic(nic.get("target"))
         if isinstance(host.get("uri"), str):
             self.learn_host(_uri_host(host["uri"]))
         findings = [f for c in report.get("checks") or [] for f in c.get("findings") or []]
@@ -403,6 +442,16 @@ class Redactor:
     def _domain(self, domain: str) -> str:
         return self._name_token("dns-domain", "dom", domain)
 
+    def wildcard(self, domain: str) -> str:
+        """`*.DOMAIN` as the FQDNs of that domain are mapped: `*.dom-XXXXXXXX.invalid`, so a
+        wildcard certificate still covers its hosts' tokens."""
+        return self._token("wildcard", domain, lambda: f"*.{self._domain(domain)}.invalid")
+
+    def nic(self, name: str) -> str:
+        """A guest's interface named in its definition: `nic-XXXXXXXX` (a valid interface
+        name, so a redacted snapshot's links and definitions still agree)."""
+        return self._name_token("nic", "nic", name)
+
     def user(self, name: str) -> str:
         return self._name_token("user", "user", name)
 
@@ -464,6 +513,16 @@ class Redactor:
             return value
         block = next(((net, kept) for net, kept in _BLOCKS_V6 if addr in net), None)
         kept = block[1] if block else 16
+        iid = value & _IID
+        if iid >> 24 & 0xFFFF == 0xFFFE:
+            # A modified EUI-64 interface identifier (SLAAC, link-local): the MAC it is made
+            # of gets that MAC's token, and the prefix goes as any prefix does, so fe80:: of
+            # a NIC stays recognisably that NIC's (its MAC's token) after redaction.
+            prefix = self._permute(6, value, 128, kept, 64) & ~_IID if kept < 64 else value
+            out = (prefix & ~_IID) | _eui64(self.mac(_mac_of_eui64(iid)))
+            while any(ipaddress.IPv6Address(out) in net for net in _KEEP_V6):
+                out = (self._permute(6, out, 128, kept, 64) & ~_IID) | (out & _IID)
+            return out
         out = self._permute(6, value, 128, kept, 128)
         while any(ipaddress.IPv6Address(out) in net for net in _KEEP_V6):
             out = self._permute(6, out, 128, kept, 128)
@@ -506,6 +565,11 @@ class Redactor:
                 by_name[name] = self.host(name)
                 if "." in name:
                     by_name.setdefault(name.split(".", 1)[0], self.host(name.split(".", 1)[0]))
+            for domain in self.wildcards:
+                by_name[f"*.{domain}"] = self.wildcard(domain)
+                by_name.setdefault(domain, self.wildcard(domain)[2:])
+            for name in self.nics:
+                by_name[name] = self.nic(name)
             for written, name in self._host_forms.items():
                 by_name[written] = self.host(name)
                 if "." in written:
@@ -519,12 +583,23 @@ class Redactor:
             self._names = re.compile(rf"(?<![A-Za-z0-9_.-])(?:{alternatives})(?![A-Za-z0-9_-])")
         return self._names
 
-    def text(self, text: str) -> str:
-        """`text` with every address, MAC and known name replaced by its token."""
-        text = _SCAN.sub(self._scan_token, text)
+    def text(self, text: str, *, addresses: bool = True) -> str:
+        """`text` with every address, MAC and known name replaced by its token; with
+        `addresses` False (a version field: "1.2.3.4" is a version there) only the names."""
+        if addresses:
+            text = _SCAN.sub(self._scan_token, text)
         pattern = self._name_pattern()
         if pattern is not None:
             text = pattern.sub(self._name_token_for, text)
+        if self.wildcards:
+            # Any FQDN in a wildcard certificate's domain is a host of it, learned or not.
+            domains = "|".join(re.escape(d) for d in sorted(self.wildcards, key=len, reverse=True))
+            text = re.sub(
+                rf"(?<![A-Za-z0-9_.*-])((?:[A-Za-z0-9_-]+\.)+)({domains})(?![A-Za-z0-9_-])",
+                lambda m: self.host(m.group(0)),
+                text,
+                flags=re.IGNORECASE,
+            )
         return text
 
     def _name_token_for(self, match: re.Match[str]) -> str:
@@ -543,17 +618,23 @@ class Redactor:
             return f"::ffff:{token.ipv4_mapped}"
         return str(token)
 
-    def value(self, value: Any) -> Any:
-        """A JSON value with every string (keys included) redacted."""
+    def value(self, value: Any, *, version: bool = False) -> Any:
+        """A JSON value with every string (keys included) redacted. What a version field
+        holds (`version`, `*_version`, `versions`: "libvirt_version": "9.0.0", a driver's
+        "1.2.3.4") is a version, not an address: only names are replaced in it."""
         if isinstance(value, str):
-            return self.text(value)
+            return self.text(value, addresses=not version)
         if isinstance(value, list):
-            return [self.value(v) for v in value]
+            return [self.value(v, version=version) for v in value]
         if isinstance(value, tuple):
-            return tuple(self.value(v) for v in value)
+            return tuple(self.value(v, version=version) for v in value)
         if isinstance(value, dict):
             return {
-                self.text(k) if isinstance(k, str) else k: self.value(v) for k, v in value.items()
+                self.text(k) if isinstance(k, str) else k: self.value(
+                    v,
+                    version=version or (isinstance(k, str) and _VERSION_KEY.search(k) is not None),
+                )
+                for k, v in value.items()
             }
         return value
 
@@ -582,6 +663,25 @@ class Redactor:
 
     def bytes_(self, data: bytes) -> bytes:
         return self.text(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+
+
+_IID = (1 << 64) - 1  # the interface identifier of an IPv6 address: its low 64 bits
+
+
+def _mac_of_eui64(iid: int) -> str:
+    """The MAC a modified EUI-64 interface identifier is made of (RFC 4291 appendix A: the
+    universal/local bit flipped, ff:fe in the middle)."""
+    raw = iid.to_bytes(8, "big")
+    octets = bytes([raw[0] ^ 0x02, raw[1], raw[2], raw[5], raw[6], raw[7]])
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def _eui64(mac: str) -> int:
+    """The modified EUI-64 interface identifier of a MAC."""
+    octets = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    return int.from_bytes(
+        bytes([octets[0] ^ 0x02, octets[1], octets[2], 0xFF, 0xFE, *octets[3:]]), "big"
+    )
 
 
 def _is_address(text: str) -> bool:

@@ -16,7 +16,7 @@ import shlex
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from doctor.rules import FixStep
 from doctor.textsafe import has_controls, lines, one_line
@@ -43,6 +43,10 @@ class PlanItem:
     cause: str
     verify: tuple[str, ...]
     steps: tuple[FixStep, ...]
+    # In a fleet report: the hosts the steps are carried out on, and how to see the verifying
+    # checks again (where, command); () and None for one host's report.
+    hosts: tuple[str, ...] = ()
+    rerun: Optional[tuple[str, str]] = None
 
 
 def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
@@ -56,6 +60,7 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
     import json
 
     from doctor.playbooks import shipped
+    from doctor.render.views import rerun
 
     book = shipped()
     seen: set[str] = set()
@@ -64,9 +69,11 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
         if diag.get("consequence_of") is not None:
             continue  # a consequence of another diagnosis: fixing that cause fixes it
         steps = []
+        hosts = tuple(str(h) for h in diag.get("hosts", ()))
         for data in diag["fix"]:
             step = _vetted(FixStep.from_dict(data), book.items.get(str(diag["playbook"])))
-            key = json.dumps([step.action, step.params], sort_keys=True)
+            # One host's step is another's too: the same sysctl on two hosts is two steps.
+            key = json.dumps([hosts, step.action, step.params], sort_keys=True)
             if step.action not in ("manual", "domain_xml") and key in seen:
                 continue
             seen.add(key)
@@ -79,9 +86,24 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
                 diag["cause"],
                 tuple(diag["verify"]),
                 tuple(steps),
+                hosts,
+                rerun(report, diag) if hosts else None,
             )
         )
     return items
+
+
+def by_host(plan: Sequence[PlanItem]) -> list[tuple[tuple[str, ...], list[PlanItem]]]:
+    """The plan's items grouped by the hosts they are carried out on, in the order the hosts
+    first appear (a fleet's plan; one host's plan is one group with no hosts)."""
+    groups: dict[tuple[str, ...], list[PlanItem]] = {}
+    for item in plan:
+        groups.setdefault(item.hosts, []).append(item)
+    return list(groups.items())
+
+
+def _hosts_words(hosts: Sequence[str]) -> str:
+    return ("host " if len(hosts) == 1 else "hosts ") + ", ".join(hosts)
 
 
 def _vetted(step: FixStep, playbook: Any) -> FixStep:
@@ -279,7 +301,24 @@ def shell_script(plan: Sequence[PlanItem], *, host: str, version: str) -> str:
     out = [_SHELL_HEADER.format(version=one_line(version), host=one_line(host or "this host"))]
     if not plan:
         out.append("# Nothing to fix: no diagnosis.\n")
-    for item in plan:
+    for hosts, items in by_host(plan):
+        if not hosts:
+            out += _shell_items(items)
+            continue
+        # A fleet's plan: each host's steps under its name, and live only on that host (the
+        # name its report gave, uname's nodename), so the one script can go to every host.
+        words = one_line(_hosts_words(hosts))
+        out += [f"# {'=' * 30} on {words} {'=' * 30}".rstrip()]
+        names = "|".join(_q(one_line(h)) for h in hosts)
+        out += [f'case "$(uname -n)" in {names})', ""]
+        out += _shell_items(items)
+        out += [f";; esac  # end of the steps on {words}", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _shell_items(items: Sequence[PlanItem]) -> list[str]:
+    out: list[str] = []
+    for item in items:
         subject = "" if item.subject == "host" else f" ({item.subject})"
         out += _comment(f"=== {item.title}{subject} [{item.playbook}]")
         out += _comment(_wrap(item.cause))
@@ -304,9 +343,13 @@ def shell_script(plan: Sequence[PlanItem], *, host: str, version: str) -> str:
             for command in commands:
                 # Runnable as built (a quoted value may span lines), or wholly commented out.
                 out += [command] if runnable else _comment(command)
-        out += _comment(f"then check: kvmdoctor run --select {','.join(item.verify)}")
+        if item.rerun is not None:
+            place, command = item.rerun
+            out += _comment(f"then check {place}: {command}")
+        else:
+            out += _comment(f"then check: kvmdoctor run --select {','.join(item.verify)}")
         out.append("")
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 def _wrap(text: str) -> str:
@@ -424,19 +467,25 @@ def ansible_tasks(step: FixStep, label: str) -> list[dict[str, Any]]:
 def ansible_playbook(plan: Sequence[PlanItem], *, host: str, version: str) -> str:
     import yaml
 
-    tasks: list[dict[str, Any]] = []
-    for item in plan:
-        for step in item.steps:
-            tasks += ansible_tasks(step, item.playbook)
-    uses_facts = any("when" in t for t in tasks)
-    play = {
-        "name": f"kvmdoctor fix plan for {host or 'this host'}",
-        "hosts": "all",
-        "become": True,
-        "gather_facts": uses_facts,
-        "tasks": tasks
-        or [{"name": "nothing to fix", "ansible.builtin.debug": {"msg": "no diagnosis"}}],
-    }
+    plays = []
+    for hosts, items in by_host(plan) or [((), [])]:
+        tasks: list[dict[str, Any]] = []
+        for item in items:
+            for step in item.steps:
+                tasks += ansible_tasks(step, item.playbook)
+        plays.append(
+            {
+                # A fleet's plan: one play per host, named as the fleet names it (its
+                # hostname: the inventory's name for it when they agree).
+                "name": "kvmdoctor fix plan for "
+                + (_hosts_words(hosts) if hosts else host or "this host"),
+                "hosts": _pattern(hosts),
+                "become": True,
+                "gather_facts": any("when" in t for t in tasks),
+                "tasks": tasks
+                or [{"name": "nothing to fix", "ansible.builtin.debug": {"msg": "no diagnosis"}}],
+            }
+        )
     header = (
         f"# Fix plan written by kvmdoctor {one_line(version)} for "
         f"{one_line(host or 'this host')}.\n"
@@ -446,8 +495,22 @@ def ansible_playbook(plan: Sequence[PlanItem], *, host: str, version: str) -> st
         + one_line(", ".join(sorted({c for item in plan for c in item.verify}) or ["-"]))
         + "\n"
     )
-    body = yaml.safe_dump([play], sort_keys=False, default_flow_style=False, width=100)
+    body = yaml.safe_dump(plays, sort_keys=False, default_flow_style=False, width=100)
     return header + "---\n" + body
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _pattern(hosts: Sequence[str]) -> Any:
+    """The play's `hosts`: every host for one host's plan; a fleet's hosts by name, joined as
+    Ansible's patterns join them. A name that is not a plain host name (a saved report's
+    "all", "*", "a:b") would reach other hosts: such a play matches no host."""
+    if not hosts:
+        return "all"
+    if all(_HOST_NAME.fullmatch(h) and h != "all" for h in hosts):
+        return ":".join(hosts)
+    return []
 
 
 def verify_codes(items: Iterable[PlanItem]) -> list[str]:

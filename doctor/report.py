@@ -61,16 +61,31 @@ def _version(number: Any) -> Optional[str]:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
-def _inventory(result: RunResult) -> dict[str, Any]:
+class _Known:
+    """The facts a report may show: those the run computed, else those another context of
+    the same run computed (the probe's path discovery). Asks the source nothing."""
+
+    def __init__(self, result: RunResult, seen: Sequence[Any] = ()) -> None:
+        self.contexts = (result.facts, *seen)
+
+    def known(self, name: str) -> Any:
+        for ctx in self.contexts:
+            value = ctx.known(name)
+            if value is not None:
+                return value
+        return None
+
+
+def _inventory(result: RunResult, facts: _Known) -> dict[str, Any]:
     """What a fleet compares across hosts (`kvmdoctor report merge`), from the facts the
     checks already computed (nothing more is asked of the host): the versions of libvirt,
     QEMU and the UEFI firmware package, and the guests with their UUIDs and MACs. A value
     the run did not look at is null."""
-    conn = result.facts.known("libvirt_conn")
+    conn = facts.known("libvirt_conn")
     info = (conn.info or {}) if conn is not None and conn.ok else {}
-    firmware = result.facts.known("firmware")
+    firmware = facts.known("firmware")
     package = firmware.package if firmware is not None else None
-    domains = result.facts.known("domains")
+    domains = facts.known("domains")
     guests = None
     if domains is not None:
         guests = [
@@ -93,11 +108,11 @@ def _inventory(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _host(result: RunResult) -> dict[str, Any]:
+def _host(result: RunResult, facts: _Known) -> dict[str, Any]:
     host = _fact(result, "host")
     virt = _fact(result, "virt")
     uri = _fact(result, "uri")
-    inventory = _inventory(result)
+    inventory = _inventory(result, facts)
     return {
         "hostname": host.hostname if host else None,
         "kernel": host.kernel if host else None,
@@ -107,7 +122,7 @@ def _host(result: RunResult) -> dict[str, Any]:
         "libvirt_version": inventory.pop("libvirt_version"),
         "uri": uri.uri if uri else None,
         **inventory,
-        "network": _network(result),
+        "network": _network(facts),
     }
 
 
@@ -115,11 +130,11 @@ def _host(result: RunResult) -> dict[str, Any]:
 NETWORK_LIMIT = 200
 
 
-def _network(result: RunResult) -> Optional[dict[str, Any]]:
+def _network(facts: _Known) -> Optional[dict[str, Any]]:
     """The host's virtual network as the checks saw it (links, libvirt networks, guests and
     their NICs), for views that draw it; None when no check looked at the links. Only facts
     the run already computed are read: drawing never asks the host anything."""
-    links = result.facts.known("links")
+    links = facts.known("links")
     if links is None:
         return None
     keep = ("name", "kind", "master", "lower", "operstate", "mac")
@@ -130,8 +145,8 @@ def _network(result: RunResult) -> Optional[dict[str, Any]]:
         }
         for link in links.items[:NETWORK_LIMIT]
     ]
-    networks = result.facts.known("networks")
-    domains = result.facts.known("domains")
+    networks = facts.known("networks")
+    domains = facts.known("domains")
     return {
         "origin": links.origin,
         "truncated": len(links.items) > NETWORK_LIMIT,
@@ -173,8 +188,11 @@ def build(
     selected: Sequence[str] = (),
     profile: str = "default",
     files: Optional[Sequence[str]] = None,
+    seen: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """The report of a run; `files`: the definition files `kvmdoctor lint` read."""
+    """The report of a run; `files`: the definition files `kvmdoctor lint` read; `seen`:
+    other FactContexts of the same run whose computed facts the host section may show too
+    (`kvmdoctor probe` passes its path discovery's)."""
     summary = {status: 0 for status in STATUSES}
     ignored = 0
     for item in result.findings():
@@ -200,7 +218,7 @@ def build(
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "kvmdoctor", "version": __version__},
-        "host": _host(result),
+        "host": _host(result, _Known(result, seen)),
         "run": {
             "started": _iso(result.started),
             "finished": _iso(result.finished),

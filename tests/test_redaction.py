@@ -38,6 +38,7 @@ HOST_IP, NET_GW, GUEST_IP, PUBLIC_IP = "10.20.30.40", "172.20.5.1", "172.20.5.77
 SHARED_MAC, OTHER_MAC = "52:54:00:6b:3c:58", "52:54:00:19:a2:7e"
 USER = "quentinr"  # a name no check's documentation uses (SARIF carries it)
 GUESTS = ("web1", "dbserver2")
+WILDCARD = "*.corp.example.net"  # the certificate's: a wildcard name hides its domain too
 IDENTIFYING = [HOST, FQDN, "corp.example.net", HOST_IP, NET_GW, GUEST_IP, PUBLIC_IP]
 IDENTIFYING += [SHARED_MAC, OTHER_MAC, SHARED_MAC.upper(), USER, *GUESTS]
 SECRETS = [f"kdsecret{letter}" for letter in "ABCDEFG"]
@@ -86,7 +87,7 @@ def lab_host(root: Path) -> Path:
     QEMU command line with all of it."""
     pki = Pki(NOW)
     ca = pki.ca("Orion Lab CA")
-    server = pki.issue(ca, FQDN, dns=(FQDN, HOST), ips=(HOST_IP,))
+    server = pki.issue(ca, FQDN, dns=(FQDN, HOST, WILDCARD), ips=(HOST_IP,))
     qemu_log = (
         "2026-11-26 07:00:00.000+0000: starting up libvirt version: 9.0.0\n"
         f"LC_ALL=C HOME=/home/{USER} /usr/bin/qemu-system-x86_64 -name guest={GUESTS[0]} "
@@ -313,7 +314,8 @@ def test_collect_redact_leaves_no_value_in_the_archive_and_replays_to_the_same_d
         cert = x509.load_pem_x509_certificate(handle.read())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     names = san.get_values_for_type(x509.DNSName)
-    assert len(names) == 2 and all(n.startswith("host-") for n in names)
+    assert len(names) == 3 and all(n.startswith("host-") for n in names[:2])
+    assert names[2].startswith("*.dom-") and names[0].endswith(names[2][1:])  # still covered
     assert str(san.get_values_for_type(x509.IPAddress)[0]) not in (HOST_IP, "")
     assert FQDN not in cert.subject.rfc4514_string()
     replay = kvmdoctor("run", "--snapshot", str(archive), "-f", "json", *AT)
@@ -370,7 +372,8 @@ def test_ipv6_keeps_its_prefix_relations_and_its_scope() -> None:
     assert c not in ipaddress.ip_network(f"{a}/64", strict=False)
     assert a in ipaddress.ip_network("2000::/3") and a != ipaddress.ip_address("2a01:4f8:c17:1::10")
     link = r.address(ipaddress.ip_address("fe80::5054:ff:fe6b:3c58"))
-    assert link in ipaddress.ip_network("fe80::/64") and "5054" not in str(link)
+    # Its interface identifier is the MAC's (libvirt's 52:54:00 kept, the rest mapped).
+    assert link in ipaddress.ip_network("fe80::/64") and "fe6b:3c58" not in str(link)
     assert (
         r.text("x ::ffff:10.20.30.40 y") == f"x ::ffff:{r.address(ipaddress.ip_address(HOST_IP))} y"
     )
@@ -450,3 +453,136 @@ def test_a_file_that_is_not_a_map_is_a_usage_error(
     result = kvmdoctor("report", "convert", "x.json", "--to", "json", "--redact-map", str(bad))
     assert result.exit_code == 2
     assert "cannot use" in result.stderr and "redaction map" in result.stderr
+
+
+# --- the gaps: EUI-64, versions, wildcard names, the network drawing ------------------------
+
+
+def test_a_link_local_address_made_of_a_mac_carries_that_macs_token() -> None:
+    r = _r()
+    mac = r.mac(SHARED_MAC)  # 52:54:00:6b:3c:58 -> 52:54:00:xx:yy:zz
+    link = r.address(ipaddress.ip_address("fe80::5054:ff:fe6b:3c58"))
+    octets = bytes.fromhex(mac.replace(":", ""))
+    # RFC 4291's modified EUI-64 of the MAC's token, written out by hand.
+    eui64 = bytes([octets[0] ^ 0x02, octets[1], octets[2], 0xFF, 0xFE, *octets[3:]])
+    assert int(link) == int(ipaddress.ip_address("fe80::")) | int.from_bytes(eui64, "big")
+    # A global SLAAC address: the NIC part is the MAC's, the /64 the one of its other tokens.
+    slaac = r.address(ipaddress.ip_address("2a01:4f8:c17:1:5054:ff:fe6b:3c58"))
+    other = r.address(ipaddress.ip_address("2a01:4f8:c17:1::10"))
+    assert int(slaac) >> 64 == int(other) >> 64 and int(slaac) & ((1 << 64) - 1) == int(link) & (
+        (1 << 64) - 1
+    )
+    assert slaac in ipaddress.ip_network("2000::/3")
+    # In text, with a scope: the same.
+    assert r.text("fe80::5054:ff:fe6b:3c58%vnet0 is " + SHARED_MAC) == f"{link}%vnet0 is {mac}"
+    # An interface identifier that is not an EUI-64 is mapped as any address is.
+    privacy = r.address(ipaddress.ip_address("fe80::1c2d:3e4f:5a6b:7c8d"))
+    assert privacy in ipaddress.ip_network("fe80::/64") and "5a6b" not in str(privacy)
+
+
+def test_a_version_field_keeps_its_four_part_version_and_text_elsewhere_is_mapped() -> None:
+    r = _r()
+    data = {
+        "libvirt_version": "1.2.3.4",
+        "driver": {"name": "e1000e", "version": "3.2.6.8", "peer": "81.2.69.142"},
+        "versions": {"orion": "10.0.0.1"},
+        "message": "bus 1.2.3.4 at 81.2.69.142",
+    }
+    out = r.value(data)
+    assert out["libvirt_version"] == "1.2.3.4" and out["driver"]["version"] == "3.2.6.8"
+    assert out["versions"] == {"orion": "10.0.0.1"}  # a fleet's versions by host (LIB009)
+    assert out["driver"]["peer"] != "81.2.69.142"  # beside a version, an address is one
+    assert "81.2.69.142" not in out["message"] and "1.2.3.4" not in out["message"]
+    r.learn_host("orion")
+    assert list(r.value(data)["versions"]) == [r.host("orion")]  # names still go
+
+
+def test_a_wildcard_certificate_name_hides_its_domain_and_still_covers_the_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVMDOCTOR_STATE_DIR", str(tmp_path / "state"))
+    path = str(tmp_path / "map.json")
+    r, _ = Redactor.open(path)
+    r.learn_host(WILDCARD)
+    r.learn_host(FQDN)
+    text = f"DNS:{WILDCARD}, {FQDN}, kvm9.corp.example.net and corp.example.net"
+    out = r.text(text)
+    assert "corp.example.net" not in out and "example" not in out
+    wildcard, fqdn = r.wildcard("corp.example.net"), r.host(FQDN)
+    assert wildcard.startswith("*.dom-") and fqdn.endswith(wildcard[1:])  # still covered
+    assert r.host("kvm9.corp.example.net").endswith(wildcard[1:])  # never learned, still hidden
+    assert out == (f"DNS:{wildcard}, {fqdn}, {r.host('kvm9.corp.example.net')} and {wildcard[2:]}")
+    r.save(path)
+    again, _ = Redactor.open(path)
+    assert again.text(text) == out  # the map teaches the wildcard's domain to the next run
+
+
+def test_the_redacted_certificate_keeps_a_wildcard_that_covers_the_hosts_token(
+    lab: dict[str, Any],
+) -> None:
+    """The lab's server certificate names *.corp.example.net: the redacted report shows its
+    token, under which the host's token still falls, and TLS004 judges the same."""
+    map_file = lab["base"] / "map-wildcard.json"
+    args = ("run", "--root", lab["tree"], "--redact-map", str(map_file), "-f", "json")
+    report = json.loads(kvmdoctor(*args, *AT).stdout)
+    assert_clean(json.dumps(report).encode(), "run --redact -f json")
+    blob = json.dumps(report)
+    tokens = {e["kind"]: e["token"] for e in json.loads(map_file.read_text())["tokens"]}
+    assert tokens["wildcard"] in blob
+    assert statuses(report) == statuses(lab["plain"])
+
+
+def network_snapshot(edit_snapshot: Any) -> Path:
+    """The lab's captured guest and its links (bridge kdbrcap, tap vnet3) as host `orion`'s
+    guest `web1`, whose definition names its tap `web1-eth0`."""
+    import kdnet
+
+    snap = edit_snapshot()
+    snap.set_value("uname", {**snap.value("uname"), "nodename": HOST})
+    rows = kdnet.lab_rows("guest/links.json")
+    for link in rows:
+        if link["attrs"]["IFLA_IFNAME"] == "vnet3":
+            link["attrs"]["IFLA_IFNAME"] = "web1-eth0"
+    kdnet.set_netlink(snap, "links", rows)
+    kdnet.set_netlink(snap, "addresses", [])
+    xml = kdnet.lab_capture("guest/run-libvirt-qemu__kd-cap-guest.xml")
+    xml = xml.replace("<name>kd-cap-guest</name>", "<name>web1</name>")
+    xml = xml.replace("<target dev='vnet3'/>", "<target dev='web1-eth0'/>")
+    kdnet.set_domains(snap, [kdnet.domain_entry(xml, active=True)])
+    saved: Path = snap.save()
+    return saved
+
+
+def test_a_redacted_html_drawing_shows_no_mac_guest_or_guest_interface_name(
+    edit_snapshot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVMDOCTOR_STATE_DIR", str(tmp_path / "state"))
+    snapshot = network_snapshot(edit_snapshot)
+    values = [HOST, "web1", "web1-eth0", "52:54:00:8e:d6:ee", "fe:54:00:8e:d6:ee"]
+    plain = kvmdoctor("run", "--snapshot", str(snapshot), "-f", "json")
+    report = json.loads(plain.stdout)
+    network = report["host"]["network"]
+    assert {link["name"] for link in network["links"]} == {"kdbrcap", "web1-eth0"}
+    assert network["guests"][0]["nics"][0]["target"] == "web1-eth0"
+    page = kvmdoctor("run", "--snapshot", str(snapshot), "-f", "html").stdout
+    assert 'id="network-drawing"' in page and set(leaks(page.encode(), values)) == set(values)
+
+    for args in (
+        ("run", "--snapshot", str(snapshot), "--redact", "-f", "html"),
+        ("run", "--snapshot", str(snapshot), "--redact", "-f", "json"),
+    ):
+        result = kvmdoctor(*args)
+        assert result.exit_code == plain.exit_code, result.stderr
+        assert 'id="network-drawing"' in result.stdout or '"network"' in result.stdout
+        found = leaks(result.stdout.encode(), values)
+        assert not found, f"{found} in {args}"
+    # A saved plain report redacted afterwards learns the names from its host section.
+    saved = tmp_path / "plain.json"
+    saved.write_text(plain.stdout)
+    late = kvmdoctor("report", "convert", str(saved), "--to", "html", "--redact")
+    assert late.exit_code == 0, late.stderr
+    assert not leaks(late.stdout.encode(), values)
+    redacted = json.loads(kvmdoctor(*args).stdout)
+    (nic,) = redacted["host"]["network"]["guests"][0]["nics"]
+    assert nic["target"].startswith("nic-") and len(nic["target"]) <= 15  # still an ifname
+    assert nic["target"] in {link["name"] for link in redacted["host"]["network"]["links"]}

@@ -82,8 +82,9 @@ DIAGNOSIS_KEYS = {
     "verify",
     "refs",
 }
-# Present only when set: on a consequence, the rank of its cause; on a cause, its consequences.
-DIAGNOSIS_OPTIONAL_KEYS = {"consequence_of", "consequences"}
+# Present only when set: on a consequence, the rank of its cause; on a cause, its consequences;
+# in a fleet report, the hosts its fix runs on and how to see it again.
+DIAGNOSIS_OPTIONAL_KEYS = {"consequence_of", "consequences", "hosts", "rerun"}
 FINDING_REF_KEYS = {"code", "subject", "status", "message"}
 FIX_STEP_KEYS = {"playbook", "action", "safety", "text", "params", "missing"}
 

@@ -101,6 +101,8 @@ def fix(
         data = _run(uri, root, snapshot, selected, ignores, connect_timeout)
     plan = remedy.plan_from_report(data)
     host = str(data.get("host", {}).get("hostname") or "")
+    if isinstance(data.get("fleet"), dict):  # a merged report: the plan goes host by host
+        host = f"a fleet of {len(data['fleet'].get('hosts', []))} hosts"
     if not apply:
         Output(output).write(_render(plan, format, host, data))
         raise typer.Exit(EXIT_OK)

@@ -134,3 +134,10 @@ class FactContext:
         """The fact if the run has already computed it, else None: asks the source nothing
         (the report's inventory takes only what the checks looked at)."""
         return self._values.get(name)
+
+    def offer(self, name: str, value: Any) -> None:
+        """Keep `value` as fact `name` when it is not computed yet: a value made elsewhere from
+        the answers the fact's provider reads (the probe parses the netlink dump of links it
+        takes for its path), so that the report can show it without asking the host again."""
+        if name not in self._values and name not in self._missing:
+            self._values[name] = value

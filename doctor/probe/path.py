@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from doctor.facts import FactContext, FactUnavailable
-from doctor.facts.links import Link, links_from_netlink
+from doctor.facts.links import Link, Links, links_from_netlink
 from doctor.sources.base import SourceError
 
 # include/uapi/linux/neighbour.h NUD_*
@@ -328,7 +328,10 @@ class _Side:
         except SourceError as exc:
             where = f"namespace {netns}" if netns else "this namespace"
             raise PathError(f"cannot read the links of {where}: {exc.reason}") from None
-        links = {link.name: link for link in links_from_netlink(rows, addresses)}
+        parsed = links_from_netlink(rows, addresses)
+        if netns is None:  # the host's own links: the report draws them (host.network)
+            facts.offer("links", Links(tuple(parsed), "netlink"))
+        links = {link.name: link for link in parsed}
         by_name = {str(_attrs(r).get("IFLA_IFNAME")): r for r in rows}
         names = {
             int(r["index"]): name for name, r in by_name.items() if isinstance(r.get("index"), int)

@@ -141,7 +141,8 @@ def run(
     finally:
         source.close()
     result = rules.apply(result, playbooks.shipped())
-    report = build(result, source, argv=argv, fail_on="fail", selected=selected)
+    # The report draws the host's network from what the path's discovery read (host.network).
+    report = build(result, source, argv=argv, fail_on="fail", selected=selected, seen=(facts,))
 
     def view(color: bool) -> str:
         from doctor.probe.render import text

@@ -12,7 +12,13 @@ from typing import Any
 
 from doctor.render.netdraw import STYLE as NET_STYLE
 from doctor.render.netdraw import host_drawing, probe_drawing
-from doctor.render.views import findings, fix_steps, location_text, ref_location, rerun_command
+from doctor.render.views import (
+    findings,
+    fix_steps,
+    location_text,
+    ref_location,
+    rerun,
+)
 from doctor.textsafe import escape_controls
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -171,9 +177,11 @@ def _diagnosis(
             for s in steps
         ]
         out.append("</ol>")
-    if diag.get("verify"):
-        rerun = rerun_command(report, diag["verify"])
-        out.append(f"<p>Then: <code>{esc(rerun)}</code></p>")
+    hint = rerun(report, diag)
+    if hint is not None:
+        place, command = hint
+        place = f" {esc(place)}" if place else ""
+        out.append(f"<p>Then{place}: <code>{esc(command)}</code></p>")
     refs = [r for r in diag.get("refs", []) if str(r).startswith(("https://", "http://"))]
     if refs:
         out.append(
@@ -198,8 +206,41 @@ def _network(report: dict[str, Any], anchors: dict[str, str]) -> list[str]:
             f"{more}; a node with a problem links to it.</p>",
             host,
         ]
-    if not probe and not host:
+    drawn = _fleet_networks(report, anchors)
+    out += drawn
+    if not probe and not host and not drawn:
         out.append("<p>This report holds no network to draw (no check read the links).</p>")
+    return out
+
+
+def _fleet_networks(report: dict[str, Any], anchors: dict[str, str]) -> list[str]:
+    """A fleet report's hosts, each with the drawing of its own network (its report's
+    `host.network`, kept in `fleet.hosts`); a node with a problem links to it, and a MAC on
+    two hosts marks its guests on both."""
+    fleet = report.get("fleet")
+    if not isinstance(fleet, dict):
+        return []
+    out = []
+    for number, host in enumerate(fleet.get("hosts", []), start=1):
+        if not isinstance(host, dict):
+            continue
+        name = str(host.get("name"))
+        out.append(f'<h3 id="network-host-{number}">Host {esc(name)}</h3>')
+        given = host.get("network")
+        network: dict[str, Any] = given if isinstance(given, dict) else {}
+        drawing = host_drawing(
+            report,
+            esc,
+            anchors,
+            network=network,
+            prefix=f"host:{name}/",
+            svg_id=f"network-drawing-{number}",
+        )
+        if drawing is None:
+            out.append("<p>Its report holds no network to draw (no check read the links).</p>")
+            continue
+        more = " (more links than drawn)" if network.get("truncated") else ""
+        out += [f"<p>As its checks saw it ({esc(network.get('origin'))}){more}.</p>", drawing]
     return out
 
 

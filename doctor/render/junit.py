@@ -21,7 +21,7 @@ from doctor.render.views import (
     fix_steps,
     gates,
     location_text,
-    rerun_command,
+    then,
 )
 
 # What XML 1.0 cannot hold even escaped (C0 controls but tab and line ends, surrogates, U+FFFE/F),
@@ -44,8 +44,9 @@ def _explanation(report: dict[str, Any], chk: dict[str, Any], finding: dict[str,
         lines += ["", f"Diagnosis: {diag['title']} ({diag['playbook']})", diag["cause"]]
         for number, step in enumerate(fix_steps(report, diag), start=1):
             lines.append(f"fix {number}: [{step['safety']}] {step['text']}")
-        if diag.get("verify"):
-            lines.append(f"then: {rerun_command(report, diag['verify'])}")
+        hint = then(report, diag)
+        if hint:
+            lines.append(hint)
     return "\n".join(lines)
 
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from doctor.render.views import findings, fix_steps, location_text, ref_location, rerun_command
+from doctor.render.views import (
+    findings,
+    fix_steps,
+    location_text,
+    ref_location,
+    rerun,
+)
 from doctor.textsafe import one_line
 
 LABEL = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "skip": "SKIP",
@@ -128,7 +134,9 @@ def _diagnosis(
             f"{n}. \\[{md(step['safety'])}\\] {md(step['text'])}"
             for n, step in enumerate(steps, start=1)
         ]
-    if diag.get("verify"):
-        out += ["", f"Then: `{rerun_command(report, diag['verify'])}`"]
+    hint = rerun(report, diag)
+    if hint is not None:
+        place, command = hint
+        out += ["", f"Then{' ' + place if place else ''}: `{command}`"]
     out.append("")
     return out

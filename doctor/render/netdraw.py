@@ -35,6 +35,7 @@ svg.net .bond rect{fill:#fbf5ea}svg.net .absent rect{stroke-dasharray:4 3;fill:#
 svg.net .st-fail rect,svg.net .st-error rect{stroke:#c0392b;stroke-width:2.5}
 svg.net .st-warn rect{stroke:#b9770e;stroke-width:2.5}
 svg.net line,svg.net path{stroke:#888;stroke-width:1.4;fill:none}
+svg.net .path rect{stroke:#1f618d;stroke-width:2.5}
 svg.net .seen rect{fill:#e3f4e8;stroke:#1e8449}svg.net .missing rect{fill:#fbe9e7;stroke:#c0392b}
 svg.net .stop line{stroke:#c0392b;stroke-width:3}svg.net .stop text{fill:#c0392b;font-weight:bold}
 svg.net text.head{fill:#555;font-weight:bold}svg.net .sub{fill:#666;font-size:11px}
@@ -62,8 +63,14 @@ class _Canvas:
         subject: Optional[str],
         title: str,
         node_id: str,
+        also: tuple[str, ...] = (),
     ) -> None:
-        status = self.status.get(subject or "")
+        """A node; its status and link are its subject's, else the worst of `also` (the
+        other subjects it stands for: a guest's NIC is `mac:ADDRESS` to NET010)."""
+        subjects = [subject or ""] + list(also)
+        rank = {"warn": 1, "fail": 2, "error": 3}
+        found = [self.status[s] for s in subjects if s in self.status]
+        status = max(found, key=lambda st: rank.get(st, 0)) if found else None
         cls = f"node {classes}" + (f" st-{status}" if status else "")
         body = (
             f'<g class="{cls}" id="{node_id}"><title>{self.esc(title)}</title>'
@@ -71,7 +78,7 @@ class _Canvas:
             f'<text x="{x + 8}" y="{y + 16}">{self.esc(_short(label))}</text>'
             f'<text class="sub" x="{x + 8}" y="{y + 32}">{self.esc(_short(sub))}</text></g>'
         )
-        target = self.anchors.get(subject or "")
+        target = next((self.anchors[s] for s in subjects if s in self.anchors), None)
         if target:
             body = f'<a href="#{target}">{body}</a>'
         self.parts.append(body)
@@ -92,15 +99,17 @@ class _Canvas:
         )
 
 
-def _column(link: Mapping[str, Any]) -> int:
+def _column(link: Mapping[str, Any], split: bool) -> int:
+    """The link's column; with `split`, VLANs have a column of their own before the bonds
+    (a VLAN on a bond is drawn left of it)."""
     kind = link.get("kind")
     if kind in _PORT_KINDS:
         return 1
     if kind in _BRIDGE_KINDS:
         return 2
     if kind in _MID_KINDS:
-        return 3
-    return 4
+        return 3 + (1 if split and kind != "vlan" else 0)
+    return 4 + (1 if split else 0)
 
 
 def _worst(report: Mapping[str, Any]) -> dict[str, str]:
@@ -116,37 +125,98 @@ def _worst(report: Mapping[str, Any]) -> dict[str, str]:
     return worst
 
 
+def _probe_seen(report: Mapping[str, Any]) -> tuple[Optional[str], dict[str, str]]:
+    """(the probed guest's name, hop name -> "seen"/"missing"/"") of the report's probe."""
+    found = _probe_findings(report)
+    evidence = next(
+        (f["evidence"] for code in ("PRB002", "PRB001") for f in found.get(code, [])
+         if f["evidence"].get("hops")),
+        None,
+    )  # fmt: skip
+    if evidence is None:
+        return None, {}
+    seen = (evidence.get("observations") or {}).get("seen") or {}
+    hops: dict[str, str] = {}
+    for hop in evidence["hops"]:
+        counts = seen.get(hop)
+        state = ""
+        if isinstance(counts, dict):
+            got = int(counts.get("request", 0) or 0) + int(counts.get("reply", 0) or 0)
+            state = "seen" if got else "missing"
+        hops[str(hop)] = state
+    guest = evidence.get("guest") or {}
+    return (str(guest["name"]) if guest.get("name") else None), hops
+
+
 def host_drawing(
-    report: Mapping[str, Any], esc: Callable[[Any], str], anchors: Mapping[str, str]
+    report: Mapping[str, Any],
+    esc: Callable[[Any], str],
+    anchors: Mapping[str, str],
+    *,
+    network: Optional[Mapping[str, Any]] = None,
+    prefix: str = "",
+    svg_id: str = "network-drawing",
 ) -> Optional[str]:
-    """The host's virtual network, or None when the report carries no links."""
-    network = (report.get("host") or {}).get("network")
+    """The host's virtual network, or None when the report carries no links.
+
+    `network` and `prefix` draw one host of a fleet report: its own `host.network`, and the
+    prefix of its findings' subjects ("host:NAME/"). A guest's NIC stands for `mac:ADDRESS`
+    too (NET010's subject: the host's own, or the fleet's for a MAC on two hosts), so a shared
+    MAC marks every guest and tap that carries it. The hops of the report's probe are marked
+    on the links they name (seen or missing where the probe sent packets)."""
+    if network is None:
+        network = (report.get("host") or {}).get("network")
     if not network or not network.get("links"):
         return None
     links = [link for link in network["links"] if link.get("name") and link["name"] != "lo"]
     served = {n["bridge"]: n for n in network.get("networks", []) if n.get("bridge")}
     names = {link["name"] for link in links}
-    cols: list[list[dict[str, Any]]] = [[] for _ in COLUMNS]
+    kinds = {link["name"]: link.get("kind") for link in links}
+    # A VLAN on a bond (or team) gets a column of its own, left of the bonds.
+    split = any(
+        link.get("kind") == "vlan" and kinds.get(link.get("lower") or "") in _MID_KINDS
+        for link in links
+    )
+    columns = (*COLUMNS[:3], "VLANs", "bonds", COLUMNS[4]) if split else COLUMNS
+    cols: list[list[dict[str, Any]]] = [[] for _ in columns]
     for guest in network.get("guests", []):
         cols[0].append({"what": "guest", **guest})
     for link in links:
-        cols[_column(link)].append({"what": "link", **link})
+        cols[_column(link, split)].append({"what": "link", **link})
     for net in network.get("networks", []):
         if not net.get("bridge") or net["bridge"] not in names:
             cols[2].append({"what": "network", **net})
     # Ports under their master, masters in name order: fewer crossing lines.
     order = {item["name"]: n for n, item in enumerate(sorted(cols[2], key=lambda i: i["name"]))}
     cols[1].sort(key=lambda i: (order.get(i.get("master") or "", len(order)), i["name"]))
-    for n in (2, 3, 4):
+    for n in range(2, len(columns)):
         cols[n].sort(key=lambda i: i["name"])
+    # The MACs of the guests' NICs, by the tap each NIC is plugged into while it runs.
+    tap_macs: dict[str, list[str]] = {}
+    for guest in network.get("guests", []):
+        for nic in guest.get("nics", []):
+            if nic.get("target") and nic.get("mac"):
+                tap_macs.setdefault(str(nic["target"]), []).append(str(nic["mac"]))
+
+    def subjects(*mine: str, macs: tuple[str, ...] = ()) -> tuple[str, tuple[str, ...]]:
+        """(the node's own subject, the others it stands for) as the report names them."""
+        others = [f"{prefix}{m}" for m in mine[1:]]
+        for mac in macs:
+            others.append(f"{prefix}mac:{mac.lower()}")
+            if prefix:
+                others.append(f"mac:{mac.lower()}")  # the fleet's: a MAC on two hosts
+        return f"{prefix}{mine[0]}", tuple(others)
+
+    probed, hops = _probe_seen(report) if not prefix else (None, {})
     canvas = _Canvas(esc, anchors)
     canvas.status = _worst(report)
+    ids = svg_id.replace("network-drawing", "net")
     where: dict[tuple[str, str], tuple[float, float]] = {}  # (what, name) -> left middle
     top = PAD + 22
     for c, items in enumerate(cols):
         x = PAD + c * (W + GAP_X)
         if items:
-            canvas.parts.append(f'<text class="head" x="{x}" y="{PAD + 8}">{COLUMNS[c]}</text>')
+            canvas.parts.append(f'<text class="head" x="{x}" y="{PAD + 8}">{columns[c]}</text>')
         for r, item in enumerate(items):
             y = top + r * (H + GAP_Y)
             name = item["name"]
@@ -156,13 +226,16 @@ def host_drawing(
                     f", {len(macs)} NIC" + ("s" if len(macs) != 1 else "") if macs else ""
                 )
                 title = f"domain {name}: " + (", ".join(macs) or "no NIC")
-                canvas.node(x, y, name, sub, "guest", f"domain:{name}", title, f"net-g{r}")
+                mine, also = subjects(f"domain:{name}", macs=tuple(m for m in macs if m != "?"))
+                classes = "guest" + (" path" if probed is not None and name == probed else "")
+                canvas.node(x, y, name, sub, classes, mine, title, f"{ids}-g{r}", also)
             elif item["what"] == "network":
                 sub = f"network {item['name']}, {'active' if item.get('active') else 'inactive'}"
                 label = item.get("bridge") or f"network {name}"
                 title = f"libvirt network {name} ({item.get('forward') or 'isolated'})"
                 classes = "bridge" + ("" if item.get("active") else " absent")
-                canvas.node(x, y, label, sub, classes, f"network:{name}", title, f"net-n{r}")
+                mine, also = subjects(f"network:{name}")
+                canvas.node(x, y, label, sub, classes, mine, title, f"{ids}-n{r}", also)
                 if item.get("bridge"):
                     where[("link", item["bridge"])] = (x, y + H / 2)
                 where[("network", name)] = (x, y + H / 2)
@@ -175,9 +248,14 @@ def host_drawing(
                     sub += f", {item['port_state']}"
                 elif item.get("operstate") and not net:
                     sub += f", {item['operstate']}"
-                classes = {2: "bridge", 3: "bond"}.get(c, "link")
+                role = "bridge" if c == 2 else "bond" if kind in _MID_KINDS else "link"
+                classes = role + (f" path {hops[name]}".rstrip() if name in hops else "")
                 title = f"{kind} {name}" + (f" ({item['mac']})" if item.get("mac") else "")
-                canvas.node(x, y, name, sub, classes, f"iface:{name}", title, f"net-l{c}-{r}")
+                mine, also = subjects(
+                    f"iface:{name}", *([f"network:{net['name']}"] if net else []),
+                    macs=tuple(tap_macs.get(name, ())),
+                )  # fmt: skip
+                canvas.node(x, y, name, sub, classes, mine, title, f"{ids}-l{c}-{r}", also)
                 if net:
                     where[("network", net["name"])] = (x, y + H / 2)
             where[(item["what"], name)] = (x, y + H / 2)
@@ -207,9 +285,9 @@ def host_drawing(
             if me and them:
                 canvas.line(right(me), them, dashed)
     rows = max(len(items) for items in cols)
-    width = PAD * 2 + len(COLUMNS) * W + (len(COLUMNS) - 1) * GAP_X
+    width = PAD * 2 + len(columns) * W + (len(columns) - 1) * GAP_X
     height = top + rows * (H + GAP_Y) + PAD
-    return canvas.svg(width, height, "network-drawing", "the host's virtual network")
+    return canvas.svg(width, height, svg_id, "the host's virtual network")
 
 
 def _probe_findings(report: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:

@@ -8,6 +8,10 @@
     kvmdoctor_run_duration_seconds, kvmdoctor_run_timestamp_seconds, kvmdoctor_exit_code,
     kvmdoctor_info{version,fail_on,source} 1
 
+A fleet report (`kvmdoctor report merge`) adds a `host` label to the series of checks and
+diagnoses (the host of a `host:NAME/...` subject; empty for what the fleet sees across hosts),
+and per host kvmdoctor_host_findings{host,status} and kvmdoctor_host_exit_code{host}.
+
 An alert on `kvmdoctor_check_status{status=~"fail|error",ignored="false"} == 1` fires per
 failing check and subject; docs/ci.md gives the rule.
 """
@@ -35,8 +39,19 @@ def _number(value: float) -> str:
     return repr(float(value)) if value != int(value) else str(int(value))
 
 
+def _host_of(subject: str) -> str:
+    """The host a fleet report's subject names ("host:a/domain:x" -> "a"); "" for none."""
+    if not subject.startswith("host:"):
+        return ""
+    return subject[len("host:") :].split("/", 1)[0]
+
+
 def render(report: dict[str, Any]) -> str:
     lines: list[str] = []
+    fleet = report.get("fleet") if isinstance(report.get("fleet"), dict) else None
+
+    def where(subject: str) -> dict[str, str]:
+        return {"host": _host_of(subject)} if fleet is not None else {}
 
     def family(name: str, help_text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP {name} {help_text}")
@@ -55,7 +70,12 @@ def render(report: dict[str, Any]) -> str:
     status: list[tuple[str, float]] = []
     severity: list[tuple[str, float]] = []
     for chk, finding in worst.values():
-        common = {"code": chk["code"], "name": chk["name"], "subject": finding["subject"]}
+        common = {
+            "code": chk["code"],
+            "name": chk["name"],
+            "subject": finding["subject"],
+            **where(str(finding["subject"])),
+        }
         ignored = "true" if finding.get("ignored") else "false"
         status.append((_labels(**common, status=finding["status"], ignored=ignored), 1))
         severity.append((_labels(**common), SEVERITY.get(finding["status"], 0)))
@@ -76,7 +96,11 @@ def render(report: dict[str, Any]) -> str:
         [
             (
                 _labels(
-                    playbook=d["playbook"], subject=d["subject"], status=d["status"], rank=d["rank"]
+                    playbook=d["playbook"],
+                    subject=d["subject"],
+                    status=d["status"],
+                    rank=d["rank"],
+                    **where(str(d["subject"])),
                 ),
                 1,
             )
@@ -89,6 +113,22 @@ def render(report: dict[str, Any]) -> str:
         "Findings of the run by status (ignored findings counted apart).",
         [(_labels(status=s), summary.get(s, 0)) for s in (*STATUSES, "ignored")],
     )
+    if fleet is not None:
+        hosts = [h for h in fleet.get("hosts", []) if isinstance(h, dict)]
+        family(
+            "kvmdoctor_host_findings",
+            "A fleet's host: its own report's findings by status (ignored counted apart).",
+            [
+                (_labels(host=h.get("name", ""), status=s), (h.get("summary") or {}).get(s, 0))
+                for h in hosts
+                for s in (*STATUSES, "ignored")
+            ],
+        )
+        family(
+            "kvmdoctor_host_exit_code",
+            "A fleet's host: what its findings give at the fleet's --fail-on (0 or 1).",
+            [(_labels(host=h.get("name", "")), h.get("exit_code", 0)) for h in hosts],
+        )
     run = report.get("run", {})
     family(
         "kvmdoctor_run_duration_seconds",

@@ -8,7 +8,7 @@ import textwrap
 from collections.abc import Iterator
 from typing import IO, Any, Optional
 
-from doctor.render.views import location_text, ref_location, rerun_command
+from doctor.render.views import location_text, ref_location, then
 
 STYLE = {
     "pass": "green",
@@ -260,8 +260,9 @@ def _diagnosis(
         for line in lines:
             indent = "      " if line is lines[0] else "        "
             console.print(f"{indent}{escape(line)}")
-    rerun = rerun_command(report or {}, diag["verify"])
-    console.print(f"      [dim]then: {escape(rerun)} (kvmdoctor fix prints the plan)[/]")
+    hint = then(report or {}, diag)
+    if hint:
+        console.print(f"      [dim]{escape(hint)} (kvmdoctor fix prints the plan)[/]")
 
 
 def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:

@@ -55,6 +55,28 @@ def fix_steps(report: dict[str, Any], diag: dict[str, Any]) -> list[dict[str, An
     return []
 
 
+def rerun(report: dict[str, Any], diag: dict[str, Any]) -> Optional[tuple[str, str]]:
+    """(where, command) that shows a diagnosis's verifying checks again once it is fixed:
+    `kvmdoctor run` (or `lint`) `--select CODES` as the report was made; in a fleet report
+    what the merge wrote (on which host, or every host's report collected and merged again
+    for the fleet's own checks)."""
+    given = diag.get("rerun")
+    if isinstance(given, dict) and given.get("command"):
+        return str(given.get("where") or ""), str(given["command"])
+    if diag.get("verify"):
+        return "", rerun_command(report, list(diag["verify"]))
+    return None
+
+
+def then(report: dict[str, Any], diag: dict[str, Any]) -> Optional[str]:
+    """The re-run hint as one line of text: "then: COMMAND", "then on host a: COMMAND"."""
+    hint = rerun(report, diag)
+    if hint is None:
+        return None
+    place, command = hint
+    return f"then{' ' + place if place else ''}: {command}"
+
+
 def file_location(subject: str, evidence: Any) -> Optional[tuple[str, Optional[int]]]:
     """(path, line or None) when the finding is about a file: a subject naming a file on the
     host (absolute path), else evidence naming one (`file` or `path`: a checked file such as

@@ -404,3 +404,253 @@ def test_the_debian_changelog_head_gives_the_package_version() -> None:
     assert debian_changelog_version(b"not gzip") is None
     assert debian_changelog_version(gzip.compress(b"no version here\n")) is None
     assert re.fullmatch(r"\d+\.\d+-\S+", debian_changelog_version(packed) or "")
+
+
+# --- fixing a fleet: every step names its host ----------------------------------------------
+
+
+def test_a_fleet_diagnosis_names_the_host_its_fix_runs_on_and_how_to_see_it_again(
+    shared_mac_fleet: Path, validator: Draft202012Validator
+) -> None:
+    fleet = json.loads(shared_mac_fleet.read_text())
+    assert_valid(validator, fleet)
+    by_subject = {d["subject"]: d for d in fleet["diagnoses"]}
+    mac = by_subject[f"mac:{MAC}"]
+    # NET010 picked kd-host-b's interface to change: its fix runs there, on kd-twin.
+    assert mac["hosts"] == ["kd-host-b"]
+    (step,) = mac["fix"]
+    assert step["text"].startswith("on host kd-host-b: Give the interface of kd-twin ")
+    assert "`virsh edit kd-twin`" in step["text"]
+    # The fleet's own check is seen again only by collecting and merging again.
+    assert mac["rerun"]["where"] == "on every host"
+    assert "kvmdoctor report merge" in mac["rerun"]["command"]
+    assert "--select" not in mac["rerun"]["command"]
+    drift = by_subject["version:libvirt"]
+    assert drift["hosts"] == ["kd-host-b"]  # the odd one out
+    assert drift["fix"][0]["text"].startswith("on host kd-host-b: Bring kd-host-b to libvirt 9.0.0")
+    # A host's own diagnoses run on that host, and are checked there with `run`.
+    own = [d for d in fleet["diagnoses"] if d["subject"].startswith("host:")]
+    assert own, "the snapshot hosts have diagnoses of their own"
+    for diag in own:
+        name = diag["subject"][len("host:") :].split("/", 1)[0]
+        assert diag["hosts"] == [name]
+        assert all(s["text"].startswith(f"on host {name}: ") for s in diag["fix"])
+        assert diag["rerun"] == {
+            "where": f"on host {name}",
+            "command": f"kvmdoctor run --select {','.join(diag['verify'])}",
+        }
+
+
+def test_a_domain_uuid_on_two_hosts_is_fixed_on_both_hosts(
+    edit_snapshot: Any, tmp_path: Path
+) -> None:
+    a = host_report(edit_snapshot, tmp_path, "kd-host-a", guest("kd-web", uuid=UUID))
+    b = host_report(
+        edit_snapshot, tmp_path, "kd-host-b", guest("kd-web", uuid=UUID, mac="52:54:00:8e:d6:ef")
+    )
+    _, fleet = merge(a, b)
+    (diag,) = [d for d in fleet["diagnoses"] if d["subject"] == f"uuid:{UUID}"]
+    # Which host keeps the domain is for a person to say: the step names both.
+    assert diag["hosts"] == ["kd-host-a", "kd-host-b"]
+    assert diag["fix"][0]["text"].startswith("on hosts kd-host-a, kd-host-b: Keep domain UUID")
+
+
+def test_every_view_of_a_fleet_says_where_to_fix_and_to_merge_again(
+    shared_mac_fleet: Path, tmp_path: Path
+) -> None:
+    shown = kvmdoctor("report", "show", str(shared_mac_fleet), "--no-color")
+    assert shown.exit_code == 0, shown.stderr
+    text = " ".join(shown.stdout.split())  # as read, whatever the wrapping
+    assert "fix 1: [disruptive] on host kd-host-b: Give the interface of kd-twin" in text
+    assert "then on every host: kvmdoctor run -f json -o HOST.json" in text
+    assert "then on host kd-host-a: kvmdoctor run --select " in text
+    for fmt, hint in (
+        ("markdown", "Then on every host: `kvmdoctor run -f json -o HOST.json"),
+        ("html", "Then on every host: <code>kvmdoctor run -f json -o HOST.json"),
+        ("junit", "then on every host: kvmdoctor run -f json -o HOST.json"),
+    ):
+        out = tmp_path / f"fleet.{fmt}"
+        result = kvmdoctor("report", "convert", str(shared_mac_fleet), "--to", fmt, "-o", str(out))
+        assert result.exit_code == 0, result.stderr
+        text = out.read_text()
+        assert hint in text, fmt
+        assert "on host kd-host-b: Give the interface of kd-twin" in text, fmt
+        assert "then: kvmdoctor run --select NET010" not in text.replace("`", ""), fmt
+
+
+def test_fix_report_on_a_fleet_writes_each_hosts_steps_under_its_name(
+    shared_mac_fleet: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    result = kvmdoctor("fix", "--report", str(shared_mac_fleet))
+    assert result.exit_code == 0, result.stderr
+    script = result.stdout
+    assert "for a fleet of 2 hosts" in script.splitlines()[1]
+    headers = [line for line in script.splitlines() if line.startswith("# ====")]
+    assert [h.split(" on ", 1)[1].strip("= ") for h in headers] == [
+        "host kd-host-b",
+        "host kd-host-a",
+    ]
+    # Each host's steps are live only on that host: the one script can go to every host.
+    block_b = script.split(headers[0], 1)[1].split(headers[1], 1)[0]
+    assert block_b.splitlines()[1] == 'case "$(uname -n)" in kd-host-b)'
+    assert "# [disruptive] on host kd-host-b: Give the interface of kd-twin" in block_b
+    assert "# then check on every host: kvmdoctor run -f json -o HOST.json" in block_b
+    assert block_b.rstrip().endswith(";; esac  # end of the steps on host kd-host-b")
+    block_a = script.split(headers[1], 1)[1]
+    assert "# then check on host kd-host-a: kvmdoctor run --select " in block_a
+    assert "kd-host-b" not in block_a
+    checked = subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_fix_report_on_a_fleet_writes_one_ansible_play_per_host(
+    shared_mac_fleet: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = tmp_path / "fix.yml"
+    result = kvmdoctor("fix", "--report", str(shared_mac_fleet), "-f", "ansible", "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    plays = yaml.safe_load(out.read_text())
+    assert [p["hosts"] for p in plays] == ["kd-host-b", "kd-host-a"]
+    tasks_b = [t["name"] for t in plays[0]["tasks"]]
+    assert any(
+        t.startswith("duplicate-mac: on host kd-host-b: Give the interface of kd-twin")
+        for t in tasks_b
+    )
+    assert not any("kd-host-b" in str(t) for t in plays[1]["tasks"])
+    # ansible-playbook reads it so: each play reaches its own host of the inventory only.
+    (tmp_path / "inventory.ini").write_text("kd-host-a\nkd-host-b\nkd-host-c\n")
+    listed = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            "inventory.ini",
+            "--list-hosts",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "ANSIBLE_HOME": str(tmp_path / ".ansible"),
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / ".ansible" / "tmp"),
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    plays_seen = re.findall(r"play #\d+ \(([^)]*)\).*?hosts \(1\):\s+(\S+)", listed.stdout, re.S)
+    assert plays_seen == [("kd-host-b", "kd-host-b"), ("kd-host-a", "kd-host-a")], listed.stdout
+
+
+def test_a_fleet_play_for_a_name_that_is_not_a_host_name_reaches_no_host() -> None:
+    import yaml
+
+    from doctor.remedy import PlanItem, ansible_playbook
+
+    item = PlanItem("duplicate-mac", "t", "mac:x", "c", ("NET010",), (), ("all",))
+    (play,) = yaml.safe_load(ansible_playbook([item], host="", version="1"))
+    assert play["hosts"] == []
+    item = PlanItem("duplicate-mac", "t", "mac:x", "c", ("NET010",), (), ("web*",))
+    (play,) = yaml.safe_load(ansible_playbook([item], host="", version="1"))
+    assert play["hosts"] == []
+
+
+def test_prometheus_series_of_a_fleet_carry_their_host(
+    shared_mac_fleet: Path, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = tmp_path / "fleet.prom"
+    result = kvmdoctor(
+        "report", "convert", str(shared_mac_fleet), "--to", "prometheus", "-o", str(out)
+    )
+    assert result.exit_code == 0, result.stderr
+    families = {f.name: f for f in text_string_to_metric_families(out.read_text())}
+    status = families["kvmdoctor_check_status"].samples
+    hosts = {(s.labels["subject"], s.labels["host"]) for s in status}
+    assert ("host:kd-host-a/domain:kd-web", "kd-host-a") in hosts
+    assert ("host:kd-host-b", "kd-host-b") in hosts
+    assert (f"mac:{MAC}", "") in hosts  # across hosts: no one host's
+    assert all("host" in s.labels for s in status)
+    diagnoses = families["kvmdoctor_diagnosis"].samples
+    assert all("host" in s.labels for s in diagnoses)
+    per_host = {s.labels["host"]: s.value for s in families["kvmdoctor_host_exit_code"].samples}
+    fleet = json.loads(shared_mac_fleet.read_text())
+    assert per_host == {h["name"]: h["exit_code"] for h in fleet["fleet"]["hosts"]}
+    found = {
+        (s.labels["host"], s.labels["status"]): s.value
+        for s in families["kvmdoctor_host_findings"].samples
+    }
+    for host in fleet["fleet"]["hosts"]:
+        assert found[(host["name"], "pass")] == host["summary"]["pass"]
+
+
+def test_the_fleet_html_draws_each_hosts_network_and_marks_the_shared_mac_on_both(
+    shared_mac_fleet: Path, tmp_path: Path, validator: Draft202012Validator
+) -> None:
+    fleet = json.loads(shared_mac_fleet.read_text())
+    assert_valid(validator, fleet)
+    for host in fleet["fleet"]["hosts"]:
+        own = json.loads(Path(host["file"]).read_text())["host"]["network"]
+        assert own is not None and host["network"] == own  # each host's, as its report drew it
+    out = tmp_path / "fleet.html"
+    result = kvmdoctor("report", "convert", str(shared_mac_fleet), "--to", "html", "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().count('<svg class="net" id="network-drawing-') == 2
+    # Only the MAC marks the guests: their own problems (no bridge on the snapshot host, no
+    # free PCI slot) put aside, so that a marked guest is the shared MAC's doing.
+    for check in fleet["checks"]:
+        for finding in check["findings"]:
+            if "/domain:" in finding["subject"] or "/iface:" in finding["subject"]:
+                finding["status"] = "pass"
+    from doctor.render import render_as
+
+    text = render_as("html", fleet)
+    assert 'id="network-drawing"' not in text  # a fleet has no host of its own
+    page = text[text.index('<h2 id="network">') : text.index('<h2 id="findings">')]
+    sections = re.findall(r'<h3 id="network-host-(\d)">Host ([^<]*)</h3>', page)
+    assert sections == [("1", "kd-host-a"), ("2", "kd-host-b")]
+    ids = set(re.findall(r' id="([^"]+)"', text))
+    for number, guest_name in enumerate(("kd-web", "kd-twin"), start=1):
+        svg = page[page.index(f'id="network-drawing-{number}"') :]
+        svg = svg[: svg.index("</svg>")]
+        # The guest with the MAC both hosts use is marked, and links to the fleet's finding.
+        node = re.search(
+            r'<a href="#([^"]+)"><g class="node guest st-fail" id="net-' + str(number)
+            + r'-g\d+"><title>domain ' + guest_name + ":",
+            svg,
+        )  # fmt: skip
+        assert node is not None, svg[:2000]
+        assert node.group(1) in ids
+        anchor = text[text.index(f'id="{node.group(1)}"') :]
+        assert f"mac:{MAC}" in anchor[: anchor.index("</p>")]
+        assert (
+            guest_name in svg and {"kd-web": "kd-twin", "kd-twin": "kd-web"}[guest_name] not in svg
+        )
+
+
+def test_a_hostile_host_name_in_a_fleet_plan_stays_a_quoted_word() -> None:
+    """A saved fleet report is a file from anywhere: its host names go into the shell plan's
+    `case` pattern quoted, and into no live line otherwise."""
+    import subprocess
+
+    from doctor.remedy import PlanItem, shell_script
+
+    name = "a) rm -rf / ;; b"
+    item = PlanItem("duplicate-mac", "t", "mac:x", "c", ("NET010",), (), (name, "kd\nx"))
+    script = shell_script([item], host="", version="1")
+    (case,) = [line for line in script.splitlines() if line.startswith("case ")]
+    assert case == "case \"$(uname -n)\" in 'a) rm -rf / ;; b'|'kd x')"
+    checked = subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
+    assert all(line.startswith(("#", "case ", ";; esac")) for line in script.split("set -eu")[1]
+               .split("}\n", 1)[1].splitlines() if line.strip())  # fmt: skip
