@@ -7,13 +7,13 @@ from __future__ import annotations
 import posixpath
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from doctor.facts.domains import Disk, Domain, Domains, PciDevice
 from doctor.facts.libvirt import QemuConf
 from doctor.facts.sockets import Listeners
 from doctor.model import Finding, Status
+from doctor.record import record
 from doctor.registry import check
 
 X86 = ("x86_64", "i686")
@@ -64,14 +64,14 @@ NO_SLOTS = "No more available PCI slots"
 NO_ACPI_HOTPLUG = "Bus 'pci.0' does not support hotplugging"
 
 
-@dataclass(frozen=True)
+@record
 class Slot:
     bus: int  # the index of the PCI controller that provides it
     slot: int
     controller: str  # that controller's model
 
 
-@dataclass(frozen=True)
+@record
 class FreeSlots:
     """Where a device hot-plugged into a running domain can go, as libvirt chooses."""
 
@@ -598,7 +598,7 @@ WRITE_LOCK = 'Failed to get "write" lock'
 SHARED_WRITE_LOCK = 'Failed to get shared "write" lock'
 
 
-@dataclass(frozen=True)
+@record
 class ImageUse:
     domain: str
     active: bool
@@ -720,7 +720,7 @@ def disk_used_twice(domains: Domains) -> Iterator[Finding]:
 SHOWN = 10  # users named per image in a message and its evidence
 
 
-@dataclass(frozen=True)
+@record
 class Clash:
     """The users of one image that QEMU's locking turns away from each other, grouped once so
     that each domain's finding costs the same however many domains name the image."""
@@ -811,7 +811,7 @@ ADDRESS_IN_USE = "Failed to find an available port: Address already in use"
 DEFAULT_LISTEN = "127.0.0.1"  # qemu.conf vnc_listen and spice_listen
 
 
-@dataclass(frozen=True)
+@record
 class PortClaim:
     domain: str
     active: bool
@@ -855,7 +855,7 @@ def port_claims(dom: Domain, conf: Optional[QemuConf]) -> list[PortClaim]:
     return claims
 
 
-@dataclass(frozen=True)
+@record
 class PortUse:
     """Every claim on one port, grouped once: a domain's finding then costs the same however
     many domains (clones of one template, say) name the port."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Optional
 
 from doctor.engine import IgnoreRule
+from doctor.record import record
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +33,7 @@ class ConfigError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     path: Optional[str] = None
     fail_on: Optional[str] = None

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from doctor.facts import fact_names
 from doctor.model import Finding
+from doctor.record import record
 
 ENTRY_POINT_GROUP = "kvmdoctor.checks"
 BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware", "network", "logs", "domain", "probe")
@@ -48,7 +49,7 @@ _ATTR = "__kvmdoctor_check__"
 CheckFunc = Callable[..., Iterable[Finding]]
 
 
-@dataclass(frozen=True)
+@record
 class Declaration:
     code: str
     name: str
@@ -75,7 +76,7 @@ def check(
     return attach
 
 
-@dataclass(frozen=True)
+@record
 class CheckSpec:
     code: str
     name: str
@@ -103,7 +104,7 @@ class CheckSpec:
         }
 
 
-@dataclass(frozen=True)
+@record
 class LoadError:
     origin: str
     check: Optional[str]  # the check's code or function name, when one is to blame
@@ -149,7 +150,7 @@ def parse_docstring(doc: Optional[str]) -> tuple[dict[str, str], list[str]]:
     return sections, problems
 
 
-@dataclass(frozen=True)
+@record
 class Plugin:
     """Something that provides checks: usually an entry point, in tests a module built in memory."""
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from doctor.record import record
 from doctor.sources.base import Source, SourceError
 
 
@@ -24,7 +24,7 @@ class FactUnavailable(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@record
 class RunOptions:
     """What the user asked for that facts may depend on."""
 

@@ -9,18 +9,19 @@ where it came from.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, replace
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import definition_root, read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 DEFINITIONS = "/etc/libvirt/qemu"
 STATUS = "/run/libvirt/qemu"
 
 
-@dataclass(frozen=True)
+@record
 class Loader:
     path: Optional[str]
     readonly: Optional[str]
@@ -29,14 +30,14 @@ class Loader:
     format: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class Nvram:
     path: Optional[str]
     template: Optional[str]
     format: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class Disk:
     device: str  # disk, cdrom, floppy, lun
     type: str  # file, block, network, volume, dir
@@ -49,7 +50,7 @@ class Disk:
     address: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class Interface:
     type: str  # network, bridge, direct, ethernet, vhostuser, ...
     mac: Optional[str]
@@ -61,7 +62,7 @@ class Interface:
     address: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class PciDevice:
     """A device in a guest PCI slot, or one that will take a slot when libvirt assigns the
     addresses it lacks (hand-written XML, the test driver)."""
@@ -85,7 +86,7 @@ class PciDevice:
         return f"{self.bus:02x}:{self.slot:02x}.{self.function or 0}"
 
 
-@dataclass(frozen=True)
+@record
 class BootOrder:
     """A per-device `<boot order='N'/>`."""
 
@@ -93,7 +94,7 @@ class BootOrder:
     order: int
 
 
-@dataclass(frozen=True)
+@record
 class Domain:
     name: str
     uuid: Optional[str]
@@ -447,7 +448,7 @@ def parse_domain(xml: str, *, active: bool, persistent: bool, origin: str) -> Do
     )
 
 
-@dataclass(frozen=True)
+@record
 class Domains:
     items: tuple[Domain, ...]
     origin: str  # "libvirt <uri>" or "definition and status files"
@@ -554,7 +555,7 @@ def _from_files(ctx: FactContext) -> Domains:
 # --- capabilities --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Guest:
     os_type: str
     arch: str
@@ -563,7 +564,7 @@ class Guest:
     domain_types: dict[str, Optional[str]]  # kvm/qemu -> its own emulator, if any
 
 
-@dataclass(frozen=True)
+@record
 class Capabilities:
     host_arch: Optional[str]
     guests: tuple[Guest, ...]

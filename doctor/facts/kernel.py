@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 # Files that hold kernel messages when the ring buffer cannot be read (or under --root).
@@ -16,7 +17,7 @@ LOG_TAIL_BYTES = 4 * 1024 * 1024
 _BOOT_MARK = re.compile(r"\bLinux version \d")
 
 
-@dataclass(frozen=True)
+@record
 class KernelLog:
     origin: str  # "dmesg" or the log file the lines came from
     lines: tuple[str, ...]  # the current boot only
@@ -60,7 +61,7 @@ def kernel_log(ctx: FactContext) -> KernelLog:
     raise FactUnavailable("no kernel log could be read (" + "; ".join(tried) + ")")
 
 
-@dataclass(frozen=True)
+@record
 class KernelModules:
     modular: bool  # /proc/modules exists (the kernel loads modules at all)
     loaded: tuple[str, ...]  # listed in /proc/modules

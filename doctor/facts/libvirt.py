@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional, Union
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 ConfValue = Union[str, int, list]
@@ -163,7 +164,7 @@ class _ConfParser:
         return int(self.text[start : self.pos])
 
 
-@dataclass(frozen=True)
+@record
 class QemuConf:
     path: str
     exists: bool
@@ -188,7 +189,7 @@ CONF_FILES = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class ConfFile:
     path: str
     reader: str  # who refuses to start (or to connect) when it does not parse
@@ -196,7 +197,7 @@ class ConfFile:
     unreadable: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class LibvirtConfFiles:
     """libvirt's configuration files on the host, each parsed as libvirt parses it."""
 
@@ -241,7 +242,7 @@ def qemu_conf(ctx: FactContext) -> QemuConf:
         return QemuConf(path, True, {}, error=str(exc))
 
 
-@dataclass(frozen=True)
+@record
 class LibvirtUri:
     uri: Optional[str]  # None: libvirt picks its default
     origin: str  # "--uri", "LIBVIRT_DEFAULT_URI", "uri_default in <libvirt.conf>", "default"
@@ -266,7 +267,7 @@ class LibvirtUri:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class UriParts:
     driver: str  # "qemu", "test", "xen", ...
     transport: Optional[str]  # "tls", "unix", "ssh", "tcp", "libssh", "libssh2", "ext"; None
