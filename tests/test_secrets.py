@@ -173,6 +173,35 @@ def test_every_form_of_a_secret_is_blanked(text: str, kept: str) -> None:
         assert "kdsecretA" not in scrubbed and REDACTED in scrubbed
 
 
+SCRUB_CASES = [
+    'password="kdsecretA" port=5900',
+    "-object secret,id=s0,data=kdsecretA",
+    '{"qom-type":"secret","id":"s0","data":"kdsecretA"}',
+    "data=plain without the word",
+    "-object SECRET,id=s0,data=kdsecretA",
+    "-object \u017fecret,id=s0,data=kdsecretA",  # long s: folds to "s" under IGNORECASE
+    "PASSWD=kdsecretA",
+    "Spice_Passw0rd=kept since it is no password key",
+    "vnc_passWord = 'kdsecretA'\nport = 5900\n",
+    "x" * 200 + " secret " + "y" * 100 + " data=kdsecretA",
+    "no key at all: port=5900 data=1",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", SCRUB_CASES)
+def test_text_without_a_secret_word_is_returned_as_it_is_and_the_rest_scrubbed_alike(
+    text: str,
+) -> None:
+    from doctor.sources.redact import _scrub_settings
+
+    # The quick return for text that holds no "passw" or "secret" never hides a secret:
+    # the result is the full pass's on every case.
+    assert scrub_text(text) == _scrub_settings(text)
+    for line in text.splitlines():
+        assert scrub_text(line) == _scrub_settings(line)
+
+
 def test_a_password_given_as_the_next_argument_is_blanked() -> None:
     assert scrub_argv(["x", "--spice-password", "kdsecretA", "-k"]) == (
         "x",

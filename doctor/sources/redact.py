@@ -89,11 +89,20 @@ _SETTING = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _HINT = re.compile(rb"(?i)passw|secret")
+# Every key _SETTING blanks holds one of these words (a `data=` value only near "secret"), so
+# text without them is returned as it is, without running _SETTING over each of its lines.
+_TEXT_HINT = re.compile(r"(?i)passw|secret")
 _QUOTES = ('"', "'", "&quot;", "&apos;")
 
 
 def scrub_text(text: str) -> tuple[str, list[str]]:
     """`text` with every secret value blanked (the key and its quotes kept), and the keys."""
+    if not _TEXT_HINT.search(text):
+        return text, []
+    return _scrub_settings(text)
+
+
+def _scrub_settings(text: str) -> tuple[str, list[str]]:
     found: list[str] = []
 
     def blank(match: re.Match[str]) -> str:
