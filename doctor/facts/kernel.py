@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import field
+from functools import cached_property
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
@@ -15,6 +16,9 @@ from doctor.sources.base import NotFound, SourceError, Unavailable
 LOG_FILES = ("/var/log/kern.log", "/var/log/dmesg", "/var/log/messages", "/var/log/syslog")
 LOG_TAIL_BYTES = 4 * 1024 * 1024
 _BOOT_MARK = re.compile(r"\bLinux version \d")
+# What makes a pattern's match depend on where a line starts or ends: such a pattern is tried
+# line by line only (KernelLog.search).
+_LINE_BOUND = re.compile(r"[$^]|\\[AZ]|\(\?")
 
 
 @record
@@ -24,7 +28,16 @@ class KernelLog:
     tried: tuple[str, ...] = ()  # what was tried before, and why it did not answer
 
     def search(self, pattern: re.Pattern[str]) -> list[str]:
+        """The lines in which `pattern` is found. Most patterns are in no line of a log of
+        thousands: one search of the whole text tells, unless the pattern looks at where a
+        line starts or ends."""
+        if not _LINE_BOUND.search(pattern.pattern) and not pattern.search(self.text):
+            return []
         return [line for line in self.lines if pattern.search(line)]
+
+    @cached_property
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {"origin": self.origin, "lines": len(self.lines), "tried": list(self.tried)}
