@@ -27,17 +27,39 @@ class KernelLog:
     lines: tuple[str, ...]  # the current boot only
     tried: tuple[str, ...] = ()  # what was tried before, and why it did not answer
 
-    def search(self, pattern: re.Pattern[str]) -> list[str]:
-        """The lines in which `pattern` is found. Most patterns are in no line of a log of
-        thousands: one search of the whole text tells, unless the pattern looks at where a
-        line starts or ends."""
-        if not _LINE_BOUND.search(pattern.pattern) and not pattern.search(self.text):
+    def search(self, pattern: re.Pattern[str], needles: tuple[str, ...] = ()) -> list[str]:
+        """The lines in which `pattern` is found. `needles`: texts of which every match holds
+        one (in any case); a log that holds none of them is not searched at all.
+
+        A log holds thousands of lines and a pattern is in few: the whole text is searched,
+        and a line only tried alone when a match starts in it and runs past its end. A
+        pattern that looks at where a line starts or ends is tried line by line."""
+        if needles and not any(needle.lower() in self.lower for needle in needles):
             return []
-        return [line for line in self.lines if pattern.search(line)]
+        if _LINE_BOUND.search(pattern.pattern):
+            return [line for line in self.lines if pattern.search(line)]
+        text = self.text
+        found: list[str] = []
+        position = 0
+        while True:
+            match = pattern.search(text, position)
+            if match is None:
+                return found
+            start = text.rfind("\n", 0, match.start()) + 1
+            end = text.find("\n", start)
+            end = len(text) if end < 0 else end
+            line = text[start:end]
+            if match.end() <= end or pattern.search(line):
+                found.append(line)
+            position = end + 1
 
     @cached_property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+    @cached_property
+    def lower(self) -> str:
+        return self.text.lower()
 
     def as_dict(self) -> dict[str, Any]:
         return {"origin": self.origin, "lines": len(self.lines), "tried": list(self.tried)}
