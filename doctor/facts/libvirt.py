@@ -17,6 +17,9 @@ _EOL = "\n\r"
 _DIGITS = "0123456789"
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _TO_EOL = re.compile(r"[^\n\r]*")
+# A run of comment lines with the blank space after each (most of a shipped qemu.conf): what
+# the statement loop would skip one comment and one separator at a time.
+_COMMENTS = re.compile(r"#[^\n\r]*(?:[ \t\n\r]*#[^\n\r]*)*[ \t\n\r]*")
 _RUNS: dict[str, re.Pattern[str]] = {}
 
 
@@ -67,10 +70,12 @@ class _ConfParser:
             # Only reached at the start: a separator eats the blanks after a statement. So,
             # as in libvirt, a file of nothing but blank lines is "expecting a name".
             if self.peek() == "#":
-                self.skip_to_eol()
-            else:
-                name, value = self.statement()
-                values.setdefault(name, value)
+                match = _COMMENTS.match(self.text, self.pos)
+                assert match is not None  # it matches any "#"
+                self.pos = match.end()
+                continue
+            name, value = self.statement()
+            values.setdefault(name, value)
             self.separator()
         return values
 
