@@ -198,11 +198,19 @@ def entry_point_plugins() -> list[Plugin]:
             if dist in seen:
                 continue
             seen.add(dist)
+            path = os.path.join(entry or ".", name, "entry_points.txt")
+            try:
+                with open(path, encoding="utf-8") as file:
+                    text = file.read()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if ENTRY_POINT_GROUP not in text:  # most distributions: not parsed at all
+                continue
             parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
             parser.optionxform = str  # type: ignore[assignment,method-assign]
             try:
-                parser.read(os.path.join(entry or ".", name, "entry_points.txt"), encoding="utf-8")
-            except (configparser.Error, UnicodeDecodeError):
+                parser.read_string(text, source=path)
+            except configparser.Error:
                 continue
             if not parser.has_section(ENTRY_POINT_GROUP):
                 continue
