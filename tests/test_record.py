@@ -111,3 +111,10 @@ def test_an_instance_unpickled_before_any_was_made_is_a_full_record() -> None:
     text, equal, made = json.loads(done.stdout)
     assert text.startswith("Finding(status='warn', message='m'")
     assert equal is True and made is True
+
+
+def test_a_record_without_a_docstring_is_documented_by_its_fields() -> None:
+    Base, Child, _ = declare()
+    Child("c")
+    assert Base.__doc__ == "Base(name, size, tags)"
+    assert Child.__doc__ == "Child(name, size, tags, note)"
