@@ -15,6 +15,8 @@ TypeError (kvmdoctor asks only instances, which always are). Type checkers see
 from __future__ import annotations
 
 import dataclasses
+import operator
+import reprlib
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,8 +42,54 @@ def materialize(cls: type) -> type:
                         for n in vars(k).get("__annotations__", {})
                     ]
                     klass.__doc__ = f"{klass.__name__}({', '.join(dict.fromkeys(names))})"
-                dataclasses.dataclass(frozen=True)(klass)
+                _make(klass)
     return cls
+
+
+_OWN = ("__eq__", "__hash__", "__repr__")
+
+
+def _make(cls: type) -> None:
+    """`dataclass(frozen=True)`, with __eq__, __hash__ and __repr__ made from the fields
+    without compiling them (half of what making a dataclass costs); __init__ and the frozen
+    __setattr__ and __delattr__ are dataclass's own."""
+    if any(name in cls.__dict__ for name in _OWN):
+        dataclasses.dataclass(frozen=True)(cls)  # what the class says itself decides
+        return
+    dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
+    fields = dataclasses.fields(cls)
+    compared = operator.attrgetter(*[f.name for f in fields if f.compare] or ["__class__"])
+    hashed = operator.attrgetter(
+        *[f.name for f in fields if (f.compare if f.hash is None else f.hash)] or ["__class__"]
+    )
+    no_compare = not any(f.compare for f in fields)
+    no_hash = not any((f.compare if f.hash is None else f.hash) for f in fields)
+    single_compare = sum(f.compare for f in fields) == 1
+    single_hash = sum(bool(f.compare if f.hash is None else f.hash) for f in fields) == 1
+    shown = [f.name for f in fields if f.repr]
+
+    def __eq__(self: Any, other: Any) -> Any:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        if no_compare:
+            return True
+        if single_compare:
+            return (compared(self),) == (compared(other),)
+        return compared(self) == compared(other)
+
+    def __hash__(self: Any) -> int:
+        if no_hash:
+            return hash(())
+        return hash((hashed(self),) if single_hash else hashed(self))
+
+    @reprlib.recursive_repr()
+    def __repr__(self: Any) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in shown)
+        return f"{self.__class__.__qualname__}({inner})"
+
+    for function in (__eq__, __hash__, __repr__):
+        function.__qualname__ = f"{cls.__qualname__}.{function.__name__}"
+        setattr(cls, function.__name__, function)
 
 
 def _lazy_record(cls: T) -> T:

@@ -118,3 +118,65 @@ def test_a_record_without_a_docstring_is_documented_by_its_fields() -> None:
     Child("c")
     assert Base.__doc__ == "Base(name, size, tags)"
     assert Child.__doc__ == "Child(name, size, tags, note)"
+
+
+def twins() -> list[tuple[type, type, list[tuple[object, ...]]]]:
+    """(record, the same class as a frozen dataclass, argument tuples to make instances)."""
+    nan = float("nan")
+    out = []
+    for body, args in [
+        ("    pass\n", [()]),
+        ("    a: float\n", [(1.0,), (nan,), (2.0,)]),
+        ("    a: int\n    b: str = 'x'\n", [(1,), (1, "y"), (2, "x")]),
+        (
+            "    a: int\n    extra: dict = field(default_factory=dict, compare=False, repr=False)\n",
+            [(1,), (1, {"k": 1}), (3, {})],
+        ),
+        ("    a: int\n    b: tuple = field(default=(), hash=False)\n", [(1,), (1, (2,))]),
+        ("    items: list = field(default_factory=list)\n", [([],), ([1],)]),
+    ]:
+        made = []
+        for decorate in ("record", "dataclasses.dataclass(frozen=True)"):
+            namespace: dict[str, object] = {
+                "record": record,
+                "dataclasses": dataclasses,
+                "field": field,
+            }
+            exec(f"@{decorate}\nclass Twin:\n{body}", namespace)
+            made.append(namespace["Twin"])
+        out.append((made[0], made[1], args))
+    return out
+
+
+def test_records_compare_hash_and_show_as_frozen_dataclasses_do() -> None:
+    for ours, theirs, arguments in twins():
+        mine = [ours(*a) for a in arguments] + [ours(*a) for a in arguments]
+        ref = [theirs(*a) for a in arguments] + [theirs(*a) for a in arguments]
+        for x, rx in zip(mine, ref):
+            assert repr(x) == repr(rx)
+            assert (x == 1) == (rx == 1) and x.__eq__(1) is NotImplemented
+            for y, ry in zip(mine, ref):
+                assert (x == y) == (rx == ry), (x, y)
+                assert (x != y) == (rx != ry)
+            try:
+                expected: object = hash(rx)
+            except TypeError as exc:
+                expected = type(exc)
+            try:
+                got: object = hash(x)
+            except TypeError as exc:
+                got = type(exc)
+            assert got == expected, x
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            mine[0].a = 5  # type: ignore[attr-defined]
+        assert [f.name for f in dataclasses.fields(mine[0])] == [
+            f.name for f in dataclasses.fields(ref[0])
+        ]
+
+
+def test_a_record_that_holds_itself_shows_as_a_dataclass_does() -> None:
+    ours, theirs, _ = twins()[5]
+    x, rx = ours([]), theirs([])
+    x.items.append(x)
+    rx.items.append(rx)
+    assert repr(x) == repr(rx) == "Twin(items=[...])"
