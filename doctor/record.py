@@ -18,7 +18,7 @@ import dataclasses
 import operator
 import reprlib
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 T = TypeVar("T", bound=type)
 _PENDING = "__kvmdoctor_record__"
@@ -58,38 +58,56 @@ def _make(cls: type) -> None:
         return
     dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
     fields = dataclasses.fields(cls)
-    compared = operator.attrgetter(*[f.name for f in fields if f.compare] or ["__class__"])
-    hashed = operator.attrgetter(
-        *[f.name for f in fields if (f.compare if f.hash is None else f.hash)] or ["__class__"]
-    )
-    no_compare = not any(f.compare for f in fields)
-    no_hash = not any((f.compare if f.hash is None else f.hash) for f in fields)
-    single_compare = sum(f.compare for f in fields) == 1
-    single_hash = sum(bool(f.compare if f.hash is None else f.hash) for f in fields) == 1
+    __eq__ = _eq([f.name for f in fields if f.compare])
+    __hash__ = _hash([f.name for f in fields if (f.compare if f.hash is None else f.hash)])
     shown = [f.name for f in fields if f.repr]
-
-    def __eq__(self: Any, other: Any) -> Any:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        if no_compare:
-            return True
-        if single_compare:
-            return (compared(self),) == (compared(other),)
-        return compared(self) == compared(other)
-
-    def __hash__(self: Any) -> int:
-        if no_hash:
-            return hash(())
-        return hash((hashed(self),) if single_hash else hashed(self))
 
     @reprlib.recursive_repr()
     def __repr__(self: Any) -> str:
         inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in shown)
         return f"{self.__class__.__qualname__}({inner})"
 
-    for function in (__eq__, __hash__, __repr__):
-        function.__qualname__ = f"{cls.__qualname__}.{function.__name__}"
-        setattr(cls, function.__name__, function)
+    for name, function in (("__eq__", __eq__), ("__hash__", __hash__), ("__repr__", __repr__)):
+        function.__qualname__ = f"{cls.__qualname__}.{name}"
+        setattr(cls, name, function)
+
+
+def _eq(names: list[str]) -> Callable[[Any, Any], Any]:
+    """A dataclass's __eq__: the same class, and equal tuples of the compared fields."""
+    if len(names) == 1:  # a 1-tuple, not the bare value: (nan,) == (nan,) when it is one object
+        get = operator.attrgetter(names[0])
+
+        def __eq__(self: Any, other: Any) -> Any:
+            if other.__class__ is self.__class__:
+                return (get(self),) == (get(other),)
+            return NotImplemented
+
+    else:
+        several = operator.attrgetter(*names) if names else (lambda item: ())
+
+        def __eq__(self: Any, other: Any) -> Any:
+            if other.__class__ is self.__class__:
+                return several(self) == several(other)
+            return NotImplemented
+
+    return __eq__
+
+
+def _hash(names: list[str]) -> Callable[[Any], int]:
+    """A frozen dataclass's __hash__: the hash of the tuple of its hashed fields."""
+    if len(names) == 1:
+        get = operator.attrgetter(names[0])
+
+        def __hash__(self: Any) -> int:
+            return hash((get(self),))
+
+    else:
+        several = operator.attrgetter(*names) if names else (lambda item: ())
+
+        def __hash__(self: Any) -> int:
+            return hash(several(self))
+
+    return __hash__
 
 
 def _lazy_record(cls: T) -> T:
