@@ -19,11 +19,6 @@ from typing import Any, Optional
 from doctor.engine import IgnoreRule
 from doctor.record import record
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.9/3.10
-    import tomli as tomllib
-
 CONFIG_NAME = "kvmdoctor.toml"
 _KEYS = {"fail_on", "select", "ignore"}
 _IGNORE_KEYS = {"check", "subject", "reason"}
@@ -54,6 +49,11 @@ def load(explicit: Optional[str] = None) -> Config:
     path = find(explicit)
     if path is None:
         return Config()
+    # Imported only when there is a file to read: most runs have none.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.9/3.10
+        import tomli as tomllib
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
