@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from doctor.sources.base import NotFound, Source, SourceError
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 
 def read_text(source: Source, path: str, *, tail: Optional[int] = None) -> str:
@@ -27,6 +29,8 @@ def read_optional(source: Source, path: str) -> Optional[str]:
 def definition_root(xml: str, tag: str, status: str) -> ET.Element:
     """The <tag> element of a libvirt definition, or of the live definition a status file
     (<status>) wraps. ValueError when the document is neither."""
+    import xml.etree.ElementTree as ET  # only the modules that read libvirt's XML need it
+
     root = ET.fromstring(xml)
     if root.tag == status:
         inner = root.find(tag)
