@@ -8,7 +8,7 @@ import posixpath
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
 from doctor.facts.domains import Disk, Domain, Domains, PciDevice
@@ -18,6 +18,7 @@ from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time
 from doctor.facts.sockets import Listeners
 from doctor.facts.tls import HostClock
 from doctor.model import Finding, Location, Status
+from doctor.record import record
 from doctor.registry import check
 
 X86 = ("x86_64", "i686")
@@ -74,14 +75,14 @@ NO_SLOTS = "No more available PCI slots"
 NO_ACPI_HOTPLUG = "Bus 'pci.0' does not support hotplugging"
 
 
-@dataclass(frozen=True)
+@record
 class Slot:
     bus: int  # the index of the PCI controller that provides it
     slot: int
     controller: str  # that controller's model
 
 
-@dataclass(frozen=True)
+@record
 class FreeSlots:
     """Where a device hot-plugged into a running domain can go, as libvirt chooses."""
 
@@ -306,7 +307,7 @@ RECENT = 7 * 86400  # log lines older than this (by the host's clock) are histor
 ATTACH_ERRORS = (NO_SLOTS, NO_ACPI_HOTPLUG)
 
 
-@dataclass(frozen=True)
+@record
 class FailedAttach:
     """A log line saying a hot-plug failed for want of a slot, and how it is tied to a domain."""
 
@@ -760,7 +761,7 @@ WRITE_LOCK = 'Failed to get "write" lock'
 SHARED_WRITE_LOCK = 'Failed to get shared "write" lock'
 
 
-@dataclass(frozen=True)
+@record
 class ImageUse:
     domain: str
     active: bool
@@ -885,7 +886,7 @@ def disk_used_twice(domains: Domains) -> Iterator[Finding]:
 SHOWN = 10  # users named per image in a message and its evidence
 
 
-@dataclass(frozen=True)
+@record
 class Clash:
     """The users of one image that QEMU's locking turns away from each other, grouped once so
     that each domain's finding costs the same however many domains name the image."""
@@ -991,7 +992,7 @@ ADDRESS_IN_USE = "Failed to find an available port: Address already in use"
 DEFAULT_LISTEN = "127.0.0.1"  # qemu.conf vnc_listen and spice_listen
 
 
-@dataclass(frozen=True)
+@record
 class PortClaim:
     domain: str
     active: bool
@@ -1037,7 +1038,7 @@ def port_claims(dom: Domain, conf: Optional[QemuConf]) -> list[PortClaim]:
     return claims
 
 
-@dataclass(frozen=True)
+@record
 class PortUse:
     """Every claim on one port, grouped once: a domain's finding then costs the same however
     many domains (clones of one template, say) name the port."""

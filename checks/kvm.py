@@ -25,6 +25,9 @@ FIRMWARE_DISABLED = re.compile(
 NO_HW_SUPPORT = re.compile(
     r"kvm: no hardware support|VMX not supported by CPU|SVM not supported by CPU", re.IGNORECASE
 )
+# Texts every match of each holds: a kernel log without them is not searched.
+FIRMWARE_DISABLED_NEEDLES = ("by bios",)
+NO_HW_SUPPORT_NEEDLES = ("no hardware support", "not supported by cpu")
 VENDOR_MODULES = {"GenuineIntel": "kvm_intel", "AuthenticAMD": "kvm_amd", "HygonGenuine": "kvm_amd"}
 # Modules that provide /dev/kvm's backend: VT-x, AMD-V, PVM (no hardware extension), POWER.
 BACKENDS = ("kvm_intel", "kvm_amd", "kvm_pvm", "kvm_hv", "kvm_pr")
@@ -55,7 +58,7 @@ DEFAULT_KNOB = (
 
 
 def _firmware_lines(log: Optional[KernelLog]) -> list[str]:
-    return log.search(FIRMWARE_DISABLED) if log is not None else []
+    return log.search(FIRMWARE_DISABLED, FIRMWARE_DISABLED_NEEDLES) if log is not None else []
 
 
 def _firmware_disabled(log: Optional[KernelLog], msr: Optional[FirmwareControl]) -> bool:
@@ -456,7 +459,11 @@ def kvm_module_not_loaded(
     backends = {m: modules.state(m) for m in BACKENDS if modules.has(m)}
     expected = VENDOR_MODULES.get(cpu.vendor or "") if cpu else None
     nested = {m: p["nested"] for m, p in modules.parameters.items() if "nested" in p}
-    refusals = kernel_log.search(NO_HW_SUPPORT) + _firmware_lines(kernel_log) if kernel_log else []
+    refusals = (
+        kernel_log.search(NO_HW_SUPPORT, NO_HW_SUPPORT_NEEDLES) + _firmware_lines(kernel_log)
+        if kernel_log
+        else []
+    )
     evidence: dict[str, object] = {
         "kvm": modules.state("kvm"),
         "backends": backends,

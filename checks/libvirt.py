@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Optional
 
 from doctor.facts.accounts import Accounts, Principals, access
@@ -21,6 +21,7 @@ from doctor.facts.fleet import COMPONENTS, Fleet
 from doctor.facts.hostpaths import DiskPaths, Emulators, FirewallTools, PathState, stat_of
 from doctor.facts.libvirt import LibvirtConfFiles, LibvirtUri, QemuConf
 from doctor.model import Finding
+from doctor.record import record
 from doctor.registry import check
 
 PACKAGES = {
@@ -266,7 +267,7 @@ def _left_behind_message(
     )
 
 
-@dataclass(frozen=True)
+@record
 class StaleSocket:
     """A modular daemon's socket file that nothing serves, on a monolithic host."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
 from doctor.facts.domains import Domain, Domains, Interface
@@ -13,6 +13,7 @@ from doctor.facts.links import Link, Links
 from doctor.facts.netfilter import Firewall, Sysctls, Verdict
 from doctor.facts.networks import Network, Networks
 from doctor.model import SEVERITY, Finding, Location, Status, worst
+from doctor.record import record
 from doctor.registry import check
 
 # What libvirt 9.0 says when it starts a domain whose bridge is wrong (virsh start).
@@ -30,7 +31,7 @@ STP_DELAY_OK = 2.0
 # --- how guests attach ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class GuestNic:
     """One guest interface and what it attaches to, resolved through its network."""
 

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Optional
 
 from doctor.engine import IgnoreRule
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.9/3.10
-    import tomli as tomllib
+from doctor.record import record
 
 CONFIG_NAME = "kvmdoctor.toml"
 _KEYS = {"fail_on", "select", "ignore"}
@@ -32,7 +28,7 @@ class ConfigError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     path: Optional[str] = None
     fail_on: Optional[str] = None
@@ -53,6 +49,11 @@ def load(explicit: Optional[str] = None) -> Config:
     path = find(explicit)
     if path is None:
         return Config()
+    # Imported only when there is a file to read: most runs have none.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.9/3.10
+        import tomli as tomllib
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)

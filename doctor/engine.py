@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, RunOptions
 from doctor.model import Finding, Ignore, Status, worst
+from doctor.record import record
 from doctor.registry import ON_REQUEST_TAGS, CheckSpec, LoadError, Registry
 from doctor.sources.base import Source
 
@@ -19,7 +20,7 @@ class SelectionError(ValueError):
     """A --select/--ignore token or config entry that matches no check."""
 
 
-@dataclass(frozen=True)
+@record
 class IgnoreRule:
     token: str  # a code, a code prefix or a check name
     reason: str
@@ -27,7 +28,7 @@ class IgnoreRule:
     subject: Optional[str] = None  # only findings about this subject
 
 
-@dataclass(frozen=True)
+@record
 class CheckRun:
     spec: CheckSpec
     status: Status

@@ -13,7 +13,7 @@ the file each came from; `run.source` is {"kind": "fleet", ...}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Optional
 
 from doctor import __version__
@@ -21,6 +21,7 @@ from doctor.engine import run_check
 from doctor.facts import FactContext, RunOptions
 from doctor.facts.fleet import Fleet, FleetHost, Guest, host_subject
 from doctor.model import SEVERITY, STATUSES, Finding, worst
+from doctor.record import record
 from doctor.report import FAIL_ON_LEVELS, SCHEMA_VERSION
 from doctor.sources.base import Unavailable
 
@@ -33,7 +34,7 @@ class FleetError(ValueError):
     """Reports that cannot be merged (the CLI turns it into a usage error, exit 2)."""
 
 
-@dataclass(frozen=True)
+@record
 class HostReport:
     name: str
     file: str

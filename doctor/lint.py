@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Optional, Union
 
 from doctor.engine import CheckRun, IgnoreRule, RunResult
@@ -20,6 +20,7 @@ from doctor.facts import RunOptions
 from doctor.facts.domains import Domain, Domains, parse_domain
 from doctor.facts.networks import Network, Networks, parse_network
 from doctor.model import Finding, Location
+from doctor.record import record
 from doctor.registry import DEFINITION_TAG, DOMAIN_TAG, ON_REQUEST_TAGS, Registry
 from doctor.sources.base import Source, SourceError
 
@@ -41,7 +42,7 @@ class LintInputError(ValueError):
         self.problems = list(problems)
 
 
-@dataclass(frozen=True)
+@record
 class Definitions:
     """What the files hold, in the order given (directories: their .xml files by name)."""
 

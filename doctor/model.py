@@ -7,8 +7,10 @@ the ignore that applies. Every other representation (JSON, text) is a view of th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal, Optional
+
+from doctor.record import record
 
 Status = Literal["pass", "info", "warn", "fail", "skip", "error"]
 STATUSES: tuple[Status, ...] = ("pass", "info", "warn", "fail", "skip", "error")
@@ -24,7 +26,7 @@ def worst(statuses: list[Status]) -> Status:
     return max(statuses, key=SEVERITY.__getitem__, default="skip")
 
 
-@dataclass(frozen=True)
+@record
 class Ignore:
     """Why a finding does not count against the gate, and who said so."""
 
@@ -32,7 +34,7 @@ class Ignore:
     by: str  # "config:<path>" or "command line"
 
 
-@dataclass(frozen=True)
+@record
 class Location:
     """Where in a definition a finding points: the element's path (/domain/devices/disk[2]);
     `kvmdoctor lint` adds the file and the line the element starts on."""
@@ -50,7 +52,7 @@ class Location:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class Finding:
     """One statement a check makes about one subject (`host`, `user:alice`, `domain:web1`)."""
 

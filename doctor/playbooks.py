@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from doctor.model import Finding
+from doctor.record import record
 
 SAFETY = ("safe", "disruptive", "needs-reboot", "needs-relogin")
 PROBLEM_STATUSES = ("warn", "fail")
@@ -41,7 +42,7 @@ class PlaybookInvalid(ValueError):
 # --- the model ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Matcher:
     """One test on an evidence value (docs/playbook.schema.json `matcher`)."""
 
@@ -65,7 +66,7 @@ class Matcher:
         return isinstance(value, str) and str(self.operand) in value
 
 
-@dataclass(frozen=True)
+@record
 class Condition:
     """Findings of one check with given statuses, evidence, subject and message."""
 
@@ -94,7 +95,7 @@ class Condition:
         return True
 
 
-@dataclass(frozen=True)
+@record
 class Action:
     """One fix step as written in the playbook (placeholders not filled yet)."""
 
@@ -103,7 +104,7 @@ class Action:
     params: Mapping[str, Any]  # every key but `action` and `safety`, `text` included
 
 
-@dataclass(frozen=True)
+@record
 class Playbook:
     id: str
     title: str
@@ -144,7 +145,7 @@ class Playbook:
         }
 
 
-@dataclass(frozen=True)
+@record
 class PlaybookError:
     file: str
     message: str
@@ -153,7 +154,7 @@ class PlaybookError:
         return f"{self.file}: {self.message}"
 
 
-@dataclass(frozen=True)
+@record
 class TextMatch:
     """A signature of `playbook` found in a line of pasted text or a log."""
 
@@ -658,7 +659,7 @@ _STOP = frozenset(
 _REGEX_SYNTAX = re.compile(r"\(\?P<\w+>|\(\?[:!=<]+|\\[dDsSwWbB]|\[[^\]]*\]|[?*+]")
 
 
-@dataclass(frozen=True)
+@record
 class Nearness:
     """A playbook close to a text no signature matched: a guess, never a diagnosis."""
 

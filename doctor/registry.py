@@ -14,14 +14,29 @@ import os
 import re
 import sys
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from doctor.facts import fact_names
 from doctor.model import Finding
+from doctor.record import record
 
 ENTRY_POINT_GROUP = "kvmdoctor.checks"
 BUILTIN_AREAS = ("kvm", "libvirt", "tls", "firmware", "network", "logs", "domain", "probe")
+# The code prefix of each built-in check module, so that a selection (`--select KVM`) imports
+# only the modules whose checks it can match, and with them only the facts those checks need.
+# tests/test_registry.py keeps it in sync with the codes the modules declare.
+BUILTIN_PREFIXES = {
+    "checks.kvm": ("KVM",),
+    "checks.libvirt": ("LIB",),
+    "checks.tls": ("TLS",),
+    "checks.firmware": ("FW",),
+    "checks.network": ("NET",),
+    "checks.logs": ("LOG",),
+    "checks.domain": ("DOM",),
+    "checks.probe": ("PRB",),
+}
 CODE_RE = re.compile(r"^[A-Z]{2,4}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 SECTIONS = ("What it checks", "Why it matters", "How to fix", "References")
@@ -57,7 +72,7 @@ _ATTR = "__kvmdoctor_check__"
 CheckFunc = Callable[..., Iterable[Finding]]
 
 
-@dataclass(frozen=True)
+@record
 class Declaration:
     code: str
     name: str
@@ -84,7 +99,7 @@ def check(
     return attach
 
 
-@dataclass(frozen=True)
+@record
 class CheckSpec:
     code: str
     name: str
@@ -112,7 +127,7 @@ class CheckSpec:
         }
 
 
-@dataclass(frozen=True)
+@record
 class LoadError:
     origin: str
     check: Optional[str]  # the check's code or function name, when one is to blame
@@ -130,6 +145,8 @@ class LoadError:
 class Registry:
     checks: dict[str, CheckSpec] = field(default_factory=dict)
     errors: list[LoadError] = field(default_factory=list)
+    # The tokens the registry was loaded for (see load_registry); empty: every plugin loaded.
+    wanted: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[CheckSpec]:
         return iter(sorted(self.checks.values(), key=lambda c: c.code))
@@ -156,12 +173,28 @@ def parse_docstring(doc: Optional[str]) -> tuple[dict[str, str], list[str]]:
     return sections, problems
 
 
-@dataclass(frozen=True)
+@record
 class Plugin:
     """Something that provides checks: usually an entry point, in tests a module built in memory."""
 
     origin: str
     load: Callable[[], Any]
+    # The code prefixes of its checks, when known without loading it (the built-in modules);
+    # None: it may hold any code, and is always loaded.
+    prefixes: Optional[tuple[str, ...]] = None
+
+    def may_match(self, tokens: Iterable[str]) -> bool:
+        """Whether a check of this plugin could match one of the selection tokens (codes, code
+        prefixes or names; a name can be any check's, so it matches every plugin)."""
+        if self.prefixes is None:
+            return True
+        for token in tokens:
+            token = token.strip().upper()
+            if "-" in token or not token:
+                return True
+            if any(p.startswith(token) or token.startswith(p) for p in self.prefixes):
+                return True
+        return False
 
 
 def entry_point_plugins() -> list[Plugin]:
@@ -188,18 +221,30 @@ def entry_point_plugins() -> list[Plugin]:
             if dist in seen:
                 continue
             seen.add(dist)
+            path = os.path.join(entry or ".", name, "entry_points.txt")
+            try:
+                with open(path, encoding="utf-8") as file:
+                    text = file.read()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if ENTRY_POINT_GROUP not in text:  # most distributions: not parsed at all
+                continue
             parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
             parser.optionxform = str  # type: ignore[assignment,method-assign]
             try:
-                parser.read(os.path.join(entry or ".", name, "entry_points.txt"), encoding="utf-8")
-            except (configparser.Error, UnicodeDecodeError):
+                parser.read_string(text, source=path)
+            except configparser.Error:
                 continue
             if not parser.has_section(ENTRY_POINT_GROUP):
                 continue
             for ep_name, value in parser.items(ENTRY_POINT_GROUP):
                 value = value.strip()
                 plugins.append(
-                    Plugin(f"{dist} (entry point {ep_name} = {value})", _importer(value))
+                    Plugin(
+                        f"{dist} (entry point {ep_name} = {value})",
+                        _importer(value),
+                        BUILTIN_PREFIXES.get(value) if dist == "kvmdoctor" else None,
+                    )
                 )
     return plugins
 
@@ -217,7 +262,12 @@ def module_plugin(module: types.ModuleType, origin: Optional[str] = None) -> Plu
 def builtin_plugins() -> list[Plugin]:
     """The built-in checks, for when kvmdoctor runs from a source tree without being installed."""
     return [
-        Plugin(f"kvmdoctor (checks.{area})", _importer(f"checks.{area}")) for area in BUILTIN_AREAS
+        Plugin(
+            f"kvmdoctor (checks.{area})",
+            _importer(f"checks.{area}"),
+            BUILTIN_PREFIXES[f"checks.{area}"],
+        )
+        for area in BUILTIN_AREAS
     ]
 
 
@@ -235,17 +285,21 @@ def _importer(target: str) -> Callable[[], Any]:
 
 
 def load_registry(
-    plugins: Optional[Iterable[Plugin]] = None, known_facts: Optional[Iterable[str]] = None
+    plugins: Optional[Iterable[Plugin]] = None,
+    known_facts: Optional[Iterable[str]] = None,
+    wanted: Sequence[str] = (),
 ) -> Registry:
+    """The checks of every plugin; with `wanted` (selection tokens: codes, code prefixes,
+    names), only of the plugins that may hold a check matching one of them, so that a
+    selection imports neither the other check modules nor their facts and libraries. Plugins
+    of unknown codes (third-party ones) always load."""
     if plugins is None:
         plugins = entry_point_plugins() or builtin_plugins()
-    if known_facts is None:
-        from doctor.facts import providers
-
-        known_facts = providers()
-    facts = set(known_facts)
-    registry = Registry()
+    given = set(known_facts) if known_facts is not None else None
+    registry = Registry(wanted=tuple(wanted))
     for plugin in plugins:
+        if wanted and not plugin.may_match(wanted):
+            continue
         try:
             loaded = plugin.load()
         except Exception as exc:  # a broken plugin must not stop the others
@@ -253,6 +307,8 @@ def load_registry(
                 LoadError(plugin.origin, None, f"cannot be loaded: {type(exc).__name__}: {exc}")
             )
             continue
+        # Facts by name; a plugin may register its own when it loads.
+        facts = given if given is not None else fact_names()
         for func in _declared(loaded):
             spec, problems = _validate(func, plugin.origin, facts)
             label = getattr(func, _ATTR).code or func.__name__

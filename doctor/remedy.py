@@ -15,9 +15,9 @@ import re
 import shlex
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional
 
+from doctor.record import record
 from doctor.rules import FixStep
 from doctor.textsafe import has_controls, lines, one_line
 
@@ -33,7 +33,7 @@ INSTALLERS = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class PlanItem:
     """One diagnosis and its fix steps."""
 

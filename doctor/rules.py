@@ -38,6 +38,7 @@ from doctor.playbooks import (
     lookup,
     subject_values,
 )
+from doctor.record import record
 from doctor.registry import LoadError
 
 # Actions kvmdoctor can carry out itself (`kvmdoctor fix --apply`, when also `safe`).
@@ -46,7 +47,7 @@ AUTOMATABLE = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@record
 class FixStep:
     """One action of a diagnosis's fix with its placeholders filled."""
 
@@ -83,7 +84,7 @@ class FixStep:
         )
 
 
-@dataclass(frozen=True)
+@record
 class Diagnosis:
     playbook: Playbook
     subject: str
@@ -364,7 +365,7 @@ def diagnose(findings: Sequence[Finding], book: Playbooks) -> tuple[list[Diagnos
     return _fold(built), marked
 
 
-@dataclass(frozen=True)
+@record
 class _Built:
     """An accepted diagnosis with the findings it rests on or explains (`cover`, by index)
     and those of them another diagnosis must cover to make it a consequence (`own`: its

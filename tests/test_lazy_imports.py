@@ -1,6 +1,7 @@
 """What a command loads: `--help` none of the heavy libraries, and `run --select KVM` on this
-host neither libvirt nor pyroute2 nor scapy (their checks are not selected). Each command runs
-in a fresh interpreter, and the modules it loaded are read from sys.modules at its exit."""
+host neither libvirt nor pyroute2 nor scapy (their checks are not selected), nor the other
+areas' check and fact modules. Each command runs in a fresh interpreter, and the modules it
+loaded are read from sys.modules at its exit."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from kdtest import ROOT
+from kdtest import HOST_SNAPSHOT, ROOT
 
 HEAVY = ("libvirt", "pyroute2", "scapy", "psutil", "cryptography", "rich")
 PROBE = """
@@ -23,11 +24,16 @@ try:
 except SystemExit:
     pass
 HEAVY = heavy.split(",")
-sys.stderr.write("\\nKDMODULES " + json.dumps(sorted(m for m in HEAVY if m in sys.modules)) + "\\n")
+ours = [m for m in sys.modules if m.startswith(("checks.", "doctor.facts."))]
+sys.stderr.write("\\nKDMODULES " + json.dumps(sorted(m for m in HEAVY if m in sys.modules)))
+sys.stderr.write("\\nKDOURS " + json.dumps(sorted(ours)) + "\\n")
 """
+# The fact modules the KVM checks read (doctor.facts.util is a helper, not a fact).
+KVM_FACTS = {"accounts", "cpu", "host", "kernel", "kvm", "libvirt", "util"}
 
 
-def loaded(*args: str) -> list[str]:
+def modules(*args: str) -> tuple[list[str], list[str]]:
+    """The heavy libraries and kvmdoctor's check and fact modules that the command loaded."""
     done = subprocess.run(
         [sys.executable, "-c", PROBE, ",".join(HEAVY), *args],
         capture_output=True,
@@ -35,8 +41,13 @@ def loaded(*args: str) -> list[str]:
         cwd=ROOT,
         timeout=120,
     )
-    line = done.stderr.rsplit("KDMODULES ", 1)[1]
-    return list(json.loads(line))
+    heavy = done.stderr.rsplit("KDMODULES ", 1)[1].splitlines()[0]
+    ours = done.stderr.rsplit("KDOURS ", 1)[1].splitlines()[0]
+    return list(json.loads(heavy)), list(json.loads(ours))
+
+
+def loaded(*args: str) -> list[str]:
+    return modules(*args)[0]
 
 
 def test_help_loads_no_heavy_library() -> None:
@@ -45,7 +56,31 @@ def test_help_loads_no_heavy_library() -> None:
     assert loaded("probe", "--help") == []
 
 
+def test_a_selection_loads_only_its_checks_and_their_facts() -> None:
+    heavy, ours = modules("run", "--select", "KVM", "--snapshot", str(HOST_SNAPSHOT), "-f", "json")
+    assert [m for m in ours if m.startswith("checks.")] == ["checks.kvm"]
+    facts = {m.split(".")[-1] for m in ours if m.startswith("doctor.facts.")}
+    assert facts == KVM_FACTS
+    assert not {"libvirt", "pyroute2", "scapy", "cryptography"} & set(heavy), heavy
+
+
+def test_a_run_without_selection_loads_every_area() -> None:
+    _, ours = modules("run", "--snapshot", str(HOST_SNAPSHOT), "-f", "json")
+    areas = {m.split(".")[-1] for m in ours if m.startswith("checks.")}
+    assert {"kvm", "libvirt", "tls", "firmware", "network", "logs", "domain"} <= areas
+    assert {"doctor.facts.links", "doctor.facts.domains", "doctor.facts.tls"} <= set(ours)
+
+
 @pytest.mark.integration
 def test_run_select_kvm_on_this_host_loads_neither_libvirt_nor_netlink_nor_scapy() -> None:
-    modules = loaded("run", "--select", "KVM", "-f", "json")
-    assert not {"libvirt", "pyroute2", "scapy"} & set(modules), modules
+    heavy, ours = modules("run", "--select", "KVM", "-f", "json")
+    assert not {"libvirt", "pyroute2", "scapy"} & set(heavy), heavy
+    assert [m for m in ours if m.startswith("checks.")] == ["checks.kvm"]
+    assert {m.split(".")[-1] for m in ours if m.startswith("doctor.facts.")} == KVM_FACTS
+
+
+@pytest.mark.integration
+def test_a_full_run_on_this_host_loads_libvirt_and_netlink() -> None:
+    # The counterpart of the test above: the libraries are there to load when checks need them.
+    heavy, _ = modules("run", "-f", "json")
+    assert {"libvirt", "pyroute2", "psutil"} <= set(heavy), heavy

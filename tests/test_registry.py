@@ -11,7 +11,15 @@ import pytest
 
 from doctor import engine
 from doctor.model import Finding
-from doctor.registry import Plugin, check, load_registry, module_plugin, parse_docstring
+from doctor.registry import (
+    BUILTIN_AREAS,
+    BUILTIN_PREFIXES,
+    Plugin,
+    check,
+    load_registry,
+    module_plugin,
+    parse_docstring,
+)
 from doctor.sources.snapshot import SnapshotSource
 
 DOC = """What it checks: something.
@@ -128,6 +136,90 @@ def test_the_installed_entry_point_provides_the_builtin_checks() -> None:
     assert reg.errors == []
     assert {f"KVM00{i}" for i in range(1, 9)} <= set(reg.checks)
     assert reg.checks["KVM001"].origin.startswith("kvmdoctor (entry point")
+
+
+def test_the_prefix_index_names_every_builtin_module_and_the_codes_its_checks_declare() -> None:
+    import importlib
+
+    assert set(BUILTIN_PREFIXES) == {f"checks.{area}" for area in BUILTIN_AREAS}
+    for module_name, prefixes in BUILTIN_PREFIXES.items():
+        reg = load_registry([module_plugin(importlib.import_module(module_name))])
+        assert reg.errors == []
+        codes = {spec.code for spec in reg}
+        assert codes, module_name
+        assert {code.rstrip("0123456789") for code in codes} == set(prefixes), module_name
+    # No prefix is another's beginning: a selection token finds one area.
+    every = [p for prefixes in BUILTIN_PREFIXES.values() for p in prefixes]
+    assert not [(a, b) for a in every for b in every if a != b and b.startswith(a)]
+
+
+def test_the_installed_entry_points_are_the_indexed_modules() -> None:
+    from doctor.registry import entry_point_plugins
+
+    ours = [p for p in entry_point_plugins() if p.origin.startswith("kvmdoctor ")]
+    assert len(ours) == len(BUILTIN_PREFIXES)
+    assert all(p.prefixes is not None for p in ours), [p.origin for p in ours]
+
+
+def counted(name: str, prefixes: Any, *funcs: Any) -> tuple[Plugin, list[str]]:
+    """A plugin that records whether it was loaded."""
+    loads: list[str] = []
+    inner = plugin(name, *funcs)
+
+    def load() -> Any:
+        loads.append(name)
+        return inner.load()
+
+    return Plugin(inner.origin, load, prefixes), loads
+
+
+@pytest.mark.parametrize(
+    ("wanted", "loaded"),
+    [
+        ((), {"zzz", "yyy", "third"}),
+        (("ZZZ",), {"zzz", "third"}),
+        (("zzz001",), {"zzz", "third"}),
+        (("Z",), {"zzz", "third"}),
+        (("YYY", "ZZZ002"), {"zzz", "yyy", "third"}),
+        # A check's name could be any plugin's: everything loads.
+        (("yyy-second",), {"zzz", "yyy", "third"}),
+    ],
+)
+def test_a_selection_loads_only_the_plugins_whose_codes_it_can_match(
+    wanted: tuple[str, ...], loaded: set[str]
+) -> None:
+    zzz, zzz_loads = counted("zzz", ("ZZZ",), make("ZZZ001", "zzz-first"), make("ZZZ002", "zzz-b"))
+    yyy, yyy_loads = counted("yyy", ("YYY",), make("YYY001", "yyy-second"))
+    # A third-party plugin declares no prefixes: it loads whatever the selection.
+    third, third_loads = counted("third", None, make("XXX001", "xxx-third"))
+    reg = load_registry([zzz, yyy, third], wanted=wanted)
+    assert set(zzz_loads + yyy_loads + third_loads) == loaded
+    assert reg.errors == []
+    assert reg.wanted == wanted
+    selected = engine.select(reg, wanted)
+    full = engine.select(load_registry([zzz, yyy, third]), wanted)
+    assert [s.code for s in selected] == [s.code for s in full]
+
+
+def test_a_selection_of_the_builtin_checks_imports_only_their_module() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from kdtest import ROOT
+
+    probe = (
+        "import json, sys; from doctor.registry import load_registry; "
+        "reg = load_registry(wanted=['KVM0']); "
+        "print(json.dumps([[s.code for s in reg], sorted(m for m in sys.modules "
+        "if m.startswith('checks.'))]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    codes, modules = json.loads(done.stdout)
+    assert codes == [f"KVM00{i}" for i in range(1, 9)]
+    assert modules == ["checks.kvm"]
 
 
 def test_docstring_sections_may_span_lines_in_an_indented_docstring() -> None:

@@ -22,7 +22,7 @@ from doctor.sources.redact import REDACTED, ScrubbedSource, scrub_argv, scrub_te
 from doctor.sources.snapshot import RecordingSource
 
 from kdnet import set_command
-from kdtest import kvmdoctor, write_tree
+from kdtest import REALDATA, kvmdoctor, write_tree
 
 SECRETS = [f"kdsecret{letter}" for letter in "ABCDEFGHIJ"]
 
@@ -171,6 +171,74 @@ def test_every_form_of_a_secret_is_blanked(text: str, kept: str) -> None:
         assert scrubbed == text
     else:
         assert "kdsecretA" not in scrubbed and REDACTED in scrubbed
+
+
+SCRUB_CASES = [
+    'password="kdsecretA" port=5900',
+    "-object secret,id=s0,data=kdsecretA",
+    '{"qom-type":"secret","id":"s0","data":"kdsecretA"}',
+    "data=plain without the word",
+    "-object SECRET,id=s0,data=kdsecretA",
+    "-object \u017fecret,id=s0,data=kdsecretA",  # long s: folds to "s" under IGNORECASE
+    "PASSWD=kdsecretA",
+    "Spice_Passw0rd=kept since it is no password key",
+    "vnc_passWord = 'kdsecretA'\nport = 5900\n",
+    "x" * 200 + " secret " + "y" * 100 + " data=kdsecretA",
+    "no key at all: port=5900 data=1",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", SCRUB_CASES)
+def test_text_without_a_secret_word_is_returned_as_it_is_and_the_rest_scrubbed_alike(
+    text: str,
+) -> None:
+    from doctor.sources.redact import _scrub_settings
+
+    # The quick return for text that holds no "passw" or "secret" never hides a secret:
+    # the result is the full pass's on every case.
+    assert scrub_text(text) == _scrub_settings(text, whole=True)
+    for line in text.splitlines():
+        assert scrub_text(line) == _scrub_settings(line, whole=True)
+
+
+MULTILINE_SECRETS = [
+    "password\n\n   = 'kdhiddenA'",
+    'passwd:\n  "kdhiddenA"',
+    "x passwd=1 y password\n=\n'kdhiddenA'",
+    "-object secret,id=s0,\ndata=kdhiddenA",
+    '{"qom-type": "secret",\n "data": "kdhiddenA"}',
+    "PA\u017f\u017fWORD=kdhiddenA",
+    "\u212aey \u017fecret_value=kdhiddenA",
+    'vnc_password = "kd\\"secretA" tail',
+    "data=plain with no secret near",
+    "\tspice_password='kdhiddenA',port=1",
+]
+
+
+def test_a_long_text_is_scrubbed_as_a_whole_pass_scrubs_it() -> None:
+    from doctor.sources.redact import _scrub_settings
+
+    # A long text is tried only where a key can start; the result must be the whole pass's:
+    # secrets whose separator and value run over lines, unicode that IGNORECASE folds to a key
+    # word, data= near a secret object on the line before, real logs.
+    filler = [
+        f"2026-01-01 00:00:{i % 60:02d}.000+0000: 812: info : line {i} data flow" for i in range(40)
+    ]
+    lines: list[str] = []
+    for i, secret in enumerate(MULTILINE_SECRETS * 3):
+        lines += filler[: 5 + i % 7] + [secret] + [""] * (i % 3)
+    texts = ["\n".join(lines)]
+    for path in sorted(REALDATA.rglob("*")):
+        if path.is_file() and path.stat().st_size > 4096:
+            texts.append(path.read_text(errors="surrogateescape"))
+    assert len(texts) > 1
+    for text in texts:
+        assert len(text) > 4096
+        assert _scrub_settings(text) == _scrub_settings(text, whole=True)
+    scrubbed, keys = _scrub_settings(texts[0])
+    assert scrubbed.count(REDACTED) >= 3 * 8
+    assert {"password", "passwd", "data"} <= {k.lower() for k in keys}
 
 
 def test_a_password_given_as_the_next_argument_is_blanked() -> None:

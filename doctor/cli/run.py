@@ -146,7 +146,10 @@ def execute(
     from doctor.registry import load_registry
     from doctor.report import build
 
-    registry = load_registry()
+    # A selection loads only the check modules (and so the facts and libraries) it can match;
+    # the ignores are validated against the checks, so their modules load too.
+    wanted = [*selected, *(rule.token for rule in ignores)] if selected else []
+    registry = load_registry(wanted=wanted)
     for error in registry.errors:
         sys.stderr.write(f"kvmdoctor: plugin error: {error}\n")
     book = playbooks.shipped()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from doctor.record import record
 from doctor.sources.base import Source, SourceError
 
 
@@ -24,7 +24,7 @@ class FactUnavailable(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@record
 class RunOptions:
     """What the user asked for that facts may depend on."""
 
@@ -39,26 +39,45 @@ class RunOptions:
 
 Provider = Callable[["FactContext"], Any]
 _PROVIDERS: dict[str, Provider] = {}
-_MODULES = (
-    "host",
-    "cpu",
-    "kernel",
-    "kvm",
-    "accounts",
-    "libvirt",
-    "daemons",
-    "domains",
-    "sockets",
-    "hostpaths",
-    "tls",
-    "firmware",
-    "links",
-    "netfilter",
-    "networks",
-    "logs",
-    "probe",
-    "fleet",
-)
+# Which module of doctor/facts/ provides each built-in fact, so that a run imports only the
+# modules of the facts its checks ask for (`kvmdoctor run --select KVM` loads neither the
+# network nor the libvirt facts). tests/facts/test_fact_context.py keeps it in sync.
+FACT_MODULES = {
+    "host": "host",
+    "virt": "host",
+    "cpu": "cpu",
+    "kernel_log": "kernel",
+    "modules": "kernel",
+    "kvm": "kvm",
+    "net_devices": "kvm",
+    "firmware_control": "kvm",
+    "accounts": "accounts",
+    "principals": "accounts",
+    "libvirt_conf_files": "libvirt",
+    "qemu_conf": "libvirt",
+    "uri": "libvirt",
+    "libvirt_daemons": "daemons",
+    "libvirt_socket": "daemons",
+    "libvirt_conn": "daemons",
+    "domains": "domains",
+    "capabilities": "domains",
+    "tcp_listeners": "sockets",
+    "emulators": "hostpaths",
+    "firewall_tools": "hostpaths",
+    "disk_paths": "hostpaths",
+    "tls": "tls",
+    "host_names": "tls",
+    "host_clock": "tls",
+    "firmware": "firmware",
+    "domain_firmware": "firmware",
+    "links": "links",
+    "sysctl": "netfilter",
+    "firewall": "netfilter",
+    "networks": "networks",
+    "libvirt_logs": "logs",
+    "probe": "probe",
+    "fleet": "fleet",
+}
 _loaded = False
 
 
@@ -72,11 +91,25 @@ def fact(name: str) -> Callable[[Provider], Provider]:
     return register
 
 
+def fact_names() -> set[str]:
+    """The name of every known fact, without importing the modules that provide them."""
+    return set(FACT_MODULES) | set(_PROVIDERS)
+
+
+def provider(name: str) -> Optional[Provider]:
+    """The provider of a fact, importing its module on first use; None for an unknown name."""
+    found = _PROVIDERS.get(name)
+    if found is None and name in FACT_MODULES:
+        importlib.import_module(f"doctor.facts.{FACT_MODULES[name]}")
+        found = _PROVIDERS.get(name)
+    return found
+
+
 def providers() -> dict[str, Provider]:
-    """Every known fact, by name (importing the built-in fact modules on first use)."""
+    """Every known fact, by name (importing every built-in fact module on first use)."""
     global _loaded
     if not _loaded:
-        for module in _MODULES:
+        for module in sorted(set(FACT_MODULES.values())):
             importlib.import_module(f"doctor.facts.{module}")
         _loaded = True
     return _PROVIDERS
@@ -98,19 +131,18 @@ class FactContext:
         self._values: dict[str, Any] = dict(given or {})
         self._missing: dict[str, FactUnavailable] = {}
         self.durations: dict[str, float] = {}
-        self._providers = providers()
 
     def get(self, name: str) -> Any:
         if name in self._values:
             return self._values[name]
         if name in self._missing:
             raise self._missing[name]
-        provider = self._providers.get(name)
-        if provider is None:
+        compute = provider(name)
+        if compute is None:
             raise FactUnavailable(f"no fact named {name!r}")
         started = time.perf_counter()
         try:
-            value = provider(self)
+            value = compute(self)
         except FactUnavailable as exc:
             self._missing[name] = exc
             raise

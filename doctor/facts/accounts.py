@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import stat as stat_mod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import SourceError, StatInfo
 
 
-@dataclass(frozen=True)
+@record
 class User:
     name: str
     uid: int
     gid: int
 
 
-@dataclass(frozen=True)
+@record
 class Group:
     name: str
     gid: int
     members: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class Accounts:
     """/etc/passwd and /etc/group of the host (or of the tree under --root)."""
 
@@ -105,7 +106,7 @@ def has_extended_acl(st: StatInfo) -> bool:
     return any(e.qualifier is not None or e.tag == "mask" for e in st.acl)
 
 
-@dataclass(frozen=True)
+@record
 class Access:
     read: bool  # open(O_RDONLY) is allowed
     write: bool  # open(O_WRONLY) is allowed
@@ -200,7 +201,7 @@ def _is_qemu(name: str, exe: str) -> bool:
     return name.startswith("qemu-system") or name == "qemu-kvm" or exe.endswith("/qemu-kvm")
 
 
-@dataclass(frozen=True)
+@record
 class Principal:
     """Someone who must be able to open /dev/kvm read-write."""
 
@@ -227,7 +228,7 @@ class Principal:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class Principals:
     items: tuple[Principal, ...]
     notes: tuple[str, ...]  # principals that could not be determined, and why

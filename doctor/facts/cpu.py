@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import SourceError
 
 _VIRT_FLAGS = {"vmx": "VT-x", "svm": "AMD-V"}
@@ -17,7 +18,7 @@ _PROCESSOR_LINE = re.compile(r"^processor\s*(?::\s*\d+\s*$|\d+\s*:)")
 _ARM_SUFFIX = re.compile(r"\((v\d+l)\)\s*$")
 
 
-@dataclass(frozen=True)
+@record
 class CpuInfo:
     vendor: Optional[str]  # vendor_id on x86 ("GenuineIntel"), "CPU implementer" on arm
     model: Optional[str]

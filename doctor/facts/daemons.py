@@ -3,12 +3,13 @@ which socket a local URI needs, and what happened when kvmdoctor connected."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.host import os_release_name
 from doctor.facts.util import read_optional
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, TimedOut, Unavailable
 
 MONOLITHIC = "libvirtd"
@@ -35,7 +36,7 @@ def socket_prefix(daemon: str) -> str:
     return "libvirt" if daemon in (MONOLITHIC, "virtproxyd") else daemon
 
 
-@dataclass(frozen=True)
+@record
 class Unit:
     name: str
     load: Optional[str]  # loaded, not-found, masked
@@ -43,7 +44,7 @@ class Unit:
     enabled: Optional[str]  # UnitFileState: enabled, disabled, static, masked
 
 
-@dataclass(frozen=True)
+@record
 class Daemon:
     name: str
     binary: Optional[str]  # where it is installed, None when not
@@ -70,7 +71,7 @@ class Daemon:
         return self.sockets.get(self.main_socket, False)
 
 
-@dataclass(frozen=True)
+@record
 class LibvirtDaemons:
     socket_dir: str
     daemons: dict[str, Daemon]
@@ -243,7 +244,7 @@ def libvirt_daemons(ctx: FactContext) -> LibvirtDaemons:
     )
 
 
-@dataclass(frozen=True)
+@record
 class SocketChoice:
     """The UNIX socket a local URI connects to, chosen as libvirt's client chooses it
     (remoteGetUNIXSocket): the modular daemon's if it exists, else libvirtd's, else the
@@ -321,7 +322,7 @@ def _default_mode(state: LibvirtDaemons) -> tuple[str, str]:
 # --- the connection --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Connection:
     uri: str
     ok: bool

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, replace
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import child_paths, definition_root, element_paths, read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 DEFINITIONS = "/etc/libvirt/qemu"
 STATUS = "/run/libvirt/qemu"
 
 
-@dataclass(frozen=True)
+@record
 class Loader:
     path: Optional[str]
     readonly: Optional[str]
@@ -31,14 +32,14 @@ class Loader:
     stateless: Optional[str] = None  # yes, no
 
 
-@dataclass(frozen=True)
+@record
 class Nvram:
     path: Optional[str]
     template: Optional[str]
     format: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class Disk:
     device: str  # disk, cdrom, floppy, lun
     type: str  # file, block, network, volume, dir
@@ -53,7 +54,7 @@ class Disk:
     format: Optional[str] = None  # <driver type=...>: raw, qcow2, ...
 
 
-@dataclass(frozen=True)
+@record
 class Interface:
     type: str  # network, bridge, direct, ethernet, vhostuser, ...
     mac: Optional[str]
@@ -66,7 +67,7 @@ class Interface:
     path: str = ""  # the element in the definition: /domain/devices/interface[1]
 
 
-@dataclass(frozen=True)
+@record
 class PciDevice:
     """A device in a guest PCI slot, or one that will take a slot when libvirt assigns the
     addresses it lacks (hand-written XML, the test driver)."""
@@ -91,7 +92,7 @@ class PciDevice:
         return f"{self.bus:02x}:{self.slot:02x}.{self.function or 0}"
 
 
-@dataclass(frozen=True)
+@record
 class BootOrder:
     """A per-device `<boot order='N'/>`."""
 
@@ -100,7 +101,7 @@ class BootOrder:
     path: str = ""  # the <boot> element: /domain/devices/disk[1]/boot
 
 
-@dataclass(frozen=True)
+@record
 class Domain:
     name: str
     uuid: Optional[str]
@@ -538,7 +539,7 @@ def _numa_kib(root: ET.Element) -> Optional[int]:
     return total
 
 
-@dataclass(frozen=True)
+@record
 class Domains:
     items: tuple[Domain, ...]
     origin: str  # "libvirt <uri>" or "definition and status files"
@@ -645,7 +646,7 @@ def _from_files(ctx: FactContext) -> Domains:
 # --- capabilities --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Guest:
     os_type: str
     arch: str
@@ -654,7 +655,7 @@ class Guest:
     domain_types: dict[str, Optional[str]]  # kvm/qemu -> its own emulator, if any
 
 
-@dataclass(frozen=True)
+@record
 class Capabilities:
     host_arch: Optional[str]
     guests: tuple[Guest, ...]

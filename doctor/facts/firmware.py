@@ -28,11 +28,12 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
 from doctor.facts import FactContext, fact
 from doctor.facts.util import read_optional
+from doctor.record import record
 from doctor.sources.base import NotFound, Source, SourceError
 
 SYSTEM_DIRS = ("/usr/share/qemu/firmware", "/etc/qemu/firmware")
@@ -122,19 +123,19 @@ class DescriptorError(ValueError):
 # --- descriptors ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class FlashFile:
     filename: str
     format: str
 
 
-@dataclass(frozen=True)
+@record
 class Target:
     architecture: str  # libvirt's name (i686, armv7l, x86_64, aarch64, ...)
     machines: tuple[str, ...]  # glob patterns
 
 
-@dataclass(frozen=True)
+@record
 class Descriptor:
     """One firmware descriptor, as libvirt parses it."""
 
@@ -331,7 +332,7 @@ def parse_descriptor(text: str, *, name: str, path: str) -> Descriptor:
 # --- the search directories and their precedence ------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class SearchDir:
     path: str
     scope: str  # "distribution", "administrator", "user"
@@ -340,7 +341,7 @@ class SearchDir:
     error: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class Entry:
     """A file found in a search directory, and what became of it."""
 
@@ -389,7 +390,7 @@ def resolve_precedence(
 # --- qemu.conf nvram, domain capabilities, package hints -----------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class NvramPair:
     loader: str
     template: str
@@ -413,7 +414,7 @@ def parse_nvram_pairs(value: Any) -> tuple[NvramPair, ...]:
     return tuple(pairs)
 
 
-@dataclass(frozen=True)
+@record
 class DomainCapsFirmware:
     """The `<os>` part of libvirt's domain capabilities for one arch and machine."""
 
@@ -477,7 +478,7 @@ def family(ids: Sequence[str]) -> Optional[str]:
     return None
 
 
-@dataclass(frozen=True)
+@record
 class PackageHint:
     family: Optional[str]  # debian, fedora, arch, suse
     name: Optional[str]  # the package that carries UEFI for the host's architecture
@@ -495,7 +496,7 @@ class PackageHint:
 # --- files -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class FileState:
     path: str
     exists: Optional[bool]  # None: the source could not tell
@@ -522,7 +523,7 @@ def file_state(source: Source, path: str) -> FileState:
 # --- the inventory -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class FirmwareInventory:
     """Everything libvirt consults to find UEFI firmware on this host."""
 
@@ -820,7 +821,7 @@ def firmware(ctx: FactContext) -> FirmwareInventory:
 # --- choosing a domain's firmware, as libvirt does -----------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Selection:
     """What libvirt's descriptor matching gives for one domain."""
 
@@ -896,7 +897,7 @@ def select_firmware(descriptors: Sequence[Descriptor], dom: Any) -> Selection:
     return Selection(wanted, None, tuple(rejected))
 
 
-@dataclass(frozen=True)
+@record
 class TemplateLookup:
     """Where libvirt would copy a missing NVRAM file from."""
 
@@ -961,7 +962,7 @@ def find_template(
 # --- each domain's firmware files ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class DomainFirmware:
     """The firmware files one domain needs and what libvirt would do to find them."""
 
@@ -1003,7 +1004,7 @@ class DomainFirmware:
         }
 
 
-@dataclass(frozen=True)
+@record
 class DomainsFirmware:
     items: tuple[DomainFirmware, ...]
     origin: str  # where the domains came from

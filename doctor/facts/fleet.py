@@ -10,11 +10,11 @@ in its message and evidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.domains import Domain, Domains, Interface
+from doctor.record import record
 
 # The versions a report's host section carries, by component, with the name people use.
 COMPONENTS = (("libvirt", "libvirt"), ("qemu", "QEMU"), ("firmware", "firmware (OVMF)"))
@@ -25,7 +25,7 @@ def host_subject(host: str, subject: str) -> str:
     return f"host:{host}" if subject == "host" else f"host:{host}/{subject}"
 
 
-@dataclass(frozen=True)
+@record
 class Guest:
     """A domain as a host's report lists it (report `host.guests`)."""
 
@@ -36,7 +36,7 @@ class Guest:
     interfaces: tuple[tuple[Optional[str], str], ...]  # (MAC, interface type)
 
 
-@dataclass(frozen=True)
+@record
 class FleetHost:
     name: str
     file: str  # the report it came from
@@ -44,7 +44,7 @@ class FleetHost:
     guests: Optional[tuple[Guest, ...]]  # None: the report lists no guests (older report)
 
 
-@dataclass(frozen=True)
+@record
 class HostDomain(Domain):
     """A domain of one host of the fleet: its subject names the host, so that a check on
     many hosts' domains (NET010) names each interface's host."""
@@ -56,7 +56,7 @@ class HostDomain(Domain):
         return host_subject(self.host, f"domain:{self.name}")
 
 
-@dataclass(frozen=True)
+@record
 class Fleet:
     hosts: tuple[FleetHost, ...]
 

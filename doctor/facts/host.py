@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional
 
 from doctor.facts import FactContext, fact
 from doctor.facts.util import read_optional
+from doctor.record import record
 from doctor.sources.base import SourceError
 
 
-@dataclass(frozen=True)
+@record
 class HostInfo:
     hostname: Optional[str]
     kernel: Optional[str]
@@ -139,7 +140,7 @@ HYPERVISOR_NAMES = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class Virtualization:
     """Whether this machine is itself a virtual machine, and of what."""
 

@@ -3,18 +3,19 @@ directories and files of domains' disk images."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.libvirt import ConfError, parse_conf
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, StatInfo
 
 SEARCH_PATH = ("/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin")
 
 
-@dataclass(frozen=True)
+@record
 class PathState:
     path: str
     exists: bool
@@ -54,13 +55,13 @@ def stat_of(state: PathState) -> StatInfo:
 # --- emulators -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Emulator:
     state: PathState
     named_by: tuple[str, ...]  # "capabilities (x86_64)", "domain:web1"
 
 
-@dataclass(frozen=True)
+@record
 class Emulators:
     items: tuple[Emulator, ...]
     capabilities_read: bool
@@ -92,7 +93,7 @@ def emulators(ctx: FactContext) -> Emulators:
 # --- the network driver's firewall ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class FirewallTools:
     backend: str  # "iptables" or "nftables"
     backend_from: str
@@ -152,7 +153,7 @@ def firewall_tools(ctx: FactContext) -> FirewallTools:
 # --- disk images -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class DiskPath:
     domain: str
     target: Optional[str]
@@ -161,7 +162,7 @@ class DiskPath:
     chain: tuple[PathState, ...]  # "/", "/var", ..., the image itself
 
 
-@dataclass(frozen=True)
+@record
 class DiskPaths:
     items: tuple[DiskPath, ...]
     dynamic_ownership: bool

@@ -3,27 +3,63 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
+from functools import cached_property
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 # Files that hold kernel messages when the ring buffer cannot be read (or under --root).
 LOG_FILES = ("/var/log/kern.log", "/var/log/dmesg", "/var/log/messages", "/var/log/syslog")
 LOG_TAIL_BYTES = 4 * 1024 * 1024
 _BOOT_MARK = re.compile(r"\bLinux version \d")
+# What makes a pattern's match depend on where a line starts or ends: such a pattern is tried
+# line by line only (KernelLog.search).
+_LINE_BOUND = re.compile(r"[$^]|\\[AZ]|\(\?")
 
 
-@dataclass(frozen=True)
+@record
 class KernelLog:
     origin: str  # "dmesg" or the log file the lines came from
     lines: tuple[str, ...]  # the current boot only
     tried: tuple[str, ...] = ()  # what was tried before, and why it did not answer
 
-    def search(self, pattern: re.Pattern[str]) -> list[str]:
-        return [line for line in self.lines if pattern.search(line)]
+    def search(self, pattern: re.Pattern[str], needles: tuple[str, ...] = ()) -> list[str]:
+        """The lines in which `pattern` is found. `needles`: texts of which every match holds
+        one (in any case); a log that holds none of them is not searched at all.
+
+        A log holds thousands of lines and a pattern is in few: the whole text is searched,
+        and a line only tried alone when a match starts in it and runs past its end. A
+        pattern that looks at where a line starts or ends is tried line by line."""
+        if needles and not any(needle.lower() in self.lower for needle in needles):
+            return []
+        if _LINE_BOUND.search(pattern.pattern):
+            return [line for line in self.lines if pattern.search(line)]
+        text = self.text
+        found: list[str] = []
+        position = 0
+        while True:
+            match = pattern.search(text, position)
+            if match is None:
+                return found
+            start = text.rfind("\n", 0, match.start()) + 1
+            end = text.find("\n", start)
+            end = len(text) if end < 0 else end
+            line = text[start:end]
+            if match.end() <= end or pattern.search(line):
+                found.append(line)
+            position = end + 1
+
+    @cached_property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @cached_property
+    def lower(self) -> str:
+        return self.text.lower()
 
     def as_dict(self) -> dict[str, Any]:
         return {"origin": self.origin, "lines": len(self.lines), "tried": list(self.tried)}
@@ -60,7 +96,7 @@ def kernel_log(ctx: FactContext) -> KernelLog:
     raise FactUnavailable("no kernel log could be read (" + "; ".join(tried) + ")")
 
 
-@dataclass(frozen=True)
+@record
 class KernelModules:
     modular: bool  # /proc/modules exists (the kernel loads modules at all)
     loaded: tuple[str, ...]  # listed in /proc/modules

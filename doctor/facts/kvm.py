@@ -3,16 +3,16 @@ and the other devices QEMU needs (/dev/vhost-net, /dev/net/tun)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
+from doctor.record import record
 from doctor.sources.base import KvmProbe, NotFound, SourceError, StatInfo, Unavailable
 
 KVM_DEVICE = "/dev/kvm"
 
 
-@dataclass(frozen=True)
+@record
 class Device:
     path: str
     stat: Optional[StatInfo]  # None when the path does not exist
@@ -57,7 +57,7 @@ def device(ctx: FactContext, path: str) -> Device:
         return Device(path, None, error=exc.reason)
 
 
-@dataclass(frozen=True)
+@record
 class KvmState:
     device: Device
     probe: Optional[
@@ -89,7 +89,7 @@ def kvm(ctx: FactContext) -> KvmState:
         return KvmState(dev, None, exc.reason)
 
 
-@dataclass(frozen=True)
+@record
 class NetDevices:
     vhost_net: Device
     tun: Device
@@ -106,7 +106,7 @@ IA32_FEATURE_CONTROL = 0x3A  # bit 0: lock, bit 2: VMX outside SMX allowed
 MSR_VM_CR = 0xC0010114  # bit 3: lock, bit 4: SVMDIS
 
 
-@dataclass(frozen=True)
+@record
 class FirmwareControl:
     """The MSR through which firmware allows or forbids VT-x/AMD-V."""
 

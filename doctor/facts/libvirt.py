@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional, Union
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 ConfValue = Union[str, int, list]
@@ -16,6 +17,9 @@ _EOL = "\n\r"
 _DIGITS = "0123456789"
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _TO_EOL = re.compile(r"[^\n\r]*")
+# A run of comment lines with the blank space after each (most of a shipped qemu.conf): what
+# the statement loop would skip one comment and one separator at a time.
+_COMMENTS = re.compile(r"#[^\n\r]*(?:[ \t\n\r]*#[^\n\r]*)*[ \t\n\r]*")
 _RUNS: dict[str, re.Pattern[str]] = {}
 
 
@@ -66,10 +70,12 @@ class _ConfParser:
             # Only reached at the start: a separator eats the blanks after a statement. So,
             # as in libvirt, a file of nothing but blank lines is "expecting a name".
             if self.peek() == "#":
-                self.skip_to_eol()
-            else:
-                name, value = self.statement()
-                values.setdefault(name, value)
+                match = _COMMENTS.match(self.text, self.pos)
+                assert match is not None  # it matches any "#"
+                self.pos = match.end()
+                continue
+            name, value = self.statement()
+            values.setdefault(name, value)
             self.separator()
         return values
 
@@ -163,7 +169,7 @@ class _ConfParser:
         return int(self.text[start : self.pos])
 
 
-@dataclass(frozen=True)
+@record
 class QemuConf:
     path: str
     exists: bool
@@ -188,7 +194,7 @@ CONF_FILES = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class ConfFile:
     path: str
     reader: str  # who refuses to start (or to connect) when it does not parse
@@ -196,7 +202,7 @@ class ConfFile:
     unreadable: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class LibvirtConfFiles:
     """libvirt's configuration files on the host, each parsed as libvirt parses it."""
 
@@ -241,7 +247,7 @@ def qemu_conf(ctx: FactContext) -> QemuConf:
         return QemuConf(path, True, {}, error=str(exc))
 
 
-@dataclass(frozen=True)
+@record
 class LibvirtUri:
     uri: Optional[str]  # None: libvirt picks its default
     origin: str  # "--uri", "LIBVIRT_DEFAULT_URI", "uri_default in <libvirt.conf>", "default"
@@ -266,7 +272,7 @@ class LibvirtUri:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class UriParts:
     driver: str  # "qemu", "test", "xen", ...
     transport: Optional[str]  # "tls", "unix", "ssh", "tcp", "libssh", "libssh2", "ext"; None

@@ -16,10 +16,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, replace
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 SYSFS = "/sys/class/net"
@@ -58,7 +59,7 @@ IFF_TAP = 0x0002  # tun_flags in sysfs
 ZERO_MAC = "00:00:00:00:00:00"
 
 
-@dataclass(frozen=True)
+@record
 class BridgePort:
     """A bridge port's state and flags (IFLA_BRPORT_* or /sys/class/net/PORT/brport/)."""
 
@@ -69,7 +70,7 @@ class BridgePort:
     flags: dict[str, bool] = field(default_factory=dict)  # learning, flood, hairpin, isolated
 
 
-@dataclass(frozen=True)
+@record
 class BridgeInfo:
     """A Linux bridge's STP settings (IFLA_BR_* or /sys/class/net/BR/bridge/)."""
 
@@ -84,7 +85,7 @@ class BridgeInfo:
         return None if self.stp_state is None else self.stp_state != 0
 
 
-@dataclass(frozen=True)
+@record
 class LacpPeer:
     """One side of an LACP exchange as /proc/net/bonding shows it per slave."""
 
@@ -93,7 +94,7 @@ class LacpPeer:
     port_state: Optional[int]
 
 
-@dataclass(frozen=True)
+@record
 class BondSlave:
     name: str
     mii_status: Optional[str]  # up, down, going down, going back
@@ -107,7 +108,7 @@ class BondSlave:
     partner: Optional[LacpPeer] = None
 
 
-@dataclass(frozen=True)
+@record
 class Aggregator:
     """The active 802.3ad aggregator: who the bond negotiated with."""
 
@@ -124,7 +125,7 @@ class Aggregator:
         return self.partner_mac != ZERO_MAC
 
 
-@dataclass(frozen=True)
+@record
 class BondInfo:
     mode: Optional[str]  # balance-rr, active-backup, ..., 802.3ad
     slaves: tuple[BondSlave, ...] = ()
@@ -139,7 +140,7 @@ class BondInfo:
     driver: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class Link:
     name: str
     index: Optional[int]
@@ -202,7 +203,7 @@ class Link:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class Links:
     items: tuple[Link, ...]
     origin: str  # "netlink" or "/sys/class/net"

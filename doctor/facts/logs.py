@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError
 
 DAEMON_LOGS = tuple(
@@ -51,7 +51,7 @@ def line_time(line: str) -> Optional[float]:
         return None
 
 
-@dataclass(frozen=True)
+@record
 class LogText:
     origin: str  # a file path, or "journal"
     lines: tuple[str, ...]
@@ -61,7 +61,7 @@ class LogText:
         return {"origin": self.origin, "lines": len(self.lines), "partial": self.partial}
 
 
-@dataclass(frozen=True)
+@record
 class LibvirtLogs:
     logs: tuple[LogText, ...]
     unread: tuple[str, ...]  # "what: why" for logs that exist or may exist but gave nothing

@@ -25,10 +25,11 @@ import json
 import posixpath
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError
 
 # --- sysctl -------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def normalise_key(key: str) -> str:
     return key
 
 
-@dataclass(frozen=True)
+@record
 class Setting:
     """One `key = value` line of a sysctl configuration file."""
 
@@ -105,7 +106,7 @@ def config_files(listings: Mapping[str, Optional[list[str]]]) -> list[str]:
     return [chosen[name] for name in sorted(chosen)]
 
 
-@dataclass(frozen=True)
+@record
 class SysctlValue:
     name: str
     runtime: Optional[str]  # what /proc/sys says now; None when it cannot be read
@@ -118,7 +119,7 @@ class SysctlValue:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class Sysctls:
     values: dict[str, SysctlValue]
     files: tuple[str, ...]  # configuration files read, in the order applied
@@ -220,7 +221,7 @@ def sysctl(ctx: FactContext) -> Sysctls:
 # --- firewall rules -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Match:
     """One condition of a rule. field: iif, oif, saddr, daddr, proto or other."""
 
@@ -229,7 +230,7 @@ class Match:
     negated: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Rule:
     chain: str
     text: str  # iptables-save's line, or the nft rule rendered as text
@@ -241,7 +242,7 @@ class Rule:
         return {"chain": self.chain, "rule": self.text}
 
 
-@dataclass(frozen=True)
+@record
 class Chain:
     table: str
     name: str
@@ -264,7 +265,7 @@ _BUILTIN_HOOKS = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class Verdict:
     """What a hook does with a traffic class, as far as the rules tell."""
 
@@ -278,7 +279,7 @@ class Verdict:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class NatRule:
     """A MASQUERADE/SNAT rule reachable from a postrouting hook."""
 
@@ -330,7 +331,7 @@ def _iface_matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-@dataclass(frozen=True)
+@record
 class Ruleset:
     tool: str  # "nft", "iptables-save", "ip6tables-save", "iptables-legacy-save"
     chains: tuple[Chain, ...]
@@ -794,7 +795,7 @@ def parse_nft_json(text: str) -> Ruleset:
     return Ruleset("nft", tuple(built), "nf_tables", header)
 
 
-@dataclass(frozen=True)
+@record
 class Firewall:
     views: tuple[Ruleset, ...]
     errors: dict[str, str] = field(default_factory=dict)  # tool -> why it gave no view

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import definition_root, element_paths
+from doctor.record import record
 from doctor.sources.base import NotFound, SourceError, Unavailable
 
 DEFINITIONS = "/etc/libvirt/qemu/networks"
@@ -26,7 +27,7 @@ STATUS = "/run/libvirt/network"
 MACVTAP_MODES = ("bridge", "private", "vepa", "passthrough")
 
 
-@dataclass(frozen=True)
+@record
 class NetworkIP:
     family: str  # ipv4, ipv6
     address: str
@@ -34,7 +35,7 @@ class NetworkIP:
     subnet: Optional[str]  # "192.0.2.0/24"
 
 
-@dataclass(frozen=True)
+@record
 class Network:
     name: str
     uuid: Optional[str]
@@ -78,7 +79,7 @@ class Network:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class Networks:
     items: tuple[Network, ...]
     origin: str  # "libvirt <uri>" or "definition and status files"

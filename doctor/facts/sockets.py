@@ -9,12 +9,12 @@ for QEMU processes started by the system libvirt daemon.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
 from doctor.facts.util import read_text
+from doctor.record import record
 from doctor.sources.base import SourceError
 
 FILES = (("/proc/net/tcp", "ipv4"), ("/proc/net/tcp6", "ipv6"))
@@ -24,7 +24,7 @@ BIG_ENDIAN = frozenset({"s390x", "s390", "ppc64", "ppc", "sparc64", "mips", "mip
 WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
-@dataclass(frozen=True)
+@record
 class Listener:
     address: str  # "127.0.0.1", "::", "0.0.0.0"
     port: int
@@ -43,7 +43,7 @@ class Listener:
         return _same_address(self.address, address)
 
 
-@dataclass(frozen=True)
+@record
 class Listeners:
     items: tuple[Listener, ...]
     read: tuple[str, ...]  # the files that answered

@@ -25,11 +25,12 @@ import hashlib
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from doctor.facts import FactContext, fact
 from doctor.facts.util import read_optional, read_text
+from doctor.record import record
 from doctor.sources.base import (
     AccessDenied,
     KeyInfo,
@@ -80,7 +81,7 @@ CLIENT_PARAMS = ("pkipath", "no_verify", "no_sanity", "tls_priority")
 # --- certificates -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class CertInfo:
     """What a certificate says, as a reader of the report can check it with `openssl x509`."""
 
@@ -372,7 +373,7 @@ def _ca_problem(ca: x509.Certificate) -> Optional[str]:
     return None
 
 
-@dataclass(frozen=True)
+@record
 class ChainCheck:
     """Whether the certificate verifies against the configured CA file, as GnuTLS would."""
 
@@ -433,7 +434,7 @@ def check_chain(
 # --- what was found on disk ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class CertFile:
     """A certificate file as libvirt would read it."""
 
@@ -458,7 +459,7 @@ class CertFile:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class KeyFile:
     """A private key: where it is, its mode and owner, and its public half (never its contents)."""
 
@@ -480,7 +481,7 @@ class KeyFile:
         }
 
 
-@dataclass(frozen=True)
+@record
 class Reader:
     """Who must read the key and certificates: the daemon, or the user running the client."""
 
@@ -493,7 +494,7 @@ class Reader:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class Endpoint:
     """One set of credentials libvirt uses: a daemon's (server) or the client's."""
 
@@ -528,7 +529,7 @@ class Endpoint:
         }
 
 
-@dataclass(frozen=True)
+@record
 class DaemonTls:
     """A remote daemon's TLS settings and whether it listens (or will) for TLS."""
 
@@ -547,7 +548,7 @@ class DaemonTls:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class TlsState:
     in_use: bool
     reasons: tuple[str, ...]  # why TLS counts as in use
@@ -1141,7 +1142,7 @@ def tls(ctx: FactContext) -> TlsState:
 # --- the host's names and clock ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class HostNames:
     """The names clients are likely to use for this host."""
 
@@ -1203,7 +1204,7 @@ def host_names(ctx: FactContext) -> HostNames:
     return HostNames(hostname, hostname_from, None, f"unknown: {tried}not in /etc/hosts")
 
 
-@dataclass(frozen=True)
+@record
 class HostClock:
     """The time certificates are judged at."""
 

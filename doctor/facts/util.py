@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from doctor.sources.base import NotFound, Source, SourceError
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 
 def read_text(source: Source, path: str, *, tail: Optional[int] = None) -> str:
@@ -56,6 +58,7 @@ def parse_with_lines(xml: str, lines: dict[ET.Element, int]) -> ET.Element:
     which each element starts (ElementTree keeps no positions). Slower than ET.fromstring, so
     only `kvmdoctor lint`, whose findings point at lines, parses this way. ET.ParseError for
     what is not well-formed, as ET.fromstring raises it."""
+    import xml.etree.ElementTree as ET
     from xml.parsers import expat
 
     builder = ET.TreeBuilder()
@@ -91,6 +94,8 @@ def definition_root(
     """The <tag> element of a libvirt definition, or of the live definition a status file
     (<status>) wraps. ValueError when the document is neither. With `lines`, the line of each
     element is noted there (see parse_with_lines)."""
+    import xml.etree.ElementTree as ET  # only the modules that read libvirt's XML need it
+
     root = ET.fromstring(xml) if lines is None else parse_with_lines(xml, lines)
     if root.tag == status:
         inner = root.find(tag)

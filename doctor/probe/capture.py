@@ -17,10 +17,10 @@ import re
 import select
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from doctor.probe.verdict import REPLY, REQUEST
+from doctor.record import record
 
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 ICMP_UNREACH, ICMP_PORT_UNREACH = 3, 3
@@ -31,7 +31,7 @@ TCP_SPAN = 1000  # sequence numbers base .. base + TCP_SPAN belong to the run
 _SEQ = re.compile(rb":(\d+)")
 
 
-@dataclass(frozen=True)
+@record
 class Marker:
     """What makes a packet the probe's: the run's token (ICMP and UDP payload, after an ARP
     payload), the fixed ICMP id or source port, a TCP sequence base drawn per run."""

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from doctor.facts import FactContext, FactUnavailable
 from doctor.facts.links import Link, Links, links_from_netlink
+from doctor.record import record
 from doctor.sources.base import SourceError
 
 # include/uapi/linux/neighbour.h NUD_*
@@ -43,7 +44,7 @@ class PathError(Exception):
     """The path cannot be discovered: no such namespace, domain or interface."""
 
 
-@dataclass(frozen=True)
+@record
 class Counters:
     rx_packets: Optional[int] = None
     tx_packets: Optional[int] = None
@@ -54,7 +55,7 @@ class Counters:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class Hop:
     """One device the traffic crosses. `role`: guest-nic, veth-peer, tap, bridge, uplink."""
 
@@ -98,7 +99,7 @@ class Hop:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class RouteAnswer:
     """The kernel's answer to `route get DST [from SRC] [iif IIF]`."""
 
@@ -116,7 +117,7 @@ class RouteAnswer:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class Forwarding:
     """What the host does with the guest's packet beyond the bridge."""
 
@@ -138,7 +139,7 @@ class Forwarding:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class Guest:
     kind: str  # "netns" or "domain"
     name: str
@@ -167,7 +168,7 @@ class Guest:
         return out
 
 
-@dataclass(frozen=True)
+@record
 class Path:
     guest: Guest
     target: str

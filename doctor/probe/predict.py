@@ -9,10 +9,11 @@ and the playbook that fixes it when one exists.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional
 
 from doctor.probe.path import Hop, Path
+from doctor.record import record
 
 # cause -> (kernel drop reason it produces, playbook that fixes it)
 CAUSES: dict[str, tuple[Optional[str], Optional[str]]] = {
@@ -45,7 +46,7 @@ for _cause, (_reason, _playbook) in CAUSES.items():
 NOT_FORWARDING = ("disabled", "listening", "learning", "blocking")
 
 
-@dataclass(frozen=True)
+@record
 class Prediction:
     hop: str  # the hop's device name, or "forward" for the routing step
     direction: str  # request, reply or both

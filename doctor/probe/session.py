@@ -4,20 +4,21 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from doctor.facts import FactContext, RunOptions
 from doctor.probe.path import PathError
 from doctor.probe.predict import predict
 from doctor.probe.verdict import ProbeRun
+from doctor.record import record
 
 
 class ProbeError(Exception):
     """The probe cannot run as asked (no such guest, another probe running, ...)."""
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     target: str
     domain: Optional[str] = None

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Optional
 
 from doctor.probe.verdict import DropEvent
+from doctor.record import record
 
 # Reasons that are not drops, or say nothing.
 QUIET = {"NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"}
@@ -28,7 +28,7 @@ def parse_reasons(format_text: str) -> dict[int, str]:
     return {int(num): name for num, name in _SYMBOL.findall(fmt)}
 
 
-@dataclass(frozen=True)
+@record
 class Event:
     event: str
     skbaddr: str

@@ -11,12 +11,13 @@ agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional
 
 from doctor.model import Finding
 from doctor.probe.path import Counters, Hop, Path
 from doctor.probe.predict import CAUSES, REASON_CAUSES, Prediction, needs_translation
+from doctor.record import record
 
 REQUEST, REPLY = "request", "reply"
 # Drops that happen on a device after a capture socket there has seen the frame: in its queue.
@@ -24,7 +25,7 @@ PROBE_PROTOCOLS = {"0x0800", "0x0806", None}  # IPv4, ARP; None: not recorded
 AFTER_CAPTURE = {"FULL_RING", "QDISC_DROP", "TAP_TXFILTER", "DEV_READY", "TC_EGRESS"}
 
 
-@dataclass(frozen=True)
+@record
 class DropEvent:
     """Packets the kernel freed with a reason, during the probe (skb:kfree_skb)."""
 
@@ -38,7 +39,7 @@ class DropEvent:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class Observations:
     """What the active probe saw. `seen[hop][direction]` counts marked packets captured on each
     hop; `sources[hop]` the source addresses the requests had there (NAT shows as a change)."""
@@ -76,7 +77,7 @@ class Observations:
         }
 
 
-@dataclass(frozen=True)
+@record
 class Stop:
     """Where one direction stopped."""
 
@@ -395,7 +396,7 @@ def translation(path: Path, obs: Observations) -> list[Finding]:
     ]
 
 
-@dataclass(frozen=True)
+@record
 class ProbeRun:
     """Everything the PRB checks judge: the path, its predictions and, when packets were sent,
     what was observed (`not_sent` says why none were)."""

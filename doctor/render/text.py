@@ -29,6 +29,84 @@ LABEL = {
 _ORDER = ("error", "fail", "warn", "info")
 _MAX_EVIDENCE_LINES = 8
 
+# The view is written in rich's console markup. Without colour it is written without rich
+# (whose import costs a fifth of a run): tags dropped and escapes undone exactly as
+# rich.markup reads them (tests/render/test_text.py compares both ways on every sample report
+# and on hostile text). `escape` is rich.markup.escape.
+_TAGS = re.compile(r"((\\*)\[([a-z#/@][^[]*?)])")
+_ESCAPE = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+# What rich's Text treats specially (tabs expanded by cell width, controls stripped): a line
+# holding one is left to rich.
+_RICH_ONLY = re.compile(r"[\t\x07\x08\x0b\x0c\x0d]")
+
+
+def _escape_backslashes(match: re.Match[str]) -> str:
+    backslashes, text = match.groups()
+    return f"{backslashes}{backslashes}\\{text}"
+
+
+def escape(markup: str) -> str:
+    """`markup` with its square brackets escaped, so that it is shown as it is."""
+    markup = _ESCAPE.sub(_escape_backslashes, markup)
+    if markup.endswith("\\") and not markup.endswith("\\\\"):
+        return markup + "\\"
+    return markup
+
+
+def plain(markup: str) -> str:
+    """The text that console markup shows: tags dropped, escapes undone."""
+    if "[" not in markup:
+        return markup
+    parts = []
+    position = 0
+    for match in _TAGS.finditer(markup):
+        full_text, escapes, _ = match.groups()
+        start, end = match.span()
+        if start > position:
+            parts.append(markup[position:start].replace("\\[", "["))
+        position = end
+        if escapes:
+            backslashes, escaped = divmod(len(escapes), 2)
+            parts.append("\\" * backslashes)
+            if escaped:
+                parts.append(full_text[len(escapes) :].replace("\\[", "["))
+    if position < len(markup):
+        parts.append(markup[position:].replace("\\[", "["))
+    return "".join(parts)
+
+
+class PlainConsole:
+    """What the view asks of rich's Console, for output without colour or styles."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self._rich: Any = None
+
+    def print(self, markup: str, style: Any = None) -> None:
+        text = plain(markup)
+        if _RICH_ONLY.search(text):
+            self._rich_console().print(markup)
+            return
+        self.out.write(text + "\n")
+
+    def _rich_console(self) -> Any:
+        if self._rich is None:
+            self._rich = _console(self.out, color=False)
+        return self._rich
+
+
+def _console(out: IO[str], *, color: bool) -> Any:
+    from rich.console import Console
+
+    return Console(
+        file=out,
+        no_color=not color,
+        force_terminal=bool(color),
+        highlight=False,
+        soft_wrap=True,
+        emoji=False,
+    )
+
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
     if isinstance(value, dict):
@@ -62,20 +140,10 @@ def render(
     quiet: bool = False,
     color: bool = False,
 ) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
     from doctor.textsafe import for_terminal
 
     report = for_terminal(report)  # no escape sequence from the host reaches the terminal
-    console = Console(
-        file=out,
-        no_color=not color,
-        force_terminal=bool(color),
-        highlight=False,
-        soft_wrap=True,
-        emoji=False,
-    )
+    console = _console(out, color=True) if color else PlainConsole(out)
     print_ = console.print
 
     from doctor.render import fleet
@@ -236,8 +304,6 @@ def _diagnosis(
     console: Any, diag: dict[str, Any], *, verbose: bool, report: Optional[dict[str, Any]] = None
 ) -> None:
     """One diagnosis: its title and cause, the findings it rests on and explains, the fix."""
-    from rich.markup import escape
-
     status = diag["status"]
     subject = "" if diag["subject"] == "host" else f" — {diag['subject']}"
     console.print(
@@ -269,8 +335,6 @@ def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
     """A diagnosis that its cause (shown just above) fully explains: one line indented under
     it (its own cause and findings with -v), and no fix steps: fixing the cause fixes it, and
     the plan leaves it out."""
-    from rich.markup import escape
-
     status = diag["status"]
     subject = "" if diag["subject"] == "host" else f" — {diag['subject']}"
     console.print(
@@ -300,8 +364,6 @@ def _headline(report: dict[str, Any]) -> Any:
 def _finding(
     console: Any, chk: dict[str, Any], finding: dict[str, Any], *, verbose: bool, evidence: bool
 ) -> None:
-    from rich.markup import escape
-
     status = finding["status"]
     subject = "" if finding["subject"] == "host" else f" — {finding['subject']}"
     console.print(

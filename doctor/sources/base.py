@@ -8,8 +8,10 @@ interchangeable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Optional, Protocol
+
+from doctor.record import record
 
 
 class SourceError(Exception):
@@ -76,7 +78,7 @@ ERROR_KINDS: dict[str, type[SourceError]] = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class AclEntry:
     """One POSIX ACL entry, as getfacl prints it: tag `user`, `group`, `mask` or `other`;
     qualifier the uid/gid for named entries; perms like `rw-`."""
@@ -86,7 +88,7 @@ class AclEntry:
     perms: str
 
 
-@dataclass(frozen=True)
+@record
 class StatInfo:
     path: str
     type: str  # "char", "block", "dir", "file", "link", "socket", "fifo"
@@ -105,7 +107,7 @@ class StatInfo:
         return cls(**{**data, "acl": acl})
 
 
-@dataclass(frozen=True)
+@record
 class CommandResult:
     argv: tuple[str, ...]
     returncode: int
@@ -113,7 +115,7 @@ class CommandResult:
     stderr: str
 
 
-@dataclass(frozen=True)
+@record
 class ProcessInfo:
     pid: int
     ppid: int
@@ -127,7 +129,7 @@ class ProcessInfo:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class Identity:
     """Who is running kvmdoctor: the process credentials and, under sudo, who asked."""
 
@@ -142,7 +144,7 @@ class Identity:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class Uname:
     sysname: str
     nodename: str
@@ -154,7 +156,7 @@ class Uname:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class KvmProbe:
     """What the kernel said when kvmdoctor opened the KVM device and asked it for a VM.
 
@@ -175,7 +177,7 @@ class KvmProbe:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@record
 class KeyInfo:
     """What may be said of a private key without its contents."""
 

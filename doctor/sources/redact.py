@@ -7,7 +7,7 @@ key files and libvirt's secret store are never recorded at all.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -91,11 +91,46 @@ _SETTING = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _HINT = re.compile(rb"(?i)passw|secret")
+# Every key _SETTING blanks holds one of these words (a `data=` value only near "secret"), so
+# text without them is returned as it is, without running _SETTING over each of its lines.
+_TEXT_HINT = re.compile(r"(?i)passw|secret")
 _QUOTES = ('"', "'", "&quot;", "&apos;")
 
 
 def scrub_text(text: str) -> tuple[str, list[str]]:
     """`text` with every secret value blanked (the key and its quotes kept), and the keys."""
+    if not _TEXT_HINT.search(text):
+        return text, []
+    return _scrub_settings(text)
+
+
+# Where a match of _SETTING can start: its key's first character. In a long text (a log
+# tail, the journal) _SETTING is tried only there, on lines that hold a key word, and matched
+# against the whole text (a separator and value may run over lines): the same matches as
+# _SETTING.sub over the whole text, without trying it at every character. An ASCII line
+# without the words cannot hold a key (IGNORECASE folds some other characters to ASCII
+# letters: any other line is tried).
+_KEY_START = re.compile(
+    r"(?<![A-Za-z0-9])(?=[A-Za-z0-9_-]*(?:password|passwd|secret))|(?<![A-Za-z0-9_])(?=data)",
+    re.IGNORECASE,
+)
+_KEY_WORDS = ("passw", "secret", "data")
+_WHOLE_TEXT = 4096
+
+
+def _key_starts(text: str) -> Iterator[int]:
+    """Every position in `text` where a key of _SETTING may start, in order."""
+    start = 0
+    for line in text.split("\n"):
+        end = start + len(line)
+        if not line.isascii() or any(word in line.lower() for word in _KEY_WORDS):
+            for key in _KEY_START.finditer(text, start, end):
+                yield key.start()
+        start = end + 1
+
+
+def _scrub_settings(text: str, whole: bool = False) -> tuple[str, list[str]]:
+    """`whole`: run _SETTING over every character (what _key_starts spares long texts)."""
     found: list[str] = []
 
     def blank(match: re.Match[str]) -> str:
@@ -108,7 +143,19 @@ def scrub_text(text: str) -> tuple[str, list[str]]:
         found.append(key)
         return f"{key}{match.group('sep')}{quote}{REDACTED}{quote}"
 
-    return _SETTING.sub(blank, text), sorted(set(found))
+    if whole or len(text) < _WHOLE_TEXT:
+        return _SETTING.sub(blank, text), sorted(set(found))
+    parts = []
+    done = 0
+    for position in _key_starts(text):
+        if position < done:
+            continue
+        match = _SETTING.match(text, position)
+        if match is not None:
+            parts += [text[done:position], blank(match)]
+            done = match.end()
+    parts.append(text[done:])
+    return "".join(parts), sorted(set(found))
 
 
 def scrub_bytes(data: bytes) -> tuple[bytes, list[str]]:

@@ -379,3 +379,26 @@ def test_kvm008_fails_without_the_tun_device(edit_snapshot: Any) -> None:
     finding = one(run_checks(snap.save()), "KVM008", "device:/dev/net/tun")
     assert finding.status == "fail"
     assert "cannot load modules" in finding.message  # this kernel has no module support
+
+
+@pytest.mark.parametrize(
+    ("pattern", "needles"),
+    [
+        ("FIRMWARE_DISABLED", "FIRMWARE_DISABLED_NEEDLES"),
+        ("NO_HW_SUPPORT", "NO_HW_SUPPORT_NEEDLES"),
+    ],
+)
+def test_every_wording_a_kernel_log_pattern_finds_holds_one_of_its_needles(
+    pattern: str, needles: str
+) -> None:
+    import re
+
+    import checks.kvm as kvm
+
+    # Each alternative is literal text (escaped parentheses aside), so holding a needle is
+    # holding it in every line the alternative matches: no log is left unsearched wrongly.
+    alternatives = getattr(kvm, pattern).pattern.split("|")
+    for alternative in alternatives:
+        text = alternative.replace("\\(", "(").replace("\\)", ")")
+        assert re.escape(text).replace("\\ ", " ") == alternative.replace("\\ ", " ")
+        assert any(n in text.lower() for n in getattr(kvm, needles)), alternative

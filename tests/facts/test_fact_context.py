@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from doctor.facts import FactContext, FactUnavailable, fact, providers
+from doctor.facts import FACT_MODULES, FactContext, FactUnavailable, fact, fact_names, providers
 from doctor.sources.live import LiveSource
 
 from kdtest import REALDATA
@@ -64,3 +64,37 @@ def test_a_name_cannot_be_registered_by_two_providers() -> None:
     assert "cpu" in providers()
     with pytest.raises(ValueError, match="registered twice"):
         fact("cpu")(lambda ctx: None)
+
+
+def test_the_index_names_the_module_of_every_builtin_fact() -> None:
+    registered = {
+        name: func.__module__
+        for name, func in providers().items()
+        if func.__module__.startswith("doctor.facts.")
+    }
+    assert registered == {name: f"doctor.facts.{mod}" for name, mod in FACT_MODULES.items()}
+    assert set(registered) <= fact_names()
+
+
+def test_a_fact_imports_only_the_module_that_provides_it(make_tree) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from kdtest import ROOT
+
+    tree = make_tree({"/proc/cpuinfo": CPUINFO.read_text()})
+    probe = (
+        "import json, sys; from doctor.facts import FactContext; "
+        "from doctor.sources.live import LiveSource; "
+        f"cpu = FactContext(LiveSource({str(tree)!r})).get('cpu'); "
+        "print(json.dumps([cpu.vendor, sorted(m for m in sys.modules "
+        "if m.startswith('doctor.facts.'))]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    vendor, modules = json.loads(done.stdout)
+    assert vendor == "GenuineIntel"
+    assert "doctor.facts.cpu" in modules
+    assert not {"doctor.facts.links", "doctor.facts.domains", "doctor.facts.tls"} & set(modules)

@@ -59,6 +59,28 @@ def test_search_without_a_match_is_empty() -> None:
     assert log(Q35_BOOT_HEADER).search(re.compile(r"disabled by bios")) == []
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"kvm: disabled by bios|VMX \(outside TXT\) disabled by BIOS|SVM disabled \(by BIOS\)",
+        r"kvm_intel: VMX not supported by CPU \d+",
+        r"^\[\s*0\.000000\] Linux",  # anchored: tried line by line only
+        r"BIOS$",
+        r"\d+\](?= kvm)",  # lookahead at a line's end differs in the joined text
+        r"(?<!x)kvm",
+        r"(?m)^<3>",
+        r"\bkvm\b",
+        r"no such text anywhere",
+        r"[^a-z]{3}\s",
+    ],
+)
+def test_search_of_the_whole_log_finds_what_a_search_of_each_line_finds(pattern: str) -> None:
+    compiled = re.compile(pattern, re.IGNORECASE)
+    for path in sorted(LOGS.iterdir()):
+        kernel = KernelLog("test", tuple(path.read_text().splitlines()))
+        assert kernel.search(compiled) == [ln for ln in kernel.lines if compiled.search(ln)], path
+
+
 # --- current_boot ------------------------------------------------------------------------------
 
 

@@ -85,6 +85,28 @@ def test_libvirtd_conf_with_every_example_enabled() -> None:
     assert isinstance(values["max_clients"], int)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("# a\n#b\n\n  # c\n\t\n# d", {}),
+        ("# a\r\n# b\r\nx = 1 # tail\n  #e\n\ny = 'v'\n# z", {"x": 1, "y": "v"}),
+        ("#\n#\nx = [ 1,\n 2 ]\n#\n", {"x": [1, 2]}),
+        ("# a\n# b\n\n   \n= 1\n", "line 5: expecting a name"),
+        ("# a\nx = 1 y = 2\n# b\n", "line 2: expecting a separator"),
+        ("\n\n  \n", "line 4: expecting a name"),
+        ("#only a comment", {}),
+    ],
+)
+def test_runs_of_comment_lines_are_skipped_as_one_statement_at_a_time_would_be(
+    text: str, expected: object
+) -> None:
+    if isinstance(expected, dict):
+        assert parse_conf(text) == expected
+    else:
+        with pytest.raises(ConfError, match=expected):
+            parse_conf(text)
+
+
 def test_libvirt_conf_list_with_a_trailing_comma() -> None:
     values = parse_conf(uncomment_examples(real("libvirt.conf")))
     assert values["uri_aliases"] == [

@@ -117,3 +117,97 @@ def test_skips_with_one_reason_are_one_line_naming_every_check(tmp_path: Path) -
         assert [line for line in skip_lines if re.search(rf"\b{code}\b", line)], code
     (netlink,) = [line for line in skip_lines if "neither netlink" in line]
     assert netlink.startswith("SKIP  7 checks: ")
+
+
+# --- without colour the view is written without rich, and reads exactly as rich writes it ----
+
+HOSTILE = [
+    "plain",
+    "[bold]not a tag from the host[/]",
+    "a [b] c [/b] [x=1] [@click] [#fff] [/",
+    "\\[escaped] \\\\[two] \\\\\\[three] ends with \\",
+    "ends with two \\\\",
+    "tab\there and\tthere",
+    "wide\u4e2d\u6587\tcolumn",
+    "brackets ] [ [[ ]] [1] [a-b] [A] [/x]",
+    "carriage\rreturn and bell\x07",
+    "",
+]
+
+
+def rich_console(out: Any) -> Any:
+    """The console the view used before it could write without rich."""
+    from rich.console import Console
+
+    return Console(
+        file=out, no_color=True, force_terminal=False, highlight=False, soft_wrap=True, emoji=False
+    )
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_escape_and_plain_read_markup_as_rich_does(text: str) -> None:
+    from rich.markup import escape as rich_escape
+    from rich.markup import render as rich_render
+
+    from doctor.render import text as view
+
+    assert view.escape(text) == rich_escape(text)
+    if not re.search(r"[\x07\x08\x0b\x0c\x0d]", text):  # rich's Text strips those; the
+        # console leaves a line holding one to rich (below)
+        assert view.plain(view.escape(text)) == rich_render(rich_escape(text)).plain
+    line = f"[bold]{view.escape(text)}[/] [dim]({view.escape(text)})[/]"
+    plain, rich = io.StringIO(), io.StringIO()
+    view.PlainConsole(plain).print(line)
+    rich_console(rich).print(line)
+    assert plain.getvalue() == rich.getvalue()
+
+
+def hostile_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The report with host text that looks like markup, and tabs, in every place shown."""
+    report = json.loads(json.dumps(report))
+    for index, chk in enumerate(report["checks"]):
+        for finding in chk["findings"]:
+            finding["message"] = f"{finding['message']} {HOSTILE[index % len(HOSTILE)]}"
+            finding["subject"] = f"{finding['subject']}[/]\\"
+            finding["status"] = "fail" if index % 3 == 0 else finding["status"]
+    return report
+
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "sample_reports").glob("*.json"))
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.parametrize("hostile", [False, True])
+def test_without_colour_the_view_is_what_rich_wrote(
+    sample: Path, verbose: bool, hostile: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from doctor.render import text as view
+
+    report = json.loads(sample.read_text())
+    if hostile:
+        report = hostile_report(report)
+    ours = io.StringIO()
+    render(report, ours, verbose=verbose, color=False)
+    monkeypatch.setattr(view, "PlainConsole", rich_console)
+    theirs = io.StringIO()
+    render(report, theirs, verbose=verbose, color=False)
+    assert ours.getvalue() == theirs.getvalue()
+    assert ours.getvalue().count("\n") >= 3
+
+
+def test_the_view_without_colour_does_not_import_rich(host_snapshot: Path) -> None:
+    import subprocess
+    import sys
+
+    from kdtest import ROOT
+
+    probe = (
+        "import io, json, sys; from doctor.render.text import render; "
+        f"render(json.load(open({str(host_snapshot / 'report.json')!r})), io.StringIO()); "
+        "print('rich' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.strip() == "False"

@@ -1,0 +1,182 @@
+"""`@record`: a frozen dataclass made when its first instance is, and then no different."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pickle
+import subprocess
+import sys
+import threading
+from dataclasses import field
+from typing import Optional
+
+import pytest
+
+from doctor.record import record
+
+from kdtest import ROOT
+
+
+def declare() -> tuple[type, type, type]:
+    """Fresh classes for each test, so that each starts with none made."""
+
+    @record
+    class Base:
+        name: str
+        size: int = 0
+        tags: tuple[str, ...] = field(default_factory=tuple)
+
+        def double(self) -> int:
+            return self.size * 2
+
+    @record
+    class Child(Base):
+        note: Optional[str] = None
+
+    class Plain(Base):
+        def label(self) -> str:
+            return f"plain {self.name}"
+
+    return Base, Child, Plain
+
+
+def test_a_record_is_no_dataclass_until_its_first_instance_and_then_a_frozen_one() -> None:
+    Base, Child, _ = declare()
+    assert not dataclasses.is_dataclass(Base)
+    item = Base("a", 2)
+    assert dataclasses.is_dataclass(Base)
+    assert "__dataclass_fields__" not in vars(Child)  # a subclass is made with its first
+    assert item == Base("a", 2, ()) and hash(item) == hash(Base("a", 2))
+    assert item != Base("a", 3)
+    assert repr(item).endswith("Base(name='a', size=2, tags=())")
+    assert item.double() == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        item.size = 3  # type: ignore[misc]
+    assert [f.name for f in dataclasses.fields(item)] == ["name", "size", "tags"]
+    assert dataclasses.replace(item, size=5) == Base("a", 5)
+    assert dataclasses.asdict(item) == {"name": "a", "size": 2, "tags": ()}
+    with pytest.raises(TypeError):
+        Base()  # type: ignore[call-arg]
+
+
+def test_subclasses_make_their_bases_first() -> None:
+    Base, Child, Plain = declare()
+    child = Child("c", note="n")
+    assert "__dataclass_fields__" in vars(Base) and "__dataclass_fields__" in vars(Child)
+    assert [f.name for f in dataclasses.fields(child)] == ["name", "size", "tags", "note"]
+    assert child == Child("c", 0, (), "n") and child != Base("c")
+    plain = Plain("p", 1)
+    assert plain.label() == "plain p" and plain.double() == 2
+    assert copy.deepcopy(child) == child and copy.copy(plain) == plain
+
+
+def test_instances_made_in_threads_at_once_all_work() -> None:
+    Base, Child, _ = declare()
+    made: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def make(i: int) -> None:
+        barrier.wait()
+        made.append(Child(str(i), i) if i % 2 else Base(str(i), i))
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(repr(m) for m in made) == sorted(
+        repr(Child(str(i), i) if i % 2 else Base(str(i), i)) for i in range(8)
+    )
+
+
+UNPICKLE = """
+import dataclasses, json, pickle, sys
+from doctor.model import Finding, Ignore
+assert not dataclasses.is_dataclass(Finding)
+item = pickle.loads(sys.stdin.buffer.read())
+print(json.dumps([repr(item), item == Finding("warn", "m", subject="host", ignored=Ignore("r", "cli")),
+                  dataclasses.is_dataclass(Finding)]))
+"""
+
+
+def test_an_instance_unpickled_before_any_was_made_is_a_full_record() -> None:
+    from doctor.model import Finding, Ignore
+
+    data = pickle.dumps(Finding("warn", "m", subject="host", ignored=Ignore("r", "cli")))
+    done = subprocess.run(
+        [sys.executable, "-c", UNPICKLE], input=data, capture_output=True, cwd=ROOT, check=True
+    )
+    text, equal, made = json.loads(done.stdout)
+    assert text.startswith("Finding(status='warn', message='m'")
+    assert equal is True and made is True
+
+
+def test_a_record_without_a_docstring_is_documented_by_its_fields() -> None:
+    Base, Child, _ = declare()
+    Child("c")
+    assert Base.__doc__ == "Base(name, size, tags)"
+    assert Child.__doc__ == "Child(name, size, tags, note)"
+
+
+def twins() -> list[tuple[type, type, list[tuple[object, ...]]]]:
+    """(record, the same class as a frozen dataclass, argument tuples to make instances)."""
+    nan = float("nan")
+    out = []
+    for body, args in [
+        ("    pass\n", [()]),
+        ("    a: float\n", [(1.0,), (nan,), (2.0,)]),
+        ("    a: int\n    b: str = 'x'\n", [(1,), (1, "y"), (2, "x")]),
+        (
+            "    a: int\n    extra: dict = field(default_factory=dict, compare=False, repr=False)\n",
+            [(1,), (1, {"k": 1}), (3, {})],
+        ),
+        ("    a: int\n    b: tuple = field(default=(), hash=False)\n", [(1,), (1, (2,))]),
+        ("    items: list = field(default_factory=list)\n", [([],), ([1],)]),
+    ]:
+        made = []
+        for decorate in ("record", "dataclasses.dataclass(frozen=True)"):
+            namespace: dict[str, object] = {
+                "record": record,
+                "dataclasses": dataclasses,
+                "field": field,
+            }
+            exec(f"@{decorate}\nclass Twin:\n{body}", namespace)
+            made.append(namespace["Twin"])
+        out.append((made[0], made[1], args))
+    return out
+
+
+def test_records_compare_hash_and_show_as_frozen_dataclasses_do() -> None:
+    for ours, theirs, arguments in twins():
+        mine = [ours(*a) for a in arguments] + [ours(*a) for a in arguments]
+        ref = [theirs(*a) for a in arguments] + [theirs(*a) for a in arguments]
+        for x, rx in zip(mine, ref):
+            assert repr(x) == repr(rx)
+            assert (x == 1) == (rx == 1) and x.__eq__(1) is NotImplemented
+            for y, ry in zip(mine, ref):
+                assert (x == y) == (rx == ry), (x, y)
+                assert (x != y) == (rx != ry)
+            try:
+                expected: object = hash(rx)
+            except TypeError as exc:
+                expected = type(exc)
+            try:
+                got: object = hash(x)
+            except TypeError as exc:
+                got = type(exc)
+            assert got == expected, x
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            mine[0].a = 5  # type: ignore[attr-defined]
+        assert [f.name for f in dataclasses.fields(mine[0])] == [
+            f.name for f in dataclasses.fields(ref[0])
+        ]
+
+
+def test_a_record_that_holds_itself_shows_as_a_dataclass_does() -> None:
+    ours, theirs, _ = twins()[5]
+    x, rx = ours([]), theirs([])
+    x.items.append(x)
+    rx.items.append(rx)
+    assert repr(x) == repr(rx) == "Twin(items=[...])"
