@@ -55,6 +55,7 @@ _MODULES = (
     "links",
     "netfilter",
     "networks",
+    "ovs",
     "logs",
     "probe",
     "fleet",
