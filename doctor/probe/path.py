@@ -454,6 +454,12 @@ def from_domain(
         network=nic.source.get("network") if nic.type == "network" else None,
     )
     ovs = _on_ovs(host.links[nic.target])
+    if nic.virtualport == "openvswitch" and not ovs:
+        master = host.links[nic.target].master
+        problems.append(
+            f"{domain}'s interface asks for Open vSwitch (<virtualport type='openvswitch'>), "
+            f"but its tap {nic.target} is not an OVS port (master: {master or 'none'})"
+        )
     if guest_ip is None and not ovs:
         problems.append(
             f"the guest's IPv4 address is unknown (libvirt has no DHCP lease or ARP entry for "

@@ -18,7 +18,7 @@ import pytest
 from doctor.facts import FactContext, FactUnavailable
 from doctor.facts.ovs import OvsPort, parse
 from doctor.probe.path import Path as ProbePath
-from doctor.probe.path import from_domain
+from doctor.probe.path import RouteAnswer, from_domain
 from doctor.probe.predict import predict
 from doctor.probe.verdict import predicted
 from doctor.sources.snapshot import SnapshotSource
@@ -187,6 +187,26 @@ def test_the_libvirt_xml_names_the_openvswitch_virtualport() -> None:
     [dom] = facts.get("domains").items
     [nic] = dom.interfaces
     assert (nic.type, nic.virtualport, nic.target) == ("bridge", "openvswitch", "vnet0")
+
+
+def test_a_tap_that_left_ovs_though_its_xml_asks_for_it_is_told(vlan193: Path) -> None:
+    file = vlan193 / "netlink" / "host" / "links.json"
+    rows = json.loads(file.read_text())
+    [tap] = [r for r in rows if r["attrs"]["IFLA_IFNAME"] == "vnet0"]
+    del tap["attrs"]["IFLA_MASTER"]
+    del tap["attrs"]["IFLA_LINKINFO"]["attrs"]["IFLA_INFO_SLAVE_KIND"]
+    file.write_text(json.dumps(rows))
+    facts = FactContext(SnapshotSource(str(vlan193)))
+
+    def unreachable(dst: str, **kw: Any) -> RouteAnswer:  # no longer OVS: routed by the host
+        return RouteAnswer(dst, type="unreachable")
+
+    path = from_domain(facts, "kdovs193", "192.0.2.10", route_get=unreachable)
+    assert [h.role for h in path.hops] == ["tap"]
+    assert any(
+        "asks for Open vSwitch" in p and "vnet0 is not an OVS port (master: none)" in p
+        for p in path.problems
+    )
 
 
 @pytest.mark.parametrize(
