@@ -1,10 +1,11 @@
 """A real KVM guest on a test bridge: its path is discovered from libvirt and netlink (the
 domain's live XML names the tap; the tap's master is the bridge). The guest runs under a
 second libvirtd inside a namespace the test makes (tests/kdnet.py NetLab): its network, its
-bridge and the guest's tap exist only there. As root, the guest's frames (ARP, or ICMP and
-UDP and TCP from its address) written on the tap enter the bridge through a temporary mirred filter,
-as if the guest sent them: to a namespace on the same bridge, and through the NAT libvirt set
-up to a gateway namespace beyond the host's forwarding; the replies come back to the tap."""
+bridge and the guest's tap exist only there. As root, the guest's frames (ARP, or ICMP, UDP
+and TCP from its address) written on the tap enter the bridge through a temporary mirred
+filter, as if the guest sent them: to a namespace on the same bridge, and through the NAT
+libvirt set up to a gateway namespace beyond the host's forwarding; the replies come back to
+the tap."""
 
 from __future__ import annotations
 
