@@ -522,11 +522,7 @@ def _host_side(
 ) -> Path:
     link = host.links[port]
     iif = port
-    if (
-        link.slave_kind == "openvswitch"
-        or link.master == "ovs-system"
-        or link.kind == "openvswitch"
-    ):
+    if _on_ovs(link):
         # Open vSwitch switches the guest's frames in its datapath: the bridge, the guest's
         # port and the ways out come from OVSDB, not from the kernel's bridge.
         _ovs_hops(facts, host, guest, port, hops, problems)
