@@ -21,9 +21,13 @@ from doctor.registry import check
 def probe_predicted_drop(probe: ProbeRun) -> Iterator[Finding]:
     """What it checks: every hop on the path from the guest (a libvirt domain's tap, or a
     namespace's veth) to the address asked for: link and carrier state, the bridge port's STP
-    state, MTUs along the path; for routed and NAT traffic the kernel's `route get` answer
-    for a packet arriving from the guest (EHOSTUNREACH when forwarding is off, ENETUNREACH
-    without a route, EINVAL when reverse-path filtering refuses the source), the FORWARD
+    state, MTUs along the path; on Open vSwitch (from OVSDB) the guest port's VLAN tag against
+    the uplinks of its bridge (access tag, trunks), interfaces ovs-vswitchd could not set up
+    (`error`) or whose `link_state` is down, a bridge with no way out, and a bridge left only
+    through patch or tunnel ports (told, not predicted as a drop); for routed and NAT traffic
+    the kernel's `route get` answer for a packet arriving from the guest (EHOSTUNREACH when
+    forwarding is off, ENETUNREACH without a route, EINVAL when reverse-path filtering
+    refuses the source), the FORWARD
     verdict of the firewall (and with br_netfilter, for traffic across the bridge), the
     MASQUERADE rules covering the guest's source, and the next hop's neighbour state. Nothing
     is sent.

@@ -47,6 +47,40 @@ class PlanItem:
     # checks again (where, command); () and None for one host's report.
     hosts: tuple[str, ...] = ()
     rerun: Optional[tuple[str, str]] = None
+    # The diagnosis rests on `kvmdoctor probe` findings: the probe to run again (its own
+    # arguments from the report; `kvmdoctor run` cannot re-judge a probe), else None.
+    probe_again: Optional[tuple[str, ...]] = None
+
+    @property
+    def rerun_codes(self) -> tuple[str, ...]:
+        """The checks `kvmdoctor run --select` re-judges: not the PRB checks, which only
+        `kvmdoctor probe` feeds."""
+        return tuple(c for c in self.verify if not c.startswith(PROBE_PREFIX))
+
+
+PROBE_PREFIX = "PRB"
+# Options of `kvmdoctor probe` that shape its output, left out of the command to run again.
+_OUTPUT_OPTIONS = {"--format": 1, "-f": 1, "--output": 1, "-o": 1, "--no-color": 0}
+
+
+def probe_command(report: dict[str, Any]) -> tuple[str, ...]:
+    """The `kvmdoctor probe` that made the report, without its output options; or the bare
+    command when the report came from elsewhere."""
+    argv = [str(a) for a in (report.get("run") or {}).get("argv") or []]
+    if argv[1:2] != ["probe"]:
+        return ("kvmdoctor", "probe")
+    out: list[str] = ["kvmdoctor", "probe"]
+    skip = 0
+    for arg in argv[2:]:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _OUTPUT_OPTIONS:
+            skip = _OUTPUT_OPTIONS[name] if "=" not in arg else 0
+            continue
+        out.append(arg)
+    return tuple(out)
 
 
 def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
@@ -78,6 +112,8 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
                 continue
             seen.add(key)
             steps.append(step)
+        codes = [f.get("code", "") for f in (*diag.get("findings", ()), *diag.get("explains", ()))]
+        probed = any(str(c).startswith(PROBE_PREFIX) for c in codes)
         items.append(
             PlanItem(
                 diag["playbook"],
@@ -88,6 +124,7 @@ def plan_from_report(report: dict[str, Any]) -> list[PlanItem]:
                 tuple(steps),
                 hosts,
                 rerun(report, diag) if hosts else None,
+                probe_command(report) if probed else None,
             )
         )
     return items
@@ -346,8 +383,10 @@ def _shell_items(items: Sequence[PlanItem]) -> list[str]:
         if item.rerun is not None:
             place, command = item.rerun
             out += _comment(f"then check {place}: {command}")
-        else:
-            out += _comment(f"then check: kvmdoctor run --select {','.join(item.verify)}")
+        elif item.rerun_codes:
+            out += _comment(f"then check: kvmdoctor run --select {','.join(item.rerun_codes)}")
+        if item.probe_again:
+            out += _comment(f"then probe again: {one_line(shlex.join(item.probe_again))}")
         out.append("")
     return out
 
@@ -492,8 +531,12 @@ def ansible_playbook(plan: Sequence[PlanItem], *, host: str, version: str) -> st
         "# Safe steps run by default; the others are tagged `never` and their safety class:\n"
         "# add --tags disruptive (needs-reboot, needs-relogin) to run them too.\n"
         "# Checks to re-run afterwards: "
-        + one_line(", ".join(sorted({c for item in plan for c in item.verify}) or ["-"]))
+        + one_line(", ".join(verify_codes(plan) or ["-"]))
         + "\n"
+        + "".join(
+            f"# Then probe again: {one_line(shlex.join(command))}\n"
+            for command in probe_commands(plan)
+        )
     )
     body = yaml.safe_dump(plays, sort_keys=False, default_flow_style=False, width=100)
     return header + "---\n" + body
@@ -514,4 +557,10 @@ def _pattern(hosts: Sequence[str]) -> Any:
 
 
 def verify_codes(items: Iterable[PlanItem]) -> list[str]:
-    return sorted({code for item in items for code in item.verify})
+    """The checks `kvmdoctor run` re-judges after the plan (never the PRB checks)."""
+    return sorted({code for item in items for code in item.rerun_codes})
+
+
+def probe_commands(items: Iterable[PlanItem]) -> list[tuple[str, ...]]:
+    """The probes to run again after the plan, each once."""
+    return sorted({item.probe_again for item in items if item.probe_again})

@@ -963,6 +963,69 @@ def test_the_nat_playbook_takes_the_missing_translation_and_its_untranslated_sou
     assert all(f.explained_by == ("nat-masquerade-missing",) for f in marked)
 
 
+def _untranslated(**extra: Any) -> Finding:
+    """PRB003 as doctor/probe/verdict.py words it for a guest of the libvirt NAT network kdnat."""
+    return shaped(
+        "PRB003",
+        "fail",
+        "requests left kdu0 with the guest's own source 198.51.100.2: nothing translated it, "
+        "so replies cannot find their way back",
+        "iface:kdu0",
+        uplink="kdu0",
+        sources_on_uplink=["198.51.100.2"],
+        playbook="nat-masquerade-missing",
+        network="kdnat",
+        **extra,
+    )
+
+
+def test_the_untranslated_source_alone_reaches_the_nat_playbook_not_the_generic_one() -> None:
+    diagnoses, marked = rules.diagnose([_untranslated()], playbooks.shipped())
+    assert [d.playbook.id for d in diagnoses] == ["nat-masquerade-missing"]
+    assert [s.params.get("argv") for s in diagnoses[0].fix] == [
+        ["virsh", "net-destroy", "kdnat"],
+        ["virsh", "net-start", "kdnat"],
+    ]
+    assert [f.explained_by for f in marked] == [("nat-masquerade-missing",)]
+
+
+def test_a_nat_prediction_drop_and_untranslated_source_make_one_nat_diagnosis() -> None:
+    findings = [
+        shaped(
+            "PRB001",
+            "warn",
+            "kdu0 (reply): no MASQUERADE or SNAT rule covers the guest's 198.51.100.2 on its "
+            "way out of kdu0: replies to its private address do not come back",
+            "iface:kdu0",
+            hop="kdu0",
+            cause="nat-missing",
+            playbook="nat-masquerade-missing",
+            network="kdnat",
+        ),
+        shaped(
+            "PRB002",
+            "fail",
+            "icmp reply to 203.0.113.2 never reached kdu0: nat-missing (confidence medium)",
+            "iface:kdu0",
+            direction="reply",
+            hop="kdu0",
+            cause="nat-missing",
+            playbook="nat-masquerade-missing",
+            network="kdnat",
+        ),
+        _untranslated(),
+    ]
+    diagnoses, marked = rules.diagnose(findings, playbooks.shipped())
+    assert [d.playbook.id for d in diagnoses] == ["nat-masquerade-missing"]
+    assert {f.code for f in (*diagnoses[0].findings, *diagnoses[0].explains)} == {
+        "PRB001",
+        "PRB002",
+        "PRB003",
+    }
+    assert all(f.explained_by == ("nat-masquerade-missing",) for f in marked)
+    assert_one_root_cause_per_problem(diagnoses, marked)
+
+
 def test_a_probe_cause_without_a_playbook_falls_back_to_the_generic_one() -> None:
     [drop] = FINDING_CASES["probe-traffic-dropped"]
     diagnoses, _ = rules.diagnose([drop], playbooks.shipped())

@@ -26,6 +26,7 @@ from doctor.cli import report as report_cmd
 from doctor.cli import run as run_cmd
 from doctor.cli import version as version_cmd
 from doctor.cli.common import EXIT_INTERNAL, EXIT_USAGE, UsageError
+from doctor.signals import Terminated
 
 
 class _Group(TyperGroup):
@@ -93,12 +94,15 @@ class _Group(TyperGroup):
         return code
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised where the process is so that every clean-up on the way out runs (a
-    snapshot's unpacked files, temporary output files), as for Ctrl-C."""
+_MAIN_PID = [0]  # the process that installed the handler
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if os.getpid() != _MAIN_PID[0]:
+        # A child forked meanwhile (pyroute2 forks one to open a socket in a namespace, and
+        # stops it with SIGTERM) holds a copy of this process's stack: it must not run the
+        # command's clean-up or speak for it.
+        os._exit(128 + signum)
     raise Terminated()
 
 
@@ -109,6 +113,7 @@ def _catch_sigterm() -> Any:
         return None
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return None
+    _MAIN_PID[0] = os.getpid()
     return signal.signal(signal.SIGTERM, _on_sigterm)
 
 

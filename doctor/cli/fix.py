@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import sys
 from typing import Any, Optional
 
@@ -183,7 +184,7 @@ def _apply(
     if not yes and not _confirm(len(chosen)):
         _say("nothing was changed")
         return EXIT_NOT_FIXED
-    from doctor import repair
+    from doctor import repair, textsafe
 
     started = dt.datetime.now(dt.timezone.utc)
     changes = [repair.Applier().apply(step) for step in chosen]
@@ -212,5 +213,8 @@ def _apply(
         typer.echo(f"{change.status}: [{change.playbook}] {change.text}{detail}")
     for check_code, status in results.items():
         typer.echo(f"verify {check_code}: {status}")
+    for command in remedy.probe_commands(i for i in plan if any(s in chosen for s in i.steps)):
+        # A probe finding is judged again only by the probe, with its own arguments.
+        typer.echo(f"probe again to verify: {textsafe.one_line(shlex.join(command))}")
     typer.echo(f"change record: {path}")
     return code

@@ -77,6 +77,7 @@ FACT_MODULES = {
     "libvirt_logs": "logs",
     "probe": "probe",
     "fleet": "fleet",
+    "ovs": "ovs",
 }
 _loaded = False
 

@@ -8,7 +8,9 @@ Every change (a tracefs mount, a trace instance, a clsact qdisc with a mirred fi
 guest's tap) is made by
 `Lab.change(what, do, undo)`, which records how to undo it; leaving the `with` block undoes all
 of them in reverse order: at the normal end, on an exception, on SIGINT and on SIGTERM (the
-Lab installs handlers for both while it is active and restores the previous ones afterwards).
+Lab installs handlers for both before it changes anything, even where SIGINT was ignored at
+start as in a shell's background job, and restores the previous ones afterwards; a signal
+that arrives while a change is being made waits until its undo is recorded).
 A lock file held with flock refuses a second probe while one runs.
 """
 
@@ -20,19 +22,21 @@ import fcntl
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Callable, Optional
 
+from doctor.signals import Terminated
+
+__all__ = ["Busy", "Lab", "Terminated"]
+
 LOCK_PATH = "/run/kvmdoctor/probe.lock"
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TRACEFS = "/sys/kernel/tracing"
 
 
 class Busy(Exception):
     """Another probe holds the lock."""
-
-
-class Terminated(SystemExit):
-    """SIGTERM arrived while the lab was active: unwinding undoes the changes."""
 
 
 class Lab:
@@ -49,6 +53,19 @@ class Lab:
 
     def __enter__(self) -> Lab:
         self._pid = os.getpid()
+        # The handlers come first, before anything the probe could leave behind, and whatever
+        # the process inherited: a shell starts a background job with SIGINT ignored, and the
+        # probe must still be stoppable (and clean up) once it changes the host.
+        for signum in SIGNALS:
+            self._old[signum] = signal.signal(signum, self._on_signal)
+        try:
+            self._lock()
+        except BaseException:
+            self._restore_handlers()
+            raise
+        return self
+
+    def _lock(self) -> None:
         os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -61,12 +78,14 @@ class Lab:
                     f"another kvmdoctor probe is running{holder}; try again when it ends"
                 ) from None
             raise
+        self._lock_fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._old[signum] = signal.signal(signum, self._on_signal)
-        return self
+
+    def _restore_handlers(self) -> None:
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old.clear()
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         if os.getpid() != self._pid:
@@ -78,7 +97,7 @@ class Lab:
             signal.signal(other, signal.SIG_IGN)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise Terminated(128 + signum)
+        raise Terminated()
 
     def __exit__(self, *exc: object) -> None:
         for signum in self._old:
@@ -86,9 +105,7 @@ class Lab:
         try:
             self.undo()
         finally:
-            for signum, old in self._old.items():
-                signal.signal(signum, old)
-            self._old.clear()
+            self._restore_handlers()
             if self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
@@ -108,10 +125,15 @@ class Lab:
     # --- changes -----------------------------------------------------------------------------
 
     def change(self, what: str, do: Callable[[], Any], undo: Callable[[], None]) -> Any:
-        """Make one change and record its undo; the undo is recorded only once it succeeded."""
-        result = do()
-        self.changes.append((what, undo))
-        self.done.append(what)
+        """Make one change and record its undo; the undo is recorded only once it succeeded.
+
+        SIGINT and SIGTERM are held back while the change is made and recorded (and so are
+        they in the commands it runs, which inherit the mask): a signal between a change and
+        its record would leave the change behind. A held signal arrives right afterwards."""
+        with _signals_held():
+            result = do()
+            self.changes.append((what, undo))
+            self.done.append(what)
         return result
 
     def tracefs(self) -> str:
@@ -174,6 +196,16 @@ class Lab:
             ),  # fmt: skip
             lambda: None,  # goes with the qdisc
         )
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (they stay pending) until the block ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _tc(*args: str) -> None:

@@ -1,6 +1,8 @@
 """The hops a guest's traffic crosses, from the facts and netlink, never from `ip`/`brctl` text.
 
     guest NIC -> veth peer or tap -> Linux bridge -> forwarding step (route get) -> uplink
+    libvirt guest -> tap -> Open vSwitch bridge (OVSDB: the guest's port, its VLAN) -> uplink
+        port(s) of that bridge, or of the bridges its patch ports join, and tunnel ports
 
 A namespace stands in for a guest (`from_netns`), or a libvirt domain's interface is followed
 from its tap (`from_domain`). The host side is the namespace kvmdoctor runs in. Each hop
@@ -81,6 +83,10 @@ class Hop:
     members: tuple[str, ...] = ()
     bond_mode: Optional[str] = None  # a bond: its mode
     macvlan_mode: Optional[str] = None  # a macvtap: bridge, vepa, private, passthru
+    # An Open vSwitch port (tap, uplink, tunnel: its bridge, VLAN tag/trunks/mode and its
+    # interfaces' type, link state, error, ofport) or bridge (role "ovs-bridge": the guest's
+    # port and the ways out), from OVSDB.
+    ovs: Optional[dict[str, Any]] = None
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -187,6 +193,10 @@ class Path:
     @property
     def uplink(self) -> Optional[Hop]:
         return self.hop("uplink")
+
+    @property
+    def ovs_bridge(self) -> Optional[Hop]:
+        return self.hop("ovs-bridge")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -447,7 +457,14 @@ def from_domain(
         address_source=origin,
         network=nic.source.get("network") if nic.type == "network" else None,
     )
-    if guest_ip is None:
+    ovs = _on_ovs(host.links[nic.target])
+    if nic.virtualport == "openvswitch" and not ovs:
+        master = host.links[nic.target].master
+        problems.append(
+            f"{domain}'s interface asks for Open vSwitch (<virtualport type='openvswitch'>), "
+            f"but its tap {nic.target} is not an OVS port (master: {master or 'none'})"
+        )
+    if guest_ip is None and not ovs:
         problems.append(
             f"the guest's IPv4 address is unknown (libvirt has no DHCP lease or ARP entry for "
             f"{nic.mac}, the host no neighbour entry); routing is judged without a source "
@@ -509,6 +526,11 @@ def _host_side(
 ) -> Path:
     link = host.links[port]
     iif = port
+    if _on_ovs(link):
+        # Open vSwitch switches the guest's frames in its datapath: the bridge, the guest's
+        # port and the ways out come from OVSDB, not from the kernel's bridge.
+        _ovs_hops(facts, host, guest, port, hops, problems)
+        return Path(guest, target, tuple(hops), problems=tuple(problems))
     if link.kind in ("macvtap", "macvlan"):
         # The guest's frames leave through the lower device directly: no bridge, no routing
         # on this host. The lower device (and what it sits on) is the rest of the path.
@@ -545,6 +567,106 @@ def _host_side(
         hops.append(host.hop("uplink", out.oif))
         _lower_hops(host, host.links[out.oif], hops)
     return Path(guest, target, tuple(hops), forwarding, target_on_bridge, tuple(problems))
+
+
+def _on_ovs(link: Link) -> bool:
+    """A port of Open vSwitch's datapath (a tap or NIC enslaved to ovs-system, or an OVS
+    internal port)."""
+    return (
+        link.slave_kind == "openvswitch"
+        or link.master == "ovs-system"
+        or link.kind == "openvswitch"
+    )
+
+
+def _ovs_port(bridge: Any, port: Any) -> dict[str, Any]:
+    """An OVS port's facts for a hop: its bridge, VLAN settings and interfaces' state."""
+    return {
+        "bridge": bridge.name,
+        **port.summary(),
+        "interfaces": [
+            {
+                "name": i.name,
+                "type": i.type or "system",
+                "link_state": i.link_state,
+                "admin_state": i.admin_state,
+                "error": i.error,
+                "ofport": i.ofport,
+                **({"options": dict(i.options)} if i.options else {}),
+            }
+            for i in port.interfaces
+        ],
+    }
+
+
+def _ovs_hops(
+    facts: FactContext, host: _Side, guest: Guest, port: str, hops: list[Hop], problems: list[str]
+) -> None:
+    """The Open vSwitch part of the path: the bridge holding the guest's port, then its uplink
+    ports (NICs, bonds, VLAN devices; other guests' taps are not ways out), following patch
+    ports to the bridges they join, and its tunnel ports."""
+    from doctor.facts.ovs import uplinks
+
+    try:
+        found = facts.get("ovs")
+    except FactUnavailable as exc:
+        problems.append(
+            f"{port} is an Open vSwitch port, and OVSDB could not be read: {exc.reason}"
+        )
+        return
+    where = found.find(port)
+    if where is None:
+        problems.append(
+            f"{port} is enslaved to ovs-system, but no OVS bridge has an interface {port}"
+        )
+        return
+    bridge, own, _ = where
+    hops[-1] = replace(hops[-1], ovs=_ovs_port(bridge, own))
+    ways = uplinks(found, bridge, skip=(own.name,))
+
+    def way_out(iface: Any) -> bool:
+        if iface.guest:
+            return False
+        link = host.links.get(iface.name)
+        return link is None or link.kind not in ("tap", "tun", "veth", "macvtap")
+
+    outs: list[tuple[Any, Any]] = []
+    for br, p, iface in ways["system"]:
+        if way_out(iface) and (br, p) not in outs:
+            outs.append((br, p))
+    summary = {
+        "bridge": bridge.name,
+        "fail_mode": bridge.fail_mode,
+        "datapath_type": bridge.datapath_type,
+        "guest_port": own.summary(),
+        "uplinks": [{"bridge": br.name, **p.summary()} for br, p in outs],
+        "patches": [
+            {"bridge": br.name, "port": p.name, "peer": i.patch_peer} for br, p, i in ways["patch"]
+        ],
+        "tunnels": [
+            {
+                "bridge": br.name,
+                "port": p.name,
+                "type": i.type,
+                "remote_ip": i.options.get("remote_ip"),
+            }
+            for br, p, i in ways["tunnel"]
+        ],
+    }
+    if bridge.name in host.links:
+        hops.append(host.hop("ovs-bridge", bridge.name, ovs=summary))
+    else:
+        hops.append(Hop(role="ovs-bridge", name=bridge.name, kind="openvswitch", ovs=summary))
+    for br, p in outs:
+        facts_of = _ovs_port(br, p)
+        names = [i.name for i in p.interfaces]
+        if len(names) == 1 and names[0] in host.links:
+            hops.append(host.hop("uplink", names[0], ovs=facts_of))
+            _lower_hops(host, host.links[names[0]], hops)
+        else:  # an OVS bond (several interfaces), or a device netlink did not list
+            hops.append(Hop(role="uplink", name=p.name, members=tuple(names), ovs=facts_of))
+    for br, p, iface in ways["tunnel"]:
+        hops.append(Hop(role="tunnel", name=p.name, kind=iface.type, ovs=_ovs_port(br, p)))
 
 
 def _next_hop(

@@ -33,6 +33,12 @@ CAUSES: dict[str, tuple[Optional[str], Optional[str]]] = {
     "tap-stalled": ("FULL_RING", None),
     "bond-mode": (None, "bond-mode-unsuited-for-bridge"),
     "macvtap-host": (None, "macvtap-host-isolation"),
+    # Open vSwitch (from OVSDB): the kernel's reasons for its datapath's drops are not
+    # specified here (this lab's kernel has no OVS).
+    "ovs-vlan-not-carried": (None, None),
+    "ovs-interface-error": (None, None),
+    "ovs-no-uplink": (None, None),
+    "ovs-tunnel-exit": (None, None),
 }
 # Bond modes that confuse a bridge's learning and the switch (checks/network.py NET008).
 UNSUITED_BOND_MODES = ("balance-rr", "balance-tlb", "balance-alb")
@@ -74,6 +80,10 @@ def _down(hop: Hop) -> Optional[str]:
     """Why a hop cannot carry traffic, or None."""
     if hop.admin_up is False:
         return "administratively down"
+    if hop.kind == "openvswitch":
+        # OVS's own devices (a bridge's internal port) report operstate DOWN while the
+        # datapath switches through them; OVSDB's link_state is judged instead.
+        return "has no carrier" if hop.carrier is False else None
     if hop.carrier is False or hop.operstate in ("down", "lowerlayerdown", "notpresent"):
         return f"has no carrier (operstate {hop.operstate})"
     return None
@@ -100,6 +110,7 @@ def predict(path: Path) -> list[Prediction]:
     # A bridge has no carrier while none of its ports forwards: the port is the cause.
     found = [p for p in found if not (p.cause == "link-down" and p.hop in blocked)]
     found.extend(_mtu(path))
+    found.extend(_ovs(path))
     if path.forwarding is not None:
         found.extend(_forwarding(path))
     return found
@@ -170,6 +181,123 @@ def _hop_predictions(path: Path, hop: Hop) -> list[Prediction]:
                 evidence={"hop": hop.as_dict()},
             )
         )
+    return out
+
+
+def _vlans(port: dict[str, Any]) -> str:
+    mode = port.get("vlan_mode")
+    if mode == "access":
+        return f"access port of VLAN {port.get('tag')}"
+    trunks = port.get("trunks") or []
+    which = ", ".join(str(t) for t in trunks) if trunks else "all VLANs"
+    native = f", native VLAN {port.get('tag')}" if mode != "trunk" else ""
+    return f"{mode} port ({which}{native})"
+
+
+def _ovs(path: Path) -> list[Prediction]:
+    """What OVSDB says about the Open vSwitch part of the path: an interface that failed or
+    is down, the guest's VLAN not carried by the uplinks of its bridge, no way out."""
+    from doctor.facts.ovs import carries
+
+    out: list[Prediction] = []
+    for hop in path.hops:
+        if hop.ovs is None or hop.role == "ovs-bridge":
+            continue
+        for iface in hop.ovs.get("interfaces", ()):
+            port, ovs_bridge = hop.ovs.get("port"), hop.ovs.get("bridge")
+            where = f"{iface['name']} (port {port} of OVS bridge {ovs_bridge})"
+            if iface.get("error"):
+                out.append(
+                    Prediction(
+                        hop.name,
+                        "both",
+                        "ovs-interface-error",
+                        f"{where}: ovs-vswitchd could not set it up: {iface['error']}",
+                        evidence={"hop": hop.as_dict()},
+                    )
+                )
+            elif iface.get("link_state") == "down" and _down(hop) is None:
+                direction = "reply" if hop.role == "tap" else "request"
+                if hop.role == "tunnel":
+                    direction = "both"
+                out.append(
+                    Prediction(
+                        hop.name,
+                        direction,
+                        "link-down",
+                        f"{where}: OVSDB reports link_state down",
+                        evidence={"hop": hop.as_dict()},
+                    )
+                )
+    bridge = path.ovs_bridge
+    tap = path.hops[0] if path.hops else None
+    if bridge is None or bridge.ovs is None or tap is None or tap.ovs is None:
+        return out
+    own = bridge.ovs["bridge"]
+    guest_port = tap.ovs
+    direct = [h for h in path.hops if h.role == "uplink" and h.ovs and h.ovs["bridge"] == own]
+    vlan = guest_port.get("tag") if guest_port.get("vlan_mode") == "access" else None
+    if vlan is not None and direct:
+        carrying = [
+            h
+            for h in direct
+            if h.ovs is not None
+            and carries(h.ovs["vlan_mode"], h.ovs.get("tag"), h.ovs.get("trunks") or (), vlan)
+        ]
+        if not carrying:
+            first = direct[0]
+            assert first.ovs is not None
+            out.append(
+                Prediction(
+                    first.name,
+                    "both",
+                    "ovs-vlan-not-carried",
+                    f"the guest's port {guest_port.get('port')} is an access port of VLAN {vlan} "
+                    f"on OVS bridge {own}, and its uplink {first.name} ({_vlans(first.ovs)}) "
+                    f"does not carry VLAN {vlan}: the guest's frames never leave the bridge "
+                    "(with the bridge's default NORMAL switching)",
+                    evidence={"guest_port": guest_port, "uplinks": [h.as_dict() for h in direct]},
+                )
+            )
+    if not direct:
+        ways = [
+            f"patch port {p['port']} to {p['peer']}"
+            for p in bridge.ovs.get("patches", ())
+            if p["bridge"] == own
+        ] + [
+            f"{t['type']} tunnel {t['port']}"
+            + (f" to {t['remote_ip']}" if t.get("remote_ip") else "")
+            for t in bridge.ovs.get("tunnels", ())
+        ]
+        if ways:
+            beyond = [h.name for h in path.hops if h.role == "uplink"]
+            tail = (
+                f"; physical uplinks beyond the patch ports: {', '.join(beyond)}" if beyond else ""
+            )
+            out.append(
+                Prediction(
+                    own,
+                    "both",
+                    "ovs-tunnel-exit",
+                    f"OVS bridge {own} has no physical uplink of its own: the guest's traffic "
+                    f"leaves through {', '.join(ways)}{tail}; kvmdoctor does not follow it "
+                    "beyond this host",
+                    status="info",
+                    evidence={"ovs": bridge.ovs},
+                )
+            )
+        else:
+            out.append(
+                Prediction(
+                    own,
+                    "request",
+                    "ovs-no-uplink",
+                    f"OVS bridge {own} has no uplink, patch or tunnel port: the guest reaches "
+                    "only the bridge's other ports and the host's internal port",
+                    status="warn",
+                    evidence={"ovs": bridge.ovs},
+                )
+            )
     return out
 
 

@@ -21,6 +21,28 @@ def _paint(text: str, code: str, color: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if color else text
 
 
+def ovs_line(ovs: dict[str, Any]) -> str:
+    """One line for the Open vSwitch hop: the bridge, the guest's port and its VLAN, the ways
+    out."""
+
+    def port(p: dict[str, Any]) -> str:
+        mode = p.get("vlan_mode")
+        if mode == "access":
+            vlan = f"tag {p.get('tag')}"
+        else:
+            trunks = ",".join(str(t) for t in p.get("trunks") or []) or "all"
+            vlan = f"{mode} {trunks}"
+        where = f" on {p['bridge']}" if p.get("bridge") not in (None, ovs["bridge"]) else ""
+        return f"{p['port']} ({vlan}){where}"
+
+    ways = [port(u) for u in ovs.get("uplinks", ())]
+    ways += [f"{t['port']} ({t['type']})" for t in ovs.get("tunnels", ())]
+    return (
+        f"Open vSwitch bridge {ovs['bridge']}: guest port {port(ovs['guest_port'])}, "
+        f"uplinks {', '.join(ways) or 'none'}"
+    )
+
+
 def text(report: dict[str, Any], run: ProbeRun, *, color: bool = False) -> str:
     path = run.path
     guest = path.guest
@@ -33,6 +55,9 @@ def text(report: dict[str, Any], run: ProbeRun, *, color: bool = False) -> str:
     width = max([len(n) for n in names] + [8]) + 2
     row = "".join(n.ljust(width) for n in names)
     lines.append(("           " + row).rstrip())
+    ovs = path.ovs_bridge.ovs if path.ovs_bridge is not None else None
+    if ovs is not None:
+        lines.append("  " + ovs_line(ovs))
     if path.target_on_bridge and path.bridge is not None:
         note = f"  ({path.bridge.name} forwards between its ports: its own device sees none of it)"
         lines.append(note)

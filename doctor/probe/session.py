@@ -107,6 +107,14 @@ def run(
             request = request.static_only("sending packets needs root")
         facts = FactContext(source, RunOptions(uri=request.uri))
         found = discover(request, facts)
+        ovs = found.ovs_bridge
+        if request.send and ovs is not None:
+            request = request.static_only(
+                f"the guest's tap {found.guest.iface} is a port of the Open vSwitch bridge "
+                f"{ovs.name}: kvmdoctor does not send probes across Open vSwitch",
+                hint="the static part judges the OVS path from OVSDB (run with --static)",
+                needs_root=False,
+            )
         domain_ip = found.guest.kind != "domain" or request.proto == "arp" or found.guest.ip
         if request.send and not domain_ip:
             request = request.static_only(

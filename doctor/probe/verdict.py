@@ -124,7 +124,7 @@ def predicted(path: Path, predictions: Sequence[Prediction]) -> list[Finding]:
                 evidence=evidence,
             )
         )
-    if not out:
+    if not any(f.status in ("warn", "fail") for f in out):
         out.append(
             Finding(
                 "pass",

@@ -466,3 +466,72 @@ def test_only_apply_loads_the_module_that_changes_the_host(broken: Path) -> None
     assert "doctor.repair" not in modules  # ...and nothing that changes the host was loaded
     _, explained = loaded_by("explain", "kvm: disabled by bios")
     assert "doctor.repair" not in explained
+
+
+# --- after a probe: `kvmdoctor run` re-judges the NET checks, the probe is run again -----------
+
+PROBE_REPORT = Path(__file__).resolve().parents[2] / "sample_reports" / "probe-ip-forward-off.json"
+
+
+def test_a_plan_from_a_probe_report_says_to_probe_again_with_the_probes_own_arguments() -> None:
+    report = json.loads(PROBE_REPORT.read_text())
+    assert report["run"]["argv"][:2] == ["kvmdoctor", "probe"]
+    [item] = remedy.plan_from_report(report)
+    assert item.playbook == "ip-forward-disabled"
+    # The output options are left out: the operator reads the probe again.
+    netns = report["run"]["argv"][report["run"]["argv"].index("--from-netns") + 1]
+    again = ("kvmdoctor", "probe", "--from-netns", netns, "--to", "203.0.113.2")
+    assert item.probe_again == again
+    assert (item.verify, item.rerun_codes) == (("NET004",), ("NET004",))
+    script = remedy.shell_script([item], host="kvm1", version="0")
+    assert "# then check: kvmdoctor run --select NET004" in script
+    assert f"# then probe again: kvmdoctor probe --from-netns {netns} --to 203.0.113.2" in script
+    ansible = remedy.ansible_playbook([item], host="kvm1", version="0")
+    assert "# Checks to re-run afterwards: NET004\n" in ansible
+    assert f"# Then probe again: kvmdoctor probe --from-netns {netns} --to 203.0.113.2\n" in ansible
+
+
+def test_a_prb_check_is_never_re_run_by_kvmdoctor_run_and_a_hostile_argv_stays_a_comment() -> None:
+    report = {
+        "run": {"argv": ["kvmdoctor", "probe", "--domain", "a\nrm -rf /", "--to", "192.0.2.1"]},
+        "diagnoses": [
+            {
+                "playbook": "probe-traffic-dropped",
+                "title": "t",
+                "subject": "iface:kdb0",
+                "cause": "c",
+                "findings": [{"code": "PRB002"}],
+                "explains": [],
+                "fix": [],
+                "verify": ["PRB002"],
+            }
+        ],
+    }
+    [item] = remedy.plan_from_report(report)
+    assert item.rerun_codes == () and remedy.verify_codes([item]) == []
+    script = remedy.shell_script([item], host="kvm1", version="0")
+    assert "kvmdoctor run --select" not in script
+    [line] = [x for x in script.splitlines() if "probe again" in x]
+    assert line.startswith("# then probe again: kvmdoctor probe --domain ")
+    assert not any(x.startswith("rm") for x in script.splitlines())
+
+
+def test_a_plan_from_a_run_report_names_no_probe() -> None:
+    report = {
+        "run": {"argv": ["kvmdoctor", "run"]},
+        "diagnoses": [
+            {
+                "playbook": "ip-forward-disabled",
+                "title": "t",
+                "subject": "host",
+                "cause": "c",
+                "findings": [{"code": "NET004"}],
+                "explains": [],
+                "fix": [],
+                "verify": ["NET004"],
+            }
+        ],
+    }
+    [item] = remedy.plan_from_report(report)
+    assert item.probe_again is None
+    assert "probe again" not in remedy.shell_script([item], host="kvm1", version="0")

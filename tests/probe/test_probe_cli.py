@@ -111,6 +111,61 @@ def test_a_signal_unwinds_the_lab_and_the_old_handlers_come_back(
     assert signal.getsignal(signum) is before
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_change_waits_until_its_undo_is_recorded(
+    tmp_path: Path, signum: int
+) -> None:
+    done: list[str] = []
+    expected = KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+    def make() -> None:
+        os.kill(os.getpid(), signum)  # arrives between the change and its record
+        done.append("+a")
+
+    with pytest.raises(expected), Lab(str(tmp_path / "lock")) as lab:
+        lab.change("a", make, lambda: done.append("-a"))
+        done.append("after a")  # never reached: the held signal arrives as the change ends
+    assert done == ["+a", "-a"]
+
+
+def test_sigint_ignored_at_start_still_stops_the_lab_and_stays_ignored_after(
+    tmp_path: Path,
+) -> None:
+    # A shell starts a background job (`kvmdoctor probe ... &`) with SIGINT ignored.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done: list[str] = []
+        with pytest.raises(KeyboardInterrupt), Lab(str(tmp_path / "lock")) as lab:
+            lab.change("a", lambda: done.append("+a"), lambda: done.append("-a"))
+            os.kill(os.getpid(), signal.SIGINT)
+        assert done == ["+a", "-a"]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_forked_child_stopped_by_sigterm_exits_without_running_the_commands_clean_up() -> None:
+    from doctor import cli
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert cli._catch_sigterm() is signal.SIG_DFL
+        pid = os.fork()
+        if pid == 0:  # the child: SIGTERM as pyroute2 stops its helper processes
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                os._exit(0)
+            except BaseException:  # the handler raised in the child: the wrong outcome
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + signal.SIGTERM
+        # In the process that installed it, SIGTERM still unwinds the command.
+        with pytest.raises(cli.Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_a_forked_child_never_undoes_its_parents_changes(tmp_path: Path) -> None:
     marker = tmp_path / "undone"
     with Lab(str(tmp_path / "lock")) as lab:

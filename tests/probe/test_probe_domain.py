@@ -1,10 +1,11 @@
 """A real KVM guest on a test bridge: its path is discovered from libvirt and netlink (the
 domain's live XML names the tap; the tap's master is the bridge). The guest runs under a
 second libvirtd inside a namespace the test makes (tests/kdnet.py NetLab): its network, its
-bridge and the guest's tap exist only there. As root, the guest's frames (ARP, or ICMP and
-TCP from its address) written on the tap enter the bridge through a temporary mirred filter,
-as if the guest sent them: to a namespace on the same bridge, and through the NAT libvirt set
-up to a gateway namespace beyond the host's forwarding; the replies come back to the tap."""
+bridge and the guest's tap exist only there. As root, the guest's frames (ARP, or ICMP, UDP
+and TCP from its address) written on the tap enter the bridge through a temporary mirred
+filter, as if the guest sent them: to a namespace on the same bridge, and through the NAT
+libvirt set up to a gateway namespace beyond the host's forwarding; the replies come back to
+the tap."""
 
 from __future__ import annotations
 
@@ -274,3 +275,58 @@ def test_arp_to_a_routed_target_is_refused_as_a_libvirt_guest_with_the_reason(
     code, report, err = probe(addressed, "--to", "203.0.113.9", "--proto", "arp")
     assert code == 2 and report is None
     assert "ARP asks for an address on the guest's own bridge" in err
+
+
+# A UDP echo service for the gateway namespace: says "ready" once bound, then answers every
+# datagram with its payload and prints the sender's address.
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+    print(peer[0], flush=True)
+"""
+
+
+@pytest.mark.parametrize("answer", ["port unreachable", "listener"])
+def test_a_udp_probe_as_the_guest_crosses_the_nat_and_the_answer_comes_back_to_the_tap(
+    addressed: NetLab, gateway: Netns, answer: str
+) -> None:
+    import subprocess
+
+    port = 33434 if answer == "port unreachable" else 7007
+    listener = None
+    if answer == "listener":
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", gateway.name, sys.executable, "-c", UDP_ECHO, TARGET,
+             str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert listener.stdout is not None
+        assert listener.stdout.readline().strip() == "ready"
+    try:
+        code, report, err = probe(addressed, "--to", TARGET, "--proto", f"udp:{port}")
+    finally:
+        heard = ""
+        if listener is not None:
+            listener.kill()
+            heard, _ = listener.communicate()
+    assert report is not None, err
+    assert code == 0, (err, messages(report))
+    [ok] = prb(report, "PRB002")
+    assert ok["status"] == "pass", ok["message"]
+    obs = ok["evidence"]["observations"]
+    assert ok["evidence"]["hops"] == [TAP, BRIDGE, UPLINK]
+    assert obs["proto"] == "udp"
+    # Out through the bridge and the NAT, and the answer (the gateway's ICMP port unreachable,
+    # or the listener's datagram) back through both to the guest's tap.
+    assert all(obs["seen"][h] == {"request": 3, "reply": 3} for h in (TAP, BRIDGE, UPLINK))
+    assert obs["sources"][UPLINK] == [UPLINK_IP]
+    if listener is not None:
+        # The listener got the three datagrams, translated to the host's uplink address.
+        assert heard.split() == [UPLINK_IP] * 3
+    assert "clsact" not in addressed.run(["tc", "qdisc", "show", "dev", TAP]).stdout

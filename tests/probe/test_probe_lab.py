@@ -198,29 +198,81 @@ def _leftovers(lab: ProbeLab) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_probe_killed_mid_run_leaves_nothing_behind(lab: ProbeLab, signum: int) -> None:
-    lab.host.sysctl("net.ipv4.ip_forward", "0")  # so that it waits out its timeout
-    # The probe and the look afterwards share one mount namespace (where tracefs is mounted).
-    script = (
-        f"{sys.executable} -m doctor probe --from-netns {lab.guest.name} --to {TARGET} "
-        "--count 5 --timeout 10 --format json & pid=$!; sleep 2.5; "
-        f"kill -{int(signum)} $pid; wait $pid; echo rc=$?; "
-        "mountpoint -q /sys/kernel/tracing && ls /sys/kernel/tracing/instances; "
-        "ls /sys/kernel/tracing/instances 2>/dev/null | grep kd-probe || echo no-instance"
-    )
+def _trace_instances() -> list[str]:
+    """The probe's trace instances on the machine (instances are the kernel's, not a mount
+    namespace's), read through a tracefs mounted in a private mount namespace."""
     done = subprocess.run(
-        ["ip", "netns", "exec", lab.host.name, "sh", "-c", script],
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tracefs nodev /sys/kernel/tracing && ls /sys/kernel/tracing/instances",
+        ],
         capture_output=True,
         text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
+        timeout=30,
+        check=True,
     )
-    assert "no-instance" in done.stdout, done.stdout + done.stderr
+    return [n for n in done.stdout.split() if n.startswith("kd-probe")]
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGINT to a background job"])
+def test_a_probe_killed_mid_run_leaves_nothing_behind(lab: ProbeLab, how: str) -> None:
+    lab.host.sysctl("net.ipv4.ip_forward", "0")  # so that it would wait out its timeout
+    signum = signal.SIGTERM if how == "SIGTERM" else signal.SIGINT
+    before = set(_trace_instances())
+    # `ip netns exec` execs the probe itself: the signal goes to the probe's own process. A
+    # shell starts a background job with SIGINT ignored; the probe must still stop.
+    probe = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.host.name,
+            sys.executable,
+            "-m",
+            "doctor",
+            "probe",
+            *lab.probe_args("--count", "5", "--timeout", "10", "--format", "json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=_ignore_sigint if how.endswith("background job") else None,
+    )
+    try:
+        # The moment it has changed the host: its trace instance exists (seen in its own
+        # mount namespace, where it mounted tracefs).
+        made = Path(f"/proc/{probe.pid}/root/sys/kernel/tracing/instances/kd-probe-{probe.pid}")
+        deadline = time.monotonic() + 120  # a guard against a hung probe, not a measure
+        while not made.is_dir() and probe.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not made.is_dir():
+            probe.kill()
+            out, err = probe.communicate()
+            pytest.fail(f"the probe made no trace instance (exit {probe.returncode}): {err}")
+        assert made.name in _trace_instances()
+        os.kill(probe.pid, signum)
+        out, err = probe.communicate(timeout=60)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.communicate()
     expected = 130 if signum == signal.SIGINT else 128 + signal.SIGTERM
-    assert f"rc={expected}" in done.stdout, done.stdout + done.stderr
-    assert "could not undo" not in done.stderr
+    assert probe.returncode == expected, err
+    # One line, from the probe itself (not from helper processes it forked).
+    said = "interrupted" if signum == signal.SIGINT else "terminated"
+    assert err.splitlines() == [f"kvmdoctor: {said}"], err
+    assert "could not undo" not in err
+    assert set(_trace_instances()) == before
     assert _leftovers(lab) == []
 
 
