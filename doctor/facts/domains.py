@@ -79,6 +79,7 @@ class PciDevice:
     slot: Optional[int] = None
     function: Optional[int] = None
     path: str = ""  # the element in the definition: /domain/devices/controller[3]
+    address: Optional[dict[str, str]] = None  # its <address type='pci'> as written
 
     @property
     def addressed(self) -> bool:
@@ -141,7 +142,16 @@ class Domain:
     hostdevs: tuple[dict[str, Any], ...] = ()
     smm_tseg_kib: Optional[float] = None  # <smm><tseg unit=...>N</tseg>
     numa_memory_kib: Optional[int] = None  # the sum of <cpu><numa><cell memory=...>
-    pci_addresses: tuple[dict[str, str], ...] = ()  # every type='pci' <address> as written
+
+    @property
+    def pci_addresses(self) -> tuple[dict[str, str], ...]:
+        """Every device's `<address type='pci'>` as written, with the device's label and path:
+        derived when a check asks (the PCI address checks), so `run` does not pay for it."""
+        return tuple(
+            {"device": pci.label, "path": pci.path, **pci.address}
+            for pci in self.pci_devices
+            if pci.address is not None
+        )
 
     @property
     def subject(self) -> str:
@@ -310,6 +320,7 @@ def _pci_device(elem: ET.Element, path: str = "") -> Optional[PciDevice]:
         slot=_hex(addr.get("slot")) if addr is not None else None,
         function=_hex(addr.get("function", "0")) if addr is not None else None,
         path=path,
+        address=dict(addr.attrib) if addr is not None else None,
     )
 
 
@@ -508,13 +519,6 @@ def parse_domain(
         ),
         smm_tseg_kib=_tseg_kib(features),
         numa_memory_kib=_numa_kib(root),
-        pci_addresses=tuple(
-            {"device": device_label(device), "path": paths.get(device, ""), **addr.attrib}
-            for device in (devices if devices is not None else ())
-            if isinstance(device.tag, str)
-            for addr in device.findall("address")
-            if addr.get("type") == "pci"
-        ),
     )
 
 
