@@ -2243,3 +2243,318 @@ def firmware_attributes_refused(domains: Domains) -> Iterator[Finding]:
     https://libvirt.org/kbase/secureboot.html
     """
     yield from _verdicts(domains, _judge_firmware)
+
+
+# --- DOM021 address-type-unsuited-to-bus -----------------------------------------------------
+
+DRIVE_BUSES = ("ide", "fdc", "scsi", "sata")  # libvirt: these disks take a drive address only
+
+
+def _address_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    """libvirt 9.0's refusal of an <address> type the device's bus cannot take (the disk
+    rules of virDomainDiskDefValidate and qemuValidateDomainDeviceDefDisk, the virtio
+    IOMMU's of qemuValidateDomainDeviceDefIOMMU), and the element it is about."""
+    for disk in dom.disks:
+        kind = disk.address.get("type")
+        if not kind:
+            continue
+        where = f"{disk.path}/address" if disk.path else ""
+        if disk.bus in DRIVE_BUSES and kind != "drive":
+            return where, (
+                f"disk '{disk.target}' on the {disk.bus} bus has an <address type='{kind}'>: "
+                f"\"Invalid address type '{kind}' for the disk '{disk.target}' with the bus "
+                f"type '{disk.bus}'\"; {disk.bus} disks take <address type='drive'> or none"
+            )
+        if disk.bus == "usb" and kind != "usb":
+            return where, (
+                f"USB disk '{disk.target}' has an <address type='{kind}'>: \"unexpected "
+                "address type for usb disk\"; USB disks take <address type='usb'> or none"
+            )
+    kind = dom.iommu_address.get("type")
+    if (dom.iommu or {}).get("model") == "virtio" and kind and kind != "pci":
+        return "/domain/devices/iommu/address", (
+            f"<iommu model='virtio'> has an <address type='{kind}'>: \"IOMMU device: "
+            "'virtio' needs a PCI address\"; give it a PCI address on bus 0 or none"
+        )
+    return None
+
+
+def _judge_address_types(dom: Domain) -> Verdict:
+    evidence = {
+        "disks": {d.target or "?": d.address.get("type") for d in dom.disks if d.address},
+        "iommu_address": dom.iommu_address.get("type"),
+    }
+    found = _address_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "every device address suits its bus", evidence, ""
+
+
+@check(
+    "DOM021",
+    "address-type-unsuited-to-bus",
+    title="A device address of a type its bus cannot take",
+    tags=("domain", "libvirt", "definition"),
+)
+def address_type_unsuited_to_bus(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the `<address type=...>` of each disk against its bus (IDE, SATA,
+    SCSI and floppy disks sit at a `drive` address, USB disks at a `usb` one) and that of a
+    virtio IOMMU (a `pci` address).
+
+    Why it matters: libvirt refuses the definition: "unsupported configuration: Invalid
+    address type 'pci' for the disk 'hda' with the bus type 'ide'", "internal error:
+    unexpected address type for usb disk", "unsupported configuration: IOMMU device:
+    'virtio' needs a PCI address". A disk moved to another bus (virtio to SATA for an
+    installer, say) that kept its PCI address runs into it.
+
+    How to fix: remove the device's `<address>` and let libvirt assign one, or write one of
+    the bus's type: `<address type='drive' controller='0' bus='0' target='0' unit='0'/>`
+    for IDE, SATA, SCSI and floppy disks, `<address type='usb' bus='0' port='1'/>` for a
+    USB disk.
+
+    References: https://libvirt.org/formatdomain.html#device-addresses
+    """
+    yield from _verdicts(domains, _judge_address_types)
+
+
+# --- DOM022 pci-connection-refused -----------------------------------------------------------
+
+ENDPOINT = "endpoint"
+# What each PCI controller model accepts downstream (libvirt 9.0, domain_addr.c
+# virDomainPCIAddressBusSetModel), for addresses written in the definition: those may put a
+# PCI device in a PCIe slot and the reverse, and a pci-bridge wherever a device fits.
+PCI_ACCEPTS: dict[str, frozenset[str]] = {
+    "pci-root": frozenset({ENDPOINT, "pci-bridge", "pci-expander-bus"}),
+    "pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pci-expander-bus": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-root": frozenset({ENDPOINT, "pcie-root-port", "dmi-to-pci-bridge", "pcie-expander-bus"}),
+    "dmi-to-pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-to-pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-root-port": frozenset({ENDPOINT, "pcie-switch-upstream-port", "pcie-to-pci-bridge"}),
+    "pcie-switch-downstream-port": frozenset(
+        {ENDPOINT, "pcie-switch-upstream-port", "pcie-to-pci-bridge"}
+    ),
+    "pcie-switch-upstream-port": frozenset({"pcie-switch-downstream-port"}),
+    "pcie-expander-bus": frozenset({"pcie-root-port", "dmi-to-pci-bridge"}),
+}
+PCI_CONNECT = "cannot be plugged into the PCI controller with index"
+
+
+def _connection(device: PciDevice) -> str:
+    if device.element == "controller" and device.type == "pci" and device.model in PCI_ACCEPTS:
+        return device.model
+    return ENDPOINT
+
+
+def _connection_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    if _topology_problem(dom) is not None:
+        return None  # controllers that cannot be numbered or rooted: DOM014 says so
+    buses = _pci_buses(dom)
+    root = {"q35": "pcie-root", "i440fx": "pci-root"}.get(machine_family(dom))
+    if root and 0 not in buses:
+        buses[0] = {"model": root}
+    for device in dom.pci_devices:
+        if device.address is None or device.model in ("pci-root", "pcie-root"):
+            continue  # no address yet; a root's address is DOM014's
+        # as libvirt reads a written address: attributes left out are 0
+        bus, slot, function = (
+            _int_any(device.address.get(name, "0")) or 0 for name in ("bus", "slot", "function")
+        )
+        here = f"{bus:02x}:{slot:02x}.{function}"
+        address = f"{_hex4(device.address.get('domain'))}:{here}"
+        where = f"{device.path}/address" if device.path else ""
+        if device.element == "iommu" and device.model == "virtio" and bus != 0:
+            return where, (
+                f"<iommu model='virtio'> at {here}: \"The device at PCI address "
+                f'{address} needs to be an integrated device (bus=0)"; put it on bus 0'
+            )
+        parent = (buses.get(bus) or {}).get("model") or ""
+        accepts = PCI_ACCEPTS.get(parent)
+        connection = _connection(device)
+        if accepts is None or connection in accepts:
+            continue
+        if connection == "pci-bridge" and ENDPOINT in accepts:
+            continue
+        wanted = "a standard PCI device" if connection == ENDPOINT else f"a {connection}"
+        return where, (
+            f"{device.label} at {here} sits on PCI controller {bus} ({parent}), which does "
+            f'not take {wanted}: "The device at PCI address {address} cannot be plugged '
+            f"into the PCI controller with index='{bus}'. "
+            f'It requires a controller that accepts {wanted}."'
+        )
+    return None
+
+
+def _hex4(text: Optional[str]) -> str:
+    return f"{_int_any(text) or 0:04x}"
+
+
+def _int_any(text: Optional[str]) -> Optional[int]:
+    try:
+        return int(text, 0) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _judge_connections(dom: Domain) -> Verdict:
+    evidence = {
+        "pci_controllers": [_controller_text(c) for c in dom.controllers if c.get("type") == "pci"]
+    }
+    found = _connection_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "each addressed PCI device sits on a controller that takes it", evidence, ""
+
+
+@check(
+    "DOM022",
+    "pci-connection-refused",
+    title="A PCI device or controller addressed to a controller that does not take it",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_connection_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: for each device and PCI controller with a PCI address, that the
+    controller its `bus=` names takes that kind of device. pci-root takes devices, pci-bridges
+    and pci-expander-buses; pcie-root devices, pcie-root-ports, dmi-to-pci-bridges and
+    pcie-expander-buses; a pcie-root-port (or switch downstream port) a device, a switch
+    upstream port or a pcie-to-pci-bridge; a pcie-expander-bus only root ports and
+    dmi-to-pci-bridges; the PCI bridges devices and pci-bridges. A virtio IOMMU must sit on
+    bus 0 (an integrated device).
+
+    Why it matters: libvirt refuses the definition: "XML error: The device at PCI address
+    0000:01:00.0 cannot be plugged into the PCI controller with index='1'. It requires a
+    controller that accepts a dmi-to-pci-bridge.", or "... needs to be an integrated device
+    (bus=0)". Controllers copied between i440fx and q35 layouts, or addresses renumbered by
+    hand, produce it.
+
+    How to fix: move the device to a controller that takes it (dmi-to-pci-bridge and
+    pcie-expander-bus on pcie-root, bus 0; pci-expander-bus on pci-root), or remove its
+    `<address>` and let libvirt place it.
+
+    References: https://libvirt.org/pci-addresses.html
+    https://libvirt.org/formatdomain.html#controllers
+    """
+    yield from _verdicts(domains, _judge_connections)
+
+
+# --- DOM023 disk-target-invalid --------------------------------------------------------------
+
+DISK_NAME = re.compile(r"(fd|hd|vd|sd|xvd|ubd)([a-z]+)(\d*)")
+NO_TARGET = "missing target information for device"
+
+
+def _target_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    for disk in dom.disks:
+        if disk.target is None:
+            if disk.type == "volume":
+                continue
+            return disk.path, (
+                f"a disk ({disk.source or 'no source'}) has no <target dev=... bus=...>: "
+                f'"{NO_TARGET} {disk.source or ""}"'.rstrip()
+                + "\"; give it a target such as <target dev='vdb' bus='virtio'/>"
+            )
+        name = DISK_NAME.fullmatch(disk.target)
+        where = f"{disk.path}/target" if disk.path else ""
+        if name is None:
+            return where, (
+                f"disk target '{disk.target}' is not a disk name: \"invalid disk target "
+                f"'{disk.target}'\"; use a prefix (hd, sd, vd, fd) and letters: vdb"
+            )
+        if name.group(3):
+            return where, (
+                f"disk target '{disk.target}' names a partition: \"invalid disk target "
+                f"'{disk.target}', partitions can't appear in disk targets\"; name the disk "
+                f"('{name.group(1)}{name.group(2)}'), the guest partitions it"
+            )
+    return None
+
+
+def _judge_disk_targets(dom: Domain) -> Verdict:
+    evidence = {"targets": [d.target for d in dom.disks]}
+    found = _target_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, f"{_plural(len(dom.disks), 'disk target')}, each a disk name", evidence, ""
+
+
+@check(
+    "DOM023",
+    "disk-target-invalid",
+    title="A disk without a target, or whose target is not a disk name",
+    tags=("domain", "libvirt", "definition"),
+)
+def disk_target_invalid(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that every disk has a `<target dev=...>` and that the name is a
+    disk name as libvirt parses it: a prefix (`hd`, `sd`, `vd`, `fd`, `xvd`, `ubd`) and
+    letters, with no partition number.
+
+    Why it matters: libvirt refuses the definition: "missing target information for device
+    /dev/HostVG/QEMUGuest1", or "unsupported configuration: invalid disk target 'vdb1',
+    partitions can't appear in disk targets". A target copied from the guest's view of a
+    partition (`vdb1`) or a generator that left the target out produces it.
+
+    How to fix: give each disk `<target dev='vdb' bus='virtio'/>` (the next free name on its
+    bus); the guest partitions the disk itself.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_disk_targets)
+
+
+# --- DOM024 disk-device-attributes-refused ---------------------------------------------------
+
+
+def _disk_device_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    for disk in dom.disks:
+        if disk.device == "lun" and disk.type not in ("block", "network", "volume"):
+            return disk.path, (
+                f"disk '{disk.target}' is device='lun' on a {disk.type} source: \"disk "
+                "device='lun' is only valid for block type disk source\"; pass through a "
+                "block device (type='block') or use device='disk'"
+            )
+        if (disk.vendor is not None or disk.product is not None) and disk.bus != "scsi":
+            child = "vendor" if disk.vendor is not None else "product"
+            return f"{disk.path}/{child}" if disk.path else "", (
+                f"disk '{disk.target}' on the {disk.bus} bus has <vendor>/<product>: \"Only "
+                'scsi disk supports vendor and product"; put the disk on the scsi bus or '
+                "drop them"
+            )
+    return None
+
+
+def _judge_disk_devices(dom: Domain) -> Verdict:
+    evidence = {
+        "disks": [
+            {"target": d.target, "device": d.device, "type": d.type, "bus": d.bus}
+            for d in dom.disks
+        ]
+    }
+    found = _disk_device_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "the disks' device attributes suit their sources and buses", evidence, ""
+
+
+@check(
+    "DOM024",
+    "disk-device-attributes-refused",
+    title="A LUN passthrough of a file, or SCSI inquiry strings off the SCSI bus",
+    tags=("domain", "libvirt", "definition"),
+)
+def disk_device_attributes_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that a `device='lun'` disk (SCSI command passthrough) has a block
+    device, an iSCSI or a volume source, not a file; and that only disks on the `scsi` bus
+    carry `<vendor>` and `<product>`.
+
+    Why it matters: libvirt refuses the definition: "unsupported configuration: disk
+    device='lun' is only valid for block type disk source", or "unsupported configuration:
+    Only scsi disk supports vendor and product". SCSI passthrough needs a device that
+    answers SCSI commands; the inquiry strings exist on SCSI disks only.
+
+    How to fix: for passthrough use `<disk type='block' device='lun'>` with the host's
+    block device, on a virtio-scsi controller (`bus='scsi'`); otherwise `device='disk'`.
+    Drop `<vendor>`/`<product>` from disks on other buses, or move them to `bus='scsi'`.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_disk_devices)

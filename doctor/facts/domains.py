@@ -51,6 +51,8 @@ class Disk:
     address: dict[str, str] = field(default_factory=dict)
     path: str = ""  # the element in the definition: /domain/devices/disk[2]
     format: Optional[str] = None  # <driver type=...>: raw, qcow2, ...
+    vendor: Optional[str] = None  # <vendor> and <product>: the SCSI inquiry strings
+    product: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,10 @@ class Domain:
     hostdevs: tuple[dict[str, Any], ...] = ()
     smm_tseg_kib: Optional[float] = None  # <smm><tseg unit=...>N</tseg>
     numa_memory_kib: Optional[int] = None  # the sum of <cpu><numa><cell memory=...>
+    iommu_address: dict[str, str] = field(default_factory=dict)  # the <iommu>'s <address>
+    # `kvmdoctor lint`: the definition as written, for checks that validate the document
+    # itself (libvirt's schema); None when read for `run`.
+    xml: Optional[str] = None
 
     @property
     def pci_addresses(self) -> tuple[dict[str, str], ...]:
@@ -159,7 +165,8 @@ class Domain:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["file"], out["lines"]  # where lint read it: the finding's location says so
+        # where lint read it (the finding's location says so), and its text
+        del out["file"], out["lines"], out["xml"]
         return out
 
 
@@ -417,6 +424,8 @@ def parse_domain(
                     format=disk.find("driver").get("type")  # type: ignore[union-attr]
                     if disk.find("driver") is not None
                     else None,
+                    vendor=disk.findtext("vendor"),
+                    product=disk.findtext("product"),
                 )
             )
         for nic in devices.findall("interface"):
@@ -519,6 +528,10 @@ def parse_domain(
         ),
         smm_tseg_kib=_tseg_kib(features),
         numa_memory_kib=_numa_kib(root),
+        iommu_address=_address(devices.find("iommu"))  # type: ignore[arg-type]
+        if devices is not None and devices.find("iommu") is not None
+        else {},
+        xml=xml if file is not None else None,
     )
 
 
