@@ -1845,6 +1845,12 @@ def _topology_problem(dom: Domain) -> Optional[tuple[str, str]]:
                 )
         if index is None:
             continue
+        if index < 0:
+            return here, (
+                f"a {model or 'PCI'} controller has index {index}: \"Invalid value for "
+                f"attribute 'index' in element 'controller': '{ctrl['index']}'. Expected "
+                'non-negative value"'
+            )
         if index in seen:
             return here, (
                 f"two PCI controllers have index {index}: \"Multiple 'pci' controllers with "
