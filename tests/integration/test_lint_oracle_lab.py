@@ -4,7 +4,9 @@ libvirt's test suite has no failing input for some conditions the define-time ch
 (the machine type's vCPU limit). scripts/libvirt_corpus.py derives one from an accepted
 input by one change and records libvirt's words in the manifest; here a private libvirtd
 (tests/kdlab.py: its own mount namespace, never the machine's daemon) defines the accepted
-input and refuses the derived one with exactly those words.
+input and refuses the derived one with exactly those words. The inputs libvirt defines but
+QEMU refuses to start (`accepted-refused-at-start`) are defined and started there too, and
+QEMU's refusal is the one the manifest records.
 """
 
 from __future__ import annotations
