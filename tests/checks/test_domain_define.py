@@ -1,4 +1,4 @@
-"""DOM009-DOM019, the define-time rules: a failing and a passing definition each.
+"""DOM009-DOM019 and DOM021-DOM024, the define-time rules: a failing and a passing definition each.
 
 Each failing definition is the smallest change to a plain guest that libvirt 9.0 refuses with
 the words the check quotes (the suite's own inputs and the derived ones are in
@@ -75,6 +75,7 @@ SCSI_HOSTDEV = (
     "<address bus='0' target='0' unit='1'/></source>"
     "<address type='drive' controller='0' bus='0' target='0' unit='{}'/></hostdev>"
 )
+DRIVE = "<address type='drive' controller='0' bus='0' target='0' unit='0'/>"
 EFI_LOADER = "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
 
 # (code, libvirt's words in the failing finding, failing definition, passing definition)
@@ -246,6 +247,107 @@ CASES: list[tuple[str, str, str, str]] = [
         "UEFI requires ACPI on this architecture",
         guest(os_attrs=" firmware='efi'", features=""),
         guest(os_attrs=" firmware='efi'"),
+    ),
+    (
+        "DOM014",
+        "Invalid value for attribute 'index' in element 'controller': '-1'",
+        guest("<controller type='pci' index='-1' model='pcie-root-port'/>"),
+        guest("<controller type='pci' index='1' model='pcie-root-port'/>"),
+    ),
+    (
+        "DOM021",
+        "Invalid address type 'pci' for the disk 'sda' with the bus type 'sata'",
+        guest(disk("sda", "sata", extra=pci(5))),
+        guest(disk("sda", "sata", extra=DRIVE)),
+    ),
+    (
+        "DOM021",
+        "unexpected address type for usb disk",
+        guest(disk("sdb", "usb", extra=pci(5))),
+        guest(disk("sdb", "usb", extra="<address type='usb' bus='0' port='1'/>")),
+    ),
+    (
+        "DOM021",
+        "IOMMU device: 'virtio' needs a PCI address",
+        guest("<iommu model='virtio'><address type='virtio-mmio'/></iommu>"),
+        guest("<iommu model='virtio'>" + pci(3) + "</iommu>"),
+    ),
+    (
+        "DOM022",
+        "cannot be plugged into the PCI controller with index='1'. It requires a controller "
+        "that accepts a dmi-to-pci-bridge.",
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<controller type='pci' index='2' model='dmi-to-pci-bridge'>"
+            + pci(0, bus=1)
+            + "</controller>"
+        ),
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<controller type='pci' index='2' model='dmi-to-pci-bridge'>"
+            + pci(0x1E)
+            + "</controller>"
+        ),
+    ),
+    (
+        "DOM022",
+        "It requires a controller that accepts a standard PCI device.",
+        guest(
+            "<controller type='pci' index='1' model='pcie-expander-bus'/>"
+            + NIC.format(pci(0, bus=1))
+        ),
+        guest(
+            "<controller type='pci' index='1' model='pcie-expander-bus'/>"
+            "<controller type='pci' index='2' model='pcie-root-port'>"
+            + pci(0, bus=1)
+            + "</controller>"
+            + NIC.format(pci(0, bus=2))
+        ),
+    ),
+    (
+        "DOM022",
+        "needs to be an integrated device (bus=0)",
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<iommu model='virtio'>" + pci(0, bus=1) + "</iommu>"
+        ),
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<iommu model='virtio'>" + pci(3) + "</iommu>"
+        ),
+    ),
+    (
+        "DOM023",
+        "invalid disk target 'vdb1', partitions can't appear in disk targets",
+        guest(disk("vdb1", "virtio")),
+        guest(disk("vdb", "virtio")),
+    ),
+    (
+        "DOM023",
+        "missing target information for device /srv/a.img",
+        guest("<disk type='file' device='disk'><source file='/srv/a.img'/></disk>"),
+        guest(
+            "<disk type='file' device='disk'><source file='/srv/a.img'/>"
+            "<target dev='vda' bus='virtio'/></disk>"
+        ),
+    ),
+    (
+        "DOM024",
+        "disk device='lun' is only valid for block type disk source",
+        guest(
+            "<disk type='file' device='lun'><source file='/srv/a.img'/>"
+            "<target dev='sda' bus='scsi'/></disk>"
+        ),
+        guest(
+            "<disk type='block' device='lun'><source dev='/dev/sdz'/>"
+            "<target dev='sda' bus='scsi'/></disk>"
+        ),
+    ),
+    (
+        "DOM024",
+        "Only scsi disk supports vendor and product",
+        guest(disk("vdb", "virtio", extra="<vendor>KD</vendor><product>LINT</product>")),
+        guest(disk("sdb", "scsi", extra="<vendor>KD</vendor><product>LINT</product>")),
     ),
 ]
 
