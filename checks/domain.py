@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from doctor.facts.domains import Disk, Domain, Domains, PciDevice
+from doctor.facts.domains import Disk, Domain, Domains, MachineLimit, MachineLimits, PciDevice
 from doctor.facts.fleet import Fleet
 from doctor.facts.libvirt import QemuConf
 from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time
@@ -1350,9 +1350,10 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
     interrupt remapping requires. i440fx stops at 255.
 
     Why it matters: libvirt refuses the domain: "unsupported configuration: more than 255
-    vCPUs require extended interrupt mode enabled on the iommu device", "IOMMU interrupt
-    remapping requires split I/O APIC (ioapic driver='qemu')", or on i440fx "Maximum CPUs
-    greater than specified machine type limit 255".
+    vCPUs require extended interrupt mode enabled on the iommu device", or "IOMMU interrupt
+    remapping requires split I/O APIC (ioapic driver='qemu')". A machine type that takes
+    no more than 255 vCPUs at all (i440fx, pc-q35-2.4 to 2.7) is left to DOM016
+    (vcpus-exceed-machine-limit), which reports it once.
 
     How to fix: on a q35 machine add `<features><ioapic driver='qemu'/></features>` and
     `<devices><iommu model='intel'><driver intremap='on' eim='on'/></iommu></devices>`
@@ -1377,6 +1378,17 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
             yield Finding(
                 "pass",
                 f"{_plural(vcpus, 'vCPU')}: no interrupt remapping needed",
+                subject=dom.subject,
+                evidence=evidence,
+            )
+            continue
+        limit = machine_max_cpus(dom)
+        if limit is not None and limit[1] and limit[0] <= MAX_WITHOUT_EIM:
+            # one problem, one check: the machine type cannot take them at all (DOM016)
+            yield Finding(
+                "skip",
+                f"{vcpus} vCPUs on {_machine(dom)}, which takes at most {limit[0]}: "
+                "vcpus-exceed-machine-limit (DOM016) reports it",
                 subject=dom.subject,
                 evidence=evidence,
             )
@@ -1847,7 +1859,7 @@ def _topology_problem(dom: Domain) -> Optional[tuple[str, str]]:
             continue
         if index < 0:
             return here, (
-                f"a {model or 'PCI'} controller has index {index}: \"Invalid value for "
+                f'a {model or "PCI"} controller has index {index}: "Invalid value for '
                 f"attribute 'index' in element 'controller': '{ctrl['index']}'. Expected "
                 'non-negative value"'
             )
@@ -2003,16 +2015,26 @@ def machine_max_cpus(dom: Domain) -> Optional[tuple[int, bool]]:
     return MAX_CPUS_Q35, parts < (8, 1)
 
 
-def _judge_cpu_limit(dom: Domain) -> Verdict:
+def _judge_cpu_limit(dom: Domain, host: Optional[MachineLimit] = None) -> Verdict:
     vcpus = dom.vcpus or 1
     limit = machine_max_cpus(dom)
-    evidence = {"vcpus": vcpus, "machine": dom.machine, "max_cpus": limit[0] if limit else None}
+    source = "the machine type"
+    if host is not None and host.max_vcpus is not None:
+        # the host's QEMU says (libvirt's domain capabilities for the machine as written)
+        limit = (host.max_vcpus, True)
+        source = f"the host's QEMU for {host.canonical or host.machine} (domcapabilities)"
+    evidence = {
+        "vcpus": vcpus,
+        "machine": dom.machine,
+        "max_cpus": limit[0] if limit else None,
+        "limit_from": source if limit else None,
+    }
     if limit is None or vcpus <= limit[0] or not limit[1]:
         return None, f"{_plural(vcpus, 'vCPU')} on {_machine(dom)}", evidence, ""
     return (
-        f"{vcpus} vCPUs on {_machine(dom)}, whose limit is {limit[0]}: libvirt refuses the "
-        f'domain ("Maximum CPUs greater than specified machine type limit {limit[0]}"); use '
-        "q35 (288 vCPUs with QEMU 7.2) or fewer vCPUs",
+        f"{vcpus} vCPUs on {_machine(dom)}, whose limit is {limit[0]} ({source}): libvirt "
+        f'refuses the domain ("Maximum CPUs greater than specified machine type limit '
+        f'{limit[0]}"); use q35 (288 vCPUs with QEMU 7.2) or fewer vCPUs',
         "",
         evidence,
         "/domain/vcpu",
@@ -2025,11 +2047,15 @@ def _judge_cpu_limit(dom: Domain) -> Verdict:
     title="More vCPUs than the machine type allows",
     tags=("domain", "libvirt", "definition"),
 )
-def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
+def vcpus_exceed_machine_limit(
+    domains: Domains, machine_limits: Optional[MachineLimits] = None
+) -> Iterator[Finding]:
     """What it checks: the `<vcpu>` maximum against the machine type's limit as QEMU
     reports it: 255 for every i440fx (`pc`) machine and pc-q35-2.4 to 2.7, 288 for q35 from
     pc-q35-2.8 up to QEMU 8.0's. A versioned machine type is judged on its own; plain `q35`
-    is the newest of the host's QEMU, judged with a host only.
+    (and q35 of QEMU 8.1 and later) is judged with a host only (`run`, `lint --host`): there
+    the limit is the host's, libvirt's domain capabilities (`<vcpu max=...>`) for the
+    machine type as written, which under KVM is also capped by the host's own maximum.
 
     Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
     Maximum CPUs greater than specified machine type limit 255". Large-guest templates
@@ -2039,8 +2065,13 @@ def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
     extended interrupt mode, DOM008), or give the domain fewer vCPUs.
 
     References: https://libvirt.org/formatdomain.html#cpu-allocation
+    https://libvirt.org/formatdomaincaps.html
     """
-    yield from _verdicts(domains, _judge_cpu_limit)
+
+    def judge(dom: Domain) -> Verdict:
+        return _judge_cpu_limit(dom, machine_limits.get(dom) if machine_limits else None)
+
+    yield from _verdicts(domains, judge)
 
 
 # --- DOM017 iommu-model-unsupported ----------------------------------------------------------

@@ -722,3 +722,78 @@ def capabilities(ctx: FactContext) -> Capabilities:
         return parse_capabilities(xml)
     except ET.ParseError as exc:
         raise FactUnavailable(f"libvirt capabilities are not XML: {exc}") from None
+
+
+# --- the machine types' vCPU limits, from the host's QEMU ------------------------------------
+
+OVER_ANY_LIMIT = 255  # every x86 machine type takes this many vCPUs
+
+
+@dataclass(frozen=True)
+class MachineLimit:
+    """What libvirt's domain capabilities say of one machine type as a domain writes it."""
+
+    arch: str
+    machine: str  # as the domain writes it: q35, pc, pc-q35-7.2
+    canonical: Optional[str]  # what the host's QEMU resolves it to: pc-q35-7.2
+    max_vcpus: Optional[int]  # <vcpu max=...>: QEMU's limit, under KVM also the host's
+
+
+@dataclass(frozen=True)
+class MachineLimits:
+    """The host's limits for the machine types of the domains that may reach them (more than
+    255 vCPUs: below that every x86 machine type takes them)."""
+
+    items: tuple[MachineLimit, ...]
+    problems: tuple[str, ...] = ()
+
+    def get(self, dom: Domain) -> Optional[MachineLimit]:
+        for item in self.items:
+            if (item.arch, item.machine) == _machine_key(dom):
+                return item
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"items": [asdict(i) for i in self.items], "problems": list(self.problems)}
+
+
+def _machine_key(dom: Domain) -> tuple[str, str]:
+    return (dom.arch or "x86_64", dom.machine or "")
+
+
+def parse_domcaps_vcpus(xml: str) -> tuple[Optional[str], Optional[int]]:
+    """The machine type and `<vcpu max=...>` of libvirt's domain capabilities."""
+    root = ET.fromstring(xml)
+    vcpu = root.find("vcpu")
+    limit = _int(vcpu.get("max")) if vcpu is not None else None
+    return (root.findtext("machine") or "").strip() or None, limit
+
+
+@fact("machine_limits")
+def machine_limits(ctx: FactContext) -> MachineLimits:
+    uri = ctx.get("uri")
+    if uri.parts.driver != "qemu":
+        raise FactUnavailable("machine types' limits come from a qemu:// connection only")
+    wanted = sorted(
+        {
+            _machine_key(dom)
+            for dom in ctx.get("domains").items
+            if (dom.vcpus or 1) > OVER_ANY_LIMIT and dom.machine
+        }
+    )
+    items, problems = [], []
+    for arch, machine in wanted:
+        try:
+            # libvirt's default virtualization type: kvm where the host has it
+            xml = ctx.source.libvirt(uri.uri, "domcapabilities", arch=arch, machine=machine)
+            canonical, limit = parse_domcaps_vcpus(xml)
+        except SourceError as exc:
+            if not items and not problems and isinstance(exc, Unavailable):
+                raise FactUnavailable(f"libvirt domcapabilities: {exc.reason}") from None
+            problems.append(f"{arch} {machine}: {exc.reason}")
+            continue
+        except ET.ParseError as exc:
+            problems.append(f"{arch} {machine}: not XML: {exc}")
+            continue
+        items.append(MachineLimit(arch, machine, canonical, limit))
+    return MachineLimits(tuple(items), tuple(problems))

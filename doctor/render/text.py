@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import textwrap
 from collections.abc import Iterator
 from typing import IO, Any, Optional
@@ -261,7 +262,13 @@ def _diagnosis(
             indent = "      " if line is lines[0] else "        "
             console.print(f"{indent}{escape(line)}")
     rerun = rerun_command(report or {}, diag["verify"])
-    console.print(f"      [dim]then: {escape(rerun)} (kvmdoctor fix prints the plan)[/]")
+    after = "kvmdoctor fix prints the plan"
+    if rerun.startswith("kvmdoctor lint"):
+        # lint's findings are about files, which `fix` does not edit: lint them again
+        files = sorted({r["subject"][5:] for r in diag["findings"] if r["subject"][:5] == "file:"})
+        rerun += "".join(f" {'-' if f == '<stdin>' else shlex.quote(f)}" for f in files)
+        after = f"once the file{'s are' if len(files) > 1 else ' is'} changed; lint changes no file"
+    console.print(f"      [dim]then: {escape(rerun)} ({after})[/]")
 
 
 def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:
