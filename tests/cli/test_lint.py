@@ -616,3 +616,17 @@ def test_dom016_reads_the_limit_of_this_hosts_qemu(tmp_path: Path) -> None:
     assert finding["status"] == "fail", finding["message"]
     assert finding["evidence"]["limit_from"].startswith("the host's QEMU for pc-q35-")
     assert f'limit {finding["evidence"]["max_cpus"]}"' in finding["message"]
+
+
+def test_text_output_asks_to_lint_the_changed_file_again(tmp_path: Path) -> None:
+    """kvmdoctor fix changes hosts, not files: lint's text says what to run once the file is
+    edited (the checks to re-run on that file), and never points at fix."""
+    path = tmp_path / "cdrom.xml"
+    path.write_text(domain("kd-cdrom", CDROM_ON_VIRTIO))
+    result = kvmdoctor("lint", str(path), "--no-color")
+    assert result.exit_code == 1
+    assert "kvmdoctor fix" not in result.stdout
+    assert (
+        f"then: kvmdoctor lint --select DOM003 {path} (once the file is changed; lint changes "
+        "no file)"
+    ) in result.stdout
