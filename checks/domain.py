@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from doctor.facts.domains import Disk, Domain, Domains, MachineLimit, MachineLimits, PciDevice
 from doctor.facts.fleet import Fleet
-from doctor.facts.libvirt import QemuConf
+from doctor.facts.libvirt import DOMAIN_SCHEMA, LibvirtSchemas, QemuConf
 from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time
 from doctor.facts.sockets import Listeners
 from doctor.facts.tls import HostClock
@@ -2595,3 +2595,140 @@ def disk_device_attributes_refused(domains: Domains) -> Iterator[Finding]:
     References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
     """
     yield from _verdicts(domains, _judge_disk_devices)
+
+
+# --- DOM025 definition-refused-by-schema -----------------------------------------------------
+
+RNG_NS = "{http://relaxng.org/ns/structure/1.0}"
+_EXTRA_ELEMENT = re.compile(r"(?:Extra element|Element|Did not expect element) (\w+)")
+_COMPILED: dict[int, Any] = {}  # one compiled schema per distinct set of schema texts
+
+
+def _inlined(files: dict[str, str], name: str, seen: set[str]) -> Any:
+    """The grammar `name` with every `<include href=...>` replaced by the included grammar's
+    content (libvirt's schemas include plain grammars, without overrides), each file once:
+    the schema as one document, so it compiles from the texts the fact read."""
+    from lxml import etree
+
+    root = etree.fromstring(files[name].encode())
+    for include in list(root.iter(f"{RNG_NS}include")):
+        parent, href = include.getparent(), include.get("href", "")
+        position = parent.index(include)
+        parent.remove(include)
+        if href in seen or href not in files:
+            continue
+        seen.add(href)
+        grammar = _inlined(files, href, seen)
+        children = [child for child in grammar if isinstance(child.tag, str)]
+        for attr in ("datatypeLibrary", "ns"):  # inherited by the included grammar's content
+            if grammar.get(attr) is not None:
+                for child in children:
+                    if child.get(attr) is None:
+                        child.set(attr, grammar.get(attr))
+        for offset, child in enumerate(children):
+            parent.insert(position + offset, child)
+    return root
+
+
+def domain_schema(schemas: LibvirtSchemas) -> Any:
+    """libvirt's domain schema, compiled (lxml.etree.RelaxNG), once per process."""
+    from lxml import etree
+
+    key = hash(tuple(sorted(schemas.files.items())))
+    if key not in _COMPILED:
+        _COMPILED[key] = etree.RelaxNG(_inlined(schemas.files, DOMAIN_SCHEMA, {DOMAIN_SCHEMA}))
+    return _COMPILED[key]
+
+
+def _schema_errors(schema: Any, xml: str) -> tuple[list[str], str]:
+    """libxml2's messages for a definition the schema refuses (none when it is valid), and
+    the path of the element they name, as near as they say (/domain/devices)."""
+    from lxml import etree
+
+    root = etree.fromstring(xml.encode())
+    if root.tag == "domstatus":  # a status file: the definition it holds
+        root = root.find("domain")
+    if schema.validate(root):
+        return [], ""
+    messages = list(dict.fromkeys(e.message for e in schema.error_log))
+    where = "/domain"
+    for message in messages:
+        named = _EXTRA_ELEMENT.search(message)
+        if named and named.group(1) != "domain" and root.find(named.group(1)) is not None:
+            where = f"/domain/{named.group(1)}"
+            break
+    return messages, where
+
+
+@check(
+    "DOM025",
+    "definition-refused-by-schema",
+    title="A definition libvirt's RelaxNG schema refuses",
+    tags=("domain", "libvirt", "definition"),
+)
+def definition_refused_by_schema(
+    domains: Domains, libvirt_schemas: Optional[LibvirtSchemas] = None
+) -> Iterator[Finding]:
+    """What it checks: each definition file `kvmdoctor lint` reads, against the RelaxNG
+    schema libvirt installs (/usr/share/libvirt/schemas/domain.rng, from libvirt-daemon or
+    libvirt-clients) on the machine lint runs on. Without those files it is skipped, saying
+    so. `kvmdoctor run` does not judge the host's domains with it: libvirt has them already.
+
+    Why it matters: `virsh define --validate`, `virsh edit` and tools that validate refuse
+    such a definition ("XML document failed to validate against schema"), and it usually
+    holds a value libvirt's parser refuses too: an attribute value out of its range
+    (`index='-1'`, a PCI slot above 0x1f), a word the schema does not know, an element
+    where none belongs. It is a warning, not a failure: plain `virsh define` parses more
+    leniently than the schema, and accepts some definitions the schema refuses (2 of the
+    291 inputs libvirt 9.0's test suite accepts).
+
+    How to fix: run `virsh define --validate FILE` (or `virt-xml-validate FILE domain`) for
+    the schema's full account, and correct the element the message names; libvirt's domain
+    XML reference gives each element's allowed values.
+
+    References: https://libvirt.org/formatdomain.html
+    https://libvirt.org/manpages/virt-xml-validate.html
+    """
+    if not domains.items:
+        yield _no_domains(domains)
+        return
+    written = [dom for dom in domains.items if dom.xml is not None]
+    if not written:
+        yield Finding(
+            "skip",
+            "only kvmdoctor lint validates definition files against libvirt's schema: the "
+            "host's domains are libvirt's own, already parsed by it",
+            evidence={"origin": domains.origin},
+        )
+        return
+    if libvirt_schemas is None:
+        for dom in written:
+            yield Finding(
+                "skip",
+                "libvirt's RelaxNG schemas are not installed on this machine (/usr/share/"
+                "libvirt/schemas, from libvirt-daemon or libvirt-clients): the definition "
+                "is not validated against them",
+                subject=dom.subject,
+            )
+        return
+    schema = domain_schema(libvirt_schemas)
+    for dom in written:
+        messages, where = _schema_errors(schema, dom.xml or "")
+        evidence = {"schema": f"{libvirt_schemas.directory}/{DOMAIN_SCHEMA}", "errors": messages}
+        if not messages:
+            yield Finding(
+                "pass",
+                "libvirt's schema accepts the definition",
+                subject=dom.subject,
+                evidence=evidence,
+            )
+            continue
+        yield Finding(
+            "warn",
+            f"libvirt's schema refuses the definition ({'; '.join(messages[:3])}): `virsh "
+            "define --validate` refuses it, and libvirt's parser most likely does too; "
+            "`virt-xml-validate FILE domain` names the element",
+            subject=dom.subject,
+            evidence=evidence,
+            location=at(where),
+        )

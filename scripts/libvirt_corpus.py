@@ -8,8 +8,9 @@ tests it (DO_TEST*_PARSE_ERROR* and DO_TEST*_FAILURE*: rejected, with the messag
 kvmdoctor's checks cover, and writes them with manifest.json: the corpus (`entries`: the
 accepted inputs, those QEMU refuses at start, and each rejection with the kvmdoctor code
 expected to flag it, EXPECTED) and, apart, the rejections outside the checks' areas
-(`out_of_area`, each with the reason, OUT_OF_SCOPE). The derived inputs (DERIVED, each an accepted input with one change, whose verdict
-the lab's libvirtd confirmed) are written beside them. The suite does not run this script;
+(`out_of_area`, each with the reason, OUT_OF_SCOPE). The derived inputs (DERIVED, each an
+accepted input with one change, whose verdict the lab's libvirtd confirmed) are written
+beside them. The suite does not run this script;
 tests/test_lint_oracle.py reads its output.
 """
 

@@ -64,6 +64,10 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: unsupported configuration: per-device boot elements cannot be used together "
         "with os/boot elements"
     ],
+    "definition-refused-by-schema": [
+        "error: XML document failed to validate against schema: Unable to validate doc against "
+        "/usr/share/libvirt/schemas/domain.rng",
+    ],
     "domain-definition-refused": [
         "error: unsupported configuration: Found duplicate drive address for disk with target "
         "name 'sda' controller='0' bus='0' target='0' unit='0'",

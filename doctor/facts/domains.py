@@ -781,7 +781,8 @@ def machine_limits(ctx: FactContext) -> MachineLimits:
             if (dom.vcpus or 1) > OVER_ANY_LIMIT and dom.machine
         }
     )
-    items, problems = [], []
+    items: list[MachineLimit] = []
+    problems: list[str] = []
     for arch, machine in wanted:
         try:
             # libvirt's default virtualization type: kvm where the host has it

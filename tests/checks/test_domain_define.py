@@ -8,13 +8,16 @@ same guest with the problem put right.
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Any, Optional
 
 import pytest
 
 from checks import domain as domain_checks
 from doctor.facts.domains import Domains, parse_domain
 from doctor.model import Finding
+
+from kdtest import require
 
 
 def guest(
@@ -385,3 +388,76 @@ def test_drive_addresses_follow_libvirts_assignment_from_the_target_name() -> No
 def test_the_q35_vcpu_limit_is_certain_only_for_a_versioned_machine_type() -> None:
     assert verdict("DOM016", guest(vcpu="<vcpu>300</vcpu>", machine="q35")).status == "pass"
     assert verdict("DOM016", guest(vcpu="<vcpu>256</vcpu>", machine="pc-q35-2.6")).status == "fail"
+
+
+# --- DOM025: libvirt's own RelaxNG schema ------------------------------------------------------
+
+
+def _schemas() -> Any:
+    """The schemas libvirt installed on this machine, read as the fact reads them."""
+    import os
+
+    from doctor.facts import FactContext
+    from doctor.facts.libvirt import SCHEMA_DIR
+    from doctor.sources.live import LiveSource
+
+    require(os.path.isfile(f"{SCHEMA_DIR}/domain.rng"), "libvirt's schemas (libvirt-clients)")
+    with contextlib.closing(LiveSource(root="/")) as source:
+        return FactContext(source).get("libvirt_schemas")
+
+
+def schema_verdict(xml: str, schemas: Any) -> Finding:
+    dom = parse_domain(xml, active=False, persistent=True, origin="t.xml", file="t.xml")
+    (finding,) = list(domain_checks.definition_refused_by_schema(Domains((dom,), "files"), schemas))
+    return finding
+
+
+def test_dom025_warns_of_what_libvirts_schema_refuses_and_passes_it_put_right() -> None:
+    schemas = _schemas()
+    refused = schema_verdict(
+        guest("<controller type='pci' index='-1' model='pcie-root-port'/>"), schemas
+    )
+    assert refused.status == "warn", refused.message
+    assert "libvirt's schema refuses the definition" in refused.message
+    assert refused.location is not None and refused.location.element == "/domain/devices"
+    assert refused.evidence["errors"]
+    fine = schema_verdict(
+        guest("<controller type='pci' index='1' model='pcie-root-port'/>"), schemas
+    )
+    assert (fine.status, fine.message) == ("pass", "libvirt's schema accepts the definition")
+
+
+def test_dom025_skips_saying_so_without_libvirts_schemas() -> None:
+    finding = schema_verdict(guest(), None)
+    assert finding.status == "skip"
+    assert "schemas are not installed on this machine (/usr/share/libvirt/schemas" in (
+        finding.message
+    )
+
+
+def test_dom025_leaves_the_hosts_domains_to_libvirt() -> None:
+    """`run` keeps no definition text: libvirt parsed its domains already."""
+    dom = parse_domain(guest(), active=False, persistent=True, origin="libvirt")
+    (finding,) = list(domain_checks.definition_refused_by_schema(Domains((dom,), "libvirt"), None))
+    assert finding.status == "skip" and "only kvmdoctor lint validates" in finding.message
+
+
+def test_the_inlined_schema_judges_as_libvirts_files_do() -> None:
+    """The schema compiled from the fact's texts (includes inlined) gives the verdict of
+    lxml's own compile of /usr/share/libvirt/schemas/domain.rng, on every corpus input."""
+    import json
+    from pathlib import Path
+
+    from lxml import etree
+
+    schemas = _schemas()
+    ours = domain_checks.domain_schema(schemas)
+    theirs = etree.RelaxNG(file=f"{schemas.directory}/domain.rng")
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt-suite"
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    verdicts = []
+    for entry in [*manifest["entries"], *manifest["out_of_area"]]:
+        doc = etree.parse(str(corpus / entry["file"]))
+        verdicts.append((entry["file"], ours.validate(doc), theirs.validate(doc)))
+    assert [v for v in verdicts if v[1] != v[2]] == []
+    assert any(not v[1] for v in verdicts) and any(v[1] for v in verdicts)
