@@ -2664,7 +2664,7 @@ def _schema_errors(schema: Any, xml: str) -> tuple[list[str], str]:
     "DOM025",
     "definition-refused-by-schema",
     title="A definition libvirt's RelaxNG schema refuses",
-    tags=("domain", "libvirt", "definition"),
+    tags=("domain", "libvirt", "definition", "files"),
 )
 def definition_refused_by_schema(
     domains: Domains, libvirt_schemas: Optional[LibvirtSchemas] = None
@@ -2672,7 +2672,8 @@ def definition_refused_by_schema(
     """What it checks: each definition file `kvmdoctor lint` reads, against the RelaxNG
     schema libvirt installs (/usr/share/libvirt/schemas/domain.rng, from libvirt-daemon or
     libvirt-clients) on the machine lint runs on. Without those files it is skipped, saying
-    so. `kvmdoctor run` does not judge the host's domains with it: libvirt has them already.
+    so. `kvmdoctor run` leaves it out (tag `files`): the host's domains are libvirt's own,
+    already parsed by it.
 
     Why it matters: `virsh define --validate`, `virsh edit` and tools that validate refuse
     such a definition ("XML document failed to validate against schema"), and it usually

@@ -461,3 +461,14 @@ def test_the_inlined_schema_judges_as_libvirts_files_do() -> None:
         verdicts.append((entry["file"], ours.validate(doc), theirs.validate(doc)))
     assert [v for v in verdicts if v[1] != v[2]] == []
     assert any(not v[1] for v in verdicts) and any(v[1] for v in verdicts)
+
+
+def test_run_leaves_the_schema_check_to_lint_unless_selected() -> None:
+    from doctor import engine
+    from doctor.registry import load_registry
+
+    registry = load_registry()
+    assert "DOM025" not in [s.code for s in engine.select(registry)]
+    assert [s.code for s in engine.select(registry, ["DOM025"])] == ["DOM025"]
+    every = [s.code for s in registry]
+    assert "DOM025" in [s.code for s in engine.select(registry, within=every)]
