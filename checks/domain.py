@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from typing import Any, Optional
 
-from doctor.facts.domains import Disk, Domain, Domains, PciDevice
+from doctor.facts.domains import Disk, Domain, Domains, MachineLimit, MachineLimits, PciDevice
 from doctor.facts.fleet import Fleet
-from doctor.facts.libvirt import QemuConf
+from doctor.facts.libvirt import DOMAIN_SCHEMA, LibvirtSchemas, QemuConf
 from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time
 from doctor.facts.sockets import Listeners
 from doctor.facts.tls import HostClock
@@ -1351,9 +1351,10 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
     interrupt remapping requires. i440fx stops at 255.
 
     Why it matters: libvirt refuses the domain: "unsupported configuration: more than 255
-    vCPUs require extended interrupt mode enabled on the iommu device", "IOMMU interrupt
-    remapping requires split I/O APIC (ioapic driver='qemu')", or on i440fx "Maximum CPUs
-    greater than specified machine type limit 255".
+    vCPUs require extended interrupt mode enabled on the iommu device", or "IOMMU interrupt
+    remapping requires split I/O APIC (ioapic driver='qemu')". A machine type that takes
+    no more than 255 vCPUs at all (i440fx, pc-q35-2.4 to 2.7) is left to DOM016
+    (vcpus-exceed-machine-limit), which reports it once.
 
     How to fix: on a q35 machine add `<features><ioapic driver='qemu'/></features>` and
     `<devices><iommu model='intel'><driver intremap='on' eim='on'/></iommu></devices>`
@@ -1378,6 +1379,17 @@ def vcpus_need_eim(domains: Domains) -> Iterator[Finding]:
             yield Finding(
                 "pass",
                 f"{_plural(vcpus, 'vCPU')}: no interrupt remapping needed",
+                subject=dom.subject,
+                evidence=evidence,
+            )
+            continue
+        limit = machine_max_cpus(dom)
+        if limit is not None and limit[1] and limit[0] <= MAX_WITHOUT_EIM:
+            # one problem, one check: the machine type cannot take them at all (DOM016)
+            yield Finding(
+                "skip",
+                f"{vcpus} vCPUs on {_machine(dom)}, which takes at most {limit[0]}: "
+                "vcpus-exceed-machine-limit (DOM016) reports it",
                 subject=dom.subject,
                 evidence=evidence,
             )
@@ -1846,6 +1858,12 @@ def _topology_problem(dom: Domain) -> Optional[tuple[str, str]]:
                 )
         if index is None:
             continue
+        if index < 0:
+            return here, (
+                f'a {model or "PCI"} controller has index {index}: "Invalid value for '
+                f"attribute 'index' in element 'controller': '{ctrl['index']}'. Expected "
+                'non-negative value"'
+            )
         if index in seen:
             return here, (
                 f"two PCI controllers have index {index}: \"Multiple 'pci' controllers with "
@@ -1998,16 +2016,26 @@ def machine_max_cpus(dom: Domain) -> Optional[tuple[int, bool]]:
     return MAX_CPUS_Q35, parts < (8, 1)
 
 
-def _judge_cpu_limit(dom: Domain) -> Verdict:
+def _judge_cpu_limit(dom: Domain, host: Optional[MachineLimit] = None) -> Verdict:
     vcpus = dom.vcpus or 1
     limit = machine_max_cpus(dom)
-    evidence = {"vcpus": vcpus, "machine": dom.machine, "max_cpus": limit[0] if limit else None}
+    source = "the machine type"
+    if host is not None and host.max_vcpus is not None:
+        # the host's QEMU says (libvirt's domain capabilities for the machine as written)
+        limit = (host.max_vcpus, True)
+        source = f"the host's QEMU for {host.canonical or host.machine} (domcapabilities)"
+    evidence = {
+        "vcpus": vcpus,
+        "machine": dom.machine,
+        "max_cpus": limit[0] if limit else None,
+        "limit_from": source if limit else None,
+    }
     if limit is None or vcpus <= limit[0] or not limit[1]:
         return None, f"{_plural(vcpus, 'vCPU')} on {_machine(dom)}", evidence, ""
     return (
-        f"{vcpus} vCPUs on {_machine(dom)}, whose limit is {limit[0]}: libvirt refuses the "
-        f'domain ("Maximum CPUs greater than specified machine type limit {limit[0]}"); use '
-        "q35 (288 vCPUs with QEMU 7.2) or fewer vCPUs",
+        f"{vcpus} vCPUs on {_machine(dom)}, whose limit is {limit[0]} ({source}): libvirt "
+        f'refuses the domain ("Maximum CPUs greater than specified machine type limit '
+        f'{limit[0]}"); use q35 (288 vCPUs with QEMU 7.2) or fewer vCPUs',
         "",
         evidence,
         "/domain/vcpu",
@@ -2020,11 +2048,15 @@ def _judge_cpu_limit(dom: Domain) -> Verdict:
     title="More vCPUs than the machine type allows",
     tags=("domain", "libvirt", "definition"),
 )
-def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
+def vcpus_exceed_machine_limit(
+    domains: Domains, machine_limits: Optional[MachineLimits] = None
+) -> Iterator[Finding]:
     """What it checks: the `<vcpu>` maximum against the machine type's limit as QEMU
     reports it: 255 for every i440fx (`pc`) machine and pc-q35-2.4 to 2.7, 288 for q35 from
     pc-q35-2.8 up to QEMU 8.0's. A versioned machine type is judged on its own; plain `q35`
-    is the newest of the host's QEMU, judged with a host only.
+    (and q35 of QEMU 8.1 and later) is judged with a host only (`run`, `lint --host`): there
+    the limit is the host's, libvirt's domain capabilities (`<vcpu max=...>`) for the
+    machine type as written, which under KVM is also capped by the host's own maximum.
 
     Why it matters: libvirt's QEMU driver refuses the domain: "unsupported configuration:
     Maximum CPUs greater than specified machine type limit 255". Large-guest templates
@@ -2034,8 +2066,13 @@ def vcpus_exceed_machine_limit(domains: Domains) -> Iterator[Finding]:
     extended interrupt mode, DOM008), or give the domain fewer vCPUs.
 
     References: https://libvirt.org/formatdomain.html#cpu-allocation
+    https://libvirt.org/formatdomaincaps.html
     """
-    yield from _verdicts(domains, _judge_cpu_limit)
+
+    def judge(dom: Domain) -> Verdict:
+        return _judge_cpu_limit(dom, machine_limits.get(dom) if machine_limits else None)
+
+    yield from _verdicts(domains, judge)
 
 
 # --- DOM017 iommu-model-unsupported ----------------------------------------------------------
@@ -2244,3 +2281,456 @@ def firmware_attributes_refused(domains: Domains) -> Iterator[Finding]:
     https://libvirt.org/kbase/secureboot.html
     """
     yield from _verdicts(domains, _judge_firmware)
+
+
+# --- DOM021 address-type-unsuited-to-bus -----------------------------------------------------
+
+DRIVE_BUSES = ("ide", "fdc", "scsi", "sata")  # libvirt: these disks take a drive address only
+
+
+def _address_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    """libvirt 9.0's refusal of an <address> type the device's bus cannot take (the disk
+    rules of virDomainDiskDefValidate and qemuValidateDomainDeviceDefDisk, the virtio
+    IOMMU's of qemuValidateDomainDeviceDefIOMMU), and the element it is about."""
+    for disk in dom.disks:
+        kind = disk.address.get("type")
+        if not kind:
+            continue
+        where = f"{disk.path}/address" if disk.path else ""
+        if disk.bus in DRIVE_BUSES and kind != "drive":
+            return where, (
+                f"disk '{disk.target}' on the {disk.bus} bus has an <address type='{kind}'>: "
+                f"\"Invalid address type '{kind}' for the disk '{disk.target}' with the bus "
+                f"type '{disk.bus}'\"; {disk.bus} disks take <address type='drive'> or none"
+            )
+        if disk.bus == "usb" and kind != "usb":
+            return where, (
+                f"USB disk '{disk.target}' has an <address type='{kind}'>: \"unexpected "
+                "address type for usb disk\"; USB disks take <address type='usb'> or none"
+            )
+    kind = dom.iommu_address.get("type")
+    if (dom.iommu or {}).get("model") == "virtio" and kind and kind != "pci":
+        return "/domain/devices/iommu/address", (
+            f"<iommu model='virtio'> has an <address type='{kind}'>: \"IOMMU device: "
+            "'virtio' needs a PCI address\"; give it a PCI address on bus 0 or none"
+        )
+    return None
+
+
+def _judge_address_types(dom: Domain) -> Verdict:
+    evidence = {
+        "disks": {d.target or "?": d.address.get("type") for d in dom.disks if d.address},
+        "iommu_address": dom.iommu_address.get("type"),
+    }
+    found = _address_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "every device address suits its bus", evidence, ""
+
+
+@check(
+    "DOM021",
+    "address-type-unsuited-to-bus",
+    title="A device address of a type its bus cannot take",
+    tags=("domain", "libvirt", "definition"),
+)
+def address_type_unsuited_to_bus(domains: Domains) -> Iterator[Finding]:
+    """What it checks: the `<address type=...>` of each disk against its bus (IDE, SATA,
+    SCSI and floppy disks sit at a `drive` address, USB disks at a `usb` one) and that of a
+    virtio IOMMU (a `pci` address).
+
+    Why it matters: libvirt refuses the definition: "unsupported configuration: Invalid
+    address type 'pci' for the disk 'hda' with the bus type 'ide'", "internal error:
+    unexpected address type for usb disk", "unsupported configuration: IOMMU device:
+    'virtio' needs a PCI address". A disk moved to another bus (virtio to SATA for an
+    installer, say) that kept its PCI address runs into it.
+
+    How to fix: remove the device's `<address>` and let libvirt assign one, or write one of
+    the bus's type: `<address type='drive' controller='0' bus='0' target='0' unit='0'/>`
+    for IDE, SATA, SCSI and floppy disks, `<address type='usb' bus='0' port='1'/>` for a
+    USB disk.
+
+    References: https://libvirt.org/formatdomain.html#device-addresses
+    """
+    yield from _verdicts(domains, _judge_address_types)
+
+
+# --- DOM022 pci-connection-refused -----------------------------------------------------------
+
+ENDPOINT = "endpoint"
+# What each PCI controller model accepts downstream (libvirt 9.0, domain_addr.c
+# virDomainPCIAddressBusSetModel), for addresses written in the definition: those may put a
+# PCI device in a PCIe slot and the reverse, and a pci-bridge wherever a device fits.
+PCI_ACCEPTS: dict[str, frozenset[str]] = {
+    "pci-root": frozenset({ENDPOINT, "pci-bridge", "pci-expander-bus"}),
+    "pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pci-expander-bus": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-root": frozenset({ENDPOINT, "pcie-root-port", "dmi-to-pci-bridge", "pcie-expander-bus"}),
+    "dmi-to-pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-to-pci-bridge": frozenset({ENDPOINT, "pci-bridge"}),
+    "pcie-root-port": frozenset({ENDPOINT, "pcie-switch-upstream-port", "pcie-to-pci-bridge"}),
+    "pcie-switch-downstream-port": frozenset(
+        {ENDPOINT, "pcie-switch-upstream-port", "pcie-to-pci-bridge"}
+    ),
+    "pcie-switch-upstream-port": frozenset({"pcie-switch-downstream-port"}),
+    "pcie-expander-bus": frozenset({"pcie-root-port", "dmi-to-pci-bridge"}),
+}
+PCI_CONNECT = "cannot be plugged into the PCI controller with index"
+
+
+def _connection(device: PciDevice) -> str:
+    if device.element == "controller" and device.type == "pci" and device.model in PCI_ACCEPTS:
+        return device.model
+    return ENDPOINT
+
+
+def _connection_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    if _topology_problem(dom) is not None:
+        return None  # controllers that cannot be numbered or rooted: DOM014 says so
+    buses = _pci_buses(dom)
+    root = {"q35": "pcie-root", "i440fx": "pci-root"}.get(machine_family(dom))
+    if root and 0 not in buses:
+        buses[0] = {"model": root}
+    for device in dom.pci_devices:
+        if device.address is None or device.model in ("pci-root", "pcie-root"):
+            continue  # no address yet; a root's address is DOM014's
+        # as libvirt reads a written address: attributes left out are 0
+        bus, slot, function = (
+            _int_any(device.address.get(name, "0")) or 0 for name in ("bus", "slot", "function")
+        )
+        here = f"{bus:02x}:{slot:02x}.{function}"
+        address = f"{_hex4(device.address.get('domain'))}:{here}"
+        where = f"{device.path}/address" if device.path else ""
+        if device.element == "iommu" and device.model == "virtio" and bus != 0:
+            return where, (
+                f"<iommu model='virtio'> at {here}: \"The device at PCI address "
+                f'{address} needs to be an integrated device (bus=0)"; put it on bus 0'
+            )
+        parent = (buses.get(bus) or {}).get("model") or ""
+        accepts = PCI_ACCEPTS.get(parent)
+        connection = _connection(device)
+        if accepts is None or connection in accepts:
+            continue
+        if connection == "pci-bridge" and ENDPOINT in accepts:
+            continue
+        wanted = "a standard PCI device" if connection == ENDPOINT else f"a {connection}"
+        return where, (
+            f"{device.label} at {here} sits on PCI controller {bus} ({parent}), which does "
+            f'not take {wanted}: "The device at PCI address {address} cannot be plugged '
+            f"into the PCI controller with index='{bus}'. "
+            f'It requires a controller that accepts {wanted}."'
+        )
+    return None
+
+
+def _hex4(text: Optional[str]) -> str:
+    return f"{_int_any(text) or 0:04x}"
+
+
+def _int_any(text: Optional[str]) -> Optional[int]:
+    try:
+        return int(text, 0) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _judge_connections(dom: Domain) -> Verdict:
+    evidence = {
+        "pci_controllers": [_controller_text(c) for c in dom.controllers if c.get("type") == "pci"]
+    }
+    found = _connection_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "each addressed PCI device sits on a controller that takes it", evidence, ""
+
+
+@check(
+    "DOM022",
+    "pci-connection-refused",
+    title="A PCI device or controller addressed to a controller that does not take it",
+    tags=("domain", "libvirt", "definition"),
+)
+def pci_connection_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: for each device and PCI controller with a PCI address, that the
+    controller its `bus=` names takes that kind of device. pci-root takes devices, pci-bridges
+    and pci-expander-buses; pcie-root devices, pcie-root-ports, dmi-to-pci-bridges and
+    pcie-expander-buses; a pcie-root-port (or switch downstream port) a device, a switch
+    upstream port or a pcie-to-pci-bridge; a pcie-expander-bus only root ports and
+    dmi-to-pci-bridges; the PCI bridges devices and pci-bridges. A virtio IOMMU must sit on
+    bus 0 (an integrated device).
+
+    Why it matters: libvirt refuses the definition: "XML error: The device at PCI address
+    0000:01:00.0 cannot be plugged into the PCI controller with index='1'. It requires a
+    controller that accepts a dmi-to-pci-bridge.", or "... needs to be an integrated device
+    (bus=0)". Controllers copied between i440fx and q35 layouts, or addresses renumbered by
+    hand, produce it.
+
+    How to fix: move the device to a controller that takes it (dmi-to-pci-bridge and
+    pcie-expander-bus on pcie-root, bus 0; pci-expander-bus on pci-root), or remove its
+    `<address>` and let libvirt place it.
+
+    References: https://libvirt.org/pci-addresses.html
+    https://libvirt.org/formatdomain.html#controllers
+    """
+    yield from _verdicts(domains, _judge_connections)
+
+
+# --- DOM023 disk-target-invalid --------------------------------------------------------------
+
+DISK_NAME = re.compile(r"(fd|hd|vd|sd|xvd|ubd)([a-z]+)(\d*)")
+NO_TARGET = "missing target information for device"
+
+
+def _target_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    for disk in dom.disks:
+        if disk.target is None:
+            if disk.type == "volume":
+                continue
+            return disk.path, (
+                f"a disk ({disk.source or 'no source'}) has no <target dev=... bus=...>: "
+                f'"{NO_TARGET} {disk.source or ""}"'.rstrip()
+                + "\"; give it a target such as <target dev='vdb' bus='virtio'/>"
+            )
+        name = DISK_NAME.fullmatch(disk.target)
+        where = f"{disk.path}/target" if disk.path else ""
+        if name is None:
+            return where, (
+                f"disk target '{disk.target}' is not a disk name: \"invalid disk target "
+                f"'{disk.target}'\"; use a prefix (hd, sd, vd, fd) and letters: vdb"
+            )
+        if name.group(3):
+            return where, (
+                f"disk target '{disk.target}' names a partition: \"invalid disk target "
+                f"'{disk.target}', partitions can't appear in disk targets\"; name the disk "
+                f"('{name.group(1)}{name.group(2)}'), the guest partitions it"
+            )
+    return None
+
+
+def _judge_disk_targets(dom: Domain) -> Verdict:
+    evidence = {"targets": [d.target for d in dom.disks]}
+    found = _target_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, f"{_plural(len(dom.disks), 'disk target')}, each a disk name", evidence, ""
+
+
+@check(
+    "DOM023",
+    "disk-target-invalid",
+    title="A disk without a target, or whose target is not a disk name",
+    tags=("domain", "libvirt", "definition"),
+)
+def disk_target_invalid(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that every disk has a `<target dev=...>` and that the name is a
+    disk name as libvirt parses it: a prefix (`hd`, `sd`, `vd`, `fd`, `xvd`, `ubd`) and
+    letters, with no partition number.
+
+    Why it matters: libvirt refuses the definition: "missing target information for device
+    /dev/HostVG/QEMUGuest1", or "unsupported configuration: invalid disk target 'vdb1',
+    partitions can't appear in disk targets". A target copied from the guest's view of a
+    partition (`vdb1`) or a generator that left the target out produces it.
+
+    How to fix: give each disk `<target dev='vdb' bus='virtio'/>` (the next free name on its
+    bus); the guest partitions the disk itself.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_disk_targets)
+
+
+# --- DOM024 disk-device-attributes-refused ---------------------------------------------------
+
+
+def _disk_device_problem(dom: Domain) -> Optional[tuple[str, str]]:
+    for disk in dom.disks:
+        if disk.device == "lun" and disk.type not in ("block", "network", "volume"):
+            return disk.path, (
+                f"disk '{disk.target}' is device='lun' on a {disk.type} source: \"disk "
+                "device='lun' is only valid for block type disk source\"; pass through a "
+                "block device (type='block') or use device='disk'"
+            )
+        if (disk.vendor is not None or disk.product is not None) and disk.bus != "scsi":
+            child = "vendor" if disk.vendor is not None else "product"
+            return f"{disk.path}/{child}" if disk.path else "", (
+                f"disk '{disk.target}' on the {disk.bus} bus has <vendor>/<product>: \"Only "
+                'scsi disk supports vendor and product"; put the disk on the scsi bus or '
+                "drop them"
+            )
+    return None
+
+
+def _judge_disk_devices(dom: Domain) -> Verdict:
+    evidence = {
+        "disks": [
+            {"target": d.target, "device": d.device, "type": d.type, "bus": d.bus}
+            for d in dom.disks
+        ]
+    }
+    found = _disk_device_problem(dom)
+    if found:
+        return f"libvirt refuses the domain: {found[1]}", "", evidence, found[0]
+    return None, "the disks' device attributes suit their sources and buses", evidence, ""
+
+
+@check(
+    "DOM024",
+    "disk-device-attributes-refused",
+    title="A LUN passthrough of a file, or SCSI inquiry strings off the SCSI bus",
+    tags=("domain", "libvirt", "definition"),
+)
+def disk_device_attributes_refused(domains: Domains) -> Iterator[Finding]:
+    """What it checks: that a `device='lun'` disk (SCSI command passthrough) has a block
+    device, an iSCSI or a volume source, not a file; and that only disks on the `scsi` bus
+    carry `<vendor>` and `<product>`.
+
+    Why it matters: libvirt refuses the definition: "unsupported configuration: disk
+    device='lun' is only valid for block type disk source", or "unsupported configuration:
+    Only scsi disk supports vendor and product". SCSI passthrough needs a device that
+    answers SCSI commands; the inquiry strings exist on SCSI disks only.
+
+    How to fix: for passthrough use `<disk type='block' device='lun'>` with the host's
+    block device, on a virtio-scsi controller (`bus='scsi'`); otherwise `device='disk'`.
+    Drop `<vendor>`/`<product>` from disks on other buses, or move them to `bus='scsi'`.
+
+    References: https://libvirt.org/formatdomain.html#hard-drives-floppy-disks-cdroms
+    """
+    yield from _verdicts(domains, _judge_disk_devices)
+
+
+# --- DOM025 definition-refused-by-schema -----------------------------------------------------
+
+RNG_NS = "{http://relaxng.org/ns/structure/1.0}"
+_EXTRA_ELEMENT = re.compile(r"(?:Extra element|Element|Did not expect element) (\w+)")
+_COMPILED: dict[int, Any] = {}  # one compiled schema per distinct set of schema texts
+
+
+def _inlined(files: dict[str, str], name: str, seen: set[str]) -> Any:
+    """The grammar `name` with every `<include href=...>` replaced by the included grammar's
+    content (libvirt's schemas include plain grammars, without overrides), each file once:
+    the schema as one document, so it compiles from the texts the fact read."""
+    from lxml import etree
+
+    root = etree.fromstring(files[name].encode())
+    for include in list(root.iter(f"{RNG_NS}include")):
+        parent, href = include.getparent(), include.get("href", "")
+        position = parent.index(include)
+        parent.remove(include)
+        if href in seen or href not in files:
+            continue
+        seen.add(href)
+        grammar = _inlined(files, href, seen)
+        children = [child for child in grammar if isinstance(child.tag, str)]
+        for attr in ("datatypeLibrary", "ns"):  # inherited by the included grammar's content
+            if grammar.get(attr) is not None:
+                for child in children:
+                    if child.get(attr) is None:
+                        child.set(attr, grammar.get(attr))
+        for offset, child in enumerate(children):
+            parent.insert(position + offset, child)
+    return root
+
+
+def domain_schema(schemas: LibvirtSchemas) -> Any:
+    """libvirt's domain schema, compiled (lxml.etree.RelaxNG), once per process."""
+    from lxml import etree
+
+    key = hash(tuple(sorted(schemas.files.items())))
+    if key not in _COMPILED:
+        _COMPILED[key] = etree.RelaxNG(_inlined(schemas.files, DOMAIN_SCHEMA, {DOMAIN_SCHEMA}))
+    return _COMPILED[key]
+
+
+def _schema_errors(schema: Any, xml: str) -> tuple[list[str], str]:
+    """libxml2's messages for a definition the schema refuses (none when it is valid), and
+    the path of the element they name, as near as they say (/domain/devices)."""
+    from lxml import etree
+
+    root = etree.fromstring(xml.encode())
+    if root.tag == "domstatus":  # a status file: the definition it holds
+        root = root.find("domain")
+    if schema.validate(root):
+        return [], ""
+    messages = list(dict.fromkeys(e.message for e in schema.error_log))
+    where = "/domain"
+    for message in messages:
+        named = _EXTRA_ELEMENT.search(message)
+        if named and named.group(1) != "domain" and root.find(named.group(1)) is not None:
+            where = f"/domain/{named.group(1)}"
+            break
+    return messages, where
+
+
+@check(
+    "DOM025",
+    "definition-refused-by-schema",
+    title="A definition libvirt's RelaxNG schema refuses",
+    tags=("domain", "libvirt", "definition", "files"),
+)
+def definition_refused_by_schema(
+    domains: Domains, libvirt_schemas: Optional[LibvirtSchemas] = None
+) -> Iterator[Finding]:
+    """What it checks: each definition file `kvmdoctor lint` reads, against the RelaxNG
+    schema libvirt installs (/usr/share/libvirt/schemas/domain.rng, from libvirt-daemon or
+    libvirt-clients) on the machine lint runs on. Without those files it is skipped, saying
+    so. `kvmdoctor run` leaves it out (tag `files`): the host's domains are libvirt's own,
+    already parsed by it.
+
+    Why it matters: `virsh define --validate`, `virsh edit` and tools that validate refuse
+    such a definition ("XML document failed to validate against schema"), and it usually
+    holds a value libvirt's parser refuses too: an attribute value out of its range
+    (`index='-1'`, a PCI slot above 0x1f), a word the schema does not know, an element
+    where none belongs. It is a warning, not a failure: plain `virsh define` parses more
+    leniently than the schema, and accepts some definitions the schema refuses (2 of the
+    291 inputs libvirt 9.0's test suite accepts).
+
+    How to fix: run `virsh define --validate FILE` (or `virt-xml-validate FILE domain`) for
+    the schema's full account, and correct the element the message names; libvirt's domain
+    XML reference gives each element's allowed values.
+
+    References: https://libvirt.org/formatdomain.html
+    https://libvirt.org/manpages/virt-xml-validate.html
+    """
+    if not domains.items:
+        yield _no_domains(domains)
+        return
+    written = [dom for dom in domains.items if dom.xml is not None]
+    if not written:
+        yield Finding(
+            "skip",
+            "only kvmdoctor lint validates definition files against libvirt's schema: the "
+            "host's domains are libvirt's own, already parsed by it",
+            evidence={"origin": domains.origin},
+        )
+        return
+    if libvirt_schemas is None:
+        for dom in written:
+            yield Finding(
+                "skip",
+                "libvirt's RelaxNG schemas are not installed on this machine (/usr/share/"
+                "libvirt/schemas, from libvirt-daemon or libvirt-clients): the definition "
+                "is not validated against them",
+                subject=dom.subject,
+            )
+        return
+    schema = domain_schema(libvirt_schemas)
+    for dom in written:
+        messages, where = _schema_errors(schema, dom.xml or "")
+        evidence = {"schema": f"{libvirt_schemas.directory}/{DOMAIN_SCHEMA}", "errors": messages}
+        if not messages:
+            yield Finding(
+                "pass",
+                "libvirt's schema accepts the definition",
+                subject=dom.subject,
+                evidence=evidence,
+            )
+            continue
+        yield Finding(
+            "warn",
+            f"libvirt's schema refuses the definition ({'; '.join(messages[:3])}): `virsh "
+            "define --validate` refuses it, and libvirt's parser most likely does too; "
+            "`virt-xml-validate FILE domain` names the element",
+            subject=dom.subject,
+            evidence=evidence,
+            location=at(where),
+        )

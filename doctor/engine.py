@@ -12,7 +12,7 @@ from typing import Any, Optional
 from doctor.facts import FactContext, FactUnavailable, RunOptions
 from doctor.model import Finding, Ignore, Status, worst
 from doctor.record import record
-from doctor.registry import ON_REQUEST_TAGS, CheckSpec, LoadError, Registry
+from doctor.registry import FILES_TAG, ON_REQUEST_TAGS, CheckSpec, LoadError, Registry
 from doctor.sources.base import Source
 
 
@@ -62,13 +62,17 @@ def select(
     """The checks to run: those matching a code, code prefix or name; by default all but the
     probe's (tagged `probe`), whose fact only `kvmdoctor probe` provides, and the fleet's
     (tagged `fleet`), whose fact only `kvmdoctor report merge` provides. `within`: the codes
-    a command runs at most (`kvmdoctor lint`'s)."""
+    a command runs at most (`kvmdoctor lint`'s); without it, the checks of definition files
+    as written (tagged `files`, lint's) are left out too."""
     specs = list(registry)
+    hidden = set(ON_REQUEST_TAGS)
     if within is not None:
         allowed = set(within)
         specs = [s for s in specs if s.code in allowed]
+    else:
+        hidden.add(FILES_TAG)
     if not select:
-        return [s for s in specs if not ON_REQUEST_TAGS & set(s.tags)]
+        return [s for s in specs if not hidden & set(s.tags)]
     unknown = [t for t in select if not any(matches(s, t) for s in specs)]
     if unknown:
         raise SelectionError(f"--select: no check matches {', '.join(map(repr, unknown))}")

@@ -53,11 +53,15 @@ TAGS = frozenset(
         "probe",
         "fleet",
         "definition",
+        "files",
     }
 )
 # Checks with this tag judge a domain or network definition alone, without a host:
 # `kvmdoctor lint` runs them on files. Their other facts, if any, are optional.
 DEFINITION_TAG = "definition"
+# Checks with this tag judge definition files as written (their text: libvirt's schema), which
+# only `kvmdoctor lint` reads: `run` leaves them out unless selected by name.
+FILES_TAG = "files"
 # Checks with this tag (and not `definition`) compare definitions with the host they are to
 # run on (firmware files, bridges, networks, emulators): `kvmdoctor lint --host` adds them.
 DOMAIN_TAG = "domain"

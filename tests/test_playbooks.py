@@ -64,6 +64,10 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: unsupported configuration: per-device boot elements cannot be used together "
         "with os/boot elements"
     ],
+    "definition-refused-by-schema": [
+        "error: XML document failed to validate against schema: Unable to validate doc against "
+        "/usr/share/libvirt/schemas/domain.rng",
+    ],
     "domain-definition-refused": [
         "error: unsupported configuration: Found duplicate drive address for disk with target "
         "name 'sda' controller='0' bus='0' target='0' unit='0'",
@@ -75,6 +79,16 @@ SIGNATURE_EXAMPLES: dict[str, list[str]] = {
         "error: no loader path specified and firmware auto selection disabled",
         "error: internal error: a PCI slot is needed to connect a PCI controller "
         "model='pcie-root-port', but none is available, and it cannot be automatically added",
+        "error: unsupported configuration: Invalid address type 'pci' for the disk 'hda' with "
+        "the bus type 'ide'",
+        "error: XML error: The device at PCI address 0000:01:00.0 cannot be plugged into the "
+        "PCI controller with index='1'. It requires a controller that accepts a "
+        "dmi-to-pci-bridge.",
+        "error: unsupported configuration: invalid disk target 'vdb1', partitions can't appear "
+        "in disk targets",
+        "error: unsupported configuration: disk device='lun' is only valid for block type disk "
+        "source",
+        "error: unsupported configuration: Only scsi disk supports vendor and product",
     ],
     "bridge-source-invalid": [
         "error: Unable to add bridge eth0 port vnet0: Operation not supported",

@@ -52,6 +52,8 @@ class Disk:
     address: dict[str, str] = field(default_factory=dict)
     path: str = ""  # the element in the definition: /domain/devices/disk[2]
     format: Optional[str] = None  # <driver type=...>: raw, qcow2, ...
+    vendor: Optional[str] = None  # <vendor> and <product>: the SCSI inquiry strings
+    product: Optional[str] = None
 
 
 @record
@@ -80,6 +82,7 @@ class PciDevice:
     slot: Optional[int] = None
     function: Optional[int] = None
     path: str = ""  # the element in the definition: /domain/devices/controller[3]
+    address: Optional[dict[str, str]] = None  # its <address type='pci'> as written
 
     @property
     def addressed(self) -> bool:
@@ -142,7 +145,20 @@ class Domain:
     hostdevs: tuple[dict[str, Any], ...] = ()
     smm_tseg_kib: Optional[float] = None  # <smm><tseg unit=...>N</tseg>
     numa_memory_kib: Optional[int] = None  # the sum of <cpu><numa><cell memory=...>
-    pci_addresses: tuple[dict[str, str], ...] = ()  # every type='pci' <address> as written
+    iommu_address: dict[str, str] = field(default_factory=dict)  # the <iommu>'s <address>
+    # `kvmdoctor lint`: the definition as written, for checks that validate the document
+    # itself (libvirt's schema); None when read for `run`.
+    xml: Optional[str] = None
+
+    @property
+    def pci_addresses(self) -> tuple[dict[str, str], ...]:
+        """Every device's `<address type='pci'>` as written, with the device's label and path:
+        derived when a check asks (the PCI address checks), so `run` does not pay for it."""
+        return tuple(
+            {"device": pci.label, "path": pci.path, **pci.address}
+            for pci in self.pci_devices
+            if pci.address is not None
+        )
 
     @property
     def subject(self) -> str:
@@ -150,7 +166,8 @@ class Domain:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["file"], out["lines"]  # where lint read it: the finding's location says so
+        # where lint read it (the finding's location says so), and its text
+        del out["file"], out["lines"], out["xml"]
         return out
 
 
@@ -311,6 +328,7 @@ def _pci_device(elem: ET.Element, path: str = "") -> Optional[PciDevice]:
         slot=_hex(addr.get("slot")) if addr is not None else None,
         function=_hex(addr.get("function", "0")) if addr is not None else None,
         path=path,
+        address=dict(addr.attrib) if addr is not None else None,
     )
 
 
@@ -407,6 +425,8 @@ def parse_domain(
                     format=disk.find("driver").get("type")  # type: ignore[union-attr]
                     if disk.find("driver") is not None
                     else None,
+                    vendor=disk.findtext("vendor"),
+                    product=disk.findtext("product"),
                 )
             )
         for nic in devices.findall("interface"):
@@ -509,13 +529,10 @@ def parse_domain(
         ),
         smm_tseg_kib=_tseg_kib(features),
         numa_memory_kib=_numa_kib(root),
-        pci_addresses=tuple(
-            {"device": device_label(device), "path": paths.get(device, ""), **addr.attrib}
-            for device in (devices if devices is not None else ())
-            if isinstance(device.tag, str)
-            for addr in device.findall("address")
-            if addr.get("type") == "pci"
-        ),
+        iommu_address=_address(devices.find("iommu"))  # type: ignore[arg-type]
+        if devices is not None and devices.find("iommu") is not None
+        else {},
+        xml=xml if file is not None else None,
     )
 
 
@@ -706,3 +723,79 @@ def capabilities(ctx: FactContext) -> Capabilities:
         return parse_capabilities(xml)
     except ET.ParseError as exc:
         raise FactUnavailable(f"libvirt capabilities are not XML: {exc}") from None
+
+
+# --- the machine types' vCPU limits, from the host's QEMU ------------------------------------
+
+OVER_ANY_LIMIT = 255  # every x86 machine type takes this many vCPUs
+
+
+@record
+class MachineLimit:
+    """What libvirt's domain capabilities say of one machine type as a domain writes it."""
+
+    arch: str
+    machine: str  # as the domain writes it: q35, pc, pc-q35-7.2
+    canonical: Optional[str]  # what the host's QEMU resolves it to: pc-q35-7.2
+    max_vcpus: Optional[int]  # <vcpu max=...>: QEMU's limit, under KVM also the host's
+
+
+@record
+class MachineLimits:
+    """The host's limits for the machine types of the domains that may reach them (more than
+    255 vCPUs: below that every x86 machine type takes them)."""
+
+    items: tuple[MachineLimit, ...]
+    problems: tuple[str, ...] = ()
+
+    def get(self, dom: Domain) -> Optional[MachineLimit]:
+        for item in self.items:
+            if (item.arch, item.machine) == _machine_key(dom):
+                return item
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"items": [asdict(i) for i in self.items], "problems": list(self.problems)}
+
+
+def _machine_key(dom: Domain) -> tuple[str, str]:
+    return (dom.arch or "x86_64", dom.machine or "")
+
+
+def parse_domcaps_vcpus(xml: str) -> tuple[Optional[str], Optional[int]]:
+    """The machine type and `<vcpu max=...>` of libvirt's domain capabilities."""
+    root = ET.fromstring(xml)
+    vcpu = root.find("vcpu")
+    limit = _int(vcpu.get("max")) if vcpu is not None else None
+    return (root.findtext("machine") or "").strip() or None, limit
+
+
+@fact("machine_limits")
+def machine_limits(ctx: FactContext) -> MachineLimits:
+    uri = ctx.get("uri")
+    if uri.parts.driver != "qemu":
+        raise FactUnavailable("machine types' limits come from a qemu:// connection only")
+    wanted = sorted(
+        {
+            _machine_key(dom)
+            for dom in ctx.get("domains").items
+            if (dom.vcpus or 1) > OVER_ANY_LIMIT and dom.machine
+        }
+    )
+    items: list[MachineLimit] = []
+    problems: list[str] = []
+    for arch, machine in wanted:
+        try:
+            # libvirt's default virtualization type: kvm where the host has it
+            xml = ctx.source.libvirt(uri.uri, "domcapabilities", arch=arch, machine=machine)
+            canonical, limit = parse_domcaps_vcpus(xml)
+        except SourceError as exc:
+            if not items and not problems and isinstance(exc, Unavailable):
+                raise FactUnavailable(f"libvirt domcapabilities: {exc.reason}") from None
+            problems.append(f"{arch} {machine}: {exc.reason}")
+            continue
+        except ET.ParseError as exc:
+            problems.append(f"{arch} {machine}: not XML: {exc}")
+            continue
+        items.append(MachineLimit(arch, machine, canonical, limit))
+    return MachineLimits(tuple(items), tuple(problems))

@@ -388,3 +388,40 @@ def _user_client_conf(ctx: FactContext) -> Optional[str]:
         home = _environ(ctx, "HOME")
         config_home = f"{home.rstrip('/')}/.config" if home else None
     return f"{config_home.rstrip('/')}/libvirt/libvirt.conf" if config_home else None
+
+
+# --- libvirt's RelaxNG schemas -----------------------------------------------------------------
+
+SCHEMA_DIR = "/usr/share/libvirt/schemas"  # installed by libvirt-daemon / libvirt-clients
+DOMAIN_SCHEMA = "domain.rng"
+
+
+@record
+class LibvirtSchemas:
+    """The RelaxNG schemas libvirt installs (domain.rng and the files it includes), as text:
+    what `virsh define --validate` validates a definition against."""
+
+    directory: str
+    files: dict[str, str]  # file name -> text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"directory": self.directory, "files": sorted(self.files)}
+
+
+@fact("libvirt_schemas")
+def libvirt_schemas(ctx: FactContext) -> LibvirtSchemas:
+    try:
+        names = [n for n in ctx.source.list_dir(SCHEMA_DIR) if n.endswith(".rng")]
+    except SourceError as exc:
+        raise FactUnavailable(
+            f"libvirt's schemas ({SCHEMA_DIR}, installed with libvirt): {exc.reason}"
+        ) from None
+    if DOMAIN_SCHEMA not in names:
+        raise FactUnavailable(f"libvirt's schemas: {SCHEMA_DIR} has no {DOMAIN_SCHEMA}")
+    files = {}
+    for name in sorted(names):
+        try:
+            files[name] = read_text(ctx.source, f"{SCHEMA_DIR}/{name}")
+        except SourceError as exc:
+            raise FactUnavailable(f"libvirt's schemas: {name}: {exc.reason}") from None
+    return LibvirtSchemas(SCHEMA_DIR, files)

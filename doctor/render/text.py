@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import textwrap
 from collections.abc import Iterator
 from typing import IO, Any, Optional
@@ -328,7 +329,17 @@ def _diagnosis(
             console.print(f"{indent}{escape(line)}")
     hint = then(report or {}, diag)
     if hint:
-        console.print(f"      [dim]{escape(hint)} (kvmdoctor fix prints the plan)[/]")
+        after = "kvmdoctor fix prints the plan"
+        if hint.startswith("then: kvmdoctor lint"):
+            # lint's findings are about files, which `fix` does not edit: lint them again
+            files = sorted(
+                {r["subject"][5:] for r in diag["findings"] if r["subject"][:5] == "file:"}
+            )
+            hint += "".join(f" {'-' if f == '<stdin>' else shlex.quote(f)}" for f in files)
+            after = (
+                f"once the file{'s are' if len(files) > 1 else ' is'} changed; lint changes no file"
+            )
+        console.print(f"      [dim]{escape(hint)} ({after})[/]")
 
 
 def _consequence(console: Any, diag: dict[str, Any], *, verbose: bool) -> None:

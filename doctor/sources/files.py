@@ -2,9 +2,10 @@
 line, or read from stdin, and nothing of any host.
 
 It answers questions about files and directories (the ones lint is given, by their paths as
-written, relative ones from the working directory) and refuses every other question as
-Unavailable: the checks that need a host are not run by lint, and an optional host fact a
-definition check asks for reads as absent.
+written, relative ones from the working directory, and libvirt's RelaxNG schemas installed
+on the machine lint runs on, which describe definitions, not a host) and refuses every other
+question as Unavailable: the checks that need a host are not run by lint, and an optional
+host fact a definition check asks for reads as absent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from doctor.sources.base import (
 )
 
 STDIN = "-"
+# libvirt's schemas of the machine lint runs on (libvirt-daemon / libvirt-clients): read by
+# the definition-refused-by-schema check, like a tool's own data
+SCHEMAS = "/usr/share/libvirt/schemas"
 NO_HOST = "kvmdoctor lint reads definition files only, not a host (see lint --host)"
 
 
@@ -47,10 +51,12 @@ class DefinitionFiles:
         return {"kind": self.kind, "paths": list(self.paths)}
 
     def _absolute(self, path: str) -> str:
-        """The path, absolute, if it is one of the paths given or lies under one; no other
-        file of the machine is the definitions' (nor /etc/os-release, nor libvirt's files)."""
+        """The path, absolute, if it is one of the paths given or lies under one, or under
+        libvirt's schemas; no other file of the machine is the definitions' (nor
+        /etc/os-release, nor libvirt's configuration)."""
         real = os.path.abspath(path)
-        if not any(real == top or real.startswith(top.rstrip("/") + "/") for top in self._given):
+        tops = [*self._given, SCHEMAS]
+        if not any(real == top or real.startswith(top.rstrip("/") + "/") for top in tops):
             raise Unavailable(path, NO_HOST)
         return real
 

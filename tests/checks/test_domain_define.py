@@ -1,4 +1,4 @@
-"""DOM009-DOM019, the define-time rules: a failing and a passing definition each.
+"""DOM009-DOM019 and DOM021-DOM024, the define-time rules: a failing and a passing definition each.
 
 Each failing definition is the smallest change to a plain guest that libvirt 9.0 refuses with
 the words the check quotes (the suite's own inputs and the derived ones are in
@@ -8,13 +8,16 @@ same guest with the problem put right.
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Any, Optional
 
 import pytest
 
 from checks import domain as domain_checks
 from doctor.facts.domains import Domains, parse_domain
 from doctor.model import Finding
+
+from kdtest import require
 
 
 def guest(
@@ -75,6 +78,7 @@ SCSI_HOSTDEV = (
     "<address bus='0' target='0' unit='1'/></source>"
     "<address type='drive' controller='0' bus='0' target='0' unit='{}'/></hostdev>"
 )
+DRIVE = "<address type='drive' controller='0' bus='0' target='0' unit='0'/>"
 EFI_LOADER = "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
 
 # (code, libvirt's words in the failing finding, failing definition, passing definition)
@@ -247,6 +251,107 @@ CASES: list[tuple[str, str, str, str]] = [
         guest(os_attrs=" firmware='efi'", features=""),
         guest(os_attrs=" firmware='efi'"),
     ),
+    (
+        "DOM014",
+        "Invalid value for attribute 'index' in element 'controller': '-1'",
+        guest("<controller type='pci' index='-1' model='pcie-root-port'/>"),
+        guest("<controller type='pci' index='1' model='pcie-root-port'/>"),
+    ),
+    (
+        "DOM021",
+        "Invalid address type 'pci' for the disk 'sda' with the bus type 'sata'",
+        guest(disk("sda", "sata", extra=pci(5))),
+        guest(disk("sda", "sata", extra=DRIVE)),
+    ),
+    (
+        "DOM021",
+        "unexpected address type for usb disk",
+        guest(disk("sdb", "usb", extra=pci(5))),
+        guest(disk("sdb", "usb", extra="<address type='usb' bus='0' port='1'/>")),
+    ),
+    (
+        "DOM021",
+        "IOMMU device: 'virtio' needs a PCI address",
+        guest("<iommu model='virtio'><address type='virtio-mmio'/></iommu>"),
+        guest("<iommu model='virtio'>" + pci(3) + "</iommu>"),
+    ),
+    (
+        "DOM022",
+        "cannot be plugged into the PCI controller with index='1'. It requires a controller "
+        "that accepts a dmi-to-pci-bridge.",
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<controller type='pci' index='2' model='dmi-to-pci-bridge'>"
+            + pci(0, bus=1)
+            + "</controller>"
+        ),
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<controller type='pci' index='2' model='dmi-to-pci-bridge'>"
+            + pci(0x1E)
+            + "</controller>"
+        ),
+    ),
+    (
+        "DOM022",
+        "It requires a controller that accepts a standard PCI device.",
+        guest(
+            "<controller type='pci' index='1' model='pcie-expander-bus'/>"
+            + NIC.format(pci(0, bus=1))
+        ),
+        guest(
+            "<controller type='pci' index='1' model='pcie-expander-bus'/>"
+            "<controller type='pci' index='2' model='pcie-root-port'>"
+            + pci(0, bus=1)
+            + "</controller>"
+            + NIC.format(pci(0, bus=2))
+        ),
+    ),
+    (
+        "DOM022",
+        "needs to be an integrated device (bus=0)",
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<iommu model='virtio'>" + pci(0, bus=1) + "</iommu>"
+        ),
+        guest(
+            "<controller type='pci' index='1' model='pcie-root-port'/>"
+            "<iommu model='virtio'>" + pci(3) + "</iommu>"
+        ),
+    ),
+    (
+        "DOM023",
+        "invalid disk target 'vdb1', partitions can't appear in disk targets",
+        guest(disk("vdb1", "virtio")),
+        guest(disk("vdb", "virtio")),
+    ),
+    (
+        "DOM023",
+        "missing target information for device /srv/a.img",
+        guest("<disk type='file' device='disk'><source file='/srv/a.img'/></disk>"),
+        guest(
+            "<disk type='file' device='disk'><source file='/srv/a.img'/>"
+            "<target dev='vda' bus='virtio'/></disk>"
+        ),
+    ),
+    (
+        "DOM024",
+        "disk device='lun' is only valid for block type disk source",
+        guest(
+            "<disk type='file' device='lun'><source file='/srv/a.img'/>"
+            "<target dev='sda' bus='scsi'/></disk>"
+        ),
+        guest(
+            "<disk type='block' device='lun'><source dev='/dev/sdz'/>"
+            "<target dev='sda' bus='scsi'/></disk>"
+        ),
+    ),
+    (
+        "DOM024",
+        "Only scsi disk supports vendor and product",
+        guest(disk("vdb", "virtio", extra="<vendor>KD</vendor><product>LINT</product>")),
+        guest(disk("sdb", "scsi", extra="<vendor>KD</vendor><product>LINT</product>")),
+    ),
 ]
 
 
@@ -283,3 +388,87 @@ def test_drive_addresses_follow_libvirts_assignment_from_the_target_name() -> No
 def test_the_q35_vcpu_limit_is_certain_only_for_a_versioned_machine_type() -> None:
     assert verdict("DOM016", guest(vcpu="<vcpu>300</vcpu>", machine="q35")).status == "pass"
     assert verdict("DOM016", guest(vcpu="<vcpu>256</vcpu>", machine="pc-q35-2.6")).status == "fail"
+
+
+# --- DOM025: libvirt's own RelaxNG schema ------------------------------------------------------
+
+
+def _schemas() -> Any:
+    """The schemas libvirt installed on this machine, read as the fact reads them."""
+    import os
+
+    from doctor.facts import FactContext
+    from doctor.facts.libvirt import SCHEMA_DIR
+    from doctor.sources.live import LiveSource
+
+    require(os.path.isfile(f"{SCHEMA_DIR}/domain.rng"), "libvirt's schemas (libvirt-clients)")
+    with contextlib.closing(LiveSource(root="/")) as source:
+        return FactContext(source).get("libvirt_schemas")
+
+
+def schema_verdict(xml: str, schemas: Any) -> Finding:
+    dom = parse_domain(xml, active=False, persistent=True, origin="t.xml", file="t.xml")
+    (finding,) = list(domain_checks.definition_refused_by_schema(Domains((dom,), "files"), schemas))
+    return finding
+
+
+def test_dom025_warns_of_what_libvirts_schema_refuses_and_passes_it_put_right() -> None:
+    schemas = _schemas()
+    refused = schema_verdict(
+        guest("<controller type='pci' index='-1' model='pcie-root-port'/>"), schemas
+    )
+    assert refused.status == "warn", refused.message
+    assert "libvirt's schema refuses the definition" in refused.message
+    assert refused.location is not None and refused.location.element == "/domain/devices"
+    assert refused.evidence["errors"]
+    fine = schema_verdict(
+        guest("<controller type='pci' index='1' model='pcie-root-port'/>"), schemas
+    )
+    assert (fine.status, fine.message) == ("pass", "libvirt's schema accepts the definition")
+
+
+def test_dom025_skips_saying_so_without_libvirts_schemas() -> None:
+    finding = schema_verdict(guest(), None)
+    assert finding.status == "skip"
+    assert "schemas are not installed on this machine (/usr/share/libvirt/schemas" in (
+        finding.message
+    )
+
+
+def test_dom025_leaves_the_hosts_domains_to_libvirt() -> None:
+    """`run` keeps no definition text: libvirt parsed its domains already."""
+    dom = parse_domain(guest(), active=False, persistent=True, origin="libvirt")
+    (finding,) = list(domain_checks.definition_refused_by_schema(Domains((dom,), "libvirt"), None))
+    assert finding.status == "skip" and "only kvmdoctor lint validates" in finding.message
+
+
+def test_the_inlined_schema_judges_as_libvirts_files_do() -> None:
+    """The schema compiled from the fact's texts (includes inlined) gives the verdict of
+    lxml's own compile of /usr/share/libvirt/schemas/domain.rng, on every corpus input."""
+    import json
+    from pathlib import Path
+
+    from lxml import etree
+
+    schemas = _schemas()
+    ours = domain_checks.domain_schema(schemas)
+    theirs = etree.RelaxNG(file=f"{schemas.directory}/domain.rng")
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt-suite"
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    verdicts = []
+    for entry in [*manifest["entries"], *manifest["out_of_area"]]:
+        doc = etree.parse(str(corpus / entry["file"]))
+        verdicts.append((entry["file"], ours.validate(doc), theirs.validate(doc)))
+    assert [v for v in verdicts if v[1] != v[2]] == []
+    assert any(not v[1] for v in verdicts) and any(v[1] for v in verdicts)
+
+
+def test_run_leaves_the_schema_check_to_lint_unless_selected() -> None:
+    from doctor import engine
+    from doctor.registry import load_registry
+
+    registry = load_registry()
+    assert "DOM025" not in [s.code for s in engine.select(registry)]
+    assert [s.code for s in engine.select(registry, ["DOM025"])] == ["DOM025"]
+    every = [s.code for s in registry]
+    assert "DOM025" in [s.code for s in engine.select(registry, within=every)]

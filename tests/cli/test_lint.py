@@ -559,3 +559,74 @@ def test_network_files_join_the_hosts_networks_with_host(
     assert "kd-lint-net' does not exist" not in messages
     assert "'default' does not exist" not in messages
     assert finding["evidence"]["networks_from"] == "definition files and libvirt qemu:///system"
+
+
+# --- DOM016 with a host: the limit of the host's QEMU ----------------------------------------
+
+
+def big_q35(name: str, vcpus: int) -> str:
+    """Plain `q35` (the newest machine type of whichever QEMU runs it) with many vCPUs."""
+    return (
+        domain(name)
+        .replace("<vcpu>2</vcpu>", f"<vcpu>{vcpus}</vcpu>")
+        .replace("machine='pc-q35-7.2'", "machine='q35'")
+    )
+
+
+def dom016(report: dict[str, Any]) -> dict[str, Any]:
+    (finding,) = findings(report, "DOM016")
+    return finding
+
+
+def test_dom016_judges_plain_q35_only_with_a_host(tmp_path: Path, host_snapshot: Path) -> None:
+    """Without a host plain q35's limit is unknown (it is the running QEMU's); with the
+    recorded lab host (QEMU 7.2: pc-q35-7.2, `<vcpu max='288'/>` in its domcapabilities)
+    289 vCPUs are refused and 288 are not."""
+    over, at = tmp_path / "over.xml", tmp_path / "at.xml"
+    over.write_text(big_q35("kd-lint-289", 289))
+    at.write_text(big_q35("kd-lint-288", 288))
+    alone = dom016(report_of(kvmdoctor("lint", str(over), "-f", "json")))
+    assert alone["status"] == "pass", alone["message"]
+    hosted = dom016(
+        report_of(
+            kvmdoctor("lint", "--host", "--snapshot", str(host_snapshot), str(over), "-f", "json")
+        )
+    )
+    assert hosted["status"] == "fail", hosted["message"]
+    assert "Maximum CPUs greater than specified machine type limit 288" in hosted["message"]
+    assert "the host's QEMU for pc-q35-7.2 (domcapabilities)" in hosted["message"]
+    assert hosted["location"]["line"] == 4  # <vcpu>
+    fits = dom016(
+        report_of(
+            kvmdoctor("lint", "--host", "--snapshot", str(host_snapshot), str(at), "-f", "json")
+        )
+    )
+    assert fits["status"] == "pass", fits["message"]
+    assert fits["evidence"]["max_cpus"] == 288
+
+
+@pytest.mark.integration
+def test_dom016_reads_the_limit_of_this_hosts_qemu(tmp_path: Path) -> None:
+    from kdtest import answers, require
+
+    require(answers("/run/libvirt/libvirt-sock"), "libvirtd (make setup-lab starts it)")
+    path = tmp_path / "big.xml"
+    path.write_text(big_q35("kd-lint-big", 1000))
+    finding = dom016(report_of(kvmdoctor("lint", "--host", str(path), "-f", "json")))
+    assert finding["status"] == "fail", finding["message"]
+    assert finding["evidence"]["limit_from"].startswith("the host's QEMU for pc-q35-")
+    assert f'limit {finding["evidence"]["max_cpus"]}"' in finding["message"]
+
+
+def test_text_output_asks_to_lint_the_changed_file_again(tmp_path: Path) -> None:
+    """kvmdoctor fix changes hosts, not files: lint's text says what to run once the file is
+    edited (the checks to re-run on that file), and never points at fix."""
+    path = tmp_path / "cdrom.xml"
+    path.write_text(domain("kd-cdrom", CDROM_ON_VIRTIO))
+    result = kvmdoctor("lint", str(path), "--no-color")
+    assert result.exit_code == 1
+    assert "kvmdoctor fix" not in result.stdout
+    assert (
+        f"then: kvmdoctor lint --select DOM003 {path} (once the file is changed; lint changes "
+        "no file)"
+    ) in result.stdout

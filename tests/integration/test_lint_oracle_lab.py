@@ -4,7 +4,9 @@ libvirt's test suite has no failing input for some conditions the define-time ch
 (the machine type's vCPU limit). scripts/libvirt_corpus.py derives one from an accepted
 input by one change and records libvirt's words in the manifest; here a private libvirtd
 (tests/kdlab.py: its own mount namespace, never the machine's daemon) defines the accepted
-input and refuses the derived one with exactly those words.
+input and refuses the derived one with exactly those words. The inputs libvirt defines but
+QEMU refuses to start (`accepted-refused-at-start`) are defined and started there too, and
+QEMU's refusal is the one the manifest records.
 """
 
 from __future__ import annotations
@@ -56,3 +58,82 @@ def test_a_private_libvirtd_refuses_each_derived_input_with_the_recorded_words(
             refused = lab.run(["virsh", "-c", URI, "define", str(CORPUS / entry["file"])])
             assert refused.returncode != 0, entry["file"]
             assert entry["error"] in refused.stderr, (entry["file"], refused.stderr)
+
+
+# -- accepted by libvirt, refused by QEMU at start --------------------------------------------
+
+REFUSED_AT_START = [e for e in MANIFEST["entries"] if e["verdict"] == "accepted-refused-at-start"]
+IMAGES = "/var/lib/libvirt/images"  # private to the lab (tests/kdlab.py)
+
+
+def startable(xml: str, name: str) -> tuple[str, dict[str, str]]:
+    """The suite's input as the lab can start it: named `name`, and each image it names
+    (block devices and files the lab lacks) replaced by an image file of the lab, one per
+    original path, so a path two disks share stays shared. Returns the XML and the images
+    to create (path inside the lab -> format)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    name_el = root.find("name")
+    assert name_el is not None
+    name_el.text = name
+    uuid = root.find("uuid")
+    if uuid is not None:
+        root.remove(uuid)
+    images: dict[str, str] = {}
+    by_original: dict[str, str] = {}
+    for disk in root.iterfind("devices/disk"):
+        source = disk.find("source")
+        original = source.get("dev") or source.get("file") if source is not None else None
+        if source is None or original is None:
+            continue
+        path = by_original.setdefault(original, f"{IMAGES}/{name}-{len(by_original)}.img")
+        driver = disk.find("driver")
+        images[path] = (driver.get("type") if driver is not None else None) or "raw"
+        disk.set("type", "file")
+        source.attrib.clear()
+        source.set("file", path)
+    return ET.tostring(root, encoding="unicode"), images
+
+
+def test_the_manifest_records_qemus_refusal_for_each_input_refused_at_start() -> None:
+    assert {Path(e["file"]).stem for e in REFUSED_AT_START} >= {
+        "disk-cache",
+        "disk-scsi-disk-split",
+    }
+    for entry in REFUSED_AT_START:
+        assert entry["start_error"] and entry["expected_code"], entry
+
+
+@pytest.mark.parametrize(
+    "entry", REFUSED_AT_START, ids=[Path(e["file"]).stem for e in REFUSED_AT_START]
+)
+def test_a_private_libvirtd_defines_the_input_and_qemu_refuses_to_start_it(
+    entry: dict[str, Any], tmp_path: Path
+) -> None:
+    """libvirt defines it; `virsh start` fails with QEMU's image-lock message (recorded in
+    the manifest as `start_error`)."""
+    require(shutil.which("libvirtd") is not None, "libvirtd (libvirt-daemon-system)")
+    require(shutil.which("qemu-img") is not None, "qemu-img (qemu-utils)")
+    name = f"kd-oracle-{Path(entry['file']).stem}"
+    xml, images = startable((CORPUS / entry["file"]).read_text(), name)
+    with LibvirtLab(tmp_path) as lab:
+        # no virtlogd inside the lab (its /run/libvirt is private): QEMU logs to a file
+        lab.configure("qemu.conf", stdio_handler="file")
+        started = lab.start_libvirtd()
+        assert started.ok, started.errors
+        lab.path(IMAGES).mkdir(mode=0o755, parents=True, exist_ok=True)
+        for path, fmt in images.items():
+            made = lab.run(["qemu-img", "create", "-q", "-f", fmt, path, "16M"])
+            assert made.returncode == 0, made.stderr
+        definition = tmp_path / f"{name}.xml"
+        definition.write_text(xml)
+        defined = lab.run(["virsh", "-c", URI, "define", str(definition)], timeout=120)
+        assert defined.returncode == 0, defined.stderr
+        try:
+            start = lab.run(["virsh", "-c", URI, "start", name], timeout=120)
+            assert start.returncode != 0, f"{name} started"
+            assert entry["start_error"] in start.stderr, start.stderr
+        finally:
+            lab.run(["virsh", "-c", URI, "destroy", name])
+            lab.run(["virsh", "-c", URI, "undefine", name])
