@@ -280,7 +280,7 @@ def open_redactor(redact: bool, redact_map: Optional[str]) -> Any:
     except RedactMapError as exc:
         raise UsageError(str(exc)) from None
     if warning:
-        sys.stderr.write(f"kvmdoctor: {warning}\n")
+        typer.echo(f"kvmdoctor: {warning}", err=True)
     return redactor
 
 
