@@ -42,6 +42,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
@@ -137,8 +138,10 @@ def state_dir() -> str:
     return os.path.join(base, "kvmdoctor")
 
 
-def host_key() -> tuple[bytes, Optional[str]]:
-    """The per-host key (created 0600 on first use), and a warning when none could be kept."""
+def host_key(attempts: int = 5) -> tuple[bytes, Optional[str]]:
+    """The per-host key (created 0600 on first use), and a warning when none could be kept.
+    A key file that holds no key (emptied, cut short) is left as it is: this run's tokens
+    are then its own, and the warning says so."""
     folder = state_dir()
     path = os.path.join(folder, KEY_FILE)
     try:
@@ -154,8 +157,15 @@ def host_key() -> tuple[bytes, Optional[str]]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(key.hex() + "\n")
-    except FileExistsError:  # another run created it meanwhile: use that one
-        return host_key()
+    except FileExistsError:
+        if attempts > 1:  # another run created it meanwhile and may be writing it still
+            time.sleep(0.02)
+            return host_key(attempts - 1)
+        return key, (
+            f"cannot use the redaction key in {path} (it holds no key): tokens are stable "
+            "within this run only; remove the file to have a new key made, or use "
+            "--redact-map FILE"
+        )
     except OSError as exc:
         return key, (
             f"cannot keep a redaction key in {path} ({exc.strerror}): tokens are stable "

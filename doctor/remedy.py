@@ -538,8 +538,44 @@ def ansible_playbook(plan: Sequence[PlanItem], *, host: str, version: str) -> st
             for command in probe_commands(plan)
         )
     )
-    body = yaml.safe_dump(plays, sort_keys=False, default_flow_style=False, width=100)
+    body = yaml.dump(
+        _unsafe(plays), Dumper=_dumper(), sort_keys=False, default_flow_style=False, width=100
+    )
     return header + "---\n" + body
+
+
+class _Unsafe(str):
+    """A value Ansible must take as it stands: written with Ansible's `!unsafe` tag, so that
+    text from the host or from a saved report ("{{ lookup('pipe', ...) }}" in a domain name)
+    is never evaluated as a template on the machine that runs the plan."""
+
+
+_OURS = ("when", "tags", "hosts")  # kvmdoctor's own expressions and patterns
+
+
+def _unsafe(value: Any, key: Optional[str] = None) -> Any:
+    if key in _OURS:
+        return value
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, dict):
+        return {k: _unsafe(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_unsafe(v) for v in value]
+    return value
+
+
+def _dumper() -> Any:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def unsafe(dumper: Any, data: _Unsafe) -> Any:
+        return dumper.represent_scalar("!unsafe", str(data))
+
+    Dumper.add_representer(_Unsafe, unsafe)
+    return Dumper
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

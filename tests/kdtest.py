@@ -177,3 +177,22 @@ def kvmdoctor(*args: str, **kw: Any) -> Any:
     except TypeError:
         runner = CliRunner()
     return runner.invoke(app, list(args), **kw)
+
+
+class AnsibleUnsafe(str):
+    """A value a plan writes with Ansible's `!unsafe` tag (never templated by Ansible)."""
+
+
+def load_ansible(text: str) -> Any:
+    """An Ansible plan read as Ansible reads its YAML: `!unsafe` values come back as
+    AnsibleUnsafe strings, so a test can tell them from the plan's own expressions."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def unsafe(loader: Any, node: Any) -> AnsibleUnsafe:
+        return AnsibleUnsafe(loader.construct_scalar(node))
+
+    Loader.add_constructor("!unsafe", unsafe)
+    return yaml.load(text, Loader=Loader)  # noqa: S506  # a SafeLoader with one more tag

@@ -455,6 +455,23 @@ def test_a_file_that_is_not_a_map_is_a_usage_error(
     assert "cannot use" in result.stderr and "redaction map" in result.stderr
 
 
+def test_a_key_file_that_holds_no_key_is_left_alone_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emptied key file (a full disk, a crash while it was written) used to send every
+    --redact run into endless recursion (exit 3)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "redact.key").write_text("")
+    monkeypatch.setenv("KVMDOCTOR_STATE_DIR", str(state))
+    sample = Path(__file__).parent.parent / "sample_reports" / "duplicate-mac.json"
+    result = kvmdoctor("report", "convert", str(sample), "--to", "json", "--redact")
+    assert result.exit_code == 0, result.stderr
+    assert "cannot use the redaction key" in result.stderr and "remove the file" in result.stderr
+    assert json.loads(result.stdout)["host"]["hostname"].startswith("host-")
+    assert (state / "redact.key").read_text() == ""
+
+
 # --- the gaps: EUI-64, versions, wildcard names, the network drawing ------------------------
 
 

@@ -9,20 +9,21 @@ value, and through the command line from a saved report."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from doctor import remedy, rules
 from doctor.playbooks import shipped
 from doctor.textsafe import has_controls
 
-from kdtest import ROOT, kvmdoctor
+from kdtest import ROOT, AnsibleUnsafe, kvmdoctor, load_ansible, require
 
 PAYLOADS = [
     "evil\ntouch /tmp/kdpwn\n#",
@@ -128,7 +129,7 @@ def test_ansible_plans_from_hostile_values_keep_their_structure(payload: str) ->
     text = remedy.ansible_playbook(plan, host=payload, version="0")
     header, _, body = text.partition("\n---\n")
     assert all(line.startswith("#") for line in header.splitlines())
-    (play,) = yaml.safe_load(body)
+    (play,) = load_ansible(body)
     assert set(play) == {"name", "hosts", "become", "gather_facts", "tasks"}
     assert play["hosts"] == "all"
     for task in play["tasks"]:
@@ -139,6 +140,66 @@ def test_ansible_plans_from_hostile_values_keep_their_structure(payload: str) ->
         )
         when = task.get("when")
         assert when is None or when.startswith("ansible_facts["), when
+
+
+JINJA = "{{ lookup('pipe', 'touch /tmp/kdpwn') }}{% if true %}x{% endif %}"
+
+
+def _strings(value: Any, key: str = "") -> list[tuple[str, Any]]:
+    """(key, string) for every string in a parsed play, with the key it stands under."""
+    if isinstance(value, str):
+        return [(key, value)]
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _strings(v, k)]
+    if isinstance(value, list):
+        return [pair for v in value for pair in _strings(v, key)]
+    return []
+
+
+def test_ansible_never_evaluates_a_template_that_came_from_a_value() -> None:
+    """Ansible renders Jinja in task names and module arguments on the machine that runs the
+    plan: a domain name or a saved report's text holding "{{ lookup('pipe', ...) }}" would run
+    there. Every string the plan takes from the report is written `!unsafe`; only kvmdoctor's
+    own `when` expressions, tags and host patterns are plain."""
+    plan = remedy.plan_from_report(hostile_report(JINJA))
+    (play,) = load_ansible(remedy.ansible_playbook(plan, host=JINJA, version="0"))
+    found = _strings(play)
+    assert any(JINJA in text for _, text in found)  # the value is in the plan...
+    for key, text in found:
+        if "{{" in text or "{%" in text:
+            assert isinstance(text, AnsibleUnsafe), (key, text)  # ...never as a template
+        if key in ("when", "tags", "hosts"):
+            assert not isinstance(text, AnsibleUnsafe) and JINJA not in text, (key, text)
+
+
+def test_ansible_playbook_does_not_run_a_lookup_from_a_saved_report(tmp_path: Path) -> None:
+    """The same through ansible-playbook itself, in check mode against this machine: only the
+    plan's debug tasks (tag `manual`) run, and the lookup they carry is shown, not run."""
+    ansible = shutil.which("ansible-playbook") or str(
+        Path(sys.executable).with_name("ansible-playbook")
+    )
+    require(Path(ansible).exists(), "needs ansible-playbook (the `ansible` test extra)")
+    marker = tmp_path / "kdpwn"
+    payload = f"{{{{ lookup('pipe', 'touch {marker}') }}}}"
+    data = json.loads((ROOT / "sample_reports" / "duplicate-mac.json").read_text())
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(data).replace("kdweb1", payload.replace("'", "\\u0027")))
+    plan = tmp_path / "plan.yml"
+    result = kvmdoctor("fix", "--report", str(saved), "-f", "ansible", "-o", str(plan))
+    assert result.exit_code == 0, result.stderr
+    assert payload in load_ansible(plan.read_text())[0]["tasks"][0]["ansible.builtin.debug"]["msg"]
+    env = {
+        **os.environ,
+        "ANSIBLE_HOME": str(tmp_path / ".ansible"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / ".ansible" / "tmp"),
+    }
+    ran = subprocess.run(
+        [ansible, "-i", "localhost,", "-c", "local", "--check", "--tags", "manual", str(plan)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "lookup('pipe'" in ran.stdout  # the debug task printed the text as it stands
+    assert not marker.exists()
 
 
 def test_a_domain_named_to_break_out_of_a_comment_stays_in_it(tmp_path: Path) -> None:

@@ -28,6 +28,10 @@ from doctor.cli import version as version_cmd
 from doctor.cli.common import EXIT_INTERNAL, EXIT_USAGE, UsageError
 from doctor.signals import Terminated
 
+# Click 8.2+ raises this for a bare `kvmdoctor`; Click 8.1 (the last for Python 3.9) prints the
+# help itself and exits 0, and has no such class: then the clause catches nothing.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 
 class _Group(TyperGroup):
     """Turns every way a command can end into one line on stderr and an exit code."""
@@ -56,7 +60,7 @@ class _Group(TyperGroup):
         except UsageError as exc:
             click.echo(f"kvmdoctor: error: {exc}", err=True)
             code = EXIT_USAGE
-        except click.exceptions.NoArgsIsHelpError as exc:  # bare `kvmdoctor`
+        except _NO_ARGS_IS_HELP as exc:  # bare `kvmdoctor`
             click.echo(exc.ctx.get_help() if exc.ctx else "")
             code = 0
         except click.UsageError as exc:

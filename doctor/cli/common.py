@@ -193,8 +193,12 @@ def use_color(output: Output, no_color: bool) -> bool:
     return output.is_terminal and not no_color and not os.environ.get("NO_COLOR")
 
 
-def read_report(path: str) -> dict[str, Any]:
-    """A saved JSON report (`kvmdoctor run -f json -o FILE`), or a usage error saying why not."""
+def read_report(path: str, *, other_versions: bool = False) -> dict[str, Any]:
+    """A saved JSON report (`kvmdoctor run -f json -o FILE`), or a usage error saying why not:
+    not JSON, not of the shape docs/report.schema.json gives (every reader of a saved report
+    then finds what the schema promises, so a damaged or hand-edited file is a usage error,
+    not an internal one), or of another format version. `other_versions`: hand a report of
+    another version on unjudged, for a caller that refuses it with its own words."""
     import json
 
     try:
@@ -206,7 +210,48 @@ def read_report(path: str) -> dict[str, Any]:
         raise UsageError(f"{path} is not a JSON report: {exc}") from None
     if not isinstance(data, dict) or "diagnoses" not in data:
         raise UsageError(f"{path} is not a kvmdoctor report (no diagnoses)")
+    schema = _report_schema()
+    ours = schema["properties"]["schema_version"]["const"]
+    version = data.get("schema_version", ours)
+    if version != ours:
+        if other_versions:
+            return data
+        raise UsageError(
+            f"{path} is a report of format {version!r}; this kvmdoctor reads format {ours} "
+            "(show or convert it with the kvmdoctor that wrote it)"
+        )
+    problem = _schema_problem(schema, data)
+    if problem is not None:
+        raise UsageError(f"{path} is not a kvmdoctor report: {problem}")
     return data
+
+
+def _report_schema() -> dict[str, Any]:
+    """docs/report.schema.json, shipped as doctor/report.schema.json (a test keeps them one)."""
+    import json
+    from importlib import resources
+
+    schema: dict[str, Any] = json.loads(
+        resources.files("doctor").joinpath("report.schema.json").read_text(encoding="utf-8")
+    )
+    return schema
+
+
+def _schema_problem(schema: dict[str, Any], data: dict[str, Any]) -> Optional[str]:
+    """What in `data` the schema refuses, in one line, or None."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    from doctor.textsafe import one_line
+
+    error = best_match(Draft202012Validator(schema).iter_errors(data))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
+    message = one_line(error.message)
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return f"{where}: {message}"
 
 
 RedactOpt = typer.Option(
@@ -235,7 +280,7 @@ def open_redactor(redact: bool, redact_map: Optional[str]) -> Any:
     except RedactMapError as exc:
         raise UsageError(str(exc)) from None
     if warning:
-        sys.stderr.write(f"kvmdoctor: {warning}\n")
+        typer.echo(f"kvmdoctor: {warning}", err=True)
     return redactor
 
 

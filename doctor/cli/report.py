@@ -51,7 +51,7 @@ def show(
     from doctor.render import render_as
 
     redactor = open_redactor(redact, redact_map)
-    data = _redacted(_load(report), redactor)
+    data = _redacted(read_report(report), redactor)
     out = Output(None)
     out.write(render_as("text", data, verbose=verbose, quiet=quiet, color=use_color(out, no_color)))
     save_redaction_map(redactor, redact_map)
@@ -79,7 +79,7 @@ def convert(
     if to not in CONVERT_FORMATS:
         raise UsageError(f"--to must be one of {', '.join(CONVERT_FORMATS)}, not {to!r}")
     redactor = open_redactor(redact, redact_map)
-    data = _redacted(_load(report), redactor)
+    data = _redacted(read_report(report), redactor)
     Output(output).write(render_as(to, data))
     save_redaction_map(redactor, redact_map)
 
@@ -125,7 +125,6 @@ def merge(
     `report convert` read the fleet report like any report. Exit codes as `run`: 0 nothing
     at or above --fail-on on any host, 1 something is, 2 usage error.
     """
-    import sys
 
     from doctor.fleet import FleetError
     from doctor.fleet import merge as merge_reports
@@ -133,7 +132,7 @@ def merge(
 
     if fail_on not in ("info", "warn", "fail"):
         raise UsageError(f"--fail-on must be one of info, warn, fail, not {fail_on!r}")
-    loaded = [(path, _load(path)) for path in reports]
+    loaded = [(path, read_report(path, other_versions=True)) for path in reports]
     try:
         fleet, notes = merge_reports(
             loaded, fail_on=fail_on, argv=["kvmdoctor", "report", "merge", *reports]
@@ -141,48 +140,6 @@ def merge(
     except FleetError as exc:
         raise UsageError(str(exc)) from None
     for note in notes:
-        sys.stderr.write(f"kvmdoctor: {note}\n")
+        typer.echo(f"kvmdoctor: {note}", err=True)
     Output(output).write(render_as("json", fleet))
     raise typer.Exit(fleet["exit_code"])
-
-
-_FINDING_KEYS = ("code", "status", "subject", "message")
-_DIAGNOSIS_KEYS = ("rank", "playbook", "title", "status", "subject", "cause")
-
-
-def _load(path: str) -> dict[str, Any]:
-    """The report, or a usage error saying what in the file is not what a report holds (a
-    renderer reads every one of these)."""
-    from doctor.model import STATUSES
-
-    data = read_report(path)
-
-    def refuse(what: str) -> UsageError:
-        return UsageError(f"{path} is not a kvmdoctor report: {what}")
-
-    for key, kind in (("checks", list), ("diagnoses", list), ("summary", dict), ("run", dict)):
-        if not isinstance(data.get(key), kind):
-            raise refuse(f"no {key}")
-    for key in ("host", "tool"):
-        if not isinstance(data.get(key, {}), dict):
-            raise refuse(f"{key} is not an object")
-    for n, chk in enumerate(data["checks"], start=1):
-        if not (
-            isinstance(chk, dict)
-            and all(isinstance(chk.get(k), str) for k in ("code", "name"))
-            and isinstance(chk.get("findings"), list)
-        ):
-            raise refuse(f"check #{n} lacks a code, name or findings")
-        for finding in chk["findings"]:
-            if not isinstance(finding, dict) or not all(
-                isinstance(finding.get(k), str) for k in _FINDING_KEYS
-            ):
-                raise refuse(f"a finding of {chk['code']} lacks one of {', '.join(_FINDING_KEYS)}")
-            if finding["status"] not in STATUSES:
-                raise refuse(f"a finding of {chk['code']} has status {finding['status']!r}")
-    for n, diag in enumerate(data["diagnoses"], start=1):
-        if not isinstance(diag, dict) or not all(k in diag for k in _DIAGNOSIS_KEYS):
-            raise refuse(f"diagnosis #{n} lacks one of {', '.join(_DIAGNOSIS_KEYS)}")
-        if diag["status"] not in STATUSES:
-            raise refuse(f"diagnosis #{n} has status {diag['status']!r}")
-    return data

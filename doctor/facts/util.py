@@ -31,10 +31,13 @@ def element_paths(root: ET.Element, base: Optional[str] = None) -> Iterator[tupl
     """Every element under `root` (and root itself) with its path in the document:
     /domain/devices/disk[2] -- the position among siblings of the same name is given when
     there are several, counted from 1 as XPath counts."""
-    path = base if base is not None else f"/{root.tag}"
-    yield path, root
-    for child, child_path in child_paths(root, path):
-        yield from element_paths(child, child_path)
+    # Depth first with a stack of our own: a definition nested thousands deep (libvirt keeps
+    # any XML under <metadata>) must not exhaust Python's recursion limit.
+    stack = [(base if base is not None else f"/{root.tag}", root)]
+    while stack:
+        path, element = stack.pop()
+        yield path, element
+        stack.extend(reversed([(p, child) for child, p in child_paths(element, path)]))
 
 
 def child_paths(parent: ET.Element, path: str) -> Iterator[tuple[ET.Element, str]]:

@@ -17,6 +17,7 @@ links to that finding (`anchors`: subject -> element id in the page).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -125,26 +126,53 @@ def _worst(report: Mapping[str, Any]) -> dict[str, str]:
     return worst
 
 
+def _probe_path(
+    report: Mapping[str, Any],
+) -> Optional[tuple[dict[str, Any], list[str], dict[str, Any]]]:
+    """(the evidence that holds the report's probe path: PRB002's, else PRB001's; the names of
+    its hops; the packets seen per hop), or None when the report holds no probe. Evidence is
+    free-form in a saved report: what is not of the expected kind is left out."""
+    found = _probe_findings(report)
+    for code in ("PRB002", "PRB001"):
+        for finding in found.get(code, []):
+            evidence = finding["evidence"]
+            if evidence.get("hops") and isinstance(evidence["hops"], list):
+                observations = evidence.get("observations")
+                seen = observations.get("seen") if isinstance(observations, dict) else None
+                hops = [str(hop) for hop in evidence["hops"]]
+                return evidence, hops, seen if isinstance(seen, dict) else {}
+    return None
+
+
+def _hop_counts(seen: Mapping[str, Any], hop: str) -> Optional[tuple[int, int]]:
+    """(requests, replies) the probe saw at `hop`, or None where it did not look."""
+    counts = seen.get(hop)
+    if not isinstance(counts, dict):
+        return None
+
+    def count(value: Any) -> int:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return int(value) if ok and math.isfinite(value) else 0
+
+    return count(counts.get("request")), count(counts.get("reply"))
+
+
+def _guest_of(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    guest = evidence.get("guest")
+    return guest if isinstance(guest, dict) else {}
+
+
 def _probe_seen(report: Mapping[str, Any]) -> tuple[Optional[str], dict[str, str]]:
     """(the probed guest's name, hop name -> "seen"/"missing"/"") of the report's probe."""
-    found = _probe_findings(report)
-    evidence = next(
-        (f["evidence"] for code in ("PRB002", "PRB001") for f in found.get(code, [])
-         if f["evidence"].get("hops")),
-        None,
-    )  # fmt: skip
-    if evidence is None:
+    path = _probe_path(report)
+    if path is None:
         return None, {}
-    seen = (evidence.get("observations") or {}).get("seen") or {}
+    evidence, names, seen = path
     hops: dict[str, str] = {}
-    for hop in evidence["hops"]:
-        counts = seen.get(hop)
-        state = ""
-        if isinstance(counts, dict):
-            got = int(counts.get("request", 0) or 0) + int(counts.get("reply", 0) or 0)
-            state = "seen" if got else "missing"
-        hops[str(hop)] = state
-    guest = evidence.get("guest") or {}
+    for hop in names:
+        counts = _hop_counts(seen, hop)
+        hops[hop] = "" if counts is None else ("seen" if sum(counts) else "missing")
+    guest = _guest_of(evidence)
     return (str(guest["name"]) if guest.get("name") else None), hops
 
 
@@ -304,18 +332,13 @@ def probe_drawing(
     report: Mapping[str, Any], esc: Callable[[Any], str], anchors: Mapping[str, str]
 ) -> Optional[str]:
     """A probe's path with where it stopped, or None when the report holds no probe."""
-    found = _probe_findings(report)
-    evidence = next(
-        (f["evidence"] for code in ("PRB002", "PRB001") for f in found.get(code, [])
-         if f["evidence"].get("hops")),
-        None,
-    )  # fmt: skip
-    if evidence is None:
+    path = _probe_path(report)
+    if path is None:
         return None
-    hops = [str(h) for h in evidence["hops"]]
-    guest = evidence.get("guest") or {}
+    evidence, hops, seen = path
+    found = _probe_findings(report)
+    guest = _guest_of(evidence)
     target = str(evidence.get("target", "?"))
-    seen = (evidence.get("observations") or {}).get("seen") or {}
     roles = {}
     for finding in found.get("PRB001", []):
         for hop in (finding["evidence"].get("path") or {}).get("hops", []):
@@ -348,11 +371,10 @@ def probe_drawing(
     chain_nodes.append((guest_label, f"{guest.get('kind', 'guest')}", "guest",
                         f"guest:{guest_label}"))  # fmt: skip
     for hop in hops:
-        counts = seen.get(hop)
-        if isinstance(counts, dict):
-            got = int(counts.get("request", 0) or 0) + int(counts.get("reply", 0) or 0)
-            state = "seen" if got else "missing"
-            sub = f"req {counts.get('request', 0)} / rep {counts.get('reply', 0)}"
+        counts = _hop_counts(seen, hop)
+        if counts is not None:
+            state = "seen" if sum(counts) else "missing"
+            sub = f"req {counts[0]} / rep {counts[1]}"
         else:
             state, sub = "", "not observed"
         role = roles.get(hop)

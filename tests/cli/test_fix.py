@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from doctor import remedy
@@ -24,7 +23,7 @@ from doctor.repair import Applier
 from doctor.rules import FixStep
 
 from kdsnap import EditableSnapshot
-from kdtest import require
+from kdtest import load_ansible, require
 
 DIR = {"type": "dir", "uid": 0, "gid": 0, "rdev": None, "acl": []}
 ACL_WITHOUT_QEMU = [
@@ -343,7 +342,7 @@ def every_action_plan() -> list[remedy.PlanItem]:
 
 def test_the_ansible_plan_uses_the_standard_modules_and_tags_by_safety() -> None:
     text = remedy.ansible_playbook(every_action_plan(), host="kvm1", version="0")
-    (play,) = yaml.safe_load(text)
+    (play,) = load_ansible(text)
     modules = {
         key for task in play["tasks"] for key in task if key.startswith(("ansible.", "community."))
     }

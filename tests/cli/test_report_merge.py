@@ -16,7 +16,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 import kdnet
-from kdtest import ROOT, kvmdoctor
+from kdtest import ROOT, kvmdoctor, load_ansible
 
 GUEST_LIVE = kdnet.lab_capture("guest/run-libvirt-qemu__kd-cap-guest.xml")
 GUEST_DEF = kdnet.lab_capture("guest/etc-libvirt-qemu__kd-cap-guest.xml")
@@ -511,12 +511,10 @@ def test_fix_report_on_a_fleet_writes_one_ansible_play_per_host(
     import subprocess
     import sys
 
-    import yaml
-
     out = tmp_path / "fix.yml"
     result = kvmdoctor("fix", "--report", str(shared_mac_fleet), "-f", "ansible", "-o", str(out))
     assert result.exit_code == 0, result.stderr
-    plays = yaml.safe_load(out.read_text())
+    plays = load_ansible(out.read_text())
     assert [p["hosts"] for p in plays] == ["kd-host-b", "kd-host-a"]
     tasks_b = [t["name"] for t in plays[0]["tasks"]]
     assert any(
@@ -552,15 +550,14 @@ def test_fix_report_on_a_fleet_writes_one_ansible_play_per_host(
 
 
 def test_a_fleet_play_for_a_name_that_is_not_a_host_name_reaches_no_host() -> None:
-    import yaml
 
     from doctor.remedy import PlanItem, ansible_playbook
 
     item = PlanItem("duplicate-mac", "t", "mac:x", "c", ("NET010",), (), ("all",))
-    (play,) = yaml.safe_load(ansible_playbook([item], host="", version="1"))
+    (play,) = load_ansible(ansible_playbook([item], host="", version="1"))
     assert play["hosts"] == []
     item = PlanItem("duplicate-mac", "t", "mac:x", "c", ("NET010",), (), ("web*",))
-    (play,) = yaml.safe_load(ansible_playbook([item], host="", version="1"))
+    (play,) = load_ansible(ansible_playbook([item], host="", version="1"))
     assert play["hosts"] == []
 
 

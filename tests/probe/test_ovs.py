@@ -23,7 +23,7 @@ from doctor.probe.predict import predict
 from doctor.probe.verdict import predicted
 from doctor.sources.snapshot import SnapshotSource
 
-from kdtest import ROOT
+from kdtest import ROOT, kvmdoctor
 
 FIXTURES = ROOT / "tests" / "fixtures"
 VLAN193 = FIXTURES / "snapshots" / "ovs-libvirt-vlan193"
@@ -288,17 +288,14 @@ def test_a_bridge_left_through_patch_ports_and_tunnels_is_told_not_predicted_as_
 def test_probe_refuses_to_send_across_ovs_runs_the_static_part_and_exits_2(
     monkeypatch: pytest.MonkeyPatch, vlan193: Path
 ) -> None:
-    from typer.testing import CliRunner
-
     import doctor.probe.kernel
     import doctor.sources
-    from doctor.cli import app
 
     edit(vlan193, "Port", "enp4s0", tag=100)
     monkeypatch.setattr(doctor.sources, "open_source", lambda **kw: SnapshotSource(str(vlan193)))
     monkeypatch.setattr(doctor.probe.kernel, "route_get", _no_route)
-    result = CliRunner().invoke(app, ["probe", "--domain", "kdovs193", "--to", "192.0.2.10"])
-    out = result.output + getattr(result, "stderr", "")
+    result = kvmdoctor("probe", "--domain", "kdovs193", "--to", "192.0.2.10")
+    out = result.stdout + result.stderr
     assert result.exit_code == 2, out
     assert "does not send probes across Open vSwitch" in out
     assert "Open vSwitch bridge ovsbr0: guest port vnet0 (tag 193), uplinks enp4s0 (tag 100)" in out

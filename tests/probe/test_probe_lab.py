@@ -83,14 +83,11 @@ def warm_up(lab: ProbeLab) -> None:
     assert code == 0, err
 
 
-def test_healthy_path_passes_both_directions_within_3_seconds(
-    lab: ProbeLab, tmp_path: Path
-) -> None:
-    started = time.monotonic()
+def test_healthy_path_passes_both_directions(lab: ProbeLab, tmp_path: Path) -> None:
+    # How long it takes is bench/bench_probe.py's to measure (docs/performance.md), not a test's.
     code, report, err = lab.kvmdoctor(*lab.probe_args())
     assert code == 0, err
     assert report is not None
-    assert time.monotonic() - started < 6  # process start + path + both directions
     [ok] = findings(report, "PRB002")
     assert ok["status"] == "pass"
     seen = ok["evidence"]["observations"]["seen"]

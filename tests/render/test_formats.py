@@ -709,7 +709,10 @@ def test_bad_input_to_report_is_one_line_and_exit_2(tmp_path: Path) -> None:
     good = ROOT / "sample_reports" / "lab-host.json"
     cases = [
         (["report", "show", str(not_json)], "is not a JSON report"),
-        (["report", "convert", str(not_report), "--to", "junit"], "check #1 lacks a code"),
+        (
+            ["report", "convert", str(not_report), "--to", "junit"],
+            "not a kvmdoctor report: (top level): 'schema_version'",
+        ),
         (["report", "convert", str(tmp_path / "none.json"), "--to", "sarif"], "cannot read"),
         (["report", "convert", str(good), "--to", "pdf"], "--to must be one of junit"),
         (["report", "convert", str(good)], "Missing option '--to'"),
