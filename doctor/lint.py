@@ -98,10 +98,22 @@ def _xml_files(source: Source, directory: str, problems: list[str]) -> list[str]
         except SourceError:
             continue  # vanished or unreadable entries of a directory are not the user's input
         if kind == "dir":
-            found.extend(_xml_files(source, path, problems))
+            # As find(1) walks without -L: a link to a directory inside the tree is not
+            # entered (`up -> ..` would lint the tree again, two such links without end). A
+            # directory named on the command line is read even when it is a link.
+            if not _is_link(source, path):
+                found.extend(_xml_files(source, path, problems))
         elif kind == "file" and name.endswith(".xml"):
             found.append(path)
     return found
+
+
+def _is_link(source: Source, path: str) -> bool:
+    try:
+        source.read_link(path)
+    except SourceError:
+        return False
+    return True
 
 
 class _Found(Exception):

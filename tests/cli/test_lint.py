@@ -98,6 +98,20 @@ def test_lint_of_a_directory_reads_its_xml_files_recursively(tmp_path: Path) -> 
     assert subjects == {f"file:{tmp_path}/a/one.xml", f"file:{tmp_path}/two.xml"}
 
 
+def test_links_to_directories_inside_the_tree_are_not_entered(tmp_path: Path) -> None:
+    # Two links back up the tree once made lint walk it without end; one linted it again and
+    # again. A directory named on the command line is read even through a link.
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "one.xml").write_text(domain("kd-one"))
+    (tree / "sub" / "two.xml").write_text(domain("kd-two"))
+    (tree / "up").symlink_to("..")
+    (tree / "sub" / "loop").symlink_to("..")
+    (tmp_path / "via").symlink_to("tree")
+    report = report_of(kvmdoctor("lint", str(tmp_path / "via"), "-f", "json"))
+    assert report["run"]["files"] == [f"{tmp_path}/via/one.xml", f"{tmp_path}/via/sub/two.xml"]
+
+
 def test_a_failing_definition_exits_1_with_the_line_of_the_offending_element(
     tmp_path: Path,
 ) -> None:
