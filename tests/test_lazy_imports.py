@@ -1,6 +1,6 @@
 """What a command loads: `--help` none of the heavy libraries, and `run --select KVM` on this
-host neither libvirt nor pyroute2 nor scapy (their checks are not selected), nor the other
-areas' check and fact modules. Each command runs in a fresh interpreter, and the modules it
+host neither libvirt nor pyroute2 nor scapy (their checks are not selected), nor psutil, nor
+the other areas' check and fact modules. Each command runs in a fresh interpreter, and the modules it
 loaded are read from sys.modules at its exit."""
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def test_a_run_without_selection_loads_every_area() -> None:
 
 @pytest.mark.integration
 def test_run_select_kvm_on_this_host_loads_neither_libvirt_nor_netlink_nor_scapy() -> None:
+    # nor psutil: the KVM checks want only the daemons' and QEMU's processes, read from /proc
     heavy, ours = modules("run", "--select", "KVM", "-f", "json")
-    assert not {"libvirt", "pyroute2", "scapy"} & set(heavy), heavy
+    assert not {"libvirt", "pyroute2", "scapy", "psutil"} & set(heavy), heavy
     assert [m for m in ours if m.startswith("checks.")] == ["checks.kvm"]
     assert {m.split(".")[-1] for m in ours if m.startswith("doctor.facts.")} == KVM_FACTS
 
