@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,4 +85,12 @@ def test_run_select_kvm_on_this_host_loads_neither_libvirt_nor_netlink_nor_scapy
 def test_a_full_run_on_this_host_loads_libvirt_and_netlink() -> None:
     # The counterpart of the test above: the libraries are there to load when checks need them.
     heavy, _ = modules("run", "-f", "json")
+    # psutil too, though the checks read the few processes they want from /proc: pyroute2's
+    # package imports it (pyroute2.netlink.diag.ss2)
     assert {"libvirt", "pyroute2", "psutil"} <= set(heavy), heavy
+
+
+@pytest.mark.integration
+def test_collect_records_the_whole_process_list_with_psutil(tmp_path: Path) -> None:
+    heavy, _ = modules("collect", "--select", "KVM", "-o", str(tmp_path / "snap"))
+    assert "psutil" in heavy, heavy
