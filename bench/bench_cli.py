@@ -11,8 +11,9 @@ count of instructions executed does not depend on the machine's load.
 The floors: `python -c "import typer"` (the CLI framework; `--help` and `run --select KVM`
 are judged by it) and the libraries a full run imports before any kvmdoctor code runs
 (`import typer, rich.console, libvirt, psutil, pyroute2`: rich for the text view on a
-terminal, libvirt-python for the LIB, TLS, FW and DOM checks, psutil for the process list,
-pyroute2 for the NET checks' links). Written to a pipe, the text view does without rich, so
+terminal, libvirt-python for the LIB, TLS, FW and DOM checks, psutil, which pyroute2's
+package imports (the checks read the processes they want from /proc), pyroute2 for the NET
+checks' links). Written to a pipe, the text view does without rich, so
 the table also shows that floor without rich.
 
 Targets (docs/performance.md): `--help` within 1.5x typer's floor, `run --select KVM` within

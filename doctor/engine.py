@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -96,6 +97,7 @@ class _Outcome:
     def __init__(self) -> None:
         self.findings: list[Finding] = []
         self.error: Optional[BaseException] = None
+        self.done = threading.Event()
 
 
 def _call(spec: CheckSpec, kwargs: dict[str, Any], outcome: _Outcome) -> None:
@@ -106,6 +108,47 @@ def _call(spec: CheckSpec, kwargs: dict[str, Any], outcome: _Outcome) -> None:
         outcome.error = exc
 
 
+class Worker:
+    """One daemon thread that runs check bodies one after another, each under its time limit:
+    starting a thread per check costs little CPU, but on a busy host each start and join waits
+    for the scheduler. A body still running at its limit is abandoned with its thread (checks
+    are pure functions of facts, but a plugin may loop forever) and a new thread takes the
+    next checks, so the run goes on and the process can exit."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Optional[tuple[CheckSpec, dict[str, Any], _Outcome]]]
+        self._jobs = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+
+    def _loop(self, jobs: queue.SimpleQueue[Any]) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            spec, kwargs, outcome = job
+            _call(spec, kwargs, outcome)
+            outcome.done.set()
+
+    def run(self, spec: CheckSpec, kwargs: dict[str, Any], outcome: _Outcome) -> bool:
+        """Run the check's body; False when it did not finish within its limit."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, args=(self._jobs,), daemon=True, name="kvmdoctor-checks"
+            )
+            self._thread.start()
+        self._jobs.put((spec, kwargs, outcome))
+        if outcome.done.wait(spec.timeout):
+            return True
+        self._jobs = queue.SimpleQueue()  # the stuck thread keeps the old queue
+        self._thread = None
+        return False
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+
 def _failed(spec: CheckSpec, message: str, duration: float, facts_duration: float) -> CheckRun:
     """The run of a check that could not finish: one `error` finding naming it."""
     return CheckRun(
@@ -113,7 +156,14 @@ def _failed(spec: CheckSpec, message: str, duration: float, facts_duration: floa
     )
 
 
-def run_check(spec: CheckSpec, ctx: FactContext) -> CheckRun:
+def run_check(spec: CheckSpec, ctx: FactContext, worker: Optional[Worker] = None) -> CheckRun:
+    """Run one check: its facts here, its body on `worker` (by default a thread of its own)."""
+    if worker is None:
+        worker = Worker()
+        try:
+            return run_check(spec, ctx, worker)
+        finally:
+            worker.stop()
     started = time.perf_counter()
     kwargs: dict[str, Any] = {}
     try:
@@ -130,15 +180,9 @@ def run_check(spec: CheckSpec, ctx: FactContext) -> CheckRun:
     facts_done = time.perf_counter()
 
     outcome = _Outcome()
-    # Checks are pure functions of facts, but a plugin may still loop forever: run it in a
-    # daemon thread so that the run goes on (and the process can exit) when it exceeds its limit.
-    worker = threading.Thread(
-        target=_call, args=(spec, kwargs, outcome), daemon=True, name=f"check-{spec.code}"
-    )
-    worker.start()
-    worker.join(spec.timeout)
+    finished = worker.run(spec, kwargs, outcome)
     duration = time.perf_counter() - facts_done
-    if worker.is_alive():
+    if not finished:
         message = f"{spec.code} {spec.name} did not finish within {spec.timeout:g} s"
         return _failed(spec, message, duration, facts_done - started)
     if outcome.error is not None:
@@ -196,8 +240,12 @@ def run(
     ctx = FactContext(source, options, given)
     started = time.time()
     runs = []
-    for spec in specs:
-        if timeout is not None:
-            spec = replace(spec, timeout=timeout)
-        runs.append(apply_ignores(run_check(spec, ctx), ignores))
+    worker = Worker()
+    try:
+        for spec in specs:
+            if timeout is not None:
+                spec = replace(spec, timeout=timeout)
+            runs.append(apply_ignores(run_check(spec, ctx, worker), ignores))
+    finally:
+        worker.stop()
     return RunResult(runs, list(registry.errors), ctx, started, time.time(), list(ignores))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,6 +41,42 @@ class PlaybookInvalid(ValueError):
 
 
 # --- the model ------------------------------------------------------------------------------
+
+
+class Signature:
+    """A signature's regular expression (case-insensitive), compiled when a line first reaches
+    it: a run loads some 250 of them and most runs try none, or few. Playbooks parsed from YAML
+    compile theirs at once, to name the file whose expression does not compile; compiled.json
+    holds only expressions that compiled when it was written."""
+
+    __slots__ = ("_compiled", "pattern")
+    flags = re.IGNORECASE
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._compiled: Optional[re.Pattern[str]] = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern, self.flags)
+        return self._compiled
+
+    def search(self, text: str, pos: int = 0) -> Optional[re.Match[str]]:
+        return self.compiled.search(text, pos)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Signature):
+            return self.pattern == other.pattern
+        if isinstance(other, re.Pattern):
+            return self.compiled == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.pattern)
+
+    def __repr__(self) -> str:
+        return f"Signature({self.pattern!r})"
 
 
 @record
@@ -115,7 +152,7 @@ class Playbook:
     fix: tuple[Action, ...]
     verify: tuple[str, ...]
     refs: tuple[str, ...]
-    signatures: tuple[re.Pattern[str], ...]
+    signatures: tuple[Signature, ...]
     file: str
     # What must not be found (`not:` in `when.all`): a finding that matches one contradicts
     # the playbook's premise ("the CPU and the firmware allow KVM"), and it does not fire.
@@ -345,9 +382,12 @@ _FOLD_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212
 
 
 def _ascii_needle(pattern: str) -> str:
-    """The text a signature requires, lower-cased, when it is ASCII (else "": always tried)."""
+    """The text a signature requires, lower-cased, when case-insensitive matching can find it
+    only as `match_line` lower-cases the line: its letters are ASCII, or have no case (such
+    as Chinese); else "" (always tried)."""
     needle = required_text(pattern).lower()
-    return needle if needle.isascii() else ""
+    uncased = all(c.isascii() or c.lower() == c == c.upper() for c in needle)
+    return needle if uncased else ""
 
 
 _QUANTIFIERS = "*?{"
@@ -388,14 +428,16 @@ def required_text(pattern: str, shortest: int = 4) -> str:
     return best if len(best) >= shortest else ""
 
 
+# Flags for the whole expression, which Python admits only at its start: (?i), (?x), (?ix)...
+_GLOBAL_FLAGS = re.compile(r"(?:\(\?[aiLmsux]+\))+")
+
+
 def literal_runs(pattern: str) -> list[str]:
-    """Every run of plain characters at the top level of `pattern`, in the order every match
-    holds them (see `required_text`); [] for a pattern with a top-level `|` or a verbose one."""
-    try:
-        # (compiled as the playbooks compile it: re's cache holds it already)
-        if re.compile(pattern, re.IGNORECASE).flags & re.VERBOSE:
-            return []
-    except re.error:
+    """Every run of plain characters at the top level of `pattern` (a valid expression), in
+    the order every match holds them (see `required_text`); [] for a pattern with a top-level
+    `|` or a verbose one. Read from the text alone: the pattern is not compiled."""
+    flags = _GLOBAL_FLAGS.match(pattern)
+    if flags and "x" in flags.group(0):
         return []
     runs: list[str] = []
     run: list[str] = []
@@ -796,24 +838,27 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
         raise PlaybookInvalid(f"{where}: not a valid regular expression ({exc})") from None
 
 
-def _matcher(value: Any, where: str) -> Matcher:
+def _matcher(value: Any, where: str, validate: bool) -> Matcher:
     if isinstance(value, Mapping):
         ((op, operand),) = value.items()
-        if op == "matches":
+        if op == "matches" and validate:
             _compile(operand, where)
         return Matcher(op, operand)
     return Matcher("equals", value)
 
 
-def _condition(data: Mapping[str, Any], where: str) -> Condition:
+def _condition(data: Mapping[str, Any], where: str, validate: bool) -> Condition:
+    """A condition of `when`; with `validate`, its expressions are compiled to be sure they
+    compile (compiled.json holds only conditions that did: a run leaves them to re's cache,
+    which compiles one when a finding of its check first reaches it)."""
     status = data.get("status", list(PROBLEM_STATUSES))
     statuses = (status,) if isinstance(status, str) else tuple(status)
     evidence = tuple(
-        (path, _matcher(value, f"{where}/evidence/{path}"))
+        (path, _matcher(value, f"{where}/evidence/{path}", validate))
         for path, value in data.get("evidence", {}).items()
     )
     for key in ("subject", "message"):
-        if key in data:
+        if key in data and validate:
             _compile(data[key], f"{where}/{key}")
     return Condition(data["code"], statuses, evidence, data.get("subject"), data.get("message"))
 
@@ -850,7 +895,9 @@ def _contradiction(required: Condition, absent: Condition) -> bool:
     )
 
 
-def _when(data: Mapping[str, Any]) -> tuple[str, tuple[Condition, ...], tuple[Condition, ...]]:
+def _when(
+    data: Mapping[str, Any], validate: bool = True
+) -> tuple[str, tuple[Condition, ...], tuple[Condition, ...]]:
     """(mode, the conditions to be found, the conditions to be absent) of a `when`. The schema
     admits `not` only in `all` and after the first condition, which anchors."""
     ((mode, raw_conditions),) = data.items()
@@ -859,9 +906,9 @@ def _when(data: Mapping[str, Any]) -> tuple[str, tuple[Condition, ...], tuple[Co
     for i, raw in enumerate(raw_conditions):
         where = f"when/{mode}/{i}"
         if "not" in raw:
-            absent.append(_condition(raw["not"], f"{where}/not"))
+            absent.append(_condition(raw["not"], f"{where}/not", validate))
         else:
-            found.append(_condition(raw, where))
+            found.append(_condition(raw, where, validate))
     for condition in absent:
         clash = next((c for c in found if _contradiction(c, condition)), None)
         if clash is not None:
@@ -882,7 +929,7 @@ def parse(data: Any, file: str, validator: Any) -> Playbook:
     stem = Path(file).name.rsplit(".", 1)[0]
     if data["id"] != stem:
         raise PlaybookInvalid(f"id {data['id']!r} differs from the file name {stem!r}")
-    mode, conditions, contradicted_by = _when(data["when"])
+    mode, conditions, contradicted_by = _when(data["when"], validator is not None)
     _check_placeholders(data["cause"], "cause")
     actions = []
     for index, raw in enumerate(data["fix"]):
@@ -890,9 +937,10 @@ def parse(data: Any, file: str, validator: Any) -> Playbook:
             _check_placeholders(text, f"fix/{index}")
         params = {k: v for k, v in raw.items() if k not in ("action", "safety")}
         actions.append(Action(raw["action"], raw["safety"], params))
-    signatures = tuple(
-        _compile(s, f"signatures/{i}") for i, s in enumerate(data.get("signatures", ()))
-    )
+    signatures = tuple(Signature(s) for s in data.get("signatures", ()))
+    if validator is not None:
+        for i, signature in enumerate(signatures):
+            signature._compiled = _compile(signature.pattern, f"signatures/{i}")
     return Playbook(
         id=data["id"],
         title=data["title"],
@@ -932,10 +980,33 @@ def _digest(sources: list[tuple[str, str]], schema_text: str) -> str:
     return digest.hexdigest()
 
 
+def _stamp(base: Any) -> dict[str, int]:
+    """The size in bytes of every playbook in `base` and of the schema, by file name."""
+    sizes = {e.name: len(e.read_bytes()) for e in base.iterdir() if e.name.endswith(".yaml")}
+    sizes[SCHEMA_NAME] = len((_shipped() / SCHEMA_NAME).read_bytes())
+    return dict(sorted(sizes.items()))
+
+
+def _stat_stamp(base: Any) -> Optional[dict[str, int]]:
+    """`_stamp` from the directory's entries, without reading a file (None when `base` is
+    not a directory on disk, e.g. a zip archive)."""
+    schema = _shipped() / SCHEMA_NAME
+    if not isinstance(base, Path) or not isinstance(schema, Path):
+        return None
+    try:
+        with os.scandir(base) as entries:
+            sizes = {e.name: e.stat().st_size for e in entries if e.name.endswith(".yaml")}
+        sizes[SCHEMA_NAME] = schema.stat().st_size
+    except OSError:
+        return None
+    return dict(sorted(sizes.items()))
+
+
 def compile_shipped() -> dict[str, Any]:
     """The shipped playbooks parsed and validated, as playbooks/compiled.json holds them: what
     a run loads instead of parsing YAML and validating every file against the schema again
-    (`make docs` writes it; tests/test_playbooks.py fails when it is stale)."""
+    (`make docs` writes it; tests/test_playbooks.py fails when it is stale). `digest` is the
+    SHA-256 of the YAML files and the schema, `stamp` their sizes: what a run compares."""
     base = _shipped()
     schema_text = (base / SCHEMA_NAME).read_text(encoding="utf-8")
     sources = _sources(base)
@@ -944,38 +1015,52 @@ def compile_shipped() -> dict[str, Any]:
         raise PlaybookInvalid("; ".join(f"{e.file}: {e.message}" for e in book.errors))
     return {
         "digest": _digest(sources, schema_text),
+        "stamp": _stamp(base),
         "playbooks": {name: _yaml_load(text) for name, text in sources},
     }
 
 
-def _compiled(
-    base: Any, sources: list[tuple[str, str]], schema_text: str
-) -> Optional[dict[str, Any]]:
-    """The compiled data when it matches these exact sources and schema, else None."""
+def _compiled(base: Any) -> Optional[dict[str, Any]]:
+    """The data of compiled.json in `base` when it is current, else None.
+
+    Current means: the same playbook files, each and the schema of the same size in bytes
+    (`stamp`, read from the directory's entries: no file is read). An edit that keeps a file's
+    size is not seen here; tests/test_playbooks.py compares the whole content (`digest`), so
+    such a compiled.json cannot be committed. Where the files are not on disk, the digest is
+    computed."""
     try:
         compiled = json.loads((base / COMPILED_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(compiled, dict) or compiled.get("digest") != _digest(sources, schema_text):
+    if not isinstance(compiled, dict) or not isinstance(compiled.get("playbooks"), dict):
         return None
-    data = compiled.get("playbooks")
-    return data if isinstance(data, dict) else None
+    stamp = _stat_stamp(base)
+    if stamp is not None:
+        current = compiled.get("stamp") == stamp
+    else:
+        schema_text = (_shipped() / SCHEMA_NAME).read_text(encoding="utf-8")
+        current = compiled.get("digest") == _digest(_sources(base), schema_text)
+    return compiled["playbooks"] if current else None
 
 
 def load(directory: Optional[Path] = None, *, use_compiled: bool = False) -> Playbooks:
     """Every playbook in `directory` (default: the shipped ones). Files that do not parse or
     validate are listed in `errors` with their names; the others load. With `use_compiled`,
-    shipped playbooks come from compiled.json when it matches the YAML files exactly."""
+    they come from the directory's compiled.json when it is current (`_compiled`): no YAML is
+    read, nothing validated again, and no signature compiled before a line reaches it."""
     base: Any = directory if directory is not None else _shipped()
-    schema_text = (_shipped() / SCHEMA_NAME).read_text(encoding="utf-8")
-    sources = _sources(base)
-    compiled = _compiled(base, sources, schema_text) if use_compiled else None
-    validator = None if compiled is not None else _schema_validator(schema_text)
+    compiled = _compiled(base) if use_compiled else None
+    if compiled is not None:
+        entries: list[tuple[str, Any]] = sorted(compiled.items())
+        validator = None
+    else:
+        entries = _sources(base)
+        validator = _schema_validator((_shipped() / SCHEMA_NAME).read_text(encoding="utf-8"))
     book = Playbooks()
-    for name, text in sources:
+    for name, text in entries:
         label = f"playbooks/{name}" if directory is None else str(Path(str(base)) / name)
         try:
-            data = compiled[name] if compiled is not None else _yaml_load(text)
+            data = text if compiled is not None else _yaml_load(text)
             playbook = parse(data, label, validator)
         except PlaybookInvalid as exc:
             book.errors.append(PlaybookError(label, str(exc)))

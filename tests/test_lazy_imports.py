@@ -1,6 +1,6 @@
 """What a command loads: `--help` none of the heavy libraries, and `run --select KVM` on this
-host neither libvirt nor pyroute2 nor scapy (their checks are not selected), nor the other
-areas' check and fact modules. Each command runs in a fresh interpreter, and the modules it
+host neither libvirt nor pyroute2 nor scapy (their checks are not selected), nor psutil, nor
+the other areas' check and fact modules. Each command runs in a fresh interpreter, and the modules it
 loaded are read from sys.modules at its exit."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,8 +74,9 @@ def test_a_run_without_selection_loads_every_area() -> None:
 
 @pytest.mark.integration
 def test_run_select_kvm_on_this_host_loads_neither_libvirt_nor_netlink_nor_scapy() -> None:
+    # nor psutil: the KVM checks want only the daemons' and QEMU's processes, read from /proc
     heavy, ours = modules("run", "--select", "KVM", "-f", "json")
-    assert not {"libvirt", "pyroute2", "scapy"} & set(heavy), heavy
+    assert not {"libvirt", "pyroute2", "scapy", "psutil"} & set(heavy), heavy
     assert [m for m in ours if m.startswith("checks.")] == ["checks.kvm"]
     assert {m.split(".")[-1] for m in ours if m.startswith("doctor.facts.")} == KVM_FACTS
 
@@ -83,4 +85,12 @@ def test_run_select_kvm_on_this_host_loads_neither_libvirt_nor_netlink_nor_scapy
 def test_a_full_run_on_this_host_loads_libvirt_and_netlink() -> None:
     # The counterpart of the test above: the libraries are there to load when checks need them.
     heavy, _ = modules("run", "-f", "json")
+    # psutil too, though the checks read the few processes they want from /proc: pyroute2's
+    # package imports it (pyroute2.netlink.diag.ss2)
     assert {"libvirt", "pyroute2", "psutil"} <= set(heavy), heavy
+
+
+@pytest.mark.integration
+def test_collect_records_the_whole_process_list_with_psutil(tmp_path: Path) -> None:
+    heavy, _ = modules("collect", "--select", "KVM", "-o", str(tmp_path / "snap"))
+    assert "psutil" in heavy, heavy

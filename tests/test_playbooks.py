@@ -902,3 +902,65 @@ def test_compiled_playbooks_are_current_and_load_like_the_yaml() -> None:
     fast, slow = load(use_compiled=True), load()
     assert list(fast.items) == list(slow.items)
     assert [p.signatures for p in fast] == [p.signatures for p in slow]
+
+
+def _copy_shipped(tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "playbooks"
+    target.mkdir(parents=True)
+    for path in (ROOT / "playbooks").iterdir():
+        if path.suffix in (".yaml", ".json"):
+            shutil.copy(path, target / path.name)
+    return target
+
+
+def test_a_current_compiled_json_is_loaded_without_compiling_a_signature(tmp_path: Path) -> None:
+    """A run takes the playbooks from compiled.json and compiles a signature only when a line
+    reaches it (past its required text): a line no signature can match compiles none."""
+    directory = _copy_shipped(tmp_path)
+    book = playbooks.load(directory, use_compiled=True)
+    slow = playbooks.load(directory)
+    assert not book.errors and list(book.items) == list(slow.items)
+    signatures = [s for p in book for s in p.signatures]
+    assert len(signatures) > 100
+    assert all(s._compiled is None for s in signatures)  # loaded from compiled.json
+    assert all(s._compiled is not None for p in slow for s in p.signatures)  # from YAML
+    assert book.match_line("systemd[1]: Started Session 4 of user root.") == []
+    assert all(s._compiled is None for s in signatures)
+    line = "Cannot find 'nft' in path"
+    assert [m.playbook.id for m in book.match_line(line)] == [
+        m.playbook.id for m in slow.match_line(line)
+    ]
+    assert 0 < sum(s._compiled is not None for s in signatures) < len(signatures)
+
+
+def test_a_stale_compiled_json_is_not_used(tmp_path: Path) -> None:
+    """A playbook edited (or added, or removed) after compiled.json was written is loaded from
+    its YAML, validated: the files' sizes no longer match compiled.json's stamp."""
+    directory = _copy_shipped(tmp_path)
+    edited = directory / "bond-degraded.yaml"
+    edited.write_text(edited.read_text().replace("title: ", "title: Edited ", 1), encoding="utf-8")
+    book = playbooks.load(directory, use_compiled=True)
+    entry = book.get("bond-degraded")
+    assert entry is not None and entry.title.startswith("Edited ")
+    assert all(s._compiled is not None for p in book for s in p.signatures)
+
+    directory = _copy_shipped(tmp_path / "added")
+    (directory / "extra-problem.yaml").write_text(
+        edited.read_text().replace("id: bond-degraded", "id: extra-problem"), encoding="utf-8"
+    )
+    assert "extra-problem" in playbooks.load(directory, use_compiled=True).items
+
+    directory = _copy_shipped(tmp_path / "removed")
+    (directory / "bond-degraded.yaml").unlink()
+    assert "bond-degraded" not in playbooks.load(directory, use_compiled=True).items
+
+
+def test_a_signature_compiled_late_equals_the_expression() -> None:
+    signature = playbooks.Signature(r"Unable to add bridge (?P<bridge>\S+) port")
+    compiled = re.compile(signature.pattern, re.IGNORECASE)
+    assert signature == compiled and signature == playbooks.Signature(signature.pattern)
+    found = signature.search("x: unable to add BRIDGE br0 port vnet1")
+    assert found is not None and found.group("bridge") == "br0"
+    assert signature.search("unable to add a bridge") is None

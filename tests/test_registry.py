@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -286,6 +287,50 @@ def test_a_check_that_hangs_is_stopped_at_its_time_limit(host_snapshot: Any) -> 
     assert "did not finish within 0.2 s" in by_code["ZZZ001"].findings[0].message
     assert by_code["ZZZ001"].duration >= 0.2
     assert by_code["ZZZ002"].status == "pass"
+
+
+@pytest.mark.timed_wait
+def test_check_bodies_share_one_thread_until_one_hangs(host_snapshot: Any) -> None:
+    """The bodies run one after another on one worker thread, never on the caller's; a body
+    that hangs is abandoned at its limit and the next checks run on a new thread, each hung
+    check an error of its own."""
+    threads: dict[str, int] = {}
+    release = threading.Event()
+
+    def where(code: str) -> Any:
+        def body(cpu: Any) -> Iterator[Finding]:
+            threads[code] = threading.get_ident()
+            yield Finding("pass", "ok")
+
+        return body
+
+    def hang(cpu: Any) -> Iterator[Finding]:
+        release.wait(60)
+        yield Finding("pass", "too late")
+
+    result = run_plugin(
+        host_snapshot,
+        make("ZZZ001", "zzz-first", body=where("ZZZ001")),
+        make("ZZZ002", "zzz-second", body=where("ZZZ002")),
+        make("ZZZ003", "zzz-hangs", body=hang),
+        make("ZZZ004", "zzz-hangs-too", body=hang),
+        make("ZZZ005", "zzz-after", body=where("ZZZ005")),
+        make("ZZZ006", "zzz-last", body=where("ZZZ006")),
+        timeout=0.2,
+    )
+    release.set()  # the abandoned bodies may end now
+    status = {run.spec.code: run.status for run in result.checks}
+    assert status == {
+        "ZZZ001": "pass",
+        "ZZZ002": "pass",
+        "ZZZ003": "error",
+        "ZZZ004": "error",
+        "ZZZ005": "pass",
+        "ZZZ006": "pass",
+    }
+    assert threading.get_ident() not in threads.values()
+    assert threads["ZZZ001"] == threads["ZZZ002"]
+    assert threads["ZZZ005"] == threads["ZZZ006"] != threads["ZZZ001"]
 
 
 def test_evidence_that_is_not_json_is_an_error_not_a_broken_report(host_snapshot: Any) -> None:

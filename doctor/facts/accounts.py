@@ -201,6 +201,11 @@ def _is_qemu(name: str, exe: str) -> bool:
     return name.startswith("qemu-system") or name == "qemu-kvm" or exe.endswith("/qemu-kvm")
 
 
+def _daemon_or_qemu(name: str, exe: str) -> bool:
+    """The processes whose groups `principals` reads."""
+    return name in DAEMONS or _is_qemu(name, exe)
+
+
 @record
 class Principal:
     """Someone who must be able to open /dev/kvm read-write."""
@@ -344,7 +349,7 @@ def principals(ctx: FactContext) -> Principals:
 
     # 3. Running daemons and QEMU processes, with the groups the kernel really gave them.
     try:
-        procs = ctx.source.processes()
+        procs = ctx.source.processes(_daemon_or_qemu)
     except SourceError as exc:
         notes.append(f"processes: {exc.reason}")
         procs = []

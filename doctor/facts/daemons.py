@@ -187,6 +187,10 @@ def daemon_socket_dir(ctx: FactContext, session: bool) -> str:
     return f"{runtime.rstrip('/')}/libvirt"
 
 
+def _a_daemon(name: str, exe: str) -> bool:
+    return name in ALL_DAEMONS
+
+
 @fact("libvirt_daemons")
 def libvirt_daemons(ctx: FactContext) -> LibvirtDaemons:
     uri = ctx.get("uri")
@@ -194,7 +198,7 @@ def libvirt_daemons(ctx: FactContext) -> LibvirtDaemons:
     socket_dir = daemon_socket_dir(ctx, session)
     processes_known = True
     try:
-        procs = ctx.source.processes()
+        procs = ctx.source.processes(_a_daemon)
     except SourceError:
         procs, processes_known = [], False
     try:

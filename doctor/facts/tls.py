@@ -1012,6 +1012,10 @@ def _server_endpoint(
     )
 
 
+def _a_server_daemon(name: str, exe: str) -> bool:
+    return name in SERVER_DAEMONS
+
+
 @fact("tls")
 def tls(ctx: FactContext) -> TlsState:
     """Whether TLS is in use (a daemon listens for it, a TLS URI, certificates configured or
@@ -1020,7 +1024,7 @@ def tls(ctx: FactContext) -> TlsState:
     unknown: list[str] = []
     files = _Reader(ctx, unknown)
     try:
-        procs: Optional[list[ProcessInfo]] = source.processes()
+        procs: Optional[list[ProcessInfo]] = source.processes(_a_server_daemon)
     except SourceError:
         procs = None
     state = ctx.optional("libvirt_daemons")

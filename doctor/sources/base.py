@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from doctor.record import record
 
@@ -129,6 +129,17 @@ class ProcessInfo:
         return asdict(self)
 
 
+# A test of a process's name and executable path: the processes a fact asks for.
+ProcessFilter = Callable[[str, str], bool]
+
+
+def wanted_processes(
+    procs: list[ProcessInfo], wanted: Optional[ProcessFilter]
+) -> list[ProcessInfo]:
+    """The processes `wanted` accepts (all of them without a test)."""
+    return list(procs) if wanted is None else [p for p in procs if wanted(p.name, p.exe)]
+
+
 @record
 class Identity:
     """Who is running kvmdoctor: the process credentials and, under sudo, who asked."""
@@ -212,7 +223,9 @@ class Source(Protocol):
 
     def run(self, argv: Sequence[str], *, timeout: float = ...) -> CommandResult: ...
 
-    def processes(self) -> list[ProcessInfo]: ...
+    def processes(self, wanted: Optional[ProcessFilter] = None) -> list[ProcessInfo]:
+        """Every running process, or only those `wanted` accepts (by name and executable)."""
+        ...
 
     def identity(self) -> Identity: ...
 

@@ -20,6 +20,7 @@ from doctor.sources.base import (
     Identity,
     KeyInfo,
     KvmProbe,
+    ProcessFilter,
     ProcessInfo,
     StatInfo,
     Uname,
@@ -84,7 +85,7 @@ class DefinitionFiles:
     def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> CommandResult:
         self._refuse(" ".join(argv))
 
-    def processes(self) -> list[ProcessInfo]:
+    def processes(self, wanted: Optional[ProcessFilter] = None) -> list[ProcessInfo]:
         self._refuse("processes")
 
     def identity(self) -> Identity:

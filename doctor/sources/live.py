@@ -6,9 +6,10 @@ import errno
 import os
 import stat as stat_mod
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, NamedTuple, Optional
 
 from doctor.sources.acl import decode_posix_acl
 from doctor.sources.base import (
@@ -20,11 +21,13 @@ from doctor.sources.base import (
     KvmProbe,
     NotFound,
     PathEscapes,
+    ProcessFilter,
     ProcessInfo,
     SourceError,
     StatInfo,
     Uname,
     Unavailable,
+    wanted_processes,
 )
 
 # ioctl numbers from include/uapi/linux/kvm.h (_IO(KVMIO=0xAE, nr)).
@@ -52,6 +55,98 @@ _TYPES = (
 
 def _errno_name(code: Optional[int]) -> str:
     return errno.errorcode.get(code or 0, str(code))
+
+
+class _Named(NamedTuple):
+    """A live process as /proc/PID/stat and the exe link name it."""
+
+    pid: int
+    ppid: int
+    name: str
+    exe: str
+    cmdline: Optional[tuple[str, ...]]  # when read to lengthen a cut name
+
+
+def _proc_named() -> list[_Named]:
+    """Every running process of the live host's /proc with its name and executable, as psutil
+    gives them: the name is the kernel's (comm), lengthened from the command line when the
+    kernel cut it at 15 characters; the executable is the link's target ("" when it cannot be
+    read, and without the " (deleted)" the kernel adds to a file since removed); zombies are
+    left out. tests/sources/test_live.py compares the two on this host."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        base = f"/proc/{entry}"
+        try:
+            with open(f"{base}/stat", "rb") as handle:
+                stat_line = handle.read().decode(sys.getfilesystemencoding(), "surrogateescape")
+        except OSError:
+            continue  # gone while we looked
+        head, _, tail = stat_line.rpartition(")")
+        name = head.partition("(")[2]
+        fields = tail.split()
+        if len(fields) < 2 or fields[0] in ("Z", "X", "x"):
+            continue  # exited, not yet reaped: not running
+        cmdline: Optional[tuple[str, ...]] = None
+        if len(name) >= 15:
+            cmdline = _proc_cmdline(base)
+            longer = os.path.basename(cmdline[0]) if cmdline else ""
+            if longer.startswith(name):
+                name = longer
+        try:
+            exe = os.readlink(f"{base}/exe").split("\x00")[0]
+        except OSError:
+            exe = ""
+        if exe.endswith(" (deleted)") and not os.path.exists(exe):
+            exe = exe[: -len(" (deleted)")]
+        found.append(_Named(int(entry), int(fields[1]), name, exe, cmdline))
+    return found
+
+
+def _proc_details(named: _Named) -> Optional[ProcessInfo]:
+    """The process in full: its real ids and arguments (None when it is gone)."""
+    base = f"/proc/{named.pid}"
+    try:
+        with open(f"{base}/status", "rb") as handle:
+            status = handle.read().decode("utf-8", "replace")
+        ids = {
+            key: int(rest.split()[0])
+            for key, _, rest in (line.partition(":") for line in status.splitlines())
+            if key in ("Uid", "Gid")
+        }
+        uid, gid = ids["Uid"], ids["Gid"]
+    except (OSError, KeyError, IndexError, ValueError):
+        return None
+    return ProcessInfo(
+        pid=named.pid,
+        ppid=named.ppid,
+        name=named.name,
+        exe=named.exe,
+        cmdline=named.cmdline if named.cmdline is not None else _proc_cmdline(base),
+        uid=uid,
+        gid=gid,
+    )
+
+
+def _proc_cmdline(base: str) -> tuple[str, ...]:
+    """A live process's arguments as psutil splits them ((): a kernel thread's, or one gone
+    while we looked): at NULs, or at spaces when a process rewrote its command line as one
+    string."""
+    try:
+        with open(f"{base}/cmdline", "rb") as handle:
+            data = handle.read().decode(sys.getfilesystemencoding(), "surrogateescape")
+    except OSError:
+        return ()
+    if not data:
+        return ()
+    sep = "\x00" if data.endswith("\x00") else " "
+    if data.endswith(sep):
+        data = data[:-1]
+    args = data.split(sep)
+    if sep == "\x00" and len(args) == 1 and " " in data:
+        args = data.split(" ")
+    return tuple(args)
 
 
 def _os_error(what: str, exc: OSError) -> SourceError:
@@ -154,6 +249,10 @@ class LiveSource:
         self.netns = netns
         self._libvirt = Libvirt(libvirt_timeout)
         self._processes: Optional[list[ProcessInfo]] = None
+        # /proc read once for names and executables (`processes(wanted)`), and the processes
+        # read in full since, by pid (None: gone when they were read)
+        self._named: Optional[list[_Named]] = None
+        self._details: dict[int, Optional[ProcessInfo]] = {}
         self.files_only = self.root != "/"
         self.kind = "root" if self.files_only else "live"
         if self.files_only and not os.path.isdir(self.root):
@@ -267,11 +366,28 @@ class LiveSource:
             stderr=done.stderr.decode("utf-8", "replace"),
         )
 
-    def processes(self) -> list[ProcessInfo]:
-        """The process list, taken once per source: every fact sees the same moment."""
+    def processes(self, wanted: Optional[ProcessFilter] = None) -> list[ProcessInfo]:
+        """The process list, taken once per source: every fact sees the same moment. Asked
+        for only some processes (`wanted`, a test of the name and the executable) before the
+        whole list was taken, the live host's /proc is read without psutil: once for every
+        process's name and executable (that moment), then in full for those a fact wants.
+        Importing psutil and reading every process in full costs more than the few the
+        facts ask for."""
+        if self._processes is None and wanted is not None and not self.files_only:
+            if self._named is None:
+                self._named = _proc_named()
+            found = []
+            for named in self._named:
+                if wanted(named.name, named.exe):
+                    if named.pid not in self._details:
+                        self._details[named.pid] = _proc_details(named)
+                    proc = self._details[named.pid]
+                    if proc is not None:
+                        found.append(proc)
+            return found
         if self._processes is None:
             self._processes = self._list_processes()
-        return list(self._processes)
+        return wanted_processes(self._processes, wanted)
 
     def _list_processes(self) -> list[ProcessInfo]:
         if self.files_only:

@@ -16,6 +16,7 @@ from doctor.sources.base import (
     Identity,
     KeyInfo,
     KvmProbe,
+    ProcessFilter,
     ProcessInfo,
     Source,
     StatInfo,
@@ -262,8 +263,9 @@ class ScrubbedSource:
             stderr=scrub_text(result.stderr)[0],
         )
 
-    def processes(self) -> list[ProcessInfo]:
-        return [replace(p, cmdline=scrub_argv(p.cmdline)) for p in self.inner.processes()]
+    def processes(self, wanted: Optional[ProcessFilter] = None) -> list[ProcessInfo]:
+        procs = self.inner.processes(wanted)
+        return [replace(p, cmdline=scrub_argv(p.cmdline)) for p in procs]
 
     def libvirt(self, uri: Optional[str], request: str, **params: Any) -> Any:
         return _scrub_value(self.inner.libvirt(uri, request, **params))

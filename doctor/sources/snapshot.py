@@ -36,11 +36,13 @@ from doctor.sources.base import (
     KeyInfo,
     KvmProbe,
     PathEscapes,
+    ProcessFilter,
     ProcessInfo,
     SourceError,
     StatInfo,
     Uname,
     Unavailable,
+    wanted_processes,
 )
 from doctor.sources.redact import never_recorded, scrub, scrub_argv
 
@@ -182,7 +184,9 @@ class RecordingSource:
             store,
         )
 
-    def processes(self) -> list[ProcessInfo]:
+    def processes(self, wanted: Optional[ProcessFilter] = None) -> list[ProcessInfo]:
+        """The whole list is recorded, whatever this fact wants of it."""
+
         def store(procs: list[ProcessInfo], entry: dict[str, Any]) -> None:
             entry["data"] = "processes.json"
             rows = []
@@ -193,7 +197,8 @@ class RecordingSource:
                 rows.append(row)
             self.blobs[_key("processes")] = json.dumps(rows, indent=1).encode()
 
-        return self._record("processes", "", {}, self.inner.processes, store)
+        procs = self._record("processes", "", {}, self.inner.processes, store)
+        return wanted_processes(procs, wanted)
 
     def identity(self) -> Identity:
         return self._record(
@@ -607,12 +612,13 @@ class SnapshotSource:
             stderr=stderr.decode("utf-8", "replace"),
         )
 
-    def processes(self) -> list[ProcessInfo]:
+    def processes(self, wanted: Optional[ProcessFilter] = None) -> list[ProcessInfo]:
         entry = self._entry("processes")
         if entry is None:
             raise self._missing("processes")
         rows = json.loads(self._data(entry.get("data", "processes.json")))
-        return [ProcessInfo(**{**row, "cmdline": tuple(row["cmdline"])}) for row in rows]
+        procs = [ProcessInfo(**{**row, "cmdline": tuple(row["cmdline"])}) for row in rows]
+        return wanted_processes(procs, wanted)
 
     def identity(self) -> Identity:
         value = self._value("identity")

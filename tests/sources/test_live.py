@@ -506,3 +506,73 @@ def test_a_zombie_in_a_tree_is_not_a_running_process(tree: Path) -> None:
             f"Name:\tlibvirtd\nState:\t{state}\nPPid:\t1\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n".encode()
         )
     assert [p.pid for p in LiveSource(str(tree)).processes()] == [7719]
+
+
+# --- processes a fact asks for by name (read from /proc without psutil) -----------------------
+
+
+def _rows(procs: list) -> dict[int, tuple]:
+    return {p.pid: (p.ppid, p.name, p.exe, p.cmdline, p.uid, p.gid) for p in procs}
+
+
+def test_wanted_processes_read_from_proc_are_those_psutil_lists() -> None:
+    """Every process of this host, read from /proc as a fact that wants only some reads them,
+    is the one psutil's full list describes (name, executable, arguments, parent, real ids).
+    Processes that changed between the readings (started, exited, exec'd) are left out: the
+    list is read with psutil before and after, and only processes alike in both compare."""
+    before = _rows(LiveSource().processes())
+    direct = _rows(LiveSource().processes(lambda name, exe: True))
+    after = _rows(LiveSource().processes())
+    steady = {pid for pid in before if after.get(pid) == before[pid] and pid in direct}
+    assert os.getpid() in steady and len(steady) >= 10
+    assert {pid: direct[pid] for pid in steady} == {pid: before[pid] for pid in steady}
+    assert set(direct) <= set(before) | set(after)
+
+
+def test_wanted_processes_keep_only_what_the_test_accepts_and_lengthen_cut_names(
+    tmp_path: Path,
+) -> None:
+    """The kernel cuts a process name at 15 characters; like psutil, the name is taken from
+    the command line when it starts with the cut one (qemu-system-x86 -> qemu-system-x86_64)."""
+    long_name = tmp_path / "qemu-system-kd-x86_64"
+    long_name.symlink_to(sys.executable)
+    child = subprocess.Popen(
+        [str(long_name), "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        # (Popen returns once the child has exec'd)
+        seen: list[tuple[str, str]] = []
+
+        def wanted(name: str, exe: str) -> bool:
+            seen.append((name, exe))
+            return name.startswith("qemu-system")
+
+        found = LiveSource().processes(wanted)
+        assert len(seen) > len(found)
+        mine = [p for p in found if p.pid == child.pid]
+        assert [(p.name, p.exe, p.ppid) for p in mine] == [
+            ("qemu-system-kd-x86_64", os.path.realpath(sys.executable), os.getpid())
+        ]
+        assert all(p.name.startswith("qemu-system") for p in found)
+    finally:
+        child.communicate(b"")
+
+
+def test_wanted_processes_leave_zombies_out() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        _wait_for_zombie(child.pid)
+        pids = {p.pid for p in LiveSource().processes(lambda name, exe: True)}
+        assert child.pid not in pids
+        assert os.getpid() in pids
+    finally:
+        child.wait()
+
+
+def test_a_source_that_listed_every_process_answers_a_wanted_one_from_that_list() -> None:
+    """Once the whole list is taken, every fact sees that moment, whatever it wants of it."""
+    source = LiveSource()
+    every = source.processes()
+    mine = source.processes(lambda name, exe: exe == os.path.realpath(sys.executable))
+    assert mine == [p for p in every if p.exe == os.path.realpath(sys.executable)]
+    assert os.getpid() in {p.pid for p in mine}
