@@ -70,6 +70,10 @@ def test_subclasses_make_their_bases_first() -> None:
     plain = Plain("p", 1)
     assert plain.label() == "plain p" and plain.double() == 2
     assert copy.deepcopy(child) == child and copy.copy(plain) == plain
+    plain.extra = 1  # type: ignore[attr-defined]  # a plain subclass's own attribute, as dataclass lets it
+    del plain.extra  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.size = 2  # type: ignore[misc]
 
 
 def test_instances_made_in_threads_at_once_all_work() -> None:
@@ -180,3 +184,84 @@ def test_a_record_that_holds_itself_shows_as_a_dataclass_does() -> None:
     x.items.append(x)
     rx.items.append(rx)
     assert repr(x) == repr(rx) == "Twin(items=[...])"
+
+
+def test_a_record_is_made_and_refuses_changes_as_a_frozen_dataclass_is() -> None:
+    calls: list[tuple[object, ...]] = [
+        (),
+        (1,),
+        (1, "y"),
+        (1, "y", [2]),
+        (1, "y", [2], 4),
+        ("a",),
+    ]
+    keywords: list[dict[str, object]] = [
+        {"a": 1},
+        {"a": 1, "items": [3]},
+        {"b": "z", "a": 2},
+        {"c": 1},
+        {"a": 1, "zz": 2},
+    ]
+    made = []
+    for decorate in ("record", "dataclasses.dataclass(frozen=True)"):
+        namespace: dict[str, object] = {"record": record, "dataclasses": dataclasses}
+        exec(
+            f"@{decorate}\nclass Twin:\n"
+            "    a: int\n    b: str = 'x'\n"
+            "    items: list = dataclasses.field(default_factory=list)\n"
+            "    def __post_init__(self):\n"
+            "        self.items.append(len(self.items))\n",
+            namespace,
+        )
+        made.append(namespace["Twin"])
+    ours, theirs = made
+
+    def outcome(cls: type, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+        args = copy.deepcopy(args)  # __post_init__ appends to the list it is given
+        kwargs = copy.deepcopy(kwargs)
+        try:
+            return repr(cls(*args, **kwargs)).split(".")[-1]
+        except TypeError as exc:
+            return str(exc).split(".")[-1]
+
+    for args in calls:
+        assert outcome(ours, args, {}) == outcome(theirs, args, {}), args
+    for kwargs in keywords:
+        assert outcome(ours, (), kwargs) == outcome(theirs, (), kwargs), kwargs
+    assert outcome(ours, (1,), {"a": 2}) == outcome(theirs, (1,), {"a": 2})
+    first, second = ours(1), ours(1)
+    assert first.items == [0] and first.items is not second.items  # one list each
+    for target in (first, theirs(1)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            target.other = 1
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            del target.a
+
+
+def test_a_record_over_a_frozen_dataclass_and_under_one_is_frozen_too() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Top:
+        a: int
+
+    @record
+    class Middle(Top):
+        b: int = 0
+
+    Middle(0)  # a dataclass that derives from a record takes its fields once it is made
+
+    @dataclasses.dataclass(frozen=True)
+    class Bottom(Middle):
+        c: int = 0
+
+    item = Bottom(1, 2, 3)
+    assert item == Bottom(1, 2, 3) and Middle(1, 2) != Middle(1, 3)
+    assert dataclasses.fields(Middle)[1].name == "b"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Middle(1).b = 5  # type: ignore[misc]
+    assert Top.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert Middle.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):  # as dataclass refuses a non-frozen class on a frozen one
+
+        @dataclasses.dataclass
+        class Loose(Middle):
+            d: int = 0
