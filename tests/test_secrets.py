@@ -257,3 +257,34 @@ def test_checks_see_the_scrubbed_answer_and_the_inner_source_keeps_the_key(
     source = ScrubbedSource(LiveSource(str(tree)))
     assert b"kdsecretH" not in source.read_file("/etc/libvirt/qemu.conf")
     assert source.kind == "root"
+
+
+def test_the_quick_secret_hint_answers_as_the_case_blind_expression() -> None:
+    """scrub_text and scrub_bytes pass a text on untouched when it holds no key word; the test
+    is now `in` on the lower case of an ASCII text. Over every text the tests hold and words
+    written in every case, with letters that IGNORECASE folds to ASCII (the long s, the Kelvin
+    sign), it answers as `_TEXT_HINT` / `_HINT`, and scrub_text gives what _SETTING gives."""
+    import itertools
+    import re
+
+    from doctor.sources import redact
+
+    texts = [QEMU_LOG, "", "nothing here", "\u017fecret=x", "pa\u017f\u017fword=x", "\u212aey"]
+    for word in ("passw", "secret", "PassW", "sEcReT", "pasw", "secre t"):
+        texts += [word, f"x {word}=1 \u00e9", f"{word.upper()}: 'v'", f"[\u00fc] {word}"]
+    texts += ["".join(p) for p in itertools.product(["pa", "ss", "\u017fs", "w", "S"], repeat=3)]
+    for path in sorted(REALDATA.rglob("*"))[:200]:
+        if path.is_file() and path.stat().st_size < 2_000_000:
+            texts.append(path.read_bytes().decode("utf-8", "replace"))
+    assert len(texts) > 100
+    hinted = 0
+    for text in texts:
+        expected = redact._TEXT_HINT.search(text) is not None
+        assert redact._hinted(text) is expected, text[:80]
+        data = text.encode("utf-8", "surrogateescape")
+        assert redact._hinted_bytes(data) is (redact._HINT.search(data) is not None), text[:80]
+        whole = redact._scrub_settings(text, whole=True) if expected else (text, [])
+        assert scrub_text(text) == whole, text[:80]
+        hinted += expected
+    assert 0 < hinted < len(texts)
+    assert re.search(redact._TEXT_HINT, "\u017fecret")  # the fold that keeps the expression

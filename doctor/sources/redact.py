@@ -98,9 +98,25 @@ _TEXT_HINT = re.compile(r"(?i)passw|secret")
 _QUOTES = ('"', "'", "&quot;", "&apos;")
 
 
+def _hinted(text: str) -> bool:
+    """`_TEXT_HINT.search(text)`: an ASCII text by `in` on its lower case (the same answer,
+    ~40 times faster on a kernel log than the case-blind expression); other text, where
+    IGNORECASE also folds some letters outside ASCII (the long s), by the expression."""
+    if text.isascii():
+        lower = text.lower()
+        return "passw" in lower or "secret" in lower
+    return _TEXT_HINT.search(text) is not None
+
+
+def _hinted_bytes(data: bytes) -> bool:
+    """`_HINT.search(data)`: a bytes expression's IGNORECASE folds ASCII only, as bytes.lower."""
+    lower = data.lower()
+    return b"passw" in lower or b"secret" in lower
+
+
 def scrub_text(text: str) -> tuple[str, list[str]]:
     """`text` with every secret value blanked (the key and its quotes kept), and the keys."""
-    if not _TEXT_HINT.search(text):
+    if not _hinted(text):
         return text, []
     return _scrub_settings(text)
 
@@ -160,7 +176,7 @@ def _scrub_settings(text: str, whole: bool = False) -> tuple[str, list[str]]:
 
 
 def scrub_bytes(data: bytes) -> tuple[bytes, list[str]]:
-    if not _HINT.search(data):
+    if not _hinted_bytes(data):
         return data, []
     text, found = scrub_text(data.decode("utf-8", "surrogateescape"))
     return text.encode("utf-8", "surrogateescape"), found
@@ -190,7 +206,7 @@ def scrub_argv(argv: Sequence[str]) -> tuple[str, ...]:
 def _scrub_value(value: Any) -> Any:
     """A libvirt answer (XML text, or lists and dicts of them) with its secrets blanked."""
     if isinstance(value, str):
-        return scrub_log_line(value) if _HINT.search(value.encode("utf-8", "replace")) else value
+        return scrub_log_line(value) if _hinted_bytes(value.encode("utf-8", "replace")) else value
     if isinstance(value, list):
         return [_scrub_value(v) for v in value]
     if isinstance(value, tuple):
