@@ -18,7 +18,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -235,10 +235,60 @@ class Tally:
         return [hit for _, hit in sorted(self.found.values(), key=lambda e: e[0])]
 
 
-@dataclass
 class Playbooks:
-    items: dict[str, Playbook] = field(default_factory=dict)
-    errors: list[PlaybookError] = field(default_factory=list)
+    """A set of playbooks by id, and the files that did not load. Playbooks read from
+    compiled.json are kept as data until one is asked for (`_defer`): `items`, iteration and
+    `get` make all of them, `for_codes` only those whose `when` names one of the codes."""
+
+    def __init__(
+        self,
+        items: Optional[dict[str, Playbook]] = None,
+        errors: Optional[list[PlaybookError]] = None,
+    ) -> None:
+        self._items: dict[str, Playbook] = dict(items or {})
+        self.errors: list[PlaybookError] = list(errors or [])
+        self._pending: dict[str, tuple[str, Any]] = {}  # id: (label, compiled data)
+        self._order: list[str] = []  # the ids in the order load() met them
+        self._pending_codes: dict[str, set[str]] = {}  # check code: ids of pending playbooks
+
+    @property
+    def items(self) -> dict[str, Playbook]:
+        if self._pending:
+            self._make(list(self._pending))
+            # in the order load() met them, as if all were made there
+            ordered = {i: self._items[i] for i in self._order if i in self._items}
+            self._items = {**ordered, **self._items}
+        return self._items
+
+    def _defer(self, playbook_id: str, label: str, data: Any) -> None:
+        """Keep validated data (compiled.json) to parse when the playbook is asked for."""
+        self._pending[playbook_id] = (label, data)
+        self._order.append(playbook_id)
+        for code in _when_codes(data):
+            self._pending_codes.setdefault(code, set()).add(playbook_id)
+
+    def _make(self, ids: Iterable[str]) -> None:
+        for playbook_id in ids:
+            entry = self._pending.pop(playbook_id, None)
+            if entry is None:
+                continue
+            label, data = entry
+            try:
+                self._items[playbook_id] = parse(data, label, None)
+            except Exception as exc:  # noqa: BLE001 - as load() reports a file that fails
+                reason = str(exc).replace("\n", " ")
+                kind = "" if isinstance(exc, PlaybookInvalid) else f"{type(exc).__name__}: "
+                self.errors.append(PlaybookError(label, f"{kind}{reason}"))
+
+    def for_codes(self, codes: Iterable[str]) -> list[Playbook]:
+        """The playbooks (in id order) whose `when` has a condition, not a premise (`not`), on
+        one of `codes`: the only ones whose diagnoses findings of those codes can anchor.
+        Others stay unmade."""
+        wanted = set(codes)
+        if self._pending:
+            self._make(sorted({i for code in wanted for i in self._pending_codes.get(code, ())}))
+        found = [p for p in self._items.values() if wanted.intersection(p.codes)]
+        return sorted(found, key=lambda p: p.id)
 
     def __iter__(self) -> Iterator[Playbook]:
         return iter(sorted(self.items.values(), key=lambda p: p.id))
@@ -1059,6 +1109,12 @@ def load(directory: Optional[Path] = None, *, use_compiled: bool = False) -> Pla
     book = Playbooks()
     for name, text in entries:
         label = f"playbooks/{name}" if directory is None else str(Path(str(base)) / name)
+        if compiled is not None and _deferrable(text, name):
+            if text["id"] in book._pending or text["id"] in book._items:
+                book.errors.append(PlaybookError(label, f"duplicate id {text['id']!r}"))
+            else:
+                book._defer(text["id"], label, text)
+            continue
         try:
             data = text if compiled is not None else _yaml_load(text)
             playbook = parse(data, label, validator)
@@ -1069,11 +1125,35 @@ def load(directory: Optional[Path] = None, *, use_compiled: bool = False) -> Pla
             reason = str(exc).replace("\n", " ")
             book.errors.append(PlaybookError(label, f"{type(exc).__name__}: {reason}"))
             continue
-        if playbook.id in book.items:
+        if playbook.id in book._items or playbook.id in book._pending:
             book.errors.append(PlaybookError(label, f"duplicate id {playbook.id!r}"))
             continue
-        book.items[playbook.id] = playbook
+        book._items[playbook.id] = playbook
+        book._order.append(playbook.id)
     return book
+
+
+def _deferrable(data: Any, name: str) -> bool:
+    """Compiled data whose parse can wait: its id is its file's name (what parse checks
+    first; data that fails it is parsed at once, to report it where load reports)."""
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("id"), str)
+        and data["id"] == Path(name).name.rsplit(".", 1)[0]
+        and isinstance(data.get("when"), dict)
+    )
+
+
+def _when_codes(data: Any) -> set[str]:
+    """The check codes of the conditions (not the premises) of a playbook's compiled `when`,
+    as written and upper-cased (a code that matches no finding only costs a parse)."""
+    codes: set[str] = set()
+    when = data.get("when") if isinstance(data, dict) else None
+    for conditions in (when or {}).values() if isinstance(when, dict) else ():
+        for raw in conditions if isinstance(conditions, list) else ():
+            if isinstance(raw, dict) and "not" not in raw and isinstance(raw.get("code"), str):
+                codes.update((raw["code"], raw["code"].upper()))
+    return codes
 
 
 @lru_cache(maxsize=1)

@@ -299,7 +299,9 @@ def diagnose(findings: Sequence[Finding], book: Playbooks) -> tuple[list[Diagnos
         named = f.evidence.get("playbook")
         if isinstance(named, str) and _names(f, named):
             naming.setdefault(named, []).append(i)
-    candidates = [c for p in book for c in _candidates(p, findings, by_code)]
+    # Only a playbook with a condition on a code among the findings can have a candidate
+    # (its anchors are findings of its conditions): the others are not even made.
+    candidates = [c for p in book.for_codes(by_code) for c in _candidates(p, findings, by_code)]
 
     def names_playbook(c: _Candidate) -> bool:
         return "playbook" in findings[c.anchor].evidence

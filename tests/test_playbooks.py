@@ -964,3 +964,31 @@ def test_a_signature_compiled_late_equals_the_expression() -> None:
     found = signature.search("x: unable to add BRIDGE br0 port vnet1")
     assert found is not None and found.group("bridge") == "br0"
     assert signature.search("unable to add a bridge") is None
+
+
+def test_a_run_makes_only_the_playbooks_its_findings_codes_can_reveal(tmp_path: Path) -> None:
+    """From compiled.json, diagnose makes only the playbooks with a condition on a code among
+    the findings; the diagnoses are those of every playbook made from the YAML, and the others
+    are made when asked for, in the order load gives them."""
+    from doctor import rules
+    from doctor.model import Finding
+
+    directory = _copy_shipped(tmp_path)
+    lazy, full = playbooks.load(directory, use_compiled=True), playbooks.load(directory)
+    assert lazy._pending and not lazy._items  # nothing made at load
+    findings = []
+    for code in ("KVM001", "LIB001", "NET009", "KVM008"):
+        findings.append(Finding("fail", f"{code} failed", subject="host", code=code))
+    ours, marked = rules.diagnose(findings, lazy)
+    theirs, marked_full = rules.diagnose(findings, full)
+    assert [d.as_dict(i) for i, d in enumerate(ours)] == [
+        d.as_dict(i) for i, d in enumerate(theirs)
+    ]
+    assert marked == marked_full
+    assert ours, "the findings reveal some playbook"
+    made = set(lazy._items)
+    assert made and len(made) < len(full)
+    named = {p.id for p in full if {"KVM001", "LIB001", "NET009", "KVM008"} & set(p.codes)}
+    assert made == named
+    assert list(lazy.items) == list(full.items) and not lazy._pending
+    assert lazy.for_codes(["NET009"]) == [p for p in full if "NET009" in p.codes]
