@@ -287,3 +287,22 @@ def test_the_quick_secret_hint_answers_as_the_case_blind_expression() -> None:
         hinted += expected
     assert 0 < hinted < len(texts)
     assert redact._TEXT_HINT.search("\u017fecret")  # the fold that keeps the expression
+
+
+def test_key_starts_found_in_the_whole_text_are_those_found_line_by_line() -> None:
+    """_key_starts looks for the key words in an ASCII text's lower case at once; the
+    positions it gives are those of trying each line, over every text the tests hold."""
+    from doctor.sources import redact
+
+    texts = [QEMU_LOG, "", "\n", "password=x", "a\n\nDATA=1\nsecret: 'x'\n", "x\npassw"]
+    texts += ["\n".join([f"line {i} data=1 Secret=2 PassWord=3"] * 3) for i in range(3)]
+    texts.append("\u00e9 password=1\nsecret=2")  # outside ASCII: line by line
+    for path in sorted(REALDATA.rglob("*")):
+        if path.is_file() and path.stat().st_size < 2_000_000:
+            texts.append(path.read_bytes().decode("utf-8", "replace"))
+    found = 0
+    for text in texts:
+        expected = list(redact._key_starts_by_line(text))
+        assert list(redact._key_starts(text)) == expected, text[:80]
+        found += len(expected)
+    assert found > 10

@@ -136,7 +136,31 @@ _WHOLE_TEXT = 4096
 
 
 def _key_starts(text: str) -> Iterator[int]:
-    """Every position in `text` where a key of _SETTING may start, in order."""
+    """Every position in `text` where a key of _SETTING may start, in order. In an ASCII
+    text the lines that hold a key word are found by searching the whole text's lower case
+    for each word (a word holds no newline, so a line holds one exactly when its lower case
+    does), not by lowering and searching every line; other text line by line."""
+    if not text.isascii():
+        yield from _key_starts_by_line(text)
+        return
+    lower = text.lower()
+    starts: set[int] = set()
+    for word in _KEY_WORDS:
+        position = lower.find(word)
+        while position >= 0:
+            starts.add(lower.rfind("\n", 0, position) + 1)
+            end = lower.find("\n", position)
+            if end < 0:
+                break
+            position = lower.find(word, end)
+    for start in sorted(starts):
+        end = text.find("\n", start)
+        for key in _KEY_START.finditer(text, start, len(text) if end < 0 else end):
+            yield key.start()
+
+
+def _key_starts_by_line(text: str) -> Iterator[int]:
+    """_key_starts, trying each line: any line outside ASCII, or that holds a key word."""
     start = 0
     for line in text.split("\n"):
         end = start + len(line)
