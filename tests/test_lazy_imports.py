@@ -25,7 +25,7 @@ try:
 except SystemExit:
     pass
 HEAVY = heavy.split(",")
-ours = [m for m in sys.modules if m.startswith(("checks.", "doctor.facts."))]
+ours = [m for m in sys.modules if m.startswith(("checks.", "doctor.facts.", "doctor.cli."))]
 sys.stderr.write("\\nKDMODULES " + json.dumps(sorted(m for m in HEAVY if m in sys.modules)))
 sys.stderr.write("\\nKDOURS " + json.dumps(sorted(ours)) + "\\n")
 """
@@ -63,6 +63,27 @@ def test_a_selection_loads_only_its_checks_and_their_facts() -> None:
     facts = {m.split(".")[-1] for m in ours if m.startswith("doctor.facts.")}
     assert facts == KVM_FACTS
     assert not {"libvirt", "pyroute2", "scapy", "cryptography"} & set(heavy), heavy
+
+
+def test_a_command_builds_only_itself_and_help_lists_every_command() -> None:
+    _, ours = modules("run", "--select", "KVM", "--snapshot", str(HOST_SNAPSHOT), "-f", "json")
+    commands = {m.split(".")[-1] for m in ours if m.startswith("doctor.cli.")} - {"common"}
+    assert commands == {"run"}
+    _, ours = modules("--help")
+    commands = {m.split(".")[-1] for m in ours if m.startswith("doctor.cli.")} - {"common"}
+    assert commands == {
+        "run",
+        "lint",
+        "checks",
+        "explain",
+        "fix",
+        "probe",
+        "collect",
+        "version",
+        "report",
+    }
+    _, ours = modules("nosuch")  # an unknown command is answered by the whole command line
+    assert "doctor.cli.report" in ours
 
 
 def test_a_run_without_selection_loads_every_area() -> None:
