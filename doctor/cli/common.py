@@ -122,6 +122,36 @@ ConnectTimeoutOpt = typer.Option(
     metavar="SECONDS",
 )
 
+# The options `run` and `lint` share: what they write, where, and when it gates.
+ReportFormatOpt = typer.Option(
+    "text",
+    "--format",
+    "-f",
+    help="text, json, junit, sarif, prometheus, markdown or html.",
+    metavar="FORMAT",
+)
+ReportOutputOpt = typer.Option(
+    None, "--output", "-o", help="Write the report to FILE instead of stdout.", metavar="FILE"
+)
+FailOnOpt = typer.Option(
+    None,
+    "--fail-on",
+    help="Exit 1 when a finding is at or above this level: info, warn or fail (default fail).",
+    metavar="LEVEL",
+)
+CheckTimeoutOpt = typer.Option(
+    None,
+    "--check-timeout",
+    min=0.01,
+    max=MAX_SECONDS,
+    callback=finite_seconds,
+    help="Time limit for each check, in seconds (default 10).",
+    metavar="SECONDS",
+)
+NoColorOpt = typer.Option(False, "--no-color", help="No colour even on a terminal.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show passes and full evidence.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only problems and the summary.")
+
 
 def open_source(
     *,
