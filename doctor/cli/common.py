@@ -257,7 +257,8 @@ def read_report(path: str, *, other_versions: bool = False) -> dict[str, Any]:
 
 
 def _report_schema() -> dict[str, Any]:
-    """docs/report.schema.json, shipped as doctor/report.schema.json (a test keeps them one)."""
+    """The report schema, shipped in the package as doctor/report.schema.json (the published
+    docs/report.schema.json is a link to it)."""
     import json
     from importlib import resources
 
