@@ -25,7 +25,7 @@ class _Hit:
     codes: tuple[str, ...]
     also: tuple[str, ...]  # other playbooks the line matches, less closely
     origin: str
-    line: str
+    line: str  # as read; scrubbed of secrets before it is reported
     time: Optional[float]
     count: int = 1
 
@@ -61,7 +61,7 @@ def known_error_in_logs(
     https://libvirt.org/logging.html
     """
     book = shipped()
-    engine = engine_for(book)
+    engine = engine_for(book, short=True)
     now = host_clock.time if host_clock is not None else None
     hits: dict[tuple[str, str], _Hit] = {}
     old = 0
@@ -97,12 +97,12 @@ def known_error_in_logs(
                     best.codes,
                     tuple(m.playbook.id for m in matches[1:]),
                     log.origin,
-                    scrub_log_line(raw.strip())[:MAX_LINE],
+                    raw,
                     stamp,
                 )
             else:
                 hit.count += 1
-                hit.line, hit.time = scrub_log_line(raw.strip())[:MAX_LINE], stamp
+                hit.line, hit.time = raw, stamp  # scrubbed once, when reported
     examined = libvirt_logs.as_dict()
     if not hits:
         older = f"; {old} older than {RECENT_DAYS} days not counted" if old else ""
@@ -113,6 +113,7 @@ def known_error_in_logs(
         )
         return
     for hit in sorted(hits.values(), key=lambda h: (h.origin, h.playbook)):
+        hit.line = scrub_log_line(hit.line.strip())[:MAX_LINE]
         when = iso_time(hit.time) if hit.time is not None else None
         times = f"{hit.count} times, last" if hit.count > 1 else "once,"
         yield Finding(

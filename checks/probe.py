@@ -6,10 +6,13 @@ fact."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from doctor.model import Finding
-from doctor.probe.verdict import ProbeRun, located, predicted, translation
 from doctor.registry import check
+
+if TYPE_CHECKING:  # the probe's modules load when a probe ran: `kvmdoctor run` has none
+    from doctor.probe.verdict import ProbeRun
 
 
 @check(
@@ -43,6 +46,8 @@ def probe_predicted_drop(probe: ProbeRun) -> Iterator[Finding]:
     References: https://docs.kernel.org/networking/ip-sysctl.html
     https://wiki.libvirt.org/Networking.html
     """
+    from doctor.probe.verdict import predicted
+
     yield from predicted(probe.path, probe.predictions)
 
 
@@ -73,6 +78,8 @@ def probe_traffic_dropped(probe: ProbeRun) -> Iterator[Finding]:
     if probe.observations is None:
         yield Finding("skip", f"no packets were sent: {probe.not_sent or 'static run'}")
         return
+    from doctor.probe.verdict import located
+
     yield from located(probe.path, probe.predictions, probe.observations)
 
 
@@ -97,6 +104,8 @@ def probe_source_not_translated(probe: ProbeRun) -> Iterator[Finding]:
     if probe.observations is None:
         yield Finding("skip", f"no packets were sent: {probe.not_sent or 'static run'}")
         return
+    from doctor.probe.verdict import translation
+
     found = translation(probe.path, probe.observations)
     if not found:
         yield Finding("pass", "no request reached the uplink, or the path has none")

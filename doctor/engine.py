@@ -238,6 +238,7 @@ def run(
     specs = select(registry, selected, within)
     validate_ignores(registry, ignores)
     ctx = FactContext(source, options, given)
+    ctx.prefetch(name for spec in specs for name in spec.all_facts())
     started = time.time()
     runs = []
     worker = Worker()

@@ -12,6 +12,7 @@ This module reads its own package data (the shipped playbooks) and nothing of th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -20,10 +21,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from doctor.lazyre import lazy
 from doctor.model import Finding
 from doctor.record import record
 
@@ -250,6 +251,7 @@ class Playbooks:
         self._pending: dict[str, tuple[str, Any]] = {}  # id: (label, compiled data)
         self._order: list[str] = []  # the ids in the order load() met them
         self._pending_codes: dict[str, set[str]] = {}  # check code: ids of pending playbooks
+        self._runs: dict[str, list[str]] = {}  # pattern: its literal_runs (compiled.json's)
 
     @property
     def items(self) -> dict[str, Playbook]:
@@ -299,17 +301,57 @@ class Playbooks:
     def get(self, playbook_id: str) -> Optional[Playbook]:
         return self.items.get(playbook_id)
 
-    def _index(self) -> list[tuple[Playbook, list[tuple[str, re.Pattern[str]]]]]:
-        """Each playbook (in id order) with its signatures, each beside the text every line it
-        matches must contain (lower-cased; "" when there is none to be sure of). Built once per
-        set of playbooks: a substring test passes over most log lines far faster than a regular
+    def _made(self, playbook_id: str) -> Optional[Playbook]:
+        """The playbook `playbook_id`, made now if it was pending (None if it does not
+        parse: it is then among `errors`)."""
+        if playbook_id in self._pending:
+            self._make([playbook_id])
+        return self._items.get(playbook_id)
+
+    def runs(self, pattern: str) -> list[str]:
+        """`literal_runs(pattern)`: for the shipped signatures as compiled.json holds them
+        (computed when it was written), for others computed once."""
+        found = self._runs.get(pattern)
+        if found is None:
+            found = self._runs[pattern] = literal_runs(pattern)
+        return found
+
+    def patterns(self) -> list[str]:
+        """Every signature's expression, in playbook id order, without making a playbook (a
+        playbook whose compiled data fails to parse, which `items` drops, is still read
+        here: a superset of the signatures)."""
+        out: list[str] = []
+        for playbook_id in sorted({*self._items, *self._pending}):
+            made = self._items.get(playbook_id)
+            if made is not None:
+                out += [s.pattern for s in made.signatures]
+                continue
+            raw = self._pending[playbook_id][1].get("signatures", ())
+            out += [s for s in raw if isinstance(s, str)] if isinstance(raw, list) else []
+        return out
+
+    def _index(self) -> tuple[list[str], list[tuple[str, Any]]]:
+        """Every signature (playbooks in id order, each's in its order) as two lists: the
+        text every line it matches must contain (lower-cased; "" when there is none to be
+        sure of), and (playbook id, signature). Built once per set of playbooks, from the
+        signatures' expressions alone: a playbook is made when one of its signatures matches
+        a line. A substring test passes over most log lines far faster than a regular
         expression, and one expression of all signatures, case-insensitive, is slower still."""
         cached = self.__dict__.get("_index_cache")
         if cached is None:
-            cached = [
-                (book, [(_ascii_needle(sig.pattern), sig) for sig in book.signatures])
-                for book in self
-            ]
+            needles: list[str] = []
+            entries: list[tuple[str, Any]] = []
+            for playbook_id in sorted({*self._items, *self._pending}):
+                made = self._items.get(playbook_id)
+                if made is not None:
+                    signatures: list[Any] = list(made.signatures)
+                else:
+                    raw = self._pending[playbook_id][1].get("signatures", ())
+                    signatures = [Signature(p) for p in raw if isinstance(p, str)]
+                for signature in signatures:
+                    needles.append(_ascii_needle(self.runs(signature.pattern)))
+                    entries.append((playbook_id, signature))
+            cached = (needles, entries)
             self.__dict__["_index_cache"] = cached
         return cached
 
@@ -411,15 +453,28 @@ class Playbooks:
         # s, K and k, ı and İ and i); str.lower() does not, so they are folded first.
         lower = line.lower() if line.isascii() else line.translate(_FOLD_ASCII).lower()
         out: list[TextMatch] = []
-        for book, signatures in self._index():
-            for needle, signature in signatures:
-                if lower and needle not in lower:
-                    continue
-                hit = signature.search(line)
-                if hit:
-                    groups = {k: v for k, v in hit.groupdict().items() if v is not None}
-                    out.append(TextMatch(book, line, hit.group(0), groups))
-                    break
+        needles, entries = self._index()
+        # The signatures whose text the line holds (all of them for an empty line), in
+        # order; each playbook is taken by the first of its signatures that matches.
+        tried = (
+            [i for i, needle in enumerate(needles) if needle in lower]
+            if lower
+            else range(len(needles))
+        )
+        found: set[str] = set()
+        for i in tried:
+            playbook_id, signature = entries[i]
+            if playbook_id in found:
+                continue
+            hit = signature.search(line)
+            if not hit:
+                continue
+            book = self._made(playbook_id)
+            if book is None:  # compiled data that does not parse: not a playbook
+                continue
+            found.add(playbook_id)
+            groups = {k: v for k, v in hit.groupdict().items() if v is not None}
+            out.append(TextMatch(book, line, hit.group(0), groups))
         out.sort(key=lambda m: (-len(m.matched), -m.playbook.specificity, m.playbook.id))
         if len(seen) < 10_000 and len(line) <= 1024:  # a bounded cache: lines may be long
             seen[line] = out
@@ -431,17 +486,17 @@ class Playbooks:
 _FOLD_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
 
 
-def _ascii_needle(pattern: str) -> str:
-    """The text a signature requires, lower-cased, when case-insensitive matching can find it
-    only as `match_line` lower-cases the line: its letters are ASCII, or have no case (such
-    as Chinese); else "" (always tried)."""
-    needle = required_text(pattern).lower()
-    uncased = all(c.isascii() or c.lower() == c == c.upper() for c in needle)
+def _ascii_needle(runs: list[str]) -> str:
+    """The text a signature requires (`required_text`, from its literal runs), lower-cased,
+    when case-insensitive matching can find it only as `match_line` lower-cases the line: its
+    letters are ASCII, or have no case (such as Chinese); else "" (always tried)."""
+    needle = _longest(runs).lower()
+    uncased = needle.isascii() or all(c.isascii() or c.lower() == c == c.upper() for c in needle)
     return needle if uncased else ""
 
 
 _QUANTIFIERS = "*?{"
-_REPEAT = re.compile(r"\{\d*(?:,\d*)?\}")
+_REPEAT = lazy(r"\{\d*(?:,\d*)?\}")
 
 
 def _escape_end(pattern: str, i: int) -> int:
@@ -471,15 +526,19 @@ def required_text(pattern: str, shortest: int = 4) -> str:
     a top-level `|` has none, nor has a verbose one (`(?x)`, where spaces are not text). A
     character followed by `*`, `?` or `{` may be absent, so it ends the run without joining it;
     `+` ends the run after it."""
+    return _longest(literal_runs(pattern), shortest)
+
+
+def _longest(runs: list[str], shortest: int = 4) -> str:
     best = ""
-    for run in literal_runs(pattern):
+    for run in runs:
         if len(run) > len(best):
             best = run
     return best if len(best) >= shortest else ""
 
 
 # Flags for the whole expression, which Python admits only at its start: (?i), (?x), (?ix)...
-_GLOBAL_FLAGS = re.compile(r"(?:\(\?[aiLmsux]+\))+")
+_GLOBAL_FLAGS = lazy(r"(?:\(\?[aiLmsux]+\))+")
 
 
 def literal_runs(pattern: str) -> list[str]:
@@ -615,10 +674,10 @@ def message_lines(text: str) -> list[str]:
 # quotes or backticks where libvirt prints single quotes, a socket path left unquoted, and
 # Go's "dial unix PATH: connect: ERRNO" for libvirt's own "Failed to connect socket to".
 MAX_JOINED_LINES = 2000
-_NEWLINE_ESCAPE = re.compile(r"(?:\\+r)?\\+n")
-_ESCAPED = re.compile(r"\\+(['\"\[\]])")
-_MARKERS = re.compile(r"^(?:\s*(?:>+|\*\*|[│|┃]|\$|#|\w[\w.-]*>(?=\s)))+\s*")
-_TOOL_PREFIX = re.compile(
+_NEWLINE_ESCAPE = lazy(r"(?:\\+r)?\\+n")
+_ESCAPED = lazy(r"\\+(['\"\[\]])")
+_MARKERS = lazy(r"^(?:\s*(?:>+|\*\*|[│|┃]|\$|#|\w[\w.-]*>(?=\s)))+\s*")
+_TOOL_PREFIX = lazy(
     r"^(?:\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\s+"  # elapsed time (CI logs)
     r"|\w{3} \w{3} +\d+ \d{2}:\d{2}:\d{2} \d{4} (?:\[\w+\])+:\s*"  # OpenNebula
     r"|level=\w+(?: \w+=(?:\"[^\"]*\"|\S+))*? msg=\"?"  # logrus
@@ -627,8 +686,8 @@ _TOOL_PREFIX = re.compile(
     r"|[EWIF]\d{4} \d{2}:\d{2}:\d{2}\.\d+ +\d+ [\w.]+:\d+\] "  # klog
     r"|(?:ERROR|WARNING|INFO|DEBUG) {2,})"  # virt-install's padded level
 )
-_GO_DIAL = re.compile(r"\bdial unix (?P<path>/\S+?): connect: ", re.IGNORECASE)
-_BARE_SOCKET = re.compile(r"(?P<lead>\bsocket to )(?P<path>/[^\s']+?)(?=:\s)")
+_GO_DIAL = lazy(r"\bdial unix (?P<path>/\S+?): connect: ", re.IGNORECASE)
+_BARE_SOCKET = lazy(r"(?P<lead>\bsocket to )(?P<path>/[^\s']+?)(?=:\s)")
 
 
 def _paste_line(raw: str) -> str:
@@ -684,7 +743,7 @@ def _rejoined(window: list[str]) -> list[str]:
 # --- similarity, for text no signature matches -------------------------------------------
 
 NEAR_SCORE = 0.25
-_WORD = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+_WORD = lazy(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 _STOP = frozenset(
     [
         "the",
@@ -748,7 +807,7 @@ _STOP = frozenset(
         "call",
     ]
 )
-_REGEX_SYNTAX = re.compile(r"\(\?P<\w+>|\(\?[:!=<]+|\\[dDsSwWbB]|\[[^\]]*\]|[?*+]")
+_REGEX_SYNTAX = lazy(r"\(\?P<\w+>|\(\?[:!=<]+|\\[dDsSwWbB]|\[[^\]]*\]|[?*+]")
 
 
 @record
@@ -976,16 +1035,18 @@ def parse(data: Any, file: str, validator: Any) -> Playbook:
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise PlaybookInvalid("; ".join(problems[:3]) + more)
-    stem = Path(file).name.rsplit(".", 1)[0]
+    stem = os.path.basename(file).rsplit(".", 1)[0]
     if data["id"] != stem:
         raise PlaybookInvalid(f"id {data['id']!r} differs from the file name {stem!r}")
-    mode, conditions, contradicted_by = _when(data["when"], validator is not None)
-    _check_placeholders(data["cause"], "cause")
+    validate = validator is not None
+    mode, conditions, contradicted_by = _when(data["when"], validate)
+    if validate:  # compiled.json holds only texts whose placeholders were checked
+        _check_placeholders(data["cause"], "cause")
     actions = []
     for index, raw in enumerate(data["fix"]):
-        for text in _texts({k: v for k, v in raw.items() if k not in ("action", "safety")}):
-            _check_placeholders(text, f"fix/{index}")
         params = {k: v for k, v in raw.items() if k not in ("action", "safety")}
+        for text in _texts(params) if validate else ():
+            _check_placeholders(text, f"fix/{index}")
         actions.append(Action(raw["action"], raw["safety"], params))
     signatures = tuple(Signature(s) for s in data.get("signatures", ()))
     if validator is not None:
@@ -1008,6 +1069,18 @@ def parse(data: Any, file: str, validator: Any) -> Playbook:
 
 
 def _shipped() -> Any:
+    """The shipped playbooks' directory: a Path where the package is one on disk (found from
+    its import spec; importlib.resources would first import zipfile and its readers, a
+    tenth of a `run --select KVM`), else what importlib.resources gives (a zip archive)."""
+    try:
+        spec = importlib.util.find_spec("playbooks")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if spec is not None and spec.origin and len(locations) == 1 and os.path.isdir(locations[0]):
+        return Path(locations[0])
+    from importlib import resources
+
     return resources.files("playbooks")
 
 
@@ -1056,7 +1129,9 @@ def compile_shipped() -> dict[str, Any]:
     """The shipped playbooks parsed and validated, as playbooks/compiled.json holds them: what
     a run loads instead of parsing YAML and validating every file against the schema again
     (`make docs` writes it; tests/test_playbooks.py fails when it is stale). `digest` is the
-    SHA-256 of the YAML files and the schema, `stamp` their sizes: what a run compares."""
+    SHA-256 of the YAML files and the schema, `stamp` their sizes: what a run compares.
+    `runs` holds each signature's `literal_runs`, which a run would otherwise compute from
+    every expression before reading a log line."""
     base = _shipped()
     schema_text = (base / SCHEMA_NAME).read_text(encoding="utf-8")
     sources = _sources(base)
@@ -1067,11 +1142,12 @@ def compile_shipped() -> dict[str, Any]:
         "digest": _digest(sources, schema_text),
         "stamp": _stamp(base),
         "playbooks": {name: _yaml_load(text) for name, text in sources},
+        "runs": {pattern: literal_runs(pattern) for pattern in sorted(set(book.patterns()))},
     }
 
 
 def _compiled(base: Any) -> Optional[dict[str, Any]]:
-    """The data of compiled.json in `base` when it is current, else None.
+    """compiled.json in `base` (its `playbooks` and `runs`) when it is current, else None.
 
     Current means: the same playbook files, each and the schema of the same size in bytes
     (`stamp`, read from the directory's entries: no file is read). An edit that keeps a file's
@@ -1090,7 +1166,7 @@ def _compiled(base: Any) -> Optional[dict[str, Any]]:
     else:
         schema_text = (_shipped() / SCHEMA_NAME).read_text(encoding="utf-8")
         current = compiled.get("digest") == _digest(_sources(base), schema_text)
-    return compiled["playbooks"] if current else None
+    return compiled if current else None
 
 
 def load(directory: Optional[Path] = None, *, use_compiled: bool = False) -> Playbooks:
@@ -1099,14 +1175,18 @@ def load(directory: Optional[Path] = None, *, use_compiled: bool = False) -> Pla
     they come from the directory's compiled.json when it is current (`_compiled`): no YAML is
     read, nothing validated again, and no signature compiled before a line reaches it."""
     base: Any = directory if directory is not None else _shipped()
-    compiled = _compiled(base) if use_compiled else None
+    written = _compiled(base) if use_compiled else None
+    compiled = written["playbooks"] if written is not None else None
+    book = Playbooks()
     if compiled is not None:
         entries: list[tuple[str, Any]] = sorted(compiled.items())
         validator = None
+        runs = written.get("runs") if written is not None else None
+        if isinstance(runs, dict):
+            book._runs.update(runs)
     else:
         entries = _sources(base)
         validator = _schema_validator((_shipped() / SCHEMA_NAME).read_text(encoding="utf-8"))
-    book = Playbooks()
     for name, text in entries:
         label = f"playbooks/{name}" if directory is None else str(Path(str(base)) / name)
         if compiled is not None and _deferrable(text, name):
@@ -1139,7 +1219,7 @@ def _deferrable(data: Any, name: str) -> bool:
     return (
         isinstance(data, dict)
         and isinstance(data.get("id"), str)
-        and data["id"] == Path(name).name.rsplit(".", 1)[0]
+        and data["id"] == os.path.basename(name).rsplit(".", 1)[0]
         and isinstance(data.get("when"), dict)
     )
 

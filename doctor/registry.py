@@ -163,12 +163,14 @@ class Registry:
         return next((c for c in self.checks.values() if c.name == token.lower()), None)
 
 
+_SECTION = re.compile(r"^(" + "|".join(re.escape(s) for s in SECTIONS) + r"):", re.MULTILINE)
+
+
 def parse_docstring(doc: Optional[str]) -> tuple[dict[str, str], list[str]]:
     """Split a check's docstring into its sections; also return what is wrong with it."""
     text = inspect.cleandoc(doc or "")
-    pattern = re.compile(r"^(" + "|".join(re.escape(s) for s in SECTIONS) + r"):", re.MULTILINE)
     sections: dict[str, str] = {}
-    matches = list(pattern.finditer(text))
+    matches = list(_SECTION.finditer(text))
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         body = text[match.end() : end].strip()

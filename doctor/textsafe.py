@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from doctor.lazyre import lazy
+
 # Every character that ends a line for a shell, YAML, Python's str.splitlines or an editor.
-LINE_BREAK = re.compile(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+LINE_BREAK = lazy(r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # The other control characters (C0 and C1, terminal escapes among them), tab excepted.
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 

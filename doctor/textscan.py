@@ -39,12 +39,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Optional
 
-from doctor.playbooks import _FOLD_ASCII, Playbooks, literal_runs
+from doctor.playbooks import _FOLD_ASCII, Playbooks
 
 CHUNK = 1 << 20
 MAX_LINE = 64 * 1024
 SHORT_PHRASE = 12  # a phrase shorter than this is common in logs ("network", "is not")
-ENGINES = ("hyperscan", "re2", "ahocorasick", "python")
+# Every engine; best first for a stream (`explain -`), and for a short text (LOG001).
+ENGINES = ("hyperscan", "hyperscan-literals", "re2", "ahocorasick", "python")
+STREAM = ("hyperscan", "re2", "ahocorasick", "python")
+SHORT = ("hyperscan-literals", "re2", "ahocorasick", "python")
 
 # The letters outside ASCII that case-insensitive matching takes for ASCII ones
 # (tests/test_textscan.py checks this against every code point).
@@ -66,23 +69,24 @@ def signature_keys(book: Playbooks) -> Optional[list[list[str]]]:
     in order), then the texts of REWRITTEN; None when some signature requires no text (every
     line is then a candidate)."""
     keys: list[list[str]] = []
-    for playbook in book:
-        for signature in playbook.signatures:
-            runs = []
-            possible = True
-            for run in literal_runs(signature.pattern):
-                folded = "".join(FOLDS.get(c, c) for c in run).lower()
-                if not folded.isascii():
-                    possible = False  # needs a letter no ASCII line holds
-                    break
-                if folded.strip(_WS_CHARS):
-                    runs.append(folded)
-            if not possible:
-                continue
-            strong = [r for r in runs if len(r) >= 3]
-            if not strong:
-                return None
-            keys.append(strong)
+    for pattern in book.patterns():
+        runs = []
+        possible = True
+        for run in book.runs(pattern):
+            folded = (
+                "".join(FOLDS.get(c, c) for c in run).lower() if not run.isascii() else run.lower()
+            )
+            if not folded.isascii():
+                possible = False  # needs a letter no ASCII line holds
+                break
+            if folded.strip(_WS_CHARS):
+                runs.append(folded)
+        if not possible:
+            continue
+        strong = [r for r in runs if len(r) >= 3]
+        if not strong:
+            return None
+        keys.append(strong)
     keys += [[text] for text in REWRITTEN]
     return keys
 
@@ -147,6 +151,9 @@ class _Phrases(Engine):
     overlapping = True  # `_hits` gives every phrase found, also inside another
 
     joins = False  # the engine takes expressions: a short phrase goes with the key's others
+    # A line holding a phrase is a candidate only if a key's whole expression is found in it.
+    # Without, every line holding a phrase is one: cheaper where few lines are read.
+    confirms = True
 
     def __init__(self, keys: list[list[str]]) -> None:
         by_key = [pieces(runs) for runs in keys]
@@ -155,27 +162,27 @@ class _Phrases(Engine):
         # A piece many signatures share (": no such file or directory") is common in logs:
         # each key is found by its longest piece that fewest keys share.
         shared = Counter(p for found in by_key for p in set(found))
-        by_phrase: dict[bytes, list[bytes]] = {}
+        by_phrase: dict[bytes, list[list[str]]] = {}
         for runs, found in zip(keys, by_key):
             chosen = min(found, key=lambda p: (len(p) < 6, shared[p], -len(p)))
             if self.joins and len(chosen) < SHORT_PHRASE and len(found) > 1:
                 pattern = b".*".join(re.escape(p.encode()) for p in found)
             else:
                 pattern = re.escape(chosen.encode()) if self.joins else chosen.encode()
-            expression = b".*".join(tolerant(run) for run in runs)
-            by_phrase.setdefault(pattern, []).append(expression)
+            by_phrase.setdefault(pattern, []).append(runs)
         self.phrases = list(by_phrase)
-        self._confirm = list(by_phrase.values())
-        self._compiled: dict[bytes, re.Pattern[bytes]] = {}
+        self._confirm = list(by_phrase.values())  # the keys (their runs) of each phrase
+        self._compiled: dict[int, list[re.Pattern[bytes]]] = {}
 
     def _expressions(self, index: int) -> list[re.Pattern[bytes]]:
-        """The expressions of the keys found by phrase `index`, compiled when first needed."""
-        out = []
-        for expression in self._confirm[index]:
-            compiled = self._compiled.get(expression)
-            if compiled is None:
-                compiled = self._compiled[expression] = re.compile(expression, re.IGNORECASE)
-            out.append(compiled)
+        """The expressions of the keys found by phrase `index`, written and compiled when
+        first needed (a text of a few lines needs a few of them)."""
+        out = self._compiled.get(index)
+        if out is None:
+            out = self._compiled[index] = [
+                re.compile(b".*".join(tolerant(run) for run in runs), re.IGNORECASE)
+                for runs in self._confirm[index]
+            ]
         return out
 
     def _hits(self, text: bytes) -> Iterable[tuple[int, int]]:  # pragma: no cover
@@ -183,6 +190,8 @@ class _Phrases(Engine):
         raise NotImplementedError
 
     def _holds(self, block: bytes, start: int, end: int, found: int) -> bool:
+        if not self.confirms:
+            return True
         if self.overlapping:
             tries = self._expressions(found)
         else:  # another phrase may hide inside the one found
@@ -247,6 +256,9 @@ class _Hyperscan(_Phrases):
 
         super().__init__(keys)
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self._compile(hyperscan)
+
+    def _compile(self, hyperscan: Any) -> None:
         self._db.compile(
             expressions=self.phrases,
             ids=list(range(len(self.phrases))),
@@ -263,6 +275,25 @@ class _Hyperscan(_Phrases):
         self._db.scan(text, match_event_handler=on_match)
         found.sort()
         return found
+
+
+class _HyperscanLiterals(_Hyperscan):
+    """The phrases as plain literals (hyperscan's literal compiler), never joined: a database
+    made in a few milliseconds instead of some 30, for a text of a few megabytes at most
+    (LOG001's log tails), where the lines a short phrase brings in cost less than that."""
+
+    name = "hyperscan-literals"
+    joins = False
+    confirms = False  # the matcher tries the signatures next: compiling the keys' costs more
+
+    def _compile(self, hyperscan: Any) -> None:
+        self._db.compile(
+            expressions=self.phrases,
+            ids=list(range(len(self.phrases))),
+            elements=len(self.phrases),
+            flags=[hyperscan.HS_FLAG_CASELESS] * len(self.phrases),
+            literal=True,
+        )
 
 
 class _RE2(_Phrases):
@@ -328,20 +359,23 @@ class _Python(_Phrases):
 
 _ENGINES: dict[str, Callable[[list[list[str]]], Engine]] = {
     "hyperscan": _Hyperscan,
+    "hyperscan-literals": _HyperscanLiterals,
     "re2": _RE2,
     "ahocorasick": _AhoCorasick,
     "python": _Python,
 }
 
 
-def make_engine(book: Playbooks, name: Optional[str] = None) -> Engine:
-    """The engine `name`, or the best one installed. ImportError when `name` is not."""
+def make_engine(book: Playbooks, name: Optional[str] = None, *, short: bool = False) -> Engine:
+    """The engine `name`, or the best one installed: for a stream of any size (STREAM), or
+    with `short` for a text of a few megabytes at most (SHORT: the quickest to make). ImportError
+    when `name` is not installed."""
     keys = signature_keys(book)
     if keys is None:
         return _Everything()
     if name is not None:
         return _ENGINES[name](keys)
-    for candidate in ENGINES:
+    for candidate in SHORT if short else STREAM:
         try:
             return _ENGINES[candidate](keys)
         except ValueError:
@@ -351,12 +385,14 @@ def make_engine(book: Playbooks, name: Optional[str] = None) -> Engine:
     raise AssertionError("the python engine needs nothing")  # pragma: no cover
 
 
-def engine_for(book: Playbooks) -> Engine:
-    """The best engine installed for `book`, built once per set of playbooks."""
-    engine = book.__dict__.get("_engine")
+def engine_for(book: Playbooks, *, short: bool = False) -> Engine:
+    """The best engine installed for `book` (see make_engine), built once per set of
+    playbooks."""
+    slot = "_engine_short" if short else "_engine"
+    engine = book.__dict__.get(slot)
     if engine is None:
-        engine = make_engine(book)
-        book.__dict__["_engine"] = engine
+        engine = make_engine(book, short=short)
+        book.__dict__[slot] = engine
     return engine
 
 

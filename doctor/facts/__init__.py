@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional
 
 from doctor.record import record
@@ -39,6 +40,7 @@ class RunOptions:
 
 Provider = Callable[["FactContext"], Any]
 _PROVIDERS: dict[str, Provider] = {}
+_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {}
 # Which module of doctor/facts/ provides each built-in fact, so that a run imports only the
 # modules of the facts its checks ask for (`kvmdoctor run --select KVM` loads neither the
 # network nor the libvirt facts). tests/facts/test_fact_context.py keeps it in sync.
@@ -84,14 +86,23 @@ FACT_MODULES = {
 _loaded = False
 
 
-def fact(name: str) -> Callable[[Provider], Provider]:
+def fact(name: str, *, commands: Sequence[Sequence[str]] = ()) -> Callable[[Provider], Provider]:
+    """Register a provider. `commands`: the commands it always runs (read-only ones), which
+    a run starts before the provider is asked (`FactContext.prefetch`)."""
+
     def register(func: Provider) -> Provider:
         if name in _PROVIDERS and _PROVIDERS[name] is not func:
             raise ValueError(f"fact {name!r} is registered twice")
         _PROVIDERS[name] = func
+        _COMMANDS[name] = tuple(tuple(argv) for argv in commands)
         return func
 
     return register
+
+
+def commands_of(name: str) -> tuple[tuple[str, ...], ...]:
+    """The commands the provider of `name` always runs (importing its module); () if none."""
+    return _COMMANDS.get(name, ()) if provider(name) is not None else ()
 
 
 def fact_names() -> set[str]:
@@ -164,6 +175,22 @@ class FactContext:
             return self.get(name)
         except FactUnavailable:
             return None
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Have the source start now the commands the providers of `names` always run, so
+        that they run beside what the process does until a provider asks for their output
+        (on a live host; other sources answer from what they hold)."""
+        start = getattr(self.source, "prefetch", None)
+        if start is None:
+            return
+        wanted = [
+            argv
+            for name in sorted(set(names))
+            if name not in self._values and name not in self._missing
+            for argv in commands_of(name)
+        ]
+        if wanted:
+            start(wanted)
 
     def known(self, name: str) -> Any:
         """The fact if the run has already computed it, else None: asks the source nothing

@@ -73,7 +73,7 @@ def current_boot(lines: list[str]) -> list[str]:
     return lines
 
 
-@fact("kernel_log")
+@fact("kernel_log", commands=[["dmesg"]])
 def kernel_log(ctx: FactContext) -> KernelLog:
     tried = []
     try:

@@ -44,11 +44,28 @@ def line_time(line: str) -> Optional[float]:
     if not match:
         return None
     date, clock, _, zone = match.groups()
-    zone = (zone or "Z").replace("Z", "+0000").replace(":", "")
+    # What strptime("%Y-%m-%d %H:%M:%S %z") reads, without its cost (~25 us a line): the
+    # fields by position, checked by datetime; a zone's minutes below 60, its hours below 24.
+    offset = 0
+    if zone and zone != "Z":
+        digits = zone.replace(":", "")
+        hours, minutes = int(digits[1:3]), int(digits[3:5])
+        if minutes > 59 or hours > 23:
+            return None
+        offset = (hours * 3600 + minutes * 60) * (-1 if digits[0] == "-" else 1)
     try:
-        return dt.datetime.strptime(f"{date} {clock} {zone}", "%Y-%m-%d %H:%M:%S %z").timestamp()
+        when = dt.datetime(
+            int(date[:4]),
+            int(date[5:7]),
+            int(date[8:10]),
+            int(clock[:2]),
+            int(clock[3:5]),
+            int(clock[6:8]),
+            tzinfo=dt.timezone.utc,
+        )
     except ValueError:
         return None
+    return when.timestamp() - offset
 
 
 @record
@@ -86,7 +103,7 @@ def _tail(ctx: FactContext, path: str, limit: int, logs: list[LogText], unread: 
         logs.append(LogText(path, tuple(lines), partial))
 
 
-@fact("libvirt_logs")
+@fact("libvirt_logs", commands=[JOURNAL_ARGV])
 def libvirt_logs(ctx: FactContext) -> LibvirtLogs:
     logs: list[LogText] = []
     unread: list[str] = []

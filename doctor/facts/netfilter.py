@@ -833,7 +833,7 @@ def _run_view(
         return None, f"unparsable output: {exc}"
 
 
-@fact("firewall")
+@fact("firewall", commands=[argv for _, argv in FIREWALL_COMMANDS])
 def firewall(ctx: FactContext) -> Firewall:
     views: list[Ruleset] = []
     errors: dict[str, str] = {}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import re
 import shlex
 from collections.abc import Sequence
@@ -163,6 +162,14 @@ def _public_key_text(key: Any) -> str:
     return type(key).__name__
 
 
+def _sha256(data: bytes) -> str:
+    """hashlib imported when a certificate is read, not with the module (OpenSSL's libcrypto
+    is a tenth of a `run --select KVM`)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def describe_certificate(cert: x509.Certificate) -> CertInfo:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -222,7 +229,7 @@ def describe_certificate(cert: x509.Certificate) -> CertInfo:
         not_after=_iso(after),
         serial=f"{cert.serial_number:x}",
         sha256=cert.fingerprint(hashes.SHA256()).hex(),
-        public_sha256=hashlib.sha256(spki).hexdigest(),
+        public_sha256=_sha256(spki),
         public_key=_public_key_text(cert.public_key()),
         version=1 if cert.version.name == "v1" else 3,
         is_ca=is_ca,

@@ -3,9 +3,8 @@ diagnoses that explain a finding, whether a finding gates, times as numbers."""
 
 from __future__ import annotations
 
-import calendar
+import datetime as dt
 import re
-import time
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -150,9 +149,18 @@ def epoch(stamp: Optional[str]) -> Optional[float]:
     """A report time ("2026-11-26T08:00:00.123Z") as seconds since the epoch."""
     if not stamp:
         return None
+    whole, _, frac = stamp.rstrip("Z").partition(".")
+    # The fields by position, checked by datetime: strptime would import _strptime (and its
+    # locale machinery) into every run that renders a report.
+    if len(whole) != 19 or whole[4] + whole[7] + whole[10] + whole[13] + whole[16] != "--T::":
+        return None
+    digits = [whole[a:b] for a, b in ((0, 4), (5, 7), (8, 10), (11, 13), (14, 16), (17, 19))]
+    if not all(d.isascii() and d.isdigit() for d in digits):
+        return None
     try:
-        whole, _, frac = stamp.rstrip("Z").partition(".")
-        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+        year, month, day, hour, minute, second = (int(d) for d in digits)
+        when = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone.utc)
+        seconds = when.timestamp()
     except ValueError:
         return None
     return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)

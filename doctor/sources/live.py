@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as stat_mod
@@ -227,6 +228,48 @@ def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
     return os.path.join(root, *resolved)
 
 
+def _command_env() -> dict[str, str]:
+    """Commands speak the C locale: their output is parsed."""
+    return {**os.environ, "LC_ALL": "C", "LANG": "C"}
+
+
+# Room for a command's output in its pipes while no one reads them (the kernel's default
+# maximum, /proc/sys/fs/pipe-max-size): a command started ahead of its `run` writes what it
+# has to say and ends; a longer output waits for the reader, as with any pipe.
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named there from Python 3.10
+
+
+class _Started:
+    """A command started ahead of its `run` (LiveSource.prefetch), its pipes enlarged so
+    that it need not wait for a reader (no thread reads them: starting one costs more than
+    the command saves)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        import fcntl
+
+        self.process = process
+        for pipe in (process.stdout, process.stderr):
+            with contextlib.suppress(OSError):  # a lower limit on this host: the default
+                fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)  # type: ignore[union-attr]
+
+    def result(self, timeout: float) -> Optional[tuple[int, bytes, bytes]]:
+        """(exit status, stdout, stderr); None when it did not end within `timeout` seconds
+        from now (it is then killed)."""
+        try:
+            stdout, stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        return self.process.returncode, stdout, stderr
+
+    def stop(self) -> None:
+        """Kill it if it still runs, and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
+
+
 class LiveSource:
     """The running host (`root="/"`), or the files of a tree mounted elsewhere.
 
@@ -253,6 +296,7 @@ class LiveSource:
         # read in full since, by pid (None: gone when they were read)
         self._named: Optional[list[_Named]] = None
         self._details: dict[int, Optional[ProcessInfo]] = {}
+        self._started: dict[tuple[str, ...], _Started] = {}  # prefetch: argv -> its process
         self.files_only = self.root != "/"
         self.kind = "root" if self.files_only else "live"
         if self.files_only and not os.path.isdir(self.root):
@@ -340,10 +384,46 @@ class LiveSource:
 
     # -- the running system ----------------------------------------------------------------
 
+    def prefetch(self, commands: Sequence[Sequence[str]]) -> None:
+        """Start `commands` now, each as `run` would run it, so that they run beside what
+        this process does next (on another CPU); `run` of the same argv takes the result
+        (within its own time limit, counted from that call). A command that cannot be
+        started here is left to `run`, which reports why; one never asked for is killed at
+        `close`. Only for the commands facts always run (`fact(commands=...)`)."""
+        if self.files_only:
+            return
+        for argv in commands:
+            key = tuple(argv)
+            if key in self._started:
+                continue
+            try:
+                process = subprocess.Popen(
+                    list(argv),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                    env=_command_env(),
+                )
+            except (OSError, ValueError):
+                continue
+            self._started[key] = _Started(process)
+
     def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> CommandResult:
         what = " ".join(argv)
         self._files_only(what)
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        started = self._started.pop(tuple(argv), None)
+        if started is not None:
+            output = started.result(timeout)
+            if output is None:
+                raise SourceError(what, f"did not finish within {timeout:g} s")
+            returncode, stdout, stderr = output
+            return CommandResult(
+                argv=tuple(argv),
+                returncode=returncode,
+                stdout=stdout.decode("utf-8", "replace"),
+                stderr=stderr.decode("utf-8", "replace"),
+            )
+        env = _command_env()
         try:
             done = subprocess.run(
                 list(argv),
@@ -587,4 +667,7 @@ class LiveSource:
         return dump(request, netns if netns is not None else self.netns)
 
     def close(self) -> None:
+        started, self._started = self._started, {}
+        for command in started.values():
+            command.stop()
         self._libvirt.close()

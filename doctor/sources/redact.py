@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Optional
 
+from doctor.lazyre import lazy
 from doctor.sources.base import (
     CommandResult,
     Identity,
@@ -29,7 +30,7 @@ REDACTED = "REDACTED-by-kvmdoctor"
 
 # Directories and names whose contents are never recorded: libvirt secrets and private keys.
 _NEVER_DIRS = ("/etc/libvirt/secrets/", "/var/lib/libvirt/secrets/", "/run/libvirt/secrets/")
-_NEVER_NAME = re.compile(r"(^|/)(private/|[^/]*key\.pem$|[^/]*\.key$)")
+_NEVER_NAME = lazy(r"(^|/)(private/|[^/]*key\.pem$|[^/]*\.key$)")
 
 
 def never_recorded(path: str) -> Optional[str]:
@@ -43,7 +44,7 @@ def never_recorded(path: str) -> Optional[str]:
 
 # A PEM private key inside any other file (a certificate file that also holds its key): the
 # block is replaced, up to its END line or, when it has none, to the end of the file.
-_PEM_PRIVATE_KEY = re.compile(
+_PEM_PRIVATE_KEY = lazy(
     rb"-----BEGIN (?P<label>[A-Z0-9 ]*PRIVATE KEY)-----.*?(?:-----END (?P=label)-----|\Z)",
     re.DOTALL,
 )
@@ -293,6 +294,11 @@ class ScrubbedSource:
 
     def read_file(self, path: str, **kw: Any) -> bytes:
         return scrub(path, self.inner.read_file(path, **kw))[0]
+
+    def prefetch(self, commands: Sequence[Sequence[str]]) -> None:
+        start = getattr(self.inner, "prefetch", None)
+        if start is not None:
+            start(commands)
 
     def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
         result = self.inner.run(argv, **kw)

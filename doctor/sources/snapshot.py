@@ -168,6 +168,12 @@ class RecordingSource:
             lambda v, e: e.__setitem__("value", v),
         )
 
+    def prefetch(self, commands: Sequence[Sequence[str]]) -> None:
+        """Started early by the live source; recorded when `run` takes them."""
+        start = getattr(self.inner, "prefetch", None)
+        if start is not None:
+            start(commands)
+
     def run(self, argv: Sequence[str], *, timeout: float = 10.0) -> CommandResult:
         arg = _cmd_arg(argv)
 

@@ -115,6 +115,45 @@ def test_line_times_in_the_formats_libvirt_qemu_and_journalctl_write() -> None:
     assert line_time("qemu-system-x86_64: -blockdev ...") is None
 
 
+def _strptime_time(line: str) -> Any:
+    """line_time as it was written with strptime: the reference for the fields it reads."""
+    import re
+
+    match = re.match(
+        r"(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2})(?:[.,](\d+))?\s*(Z|[+-]\d{2}:?\d{2})?",
+        line.lstrip(),
+    )
+    if not match:
+        return None
+    date, clock, _, zone = match.groups()
+    zone = (zone or "Z").replace("Z", "+0000").replace(":", "")
+    try:
+        stamp = f"{date} {clock} {zone}"
+        return dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S %z").timestamp()
+    except ValueError:
+        return None
+
+
+def test_line_times_are_those_strptime_reads_for_every_field_value() -> None:
+    """Each field at its edges and beyond them (month 0 and 13, day 31 of a short month,
+    February 29th, hour 24, second 60, zones of 24 hours or of 60 minutes), in each format."""
+    dates = ["2026-11-26", "2024-02-29", "2026-02-29", "2026-04-31", "2026-00-10", "2026-13-01"]
+    dates += ["0000-01-01", "0001-01-01", "9999-12-31", "2026-12-00"]
+    clocks = ["00:00:00", "23:59:59", "24:00:00", "12:60:00", "12:00:60", "12:00:61", "07:27:52"]
+    tails = ["", ".313+0000", ".311823Z", "+0100", "-05:30", "+2359", "+2400", "-0060"]
+    tails += [" +0000", ",5Z", "Z", "+01:00: x"]
+    checked = 0
+    for date in dates:
+        for sep in (" ", "T"):
+            for clock in clocks:
+                for tail in tails:
+                    line = f"  {date}{sep}{clock}{tail} libvirtd: x"
+                    assert line_time(line) == _strptime_time(line), line
+                    checked += 1
+    assert checked == len(dates) * 2 * len(clocks) * len(tails)
+    assert _strptime_time("2026-11-26 07:27:52+0000") is not None  # the reference reads
+
+
 def test_log001_findings_never_carry_a_qemu_password(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "var/log/libvirt/qemu").mkdir(parents=True)
