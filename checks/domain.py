@@ -336,7 +336,7 @@ def failed_attaches(
     clock: Optional[HostClock],
 ) -> dict[str, FailedAttach]:
     """The most recent failed attach for want of a slot, per domain it can be tied to."""
-    if logs is None:
+    if logs is None or not domains.items:
         return {}
     started = _started(domains, logs)
     # The running domains that can have caused an unnamed line, by error.
@@ -353,11 +353,18 @@ def failed_attaches(
     for log in logs.logs:
         stamp: Optional[float] = None
         own = next((d for d in domains.items if log.origin == f"{QEMU_LOG_DIR}/{d.name}.log"), None)
-        for line in log.lines:
-            stamp = line_time(line) or stamp
+        previous = -1
+        for index, line in enumerate(log.lines):
             error = next((e for e in ATTACH_ERRORS if e in line), None)
             if error is None:
                 continue
+            # The time of the last line up to this one that has one (read only for errors).
+            for back in range(index, previous, -1):
+                when = line_time(log.lines[back])
+                if when:
+                    stamp = when
+                    break
+            previous = index
             named = [d for d in domains.items if _line_names(d, line)]
             if own is not None:
                 hits = [(own, "in its QEMU log")]

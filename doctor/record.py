@@ -155,8 +155,12 @@ def _init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Callable[...
 
     setter = object.__setattr__
 
+    every = frozenset(names)
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if kwargs or len(args) != count:
+        if kwargs and not args and len(kwargs) == count and every.issuperset(kwargs):
+            args = tuple(map(kwargs.__getitem__, names))  # every field by keyword
+        elif kwargs or len(args) != count:
             args = bind(args, kwargs)
         if slotted:
             for name, value in zip(names, args):

@@ -361,6 +361,37 @@ def _declared(loaded: Any) -> list[CheckFunc]:
     return sorted(found, key=lambda f: getattr(f, _ATTR).code)
 
 
+_NO_DEFAULT = inspect.Parameter.empty
+
+
+def _parameters(func: Any) -> list[tuple[str, Any]]:
+    """(name, default or inspect.Parameter.empty) of each parameter, as inspect.signature
+    gives them; a plain function's read from its code object (inspect.signature costs more
+    than the rest of loading a check), anything else (a wrapper, a callable object) by
+    inspect.signature."""
+    code = getattr(func, "__code__", None)
+    if not isinstance(func, types.FunctionType) or hasattr(func, "__wrapped__") or code is None:
+        return [(p.name, p.default) for p in inspect.signature(func).parameters.values()]
+    positional = code.co_argcount  # positional-only ones included
+    names = list(code.co_varnames[: positional + code.co_kwonlyargcount])
+    if code.co_flags & inspect.CO_VARARGS:
+        names.insert(positional, code.co_varnames[positional + code.co_kwonlyargcount])
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        extra = positional + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)
+        names.append(code.co_varnames[extra])
+    defaults = func.__defaults__ or ()
+    kwdefaults = func.__kwdefaults__ or {}
+    first_default = positional - len(defaults)
+    out: list[tuple[str, Any]] = []
+    for index, name in enumerate(names):
+        if index < positional:
+            default = defaults[index - first_default] if index >= first_default else _NO_DEFAULT
+        else:
+            default = kwdefaults.get(name, _NO_DEFAULT)
+        out.append((name, default))
+    return out
+
+
 def _validate(
     func: CheckFunc, origin: str, facts: set[str]
 ) -> tuple[Optional[CheckSpec], list[str]]:
@@ -380,13 +411,13 @@ def _validate(
     doc, doc_problems = parse_docstring(func.__doc__)
     problems.extend(doc_problems)
     required, optional = [], []
-    for param in inspect.signature(func).parameters.values():
-        if param.name not in facts:
-            problems.append(f"parameter {param.name!r} names no known fact")
-        elif param.default is None:
-            optional.append(param.name)
+    for name, default in _parameters(func):
+        if name not in facts:
+            problems.append(f"parameter {name!r} names no known fact")
+        elif default is None:
+            optional.append(name)
         else:
-            required.append(param.name)
+            required.append(name)
     if problems:
         return None, problems
     return (

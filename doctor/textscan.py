@@ -23,7 +23,11 @@ with the signature's whole expression above. Lines with runs of whitespace are s
 with their runs squeezed. Engines, best first (docs/performance.md, "explain throughput", says
 why): hyperscan (a database of the phrases as literals), RE2 (`google-re2`, one alternation),
 Aho-Corasick (`pyahocorasick`), and `bytes.find` for each phrase, which needs nothing
-installed.
+installed. For a short text (LOG001's log tails, a few megabytes at most) the first is
+`hyperscan-literals`: the phrases through hyperscan's literal compiler, none joined to
+another and no line confirmed, since compiling the joined phrases (~25 ms) and the
+confirming expressions costs more there than the few extra lines the matcher then tries
+(docs/performance.md, "fifth pass").
 
 Input is read in blocks of CHUNK bytes and cut into complete lines; a line longer than
 MAX_LINE bytes is read up to MAX_LINE bytes and the rest of it skipped, so memory stays flat

@@ -935,6 +935,20 @@ def test_a_current_compiled_json_is_loaded_without_compiling_a_signature(tmp_pat
     assert 0 < sum(s._compiled is not None for s in signatures) < len(signatures)
 
 
+def test_a_line_makes_only_the_playbooks_it_matches(tmp_path: Path) -> None:
+    """From compiled.json, matching a line makes the playbooks whose signature it matches;
+    the others stay data (their signatures' texts come from compiled.json's `runs`)."""
+    directory = _copy_shipped(tmp_path)
+    book = playbooks.load(directory, use_compiled=True)
+    everything = playbooks.load(directory)
+    line = "Cannot find 'nft' in path"
+    matched = [m.playbook.id for m in book.match_line(line)]
+    assert matched == [m.playbook.id for m in everything.match_line(line)] != []
+    assert set(book._items) == set(matched)
+    assert len(book._pending) == len(everything.items) - len(matched)
+    assert book._runs and all(book.runs(p) == playbooks.literal_runs(p) for p in book.patterns())
+
+
 def test_a_stale_compiled_json_is_not_used(tmp_path: Path) -> None:
     """A playbook edited (or added, or removed) after compiled.json was written is loaded from
     its YAML, validated: the files' sizes no longer match compiled.json's stamp."""

@@ -357,3 +357,26 @@ def test_every_check_run_records_its_duration(host_snapshot: Any) -> None:
     result = run_plugin(host_snapshot, make("ZZZ001", "zzz-first"))
     assert result.checks[0].duration >= 0
     assert result.checks[0].facts_duration > 0
+
+
+def test_parameters_are_those_inspect_signature_gives() -> None:
+    """registry._parameters reads a plain function's code object; anything else, and the
+    answer for every shape of parameter list, as inspect.signature."""
+    import functools
+    import inspect
+
+    from doctor import registry
+
+    def plain(kvm, host=None, *, cpu, links=None): ...  # type: ignore[no-untyped-def]
+    def star(a, b=1, /, c=2, *rest, d, e=None, **more): ...  # type: ignore[no-untyped-def]
+    def bare(): ...  # type: ignore[no-untyped-def]
+
+    @functools.wraps(plain)
+    def wrapped(*args, **kwargs): ...  # type: ignore[no-untyped-def]
+
+    class Callable:
+        def __call__(self, kvm, cpu=None): ...  # type: ignore[no-untyped-def]
+
+    for func in (plain, star, bare, wrapped, Callable(), lambda kvm, cpu=None: None):
+        expected = [(p.name, p.default) for p in inspect.signature(func).parameters.values()]
+        assert registry._parameters(func) == expected, func

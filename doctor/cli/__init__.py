@@ -151,11 +151,11 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
-    # A command is one short process: the cyclic garbage collector runs when 50,000 container
+    # A command is one short process: the cyclic garbage collector runs when 100,000 container
     # objects more were made than freed, not 700, since each of its passes walks the objects
     # of the libraries a run imports (pyroute2, libvirt): a few MB more at most, 3% fewer
     # instructions for a full run (docs/performance.md). Cycles are still collected.
-    gc.set_threshold(50_000, 10, 10)
+    gc.set_threshold(100_000, 10, 10)
     # A run of one command builds only that command: the others' modules and parameters are
     # not made (`kvmdoctor run --select KVM` is judged against typer's own start).
     args = sys.argv[1:]

@@ -183,8 +183,8 @@ def virt(ctx: FactContext) -> Virtualization:
     log = ctx.optional("kernel_log")
     kernel_line = None
     if log is not None:
-        for line in log.lines:
-            if _DETECTED.search(line):
+        for line in log.lines:  # the text first: a boot's log has thousands of lines
+            if "Hypervisor detected: " in line and _DETECTED.search(line):
                 kernel_line = line.strip()
                 break
     detected_by = []

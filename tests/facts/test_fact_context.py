@@ -98,3 +98,40 @@ def test_a_fact_imports_only_the_module_that_provides_it(make_tree) -> None:
     assert vendor == "GenuineIntel"
     assert "doctor.facts.cpu" in modules
     assert not {"doctor.facts.links", "doctor.facts.domains", "doctor.facts.tls"} & set(modules)
+
+
+class _Starts:
+    """A source that only notes the commands it is asked to start ahead."""
+
+    kind = "live"
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, ...]] = []
+
+    def prefetch(self, commands: Any) -> None:
+        self.started += [tuple(argv) for argv in commands]
+
+
+def test_prefetch_starts_the_commands_the_wanted_facts_always_run() -> None:
+    from doctor.facts.logs import JOURNAL_ARGV
+    from doctor.facts.netfilter import FIREWALL_COMMANDS
+
+    source = _Starts()
+    ctx = FactContext(source, given={"libvirt_logs": None})  # type: ignore[arg-type]
+    ctx.prefetch(["kernel_log", "cpu", "firewall", "libvirt_logs", "kernel_log"])
+    # sorted by fact: firewall, kernel_log; a given fact is not computed, so not prefetched
+    assert source.started == [argv for _, argv in FIREWALL_COMMANDS] + [("dmesg",)]
+    source.started.clear()
+    FactContext(source, given={}).prefetch(["libvirt_logs"])  # type: ignore[arg-type]
+    assert source.started == [JOURNAL_ARGV]
+
+
+def test_prefetch_starts_nothing_in_a_tree_or_a_source_without_commands(make_tree) -> None:
+    tree = LiveSource(str(make_tree({"/etc/hostname": "kd-tree\n"})))
+    FactContext(tree).prefetch(["kernel_log", "firewall"])
+    assert not tree._started  # a tree runs no command, now or later
+
+    class Answers:  # a snapshot's kind of source: it holds answers, starts nothing
+        kind = "snapshot"
+
+    FactContext(Answers()).prefetch(["kernel_log"])  # type: ignore[arg-type]

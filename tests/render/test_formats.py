@@ -792,3 +792,27 @@ def test_html_drawing_opens_in_chromium_with_its_nodes_and_working_links(
     ids = {a["id"] for _, a in parsed.tags if "id" in a}
     inner = {a["href"][1:] for _, a in parsed.tags if a.get("href", "").startswith("#")}
     assert "network" in inner and inner <= ids, inner - ids
+
+
+def test_report_times_are_read_as_strptime_read_them() -> None:
+    """views.epoch reads the fields by position; the reference is strptime's reading."""
+    import calendar
+    import time
+
+    from doctor.render.views import epoch
+
+    def reference(stamp: str) -> Any:
+        whole, _, frac = stamp.rstrip("Z").partition(".")
+        try:
+            seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            return None
+        return seconds + (float(f"0.{frac}") if frac.isdigit() else 0.0)
+
+    stamps = ["2026-11-26T08:00:00.123Z", "2026-11-26T08:00:00Z", "2024-02-29T23:59:59.5Z"]
+    stamps += ["2026-02-29T08:00:00Z", "2026-13-01T00:00:00Z", "2026-11-26 08:00:00Z"]
+    stamps += ["2026-11-26T24:00:00Z", "2026-11-26T08:00Z", "2026-11-26T08:00:00.x1Z", "soon"]
+    for stamp in stamps:
+        assert epoch(stamp) == reference(stamp), stamp
+    assert epoch("") is None and epoch(None) is None
+    assert epoch("2026-11-26T08:00:00.5Z") == 1795680000.5

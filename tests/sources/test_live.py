@@ -576,3 +576,64 @@ def test_a_source_that_listed_every_process_answers_a_wanted_one_from_that_list(
     mine = source.processes(lambda name, exe: exe == os.path.realpath(sys.executable))
     assert mine == [p for p in every if p.exe == os.path.realpath(sys.executable)]
     assert os.getpid() in {p.pid for p in mine}
+
+
+# --- commands started ahead of their run (prefetch) ------------------------------------------
+
+
+def test_a_prefetched_command_runs_before_it_is_asked_for_and_answers_as_run_does() -> None:
+    argv = ["sh", "-c", 'echo "$LC_ALL"; echo oops >&2; exit 3']
+    source = LiveSource()
+    try:
+        source.prefetch([argv, argv])  # the same command once
+        (started,) = source._started.values()
+        assert started.process.wait(timeout=30) == 3  # it ended before anyone asked for it
+        assert source.run(argv) == LiveSource().run(argv)
+        assert not source._started  # taken once: a second run runs it again
+        assert source.run(argv).stdout == "C\n"
+    finally:
+        source.close()
+
+
+def test_a_prefetched_command_may_say_more_than_its_pipes_hold() -> None:
+    argv = ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; echo done >&2"]
+    source = LiveSource()
+    try:
+        source.prefetch([argv])
+        result = source.run(argv)
+    finally:
+        source.close()
+    assert (len(result.stdout), set(result.stdout), result.stderr) == (3_000_000, {"x"}, "done\n")
+
+
+def test_a_prefetched_command_that_outlives_its_run_timeout_is_killed() -> None:
+    source = LiveSource()
+    source.prefetch([["sleep", "30"]])
+    (started,) = source._started.values()
+    with pytest.raises(SourceError, match="did not finish within 0.2 s"):
+        source.run(["sleep", "30"], timeout=0.2)
+    assert started.process.returncode is not None  # killed and reaped
+    source.close()
+
+
+def test_a_prefetched_command_never_asked_for_is_killed_at_close() -> None:
+    source = LiveSource()
+    source.prefetch([["sleep", "30"]])
+    (started,) = source._started.values()
+    assert started.process.poll() is None
+    source.close()
+    assert started.process.returncode == -9 and not source._started
+
+
+def test_a_missing_program_is_not_prefetched_and_run_still_says_why() -> None:
+    source = LiveSource()
+    source.prefetch([["kd-no-such-program", "--version"]])
+    assert not source._started
+    with pytest.raises(NotFound, match="kd-no-such-program is not installed"):
+        source.run(["kd-no-such-program", "--version"])
+
+
+def test_a_tree_prefetches_nothing(tree: Path) -> None:
+    source = LiveSource(str(tree))
+    source.prefetch([["true"]])
+    assert not source._started
