@@ -14,7 +14,7 @@ from typing import Any, Optional
 from doctor.facts.domains import Disk, Domain, Domains, MachineLimit, MachineLimits, PciDevice
 from doctor.facts.fleet import Fleet
 from doctor.facts.libvirt import DOMAIN_SCHEMA, LibvirtSchemas, QemuConf
-from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time
+from doctor.facts.logs import QEMU_LOG_DIR, LibvirtLogs, line_time, time_up_to
 from doctor.facts.sockets import Listeners
 from doctor.facts.tls import HostClock
 from doctor.model import Finding, Location, Status
@@ -358,12 +358,7 @@ def failed_attaches(
             error = next((e for e in ATTACH_ERRORS if e in line), None)
             if error is None:
                 continue
-            # The time of the last line up to this one that has one (read only for errors).
-            for back in range(index, previous, -1):
-                when = line_time(log.lines[back])
-                if when:
-                    stamp = when
-                    break
+            stamp = time_up_to(log.lines, index, previous) or stamp  # read only for errors
             previous = index
             named = [d for d in domains.items if _line_names(d, line)]
             if own is not None:

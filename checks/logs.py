@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
-from doctor.facts.logs import LibvirtLogs, line_time
+from doctor.facts.logs import LibvirtLogs, time_up_to
 from doctor.facts.tls import HostClock, iso_time
 from doctor.model import Finding
 from doctor.playbooks import normalise, shipped
@@ -72,11 +72,7 @@ def known_error_in_logs(
         # the last line up to it that has one (QEMU's stderr lines carry no time of their own).
         for index in scan_lines(engine, log.lines):
             raw = log.lines[index]
-            for back in range(index, previous, -1):
-                found = line_time(log.lines[back])
-                if found:
-                    stamp = found
-                    break
+            stamp = time_up_to(log.lines, index, previous) or stamp
             previous = index
             line = normalise(raw)
             if not line:

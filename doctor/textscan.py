@@ -260,15 +260,15 @@ class _Hyperscan(_Phrases):
 
         super().__init__(keys)
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self._compile(hyperscan)
-
-    def _compile(self, hyperscan: Any) -> None:
-        self._db.compile(
-            expressions=self.phrases,
-            ids=list(range(len(self.phrases))),
-            elements=len(self.phrases),
-            flags=[hyperscan.HS_FLAG_CASELESS] * len(self.phrases),
-        )
+        arguments: dict[str, Any] = {
+            "expressions": self.phrases,
+            "ids": list(range(len(self.phrases))),
+            "elements": len(self.phrases),
+            "flags": [hyperscan.HS_FLAG_CASELESS] * len(self.phrases),
+        }
+        if not self.joins:  # plain literals: hyperscan's literal compiler
+            arguments["literal"] = True
+        self._db.compile(**arguments)
 
     def _hits(self, text: bytes) -> Iterable[tuple[int, int]]:
         found: list[tuple[int, int]] = []
@@ -289,15 +289,6 @@ class _HyperscanLiterals(_Hyperscan):
     name = "hyperscan-literals"
     joins = False
     confirms = False  # the matcher tries the signatures next: compiling the keys' costs more
-
-    def _compile(self, hyperscan: Any) -> None:
-        self._db.compile(
-            expressions=self.phrases,
-            ids=list(range(len(self.phrases))),
-            elements=len(self.phrases),
-            flags=[hyperscan.HS_FLAG_CASELESS] * len(self.phrases),
-            literal=True,
-        )
 
 
 class _RE2(_Phrases):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from doctor.facts import FactContext, FactUnavailable, fact
@@ -66,6 +67,17 @@ def line_time(line: str) -> Optional[float]:
     except ValueError:
         return None
     return when.timestamp() - offset
+
+
+def time_up_to(lines: Sequence[str], index: int, after: int) -> Optional[float]:
+    """The time of the last of lines[after + 1 .. index] that has one; None when none has.
+    A line without a time of its own (QEMU's stderr) takes that of the lines before it; a
+    reader that went up to line `after` already knows the time there."""
+    for back in range(index, after, -1):
+        found = line_time(lines[back])
+        if found:
+            return found
+    return None
 
 
 @record
