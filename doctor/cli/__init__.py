@@ -159,4 +159,12 @@ def main() -> None:
     # A run of one command builds only that command: the others' modules and parameters are
     # not made (`kvmdoctor run --select KVM` is judged against typer's own start).
     args = sys.argv[1:]
-    build((args[0],) if args and args[0] in COMMANDS else COMMANDS)()
+    try:
+        build((args[0],) if args and args[0] in COMMANDS else COMMANDS)()
+    finally:
+        # The process ends here. The interpreter's last collection would walk every object
+        # the libraries made (~90 M instructions after a full run, 6% of it, ~20 ms) only to
+        # free memory that the exit frees anyway: frozen objects are left to the exit. What is
+        # not in a reference cycle is still freed, and finalised, as the modules are cleared;
+        # kvmdoctor closes its files, connections and processes itself before this point.
+        gc.freeze()
