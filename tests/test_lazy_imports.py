@@ -115,3 +115,31 @@ def test_a_full_run_on_this_host_loads_libvirt_and_netlink() -> None:
 def test_collect_records_the_whole_process_list_with_psutil(tmp_path: Path) -> None:
     heavy, _ = modules("collect", "--select", "KVM", "-o", str(tmp_path / "snap"))
     assert "psutil" in heavy, heavy
+
+
+def test_a_command_ends_with_its_objects_frozen_for_the_exit() -> None:
+    """doctor.cli.main sets the collector's threshold, and freezes the objects when the
+    command returns, so that the interpreter's last collection does not walk them: the
+    output is complete, the exit code kept."""
+    script = (
+        "import gc, sys\n"
+        "from doctor.cli import main\n"
+        "sys.argv = ['kvmdoctor', 'run', '--snapshot', sys.argv[1], '--select', 'KVM001']\n"
+        "before = gc.get_freeze_count()\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "sys.stderr.write(f'KDGC {before} {gc.get_freeze_count()} {gc.get_threshold()[0]}"
+        " {code}\\n')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(HOST_SNAPSHOT)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    before, after, threshold, code = done.stderr.rsplit("KDGC ", 1)[1].split()
+    assert (int(before), int(after) > 10_000, int(threshold)) == (0, True, 100_000)
+    assert "1 check, findings: 1 passed" in done.stdout and code == "0"
