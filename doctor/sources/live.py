@@ -264,10 +264,14 @@ class _Started:
         return self.process.returncode, stdout, stderr
 
     def stop(self) -> None:
-        """Kill it if it still runs, and reap it."""
+        """Kill it if it still runs, reap it, and close its pipes (what it wrote is dropped;
+        as subprocess.run does, nothing waits for a child of it that holds them)."""
         if self.process.poll() is None:
             self.process.kill()
-        self.process.communicate()
+        self.process.wait()
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 class LiveSource:

@@ -607,12 +607,15 @@ def test_a_prefetched_command_may_say_more_than_its_pipes_hold() -> None:
 
 
 def test_a_prefetched_command_that_outlives_its_run_timeout_is_killed() -> None:
+    # Its child holds the pipes for a while after it is killed: nothing waits for that.
+    argv = ["sh", "-c", "sleep 2 & sleep 30"]
     source = LiveSource()
-    source.prefetch([["sleep", "30"]])
+    source.prefetch([argv])
     (started,) = source._started.values()
     with pytest.raises(SourceError, match="did not finish within 0.2 s"):
-        source.run(["sleep", "30"], timeout=0.2)
-    assert started.process.returncode is not None  # killed and reaped
+        source.run(argv, timeout=0.2)
+    assert started.process.returncode == -9  # killed and reaped
+    assert started.process.stdout is not None and started.process.stdout.closed
     source.close()
 
 
