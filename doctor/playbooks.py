@@ -316,19 +316,24 @@ class Playbooks:
             found = self._runs[pattern] = literal_runs(pattern)
         return found
 
-    def patterns(self) -> list[str]:
-        """Every signature's expression, in playbook id order, without making a playbook (a
-        playbook whose compiled data fails to parse, which `items` drops, is still read
-        here: a superset of the signatures)."""
-        out: list[str] = []
+    def _signatures(self) -> list[tuple[str, Any]]:
+        """(playbook id, signature) of every signature, playbooks in id order, without making
+        a playbook: a pending one's signatures are made from its compiled data (one whose
+        data fails to parse, which `items` drops, is still read here: a superset)."""
+        out: list[tuple[str, Any]] = []
         for playbook_id in sorted({*self._items, *self._pending}):
             made = self._items.get(playbook_id)
             if made is not None:
-                out += [s.pattern for s in made.signatures]
+                out += [(playbook_id, s) for s in made.signatures]
                 continue
             raw = self._pending[playbook_id][1].get("signatures", ())
-            out += [s for s in raw if isinstance(s, str)] if isinstance(raw, list) else []
+            patterns = [p for p in raw if isinstance(p, str)] if isinstance(raw, list) else []
+            out += [(playbook_id, Signature(p)) for p in patterns]
         return out
+
+    def patterns(self) -> list[str]:
+        """Every signature's expression, in playbook id order, without making a playbook."""
+        return [signature.pattern for _, signature in self._signatures()]
 
     def _index(self) -> tuple[list[str], list[tuple[str, Any]]]:
         """Every signature (playbooks in id order, each's in its order) as two lists: the
@@ -339,18 +344,8 @@ class Playbooks:
         expression, and one expression of all signatures, case-insensitive, is slower still."""
         cached = self.__dict__.get("_index_cache")
         if cached is None:
-            needles: list[str] = []
-            entries: list[tuple[str, Any]] = []
-            for playbook_id in sorted({*self._items, *self._pending}):
-                made = self._items.get(playbook_id)
-                if made is not None:
-                    signatures: list[Any] = list(made.signatures)
-                else:
-                    raw = self._pending[playbook_id][1].get("signatures", ())
-                    signatures = [Signature(p) for p in raw if isinstance(p, str)]
-                for signature in signatures:
-                    needles.append(_ascii_needle(self.runs(signature.pattern)))
-                    entries.append((playbook_id, signature))
+            entries = self._signatures()
+            needles = [_ascii_needle(self.runs(s.pattern)) for _, s in entries]
             cached = (needles, entries)
             self.__dict__["_index_cache"] = cached
         return cached
