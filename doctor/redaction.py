@@ -360,12 +360,40 @@ class Redactor:
     def learn_report(self, report: Mapping[str, Any]) -> None:
         """The names a saved report shows (for `report convert --redact`, which has no
         facts): the host, the user, subjects, and evidence fields that name hosts, users,
-        accounts and domains."""
+        accounts and domains. A fleet report (`report merge`) names each host in `fleet`,
+        in `run.source` and at the head of its subjects (`host:NAME/domain:web1`)."""
         host = report.get("host") or {}
+        self._learn_host_section(host)
+        fleet = report.get("fleet")
+        members = fleet.get("hosts") if isinstance(fleet, Mapping) else None
+        for member in members if isinstance(members, list) else []:
+            if isinstance(member, Mapping):
+                self.learn_host(member.get("name"))
+                self._learn_host_section(member)
+        run = report.get("run") or {}
+        given_source = run.get("source")
+        source: Mapping[str, Any] = given_source if isinstance(given_source, Mapping) else {}
+        for merged in source.get("reports") or []:
+            if isinstance(merged, Mapping):
+                self.learn_host(merged.get("host"))
+        findings = [f for c in report.get("checks") or [] for f in c.get("findings") or []]
+        for finding in findings:  # first: which accounts the evidence shows as the system's
+            self._learn_evidence(finding.get("evidence"))
+        self.learn_user(run.get("user"))
+        for item in [*findings, *(report.get("diagnoses") or [])]:
+            self._learn_subject(str(item.get("subject") or ""))
+
+    def _learn_host_section(self, host: Mapping[str, Any]) -> None:
+        """A report's `host`, or a fleet's entry for one host: its name, guests and their
+        interface names, the host in its URI."""
         self.learn_host(host.get("hostname"))
         given = host.get("network")
         network: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
-        for guest in [*(host.get("guests") or []), *(network.get("guests") or [])]:
+        guests = host.get("guests")  # a fleet's entry counts them
+        for guest in [
+            *(guests if isinstance(guests, list) else []),
+            *(network.get("guests") or []),
+        ]:
             if isinstance(guest, dict):
                 self.learn_guest(guest.get("name"))
                 for nic in guest.get("nics") or []:
@@ -373,21 +401,17 @@ class Redactor:
                         self.learn_nic(nic.get("target"))
         if isinstance(host.get("uri"), str):
             self.learn_host(_uri_host(host["uri"]))
-        findings = [f for c in report.get("checks") or [] for f in c.get("findings") or []]
-        for finding in findings:  # first: which accounts the evidence shows as the system's
-            self._learn_evidence(finding.get("evidence"))
-        run = report.get("run") or {}
-        self.learn_user(run.get("user"))
-        for finding in findings:
-            kind, _, name = str(finding.get("subject", "")).partition(":")
-            if kind == "domain":
-                self.learn_guest(name)
-            elif kind == "user":
-                self.learn_user(name)
-        for diag in report.get("diagnoses") or []:
-            kind, _, name = str(diag.get("subject", "")).partition(":")
-            if kind == "domain":
-                self.learn_guest(name)
+
+    def _learn_subject(self, subject: str) -> None:
+        """`domain:NAME`, `user:NAME`, and a fleet's `host:NAME` or `host:NAME/SUBJECT`."""
+        if subject.startswith("host:"):
+            name, _, subject = subject[len("host:") :].partition("/")
+            self.learn_host(name)
+        kind, _, name = subject.partition(":")
+        if kind == "domain":
+            self.learn_guest(name)
+        elif kind == "user":
+            self.learn_user(name)
 
     def _learn_evidence(self, value: Any) -> None:
         if isinstance(value, list):

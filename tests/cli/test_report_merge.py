@@ -320,6 +320,31 @@ def test_report_convert_writes_the_fleet_in_every_format(
     assert f"mac:{MAC}" in subjects and "host:kd-host-a/domain:kd-web" in subjects
 
 
+def test_report_convert_redact_of_a_fleet_hides_every_host_guest_and_mac(
+    shared_mac_fleet: Path, tmp_path: Path
+) -> None:
+    """The hosts' names are in the fleet's table, its sources and at the head of every
+    subject (`host:NAME/domain:GUEST`): redacted in every format, and still two hosts."""
+    from doctor.cli.report import CONVERT_FORMATS
+
+    names = ("kd-host-a", "kd-host-b", "kd-web", "kd-twin", MAC)
+    plain = shared_mac_fleet.read_text()
+    assert all(name in plain for name in names)
+    for fmt in CONVERT_FORMATS:
+        out = tmp_path / f"redacted.{fmt}"
+        command = ("report", "convert", str(shared_mac_fleet), "--to", fmt, "--redact")
+        result = kvmdoctor(*command, "-o", str(out))
+        assert result.exit_code == 0, (fmt, result.stderr)
+        text = out.read_text()
+        assert [name for name in names if name in text] == [], fmt
+    report = json.loads((tmp_path / "redacted.json").read_text())
+    subjects = [f.get("subject") or "" for c in report["checks"] for f in c["findings"]]
+    hosts = {s.split("/")[0] for s in subjects if s.startswith("host:")}
+    assert len(hosts) == 2 and {h["name"] for h in report["fleet"]["hosts"]} == {
+        h[len("host:") :] for h in hosts
+    }
+
+
 # --- what cannot be merged ------------------------------------------------------------------
 
 
