@@ -12,7 +12,7 @@ when whether TLS is in use cannot be told (a snapshot recorded without the files
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from doctor.facts.accounts import Accounts, access, has_extended_acl, mode_string
@@ -774,15 +774,31 @@ def _sanity_off(ep: Endpoint) -> Optional[str]:
     return None
 
 
-def _leaf_or_skip(ep: Endpoint, evidence: dict[str, Any]) -> Optional[Finding]:
-    if ep.cert.leaf is None:
-        return Finding(
-            "skip",
-            f"the {ep.role} certificate {ep.cert.path or '(unset)'} could not be read (see TLS002)",
-            ep.subject,
-            evidence,
-        )
-    return None
+def _leaves(
+    tls: TlsState, fields: Callable[[Optional[CertInfo]], dict[str, Any]]
+) -> Iterator[tuple[Endpoint, Optional[CertInfo], dict[str, Any]]]:
+    """Each endpoint, its certificate's leaf (None when it could not be read: `_unread`)
+    and the evidence on it: the file, the leaf's subject, `fields(leaf)`, whether libvirt's
+    sanity check is off, and the endpoint."""
+    for ep in tls.endpoints:
+        leaf = ep.cert.leaf
+        evidence: dict[str, Any] = {
+            "cert_file": ep.cert.path,
+            "subject": leaf.subject if leaf else None,
+            **fields(leaf),
+            "sanity_check_off": _sanity_off(ep),
+            **_base(ep, tls),
+        }
+        yield ep, leaf, evidence
+
+
+def _unread(ep: Endpoint, evidence: dict[str, Any]) -> Finding:
+    return Finding(
+        "skip",
+        f"the {ep.role} certificate {ep.cert.path or '(unset)'} could not be read (see TLS002)",
+        ep.subject,
+        evidence,
+    )
 
 
 def _refusal(ep: Endpoint) -> str:
@@ -825,18 +841,11 @@ def tls_cert_marked_as_ca(tls: TlsState) -> Iterator[Finding]:
     if not tls.in_use:
         yield _not_in_use(tls)
         return
-    for ep in tls.endpoints:
-        leaf = ep.cert.leaf
-        evidence: dict[str, Any] = {
-            "cert_file": ep.cert.path,
-            "subject": leaf.subject if leaf else None,
-            "basic_constraints_ca": leaf.is_ca if leaf else None,
-            "sanity_check_off": _sanity_off(ep),
-            **_base(ep, tls),
-        }
-        skipped = _leaf_or_skip(ep, evidence)
-        if skipped is not None or leaf is None:
-            yield skipped or Finding("skip", "no certificate", ep.subject, evidence)
+    for ep, leaf, evidence in _leaves(
+        tls, lambda leaf: {"basic_constraints_ca": leaf.is_ca if leaf else None}
+    ):
+        if leaf is None:
+            yield _unread(ep, evidence)
             continue
         if not leaf.is_ca:
             said = "CA:FALSE" if leaf.is_ca is False else "no basicConstraints"
@@ -916,19 +925,15 @@ def tls_cert_wrong_purpose(tls: TlsState) -> Iterator[Finding]:
     if not tls.in_use:
         yield _not_in_use(tls)
         return
-    for ep in tls.endpoints:
-        leaf = ep.cert.leaf
-        evidence: dict[str, Any] = {
-            "cert_file": ep.cert.path,
-            "subject": leaf.subject if leaf else None,
+    for ep, leaf, evidence in _leaves(
+        tls,
+        lambda leaf: {
             "purposes": list(leaf.purposes) if leaf and leaf.purposes is not None else None,
             "purposes_critical": leaf.purposes_critical if leaf else None,
-            "sanity_check_off": _sanity_off(ep),
-            **_base(ep, tls),
-        }
-        skipped = _leaf_or_skip(ep, evidence)
-        if skipped is not None or leaf is None:
-            yield skipped or Finding("skip", "no certificate", ep.subject, evidence)
+        },
+    ):
+        if leaf is None:
+            yield _unread(ep, evidence)
             continue
         listed = ", ".join(leaf.purposes or ()) or "none"
         if leaf.purposes is None:
@@ -1019,20 +1024,16 @@ def tls_cert_key_usage_insufficient(tls: TlsState) -> Iterator[Finding]:
     if not tls.in_use:
         yield _not_in_use(tls)
         return
-    for ep in tls.endpoints:
-        leaf = ep.cert.leaf
-        evidence: dict[str, Any] = {
-            "cert_file": ep.cert.path,
-            "subject": leaf.subject if leaf else None,
+    for ep, leaf, evidence in _leaves(
+        tls,
+        lambda leaf: {
             "key_usage": list(leaf.key_usage) if leaf and leaf.key_usage is not None else None,
             "key_usage_critical": leaf.key_usage_critical if leaf else None,
             "public_key": leaf.public_key if leaf else None,
-            "sanity_check_off": _sanity_off(ep),
-            **_base(ep, tls),
-        }
-        skipped = _leaf_or_skip(ep, evidence)
-        if skipped is not None or leaf is None:
-            yield skipped or Finding("skip", "no certificate", ep.subject, evidence)
+        },
+    ):
+        if leaf is None:
+            yield _unread(ep, evidence)
             continue
         if leaf.key_usage is None:
             yield Finding(

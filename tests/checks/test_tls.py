@@ -739,6 +739,26 @@ CLIENT_URI = "qemu+tls://kdremote.example.org/system?pkipath=/srv/kdpki"
 TO_HERE_URI = f"qemu+tls://{HOST}/system?pkipath=/srv/kdpki"
 
 
+def test_tls007_to_tls009_skip_a_certificate_that_cannot_be_read_pointing_at_tls002(
+    host: Callable[..., Host],
+) -> None:
+    broken = host().put(DEFAULT_SERVER_CERT, "this is not a certificate\n")
+    found = broken.checks()
+    for code, field in (
+        ("TLS007", "basic_constraints_ca"),
+        ("TLS008", "purposes"),
+        ("TLS009", "key_usage"),
+    ):
+        finding = one(found, code)
+        assert finding.status == "skip", code
+        assert finding.message == (
+            f"the server certificate {DEFAULT_SERVER_CERT} could not be read (see TLS002)"
+        )
+        assert finding.evidence["cert_file"] == DEFAULT_SERVER_CERT
+        assert finding.evidence[field] is None and finding.evidence["subject"] is None
+    assert one(found, "TLS002").status == "fail"
+
+
 def test_tls007_passes_for_a_server_certificate_with_ca_false(host: Callable[..., Host]) -> None:
     finding = one(host().checks(), "TLS007")
     assert finding.status == "pass"
