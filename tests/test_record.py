@@ -265,3 +265,36 @@ def test_a_record_over_a_frozen_dataclass_and_under_one_is_frozen_too() -> None:
         @dataclasses.dataclass
         class Loose(Middle):
             d: int = 0
+
+
+SCAN = """
+import dataclasses, importlib, pkgutil, sys
+import checks, doctor
+from doctor.record import _PENDING
+bad = []
+for package in (doctor, checks):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if not isinstance(value, type) or value.__module__ != module.__name__:
+                continue
+            eager = "__dataclass_params__" in value.__dict__  # a plain dataclass
+            if eager and any(base.__dict__.get(_PENDING) for base in value.__mro__[1:]):
+                bad.append(f"{module.__name__}.{value.__qualname__}")
+print("KDBAD", sorted(bad))
+"""
+
+
+def test_no_class_in_the_tree_is_a_plain_dataclass_over_a_record() -> None:
+    """A plain @dataclass subclass of a record not yet made would lack the record's fields
+    (a dataclass takes its bases' fields from bases that are dataclasses already): every
+    subclass of a record must be a record. Read in a fresh interpreter, where none is made."""
+    from kdtest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", SCAN], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.rsplit("KDBAD ", 1)[1].strip() == "[]"
