@@ -332,8 +332,9 @@ class Playbooks:
         return out
 
     def patterns(self) -> list[str]:
-        """Every signature's expression, in playbook id order, without making a playbook."""
-        return [signature.pattern for _, signature in self._signatures()]
+        """Every signature's expression, in playbook id order, without making a playbook (read
+        from the index `match_line` builds: LOG001 asks for both)."""
+        return [signature.pattern for _, signature in self._index()[1]]
 
     def _index(self) -> tuple[list[str], list[tuple[str, Any]]]:
         """Every signature (playbooks in id order, each's in its order) as two lists: the
@@ -1063,10 +1064,12 @@ def parse(data: Any, file: str, validator: Any) -> Playbook:
     )
 
 
+@lru_cache(maxsize=1)
 def _shipped() -> Any:
-    """The shipped playbooks' directory: a Path where the package is one on disk (found from
-    its import spec; importlib.resources would first import zipfile and its readers, a
-    tenth of a `run --select KVM`), else what importlib.resources gives (a zip archive)."""
+    """The shipped playbooks' directory, found once per process: a Path where the package
+    is one on disk (found from its import spec; importlib.resources would first import
+    zipfile and its readers, a tenth of a `run --select KVM`), else what
+    importlib.resources gives (a zip archive)."""
     try:
         spec = importlib.util.find_spec("playbooks")
     except (ImportError, ValueError):

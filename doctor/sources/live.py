@@ -416,24 +416,28 @@ class LiveSource:
         what = " ".join(argv)
         self._files_only(what)
         started = self._started.pop(tuple(argv), None)
-        if started is not None:
-            output = started.result(timeout)
-            if output is None:
+        if started is None:
+            output = self._run_now(argv, what, timeout)
+        else:
+            found = started.result(timeout)
+            if found is None:
                 raise SourceError(what, f"did not finish within {timeout:g} s")
-            returncode, stdout, stderr = output
-            return CommandResult(
-                argv=tuple(argv),
-                returncode=returncode,
-                stdout=stdout.decode("utf-8", "replace"),
-                stderr=stderr.decode("utf-8", "replace"),
-            )
-        env = _command_env()
+            output = found
+        returncode, stdout, stderr = output
+        return CommandResult(
+            argv=tuple(argv),
+            returncode=returncode,
+            stdout=stdout.decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
+        )
+
+    def _run_now(self, argv: Sequence[str], what: str, timeout: float) -> tuple[int, bytes, bytes]:
         try:
             done = subprocess.run(
                 list(argv),
                 capture_output=True,
                 timeout=timeout,
-                env=env,
+                env=_command_env(),
                 stdin=subprocess.DEVNULL,
                 check=False,
             )
@@ -443,12 +447,7 @@ class LiveSource:
             raise SourceError(what, f"did not finish within {timeout:g} s") from None
         except OSError as exc:
             raise _os_error(what, exc) from None
-        return CommandResult(
-            argv=tuple(argv),
-            returncode=done.returncode,
-            stdout=done.stdout.decode("utf-8", "replace"),
-            stderr=done.stderr.decode("utf-8", "replace"),
-        )
+        return done.returncode, done.stdout, done.stderr
 
     def processes(self, wanted: Optional[ProcessFilter] = None) -> list[ProcessInfo]:
         """The process list, taken once per source: every fact sees the same moment. Asked
